@@ -1,0 +1,214 @@
+"""The data types every other package speaks: `Corpus`, `Queries`, `Qrels` and `Dataset`.
+
+At the edges (loaders, reports) documents and queries are named by string ids; inside the engine a
+document is a *row*: its position in the `Corpus`. These classes own that mapping, the content
+fingerprint that indexes and caches record, and nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class DataError(ValueError):
+    """A dataset, corpus or qrels file is malformed; the message names the file, line and fix."""
+
+
+def _hash_strings(parts: Iterable[str]) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        encoded = part.encode("utf-8")
+        digest.update(len(encoded).to_bytes(8, "little"))
+        digest.update(encoded)
+    return digest.hexdigest()
+
+
+class Corpus:
+    """Documents as parallel lists of ids, titles and texts, with an id <-> row map.
+
+    `fingerprint` is a SHA-256 of every id, title and text in order: two corpora with the same
+    fingerprint are the same documents in the same rows, so indexes and cached rankings built for
+    one are valid for the other.
+    """
+
+    __slots__ = ("ids", "titles", "texts", "_row_of", "_fingerprint")
+
+    def __init__(self, ids: list[str], titles: list[str], texts: list[str]):
+        if not (len(ids) == len(titles) == len(texts)):
+            raise DataError(
+                f"Corpus needs as many titles ({len(titles)}) and texts ({len(texts)}) as ids ({len(ids)})."
+            )
+        row_of: dict[str, int] = {}
+        for row, doc_id in enumerate(ids):
+            if doc_id in row_of:
+                raise DataError(f"Corpus has the document id {doc_id!r} twice (rows {row_of[doc_id]} and {row}).")
+            row_of[doc_id] = row
+        self.ids = list(ids)
+        self.titles = list(titles)
+        self.texts = list(texts)
+        self._row_of = row_of
+        self._fingerprint: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __repr__(self) -> str:
+        return f"Corpus({len(self)} documents, fingerprint={self.fingerprint[:12]})"
+
+    @property
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            self._fingerprint = _hash_strings(
+                s for triple in zip(self.ids, self.titles, self.texts) for s in triple
+            )
+        return self._fingerprint
+
+    def row_of(self, doc_id: str) -> int:
+        """The row of `doc_id`; a `KeyError` that names the id when it is not in the corpus."""
+        try:
+            return self._row_of[doc_id]
+        except KeyError:
+            raise KeyError(f"document id {doc_id!r} is not in the corpus ({len(self)} documents)") from None
+
+    def has(self, doc_id: str) -> bool:
+        return doc_id in self._row_of
+
+    def rows_of(self, doc_ids: Iterable[str]) -> np.ndarray:
+        return np.fromiter((self.row_of(d) for d in doc_ids), dtype=np.int64)
+
+    def doc_text(self, row: int, separator: str = " ") -> str:
+        """Title and text joined, the string that retrievers and rerankers score."""
+        title, text = self.titles[row], self.texts[row]
+        if title and text:
+            return f"{title}{separator}{text}"
+        return title or text
+
+    def doc_texts(self, rows: Iterable[int] | None = None) -> list[str]:
+        rows = range(len(self)) if rows is None else rows
+        return [self.doc_text(int(r)) for r in rows]
+
+
+class Queries:
+    """An ordered batch of queries: parallel lists of ids and texts."""
+
+    __slots__ = ("ids", "texts")
+
+    def __init__(self, ids: list[str], texts: list[str]):
+        if len(ids) != len(texts):
+            raise DataError(f"Queries need one text per id ({len(ids)} ids, {len(texts)} texts).")
+        seen: set[str] = set()
+        for qid in ids:
+            if qid in seen:
+                raise DataError(f"Query id {qid!r} appears twice.")
+            seen.add(qid)
+        self.ids = list(ids)
+        self.texts = list(texts)
+
+    @classmethod
+    def single(cls, text: str, qid: str = "q") -> Queries:
+        return cls([qid], [text])
+
+    @classmethod
+    def from_mapping(cls, queries: Mapping[str, str]) -> Queries:
+        return cls(list(queries), list(queries.values()))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(zip(self.ids, self.texts))
+
+    def __repr__(self) -> str:
+        return f"Queries({len(self)})"
+
+    def select(self, positions: Iterable[int]) -> Queries:
+        positions = list(positions)
+        return Queries([self.ids[i] for i in positions], [self.texts[i] for i in positions])
+
+    def restrict_to(self, qids: Iterable[str]) -> Queries:
+        """The queries whose id is in `qids`, in this batch's order."""
+        wanted = set(qids)
+        return self.select(i for i, qid in enumerate(self.ids) if qid in wanted)
+
+    def fingerprint(self) -> str:
+        return _hash_strings(s for pair in zip(self.ids, self.texts) for s in pair)
+
+
+@dataclass(frozen=True)
+class QueryJudgments:
+    """One query's judged documents as arrays: corpus rows and integer grades."""
+
+    doc_rows: np.ndarray
+    grades: np.ndarray
+
+
+class Qrels:
+    """Graded relevance judgments, `{query_id: {doc_id: grade}}` at the edges.
+
+    Grades are integers; a grade >= `relevance_threshold` (default 1) counts as relevant for binary
+    metrics, while nDCG uses the grades themselves as gains. `missing_docs` counts judgments that
+    name a document absent from the corpus: loaders keep that number so reports can show it.
+    """
+
+    __slots__ = ("judgments", "missing_docs")
+
+    def __init__(self, judgments: Mapping[str, Mapping[str, int]], missing_docs: int = 0):
+        self.judgments: dict[str, dict[str, int]] = {q: dict(d) for q, d in judgments.items()}
+        self.missing_docs = missing_docs
+
+    def __len__(self) -> int:
+        return len(self.judgments)
+
+    def __contains__(self, qid: object) -> bool:
+        return qid in self.judgments
+
+    def __repr__(self) -> str:
+        pairs = sum(len(d) for d in self.judgments.values())
+        return f"Qrels({len(self)} queries, {pairs} judgments)"
+
+    @property
+    def query_ids(self) -> list[str]:
+        return list(self.judgments)
+
+    def for_query(self, qid: str) -> dict[str, int]:
+        return self.judgments.get(qid, {})
+
+    def as_rows(self, qid: str, corpus: Corpus) -> QueryJudgments:
+        """Judgments of `qid` as row/grade arrays; documents absent from the corpus are skipped."""
+        judged = self.for_query(qid)
+        pairs = [(corpus.row_of(d), g) for d, g in judged.items() if corpus.has(d)]
+        rows = np.array([p[0] for p in pairs], dtype=np.int64)
+        grades = np.array([p[1] for p in pairs], dtype=np.int64)
+        return QueryJudgments(rows, grades)
+
+    def fingerprint(self) -> str:
+        return _hash_strings(
+            f"{q}\t{d}\t{g}" for q in sorted(self.judgments) for d, g in sorted(self.judgments[q].items())
+        )
+
+
+@dataclass
+class Dataset:
+    """A corpus, its queries and qrels per split (`"test"`, `"train"`, ...), under one name."""
+
+    name: str
+    corpus: Corpus
+    queries: Queries
+    qrels: dict[str, Qrels] = field(default_factory=dict)
+
+    @property
+    def splits(self) -> list[str]:
+        return sorted(self.qrels)
+
+    def split(self, split: str) -> tuple[Queries, Qrels]:
+        """The judged queries of `split` (the queries evaluated, as BEIR does) and their qrels."""
+        if split not in self.qrels:
+            raise DataError(
+                f"Dataset {self.name!r} has no split {split!r}; available: {', '.join(self.splits) or 'none'}."
+            )
+        qrels = self.qrels[split]
+        return self.queries.restrict_to(qrels.query_ids), qrels

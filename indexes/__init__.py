@@ -1,0 +1,1 @@
+"""Persisted data structures: the BM25 index, the dense (FAISS) index, tokenizers, manifests."""

@@ -1,0 +1,149 @@
+"""Index directories on disk: `manifest.json`, checksums, atomic writes and load-time checks.
+
+Every persisted index (BM25, dense, embeddings) is a directory holding its data files and a
+`manifest.json` that records the format version, the parameters it was built with, the corpus
+fingerprint, library versions and a SHA-256 per file. `atomic_index_dir` writes into a temporary
+sibling directory and renames it into place only when everything is written, so a crash never
+leaves half an index behind and an existing index survives a failed rebuild. `read_manifest`
+refuses a missing, damaged, stale (other corpus) or incompatible (other format) index with a
+message that says how to rebuild it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+from collections.abc import Iterator
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+
+MANIFEST = "manifest.json"
+
+
+class IndexLoadError(RuntimeError):
+    """An index cannot be used as it is; the message says why and how to rebuild it."""
+
+
+class Manifest(BaseModel):
+    kind: str
+    format_version: int
+    corpus_fingerprint: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    files: dict[str, str] = Field(default_factory=dict)  # relative path -> sha256
+    libraries: dict[str, str] = Field(default_factory=dict)
+    created_with: str = ""
+
+
+def library_versions(*names: str) -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in names:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_index_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary directory; on success it replaces `target` in one rename.
+
+    On an exception the temporary directory is removed and `target` is left as it was.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield tmp
+        old = None
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(target, old)
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_manifest(directory: Path, manifest: Manifest) -> None:
+    """Checksum every file already in `directory` into `manifest` and write `manifest.json`."""
+    files = {}
+    for path in sorted(directory.rglob("*")):
+        if path.is_file() and path.name != MANIFEST:
+            files[path.relative_to(directory).as_posix()] = sha256_file(path)
+    manifest = manifest.model_copy(update={"files": files})
+    (directory / MANIFEST).write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
+
+
+def read_manifest(
+    directory: str | os.PathLike[str],
+    *,
+    kind: str,
+    format_version: int,
+    corpus_fingerprint: str | None = None,
+    verify_checksums: bool = True,
+    rebuild_hint: str = "rebuild it with `stagegraph index CONFIG --dataset DATASET`",
+) -> Manifest:
+    """Load and check `directory/manifest.json`; raise `IndexLoadError` naming the problem and fix."""
+    directory = Path(directory)
+    path = directory / MANIFEST
+    where = f"index at {directory}"
+    if not path.is_file():
+        raise IndexLoadError(f"No {MANIFEST} in the {where}: it is not an index or was not fully written; {rebuild_hint}.")
+    try:
+        manifest = Manifest.model_validate_json(path.read_text(encoding="utf-8"))
+    except (ValidationError, ValueError) as exc:
+        raise IndexLoadError(f"The {MANIFEST} of the {where} is damaged ({exc.__class__.__name__}); {rebuild_hint}.") from exc
+    if manifest.kind != kind:
+        raise IndexLoadError(f"The {where} is a {manifest.kind!r} index, not a {kind!r} index; {rebuild_hint}.")
+    if manifest.format_version != format_version:
+        raise IndexLoadError(
+            f"The {where} has format version {manifest.format_version}; this stagegraph reads version "
+            f"{format_version}; {rebuild_hint}."
+        )
+    if corpus_fingerprint is not None and manifest.corpus_fingerprint != corpus_fingerprint:
+        raise IndexLoadError(
+            f"The {where} was built for another corpus (fingerprint {manifest.corpus_fingerprint[:12]}, "
+            f"this corpus is {corpus_fingerprint[:12]}): it is stale; {rebuild_hint}."
+        )
+    for rel, expected in manifest.files.items():
+        file = directory / rel
+        if not file.is_file():
+            raise IndexLoadError(f"The {where} lacks its file {rel}; {rebuild_hint}.")
+        if verify_checksums and sha256_file(file) != expected:
+            raise IndexLoadError(f"The file {rel} of the {where} is damaged (checksum mismatch); {rebuild_hint}.")
+    return manifest
+
+
+def json_dump_atomic(path: Path, payload: Any) -> None:
+    """Write JSON next to `path` and rename it over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(payload, fh, indent=2, sort_keys=True)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

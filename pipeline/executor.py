@@ -1,0 +1,196 @@
+"""Running a graph over queries: online (one query at a time, timed per stage) or batch.
+
+* **online**: each query goes through the whole graph on its own, as a RAG stack serves it. Every
+  stage is timed per query with `perf_counter_ns`; stages at the same depth (parallel branches) run
+  concurrently on a thread pool; end-to-end time covers the whole query. The first `warmup`
+  queries are run once beforehand and kept out of every figure.
+* **batch**: each stage runs once over all queries, for throughput.
+
+With a `StageCache`, a step whose key is already stored is read back instead of run, reported as a
+cache hit and never timed: a hit is not a latency. All stages are warmed up (models and indexes
+loaded) before any timed work.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from corpora.types import Queries
+from pipeline.cache import StageCache, step_key
+from pipeline.graph import Graph, Step
+from pipeline.timing import LatencySummary
+from stages.base import Environment, Ranking, StageError
+
+Mode = Literal["online", "batch"]
+
+
+@dataclass
+class StageRun:
+    """What one step produced: rankings aligned with the queries, and how long it took."""
+
+    name: str
+    rankings: list[Ranking]
+    cache_key: str
+    cache_hit: bool = False
+    latencies_ns: np.ndarray | None = None  # per measured query (online, not cached)
+    wall_ns: int = 0  # total time spent in the stage (0 on a cache hit)
+
+    @property
+    def latency(self) -> LatencySummary | None:
+        return None if self.latencies_ns is None else LatencySummary.from_ns(self.latencies_ns)
+
+    @property
+    def throughput_qps(self) -> float | None:
+        if self.cache_hit or self.wall_ns <= 0:
+            return None
+        return len(self.rankings) / (self.wall_ns / 1e9)
+
+
+@dataclass
+class RunResult:
+    queries: Queries
+    mode: Mode
+    output: str
+    stages: dict[str, StageRun] = field(default_factory=dict)  # in graph order
+    end_to_end_ns: np.ndarray | None = None
+    warmup_queries: int = 0
+    wall_ns: int = 0
+
+    @property
+    def final(self) -> list[Ranking]:
+        return self.stages[self.output].rankings
+
+    @property
+    def end_to_end(self) -> LatencySummary | None:
+        return None if self.end_to_end_ns is None else LatencySummary.from_ns(self.end_to_end_ns)
+
+
+def run(
+    graph: Graph,
+    queries: Queries,
+    env: Environment,
+    *,
+    mode: Mode = "online",
+    cache: StageCache | None = None,
+    warmup: int = 3,
+    threads: int | None = None,
+) -> RunResult:
+    """Run `graph` over `queries` and return every step's rankings and timings."""
+    if mode not in ("online", "batch"):
+        raise ValueError(f"mode must be 'online' or 'batch', not {mode!r}")
+    if not isinstance(graph, Graph):
+        graph = Graph(graph)
+    result = RunResult(queries=queries, mode=mode, output=graph.output)
+    keys = _keys(graph, queries, env)
+    outputs: dict[str, list[Ranking]] = {}
+    for step in graph.steps:
+        cached = cache.load(keys[step.name]) if cache is not None else None
+        if cached is not None and len(cached) == len(queries):
+            outputs[step.name] = cached
+            result.stages[step.name] = StageRun(step.name, cached, keys[step.name], cache_hit=True)
+    todo = [s for s in graph.steps if s.name not in outputs]
+    for step in todo:
+        step.stage.warm_up(env)
+
+    started = time.perf_counter_ns()
+    if todo:
+        if mode == "online":
+            _run_online(graph, todo, queries, outputs, result, keys, env, warmup, threads)
+        else:
+            _run_batch(todo, queries, outputs, result, keys, env)
+    result.wall_ns = time.perf_counter_ns() - started
+    result.stages = {s.name: result.stages[s.name] for s in graph.steps}
+    if cache is not None:
+        for step in todo:
+            cache.save(keys[step.name], outputs[step.name])
+    return result
+
+
+def _keys(graph: Graph, queries: Queries, env: Environment) -> dict[str, str]:
+    keys: dict[str, str] = {}
+    qfp, cfp = queries.fingerprint(), env.corpus.fingerprint
+    for step in graph.steps:
+        upstream = [keys[i] for i in step.inputs]
+        keys[step.name] = step_key(step.stage.fingerprint(), upstream, step.cutoff, qfp, cfp)
+    return keys
+
+
+def _call(step: Step, queries: Queries, inputs: Sequence[Sequence[Ranking]]) -> list[Ranking]:
+    out = step.stage.run(queries, inputs)
+    if not isinstance(out, list) or len(out) != len(queries):
+        got = len(out) if hasattr(out, "__len__") else type(out).__name__
+        raise StageError(f"stage {step.name!r} returned {got} rankings for {len(queries)} queries; it must return one per query")
+    if step.cutoff is not None:
+        out = [r.top(step.cutoff) for r in out]
+    return out
+
+
+def _run_batch(todo, queries, outputs, result, keys, env) -> None:
+    for step in tqdm(todo, desc="stages", unit="stage", disable=not env.progress or len(todo) < 2):
+        inputs = [outputs[i] for i in step.inputs]
+        t0 = time.perf_counter_ns()
+        outputs[step.name] = _call(step, queries, inputs)
+        wall = time.perf_counter_ns() - t0
+        result.stages[step.name] = StageRun(step.name, outputs[step.name], keys[step.name], wall_ns=wall)
+
+
+def _run_online(graph, todo, queries, outputs, result, keys, env, warmup, threads) -> None:
+    todo_names = {s.name for s in todo}
+    levels = [[s for s in level if s.name in todo_names] for level in graph.levels()]
+    levels = [lv for lv in levels if lv]
+    width = max(len(lv) for lv in levels)
+    n = len(queries)
+    per_step = {s.name: [] for s in todo}
+    per_query: dict[str, list[Ranking]] = {s.name: [] for s in todo}
+    e2e = np.zeros(n, dtype=np.int64)
+    pool = ThreadPoolExecutor(max_workers=threads or width) if width > 1 else None
+
+    def timed(step: Step, one: Queries, i: int, results: dict[str, Ranking]):
+        inputs = [[results[u]] if u in results else [outputs[u][i]] for u in step.inputs]
+        t0 = time.perf_counter_ns()
+        ranking = _call(step, one, inputs)[0]
+        return ranking, time.perf_counter_ns() - t0
+
+    def one_query(i: int) -> tuple[dict[str, Ranking], dict[str, int]]:
+        one = queries.select([i])
+        results: dict[str, Ranking] = {}
+        times: dict[str, int] = {}
+        for level in levels:
+            if pool is not None and len(level) > 1:
+                futures = {s.name: pool.submit(timed, s, one, i, results) for s in level}
+                done = {name: f.result() for name, f in futures.items()}
+            else:
+                done = {s.name: timed(s, one, i, results) for s in level}
+            for name, (ranking, ns) in done.items():
+                results[name], times[name] = ranking, ns
+        return results, times
+
+    try:
+        n_warm = min(warmup, n)
+        for i in range(n_warm):
+            one_query(i)
+        result.warmup_queries = n_warm
+        for i in tqdm(range(n), desc="queries (online)", unit="q", disable=not env.progress):
+            t0 = time.perf_counter_ns()
+            results, times = one_query(i)
+            e2e[i] = time.perf_counter_ns() - t0
+            for name in per_step:
+                per_query[name].append(results[name])
+                per_step[name].append(times[name])
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    for step in todo:
+        outputs[step.name] = per_query[step.name]
+        lat = np.array(per_step[step.name], dtype=np.int64)
+        result.stages[step.name] = StageRun(
+            step.name, per_query[step.name], keys[step.name], latencies_ns=lat, wall_ns=int(lat.sum())
+        )
+    result.end_to_end_ns = e2e
