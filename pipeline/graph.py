@@ -49,6 +49,11 @@ class Graph:
             _flatten(self.root, (), steps, None)
         self.steps: list[Step] = _validate(steps)
         self.output: str = self.steps[-1].name
+        for step in self.steps:
+            try:
+                step.stage.input_names = step.inputs
+            except AttributeError:  # a stage class with __slots__ and no such slot: it does not care
+                pass
 
     # -- access ---------------------------------------------------------------------------------
     def __iter__(self):

@@ -153,6 +153,9 @@ class StageBase:
     Config: ClassVar[type[StageConfig]] = StageConfig
     arity: ClassVar[Arity] = Arity.NONE
     config: StageConfig
+    #: Names of the upstream steps, in input order; set by `Graph` when the graph is built, so a
+    #: fusing stage can label per-branch features (e.g. "bm25", "dense").
+    input_names: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
