@@ -101,3 +101,12 @@ class StubRerank(StageBase):
 
 def tiny_corpus(n: int = 50) -> Corpus:
     return Corpus([f"d{i}" for i in range(n)], [f"title {i}" for i in range(n)], [f"text {i}" for i in range(n)])
+
+
+def register_stubs() -> None:
+    """Make the stub stages available to YAML configs (idempotent)."""
+    from stages.registry import _REGISTRY, register
+
+    for cls in (StubRetriever, StubFuse, StubRerank):
+        if _REGISTRY.get(cls.type_name) is not cls:
+            register(cls)

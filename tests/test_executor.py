@@ -1,0 +1,96 @@
+"""Online and batch execution: per-stage timings, warm-up, parallel branches, cut-offs."""
+
+import numpy as np
+import pytest
+from stubs import StubFuse, StubRerank, StubRetriever, tiny_corpus
+
+from corpora.types import Queries
+from pipeline.executor import run
+from pipeline.graph import Graph
+from stages.base import Arity, Environment, Ranking, StageBase, StageConfig, StageError
+
+
+def _queries(n=12):
+    return Queries([f"q{i}" for i in range(n)], [f"query text {i}" for i in range(n)])
+
+
+def _graph(sleep_ms=0.0):
+    a = StubRetriever("a", k=10, sleep_ms=sleep_ms)
+    b = StubRetriever("b", k=10, seed=1, sleep_ms=sleep_ms)
+    return Graph((a | b) >> StubFuse("pool", k=8) >> StubRerank("rr", k=5) % 3)
+
+
+def test_online_and_batch_give_the_same_rankings():
+    env = Environment(tiny_corpus(), progress=False)
+    online = run(_graph(), _queries(), env, mode="online", warmup=2)
+    batch = run(_graph(), _queries(), env, mode="batch")
+    for name in ["a", "b", "pool", "rr"]:
+        for x, y in zip(online.stages[name].rankings, batch.stages[name].rankings):
+            np.testing.assert_array_equal(x.doc_rows, y.doc_rows)
+            np.testing.assert_array_equal(x.scores, y.scores)
+    assert all(len(r) == 3 for r in online.final)  # rr's k=5 then `% 3`
+
+
+def test_online_times_every_stage_per_query_and_leaves_warmup_out():
+    env = Environment(tiny_corpus(), progress=False)
+    result = run(_graph(), _queries(12), env, mode="online", warmup=4)
+    assert result.warmup_queries == 4
+    for stage in result.stages.values():
+        assert stage.latencies_ns.shape == (12,)
+        assert (stage.latencies_ns > 0).all()
+        summary = stage.latency
+        assert summary.n == 12 and summary.p50 <= summary.p95 <= summary.p99 <= summary.max
+    assert result.end_to_end.n == 12
+
+
+def test_warm_up_runs_once_before_timing():
+    graph = _graph()
+    env = Environment(tiny_corpus(), progress=False)
+    run(graph, _queries(5), env, mode="online", warmup=2)
+    retriever = graph.step("a").stage
+    assert retriever.warmed == 1
+    assert retriever.calls == 5 + 2  # measured queries plus warm-up queries
+
+
+def test_parallel_branches_run_concurrently_in_online_mode():
+    env = Environment(tiny_corpus(), progress=False)
+    result = run(_graph(sleep_ms=20), _queries(6), env, mode="online", warmup=0)
+    branch_sum = result.stages["a"].latencies_ns + result.stages["b"].latencies_ns
+    # Sequential branches would take a + b; concurrent ones take about max(a, b).
+    assert np.median(result.end_to_end_ns) < 0.8 * np.median(branch_sum)
+
+
+def test_batch_mode_reports_throughput_not_percentiles():
+    env = Environment(tiny_corpus(), progress=False)
+    result = run(_graph(), _queries(), env, mode="batch")
+    for stage in result.stages.values():
+        assert stage.latency is None
+        assert stage.throughput_qps > 0
+    assert result.end_to_end is None
+
+
+class _BrokenConfig(StageConfig):
+    pass
+
+
+class _Broken(StageBase):
+    type_name = "broken"
+    Config = _BrokenConfig
+    arity = Arity.NONE
+
+    def __init__(self):
+        self.config = _BrokenConfig(name="broken")
+
+    def run(self, queries, inputs):
+        return [Ranking.empty()]  # one ranking, whatever the batch size
+
+
+def test_a_stage_returning_the_wrong_number_of_rankings_is_named():
+    env = Environment(tiny_corpus(), progress=False)
+    with pytest.raises(StageError, match="'broken' returned 1 rankings for 3 queries"):
+        run(Graph(_Broken()), _queries(3), env, mode="batch")
+
+
+def test_unknown_mode_is_refused():
+    with pytest.raises(ValueError, match="online' or 'batch"):
+        run(_graph(), _queries(2), Environment(tiny_corpus()), mode="fast")
