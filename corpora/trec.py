@@ -1,0 +1,194 @@
+"""TREC files: topics (SGML `<top>` or `qid<TAB>text`), qrels (`qid 0 docid grade`) and run files.
+
+A run file has the six standard columns `qid Q0 docid rank score tag`; `write_run` numbers ranks
+from 1 in the ranking's own order (score desc, ties by row asc, see `stages.base.Ranking`) and
+writes atomically (a temp file in the same folder, then a rename), so a crash never leaves half a
+run behind. Scores are written with 9 significant digits, enough to round-trip a float32.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from corpora.qrels import read_trec_qrels
+from corpora.types import Corpus, DataError, Queries
+
+__all__ = ["read_topics", "read_trec_qrels", "write_run", "read_run"]
+
+PathLike = str | os.PathLike
+
+TOPIC_FIELDS = ("title", "desc", "narr")
+_TAG = re.compile(r"<(/?)(top|num|title|desc|narr)>", re.IGNORECASE)
+_PREFIX = re.compile(r"^\s*(number|topic|description|narrative)\s*:\s*", re.IGNORECASE)
+
+
+def _clean(text: str) -> str:
+    return " ".join(_PREFIX.sub("", text, count=1).split())
+
+
+def _line_at(text: str, pos: int) -> int:
+    return text.count("\n", 0, pos) + 1
+
+
+def _read_sgml_topics(path: Path, text: str, fields: list[str]) -> Queries:
+    ids: list[str] = []
+    texts: list[str] = []
+    line_of: dict[str, int] = {}
+    tags = list(_TAG.finditer(text))
+    current: dict[str, str] | None = None
+    top_line = 0
+    for i, tag in enumerate(tags):
+        closing, name = tag.group(1) == "/", tag.group(2).lower()
+        if name == "top":
+            if not closing:
+                if current is not None:
+                    raise DataError(f"{path}:{top_line}: <top> is never closed with </top>.")
+                current, top_line = {}, _line_at(text, tag.start())
+                continue
+            if current is None:
+                raise DataError(f"{path}:{_line_at(text, tag.start())}: </top> without a matching <top>.")
+            qid = current.get("num", "")
+            if not qid:
+                raise DataError(f"{path}:{top_line}: topic has no <num>.")
+            parts = [current.get(f, "") for f in fields]
+            if not any(parts):
+                raise DataError(f"{path}:{top_line}: topic {qid} has no {' or '.join(f'<{f}>' for f in fields)} text.")
+            if qid in line_of:
+                raise DataError(f"{path}:{top_line}: duplicate topic number {qid} (first on line {line_of[qid]}).")
+            line_of[qid] = top_line
+            ids.append(qid)
+            texts.append(" ".join(p for p in parts if p))
+            current = None
+        elif not closing:
+            if current is None:
+                raise DataError(f"{path}:{_line_at(text, tag.start())}: <{name}> outside a <top> ... </top> block.")
+            end = tags[i + 1].start() if i + 1 < len(tags) else len(text)
+            current[name] = _clean(text[tag.end() : end])
+    if current is not None:
+        raise DataError(f"{path}:{top_line}: <top> is never closed with </top>.")
+    return Queries(ids, texts)
+
+
+def _read_tab_topics(path: Path, text: str) -> Queries:
+    ids: list[str] = []
+    texts: list[str] = []
+    line_of: dict[str, int] = {}
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        qid, sep, query = line.partition("\t")
+        qid, query = qid.strip(), " ".join(query.split())
+        if not sep or not qid or not query:
+            raise DataError(f"{path}:{line_no}: expected 'query-id<TAB>text', got {line!r}.")
+        if qid in line_of:
+            raise DataError(f"{path}:{line_no}: duplicate query id {qid!r} (first on line {line_of[qid]}).")
+        line_of[qid] = line_no
+        ids.append(qid)
+        texts.append(query)
+    return Queries(ids, texts)
+
+
+def read_topics(path: PathLike, field: str = "title") -> Queries:
+    """Queries from a TREC topics file, SGML (`<top><num>..<title>..`) or `qid<TAB>text` (detected).
+
+    For SGML topics, `field` picks the text: "title", "desc", "narr" or a "+"-joined mix such as
+    "title+desc"; it is ignored for the tab-separated format.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: topics file not found.")
+    text = path.read_text(encoding="utf-8")
+    if re.search(r"<top>", text, re.IGNORECASE):
+        fields = [f.strip().lower() for f in field.split("+")]
+        bad = [f for f in fields if f not in TOPIC_FIELDS]
+        if bad:
+            raise ValueError(f"unknown topic field(s) {bad}; choose from {', '.join(TOPIC_FIELDS)} joined by '+'.")
+        return _read_sgml_topics(path, text, fields)
+    return _read_tab_topics(path, text)
+
+
+class RankedRows(Protocol):
+    """What `write_run` needs of a ranking (`stages.base.Ranking` has it)."""
+
+    doc_rows: np.ndarray
+    scores: np.ndarray
+
+
+def write_run(
+    path: PathLike,
+    run_name: str,
+    query_ids: Sequence[str],
+    rankings: Sequence[RankedRows],
+    corpus: Corpus,
+    *,
+    k: int | None = None,
+) -> Path:
+    """Write `rankings` (aligned with `query_ids`) as a TREC run file; returns the path written.
+
+    Each ranking's order is kept (ranks 1..n); `k` keeps only the first k per query. An empty
+    ranking writes no line for its query (trec_eval then scores it 0).
+    """
+    if not run_name or any(ch.isspace() for ch in run_name):
+        raise ValueError(f"run name {run_name!r} must be non-empty with no whitespace (it is the 6th column).")
+    if len(query_ids) != len(rankings):
+        raise ValueError(f"{len(query_ids)} query ids but {len(rankings)} rankings; they must be aligned.")
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lines: list[str] = []
+    for qid, ranking in zip(query_ids, rankings):
+        if any(ch.isspace() for ch in qid):
+            raise ValueError(f"query id {qid!r} contains whitespace and cannot be written to a TREC run.")
+        rows = np.asarray(ranking.doc_rows)[:k]
+        scores = np.asarray(ranking.scores)[:k]
+        for rank, (row, score) in enumerate(zip(rows.tolist(), scores.tolist()), start=1):
+            lines.append(f"{qid} Q0 {corpus.ids[row]} {rank} {score:.9g} {run_name}\n")
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.writelines(lines)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def read_run(path: PathLike) -> dict[str, dict[str, float]]:
+    """A TREC run file as `{qid: {docid: score}}`, each query's documents in rank order.
+
+    Queries keep their order of first appearance. A malformed line, a non-numeric rank or score,
+    or a document listed twice for one query raises `DataError` with the file and line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: run file not found.")
+    entries: dict[str, list[tuple[int, str, float]]] = {}
+    seen: dict[tuple[str, str], int] = {}
+    with open(path, encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            cols = line.split()
+            if not cols:
+                continue
+            if len(cols) != 6:
+                raise DataError(f"{path}:{line_no}: expected 6 columns 'qid Q0 docid rank score tag', got {line.rstrip()!r}.")
+            qid, _, docid, rank_s, score_s, _ = cols
+            try:
+                rank, score = int(rank_s), float(score_s)
+            except ValueError:
+                raise DataError(f"{path}:{line_no}: rank {rank_s!r} must be an integer and score {score_s!r} a number.") from None
+            if (qid, docid) in seen:
+                raise DataError(
+                    f"{path}:{line_no}: document {docid!r} listed twice for query {qid!r} (first on line {seen[qid, docid]})."
+                )
+            seen[qid, docid] = line_no
+            entries.setdefault(qid, []).append((rank, docid, score))
+    return {qid: {d: s for _, d, s in sorted(rows, key=lambda r: r[0])} for qid, rows in entries.items()}
