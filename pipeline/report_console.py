@@ -34,26 +34,50 @@ def _ms(value: float | None) -> str:
     return f"{value:.3f}" if value < 1 else f"{value:.1f}" if value < 1000 else f"{value:,.0f}"
 
 
-def build_table(report: Report) -> Table:
+def build_tables(report: Report, width: int = WIDTH) -> list[Table]:
+    """One table when metrics and latency fit in `width` columns, else a quality and a cost table."""
+    both = build_table(report)
+    if _width(both) <= width:
+        return [both]
+    tables, chunk = [], []
+    for metric in report.metrics:  # as many metrics per table as fit, then the latency table
+        if chunk and _width(build_table(report, metrics=[*chunk, metric], cost=False)) > width:
+            tables.append(build_table(report, metrics=chunk, cost=False))
+            chunk = []
+        chunk.append(metric)
+    tables.append(build_table(report, metrics=chunk, cost=False))
+    return tables + [build_table(report, metrics=[])]
+
+
+def _width(table: Table) -> int:
+    return Console(width=1000).measure(table).maximum
+
+
+def build_table(report: Report, metrics: list[str] | None = None, cost: bool = True) -> Table:
     online = report.mode == "online"
     title = f"{report.dataset} · {report.split} · {report.queries} queries · {report.mode}"
     table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), title_justify="left")
-    table.add_column("stage", no_wrap=True, overflow="ellipsis", max_width=18)
-    for metric in report.metrics:
+    table.add_column("stage", no_wrap=True, overflow="ellipsis", max_width=24)
+    metrics = report.metrics if metrics is None else metrics
+    for metric in metrics:
         table.add_column(_label(metric), justify="right", no_wrap=True)
-    if online:
+    if not cost:
+        pass
+    elif online:
         for p in ("P50", "P95", "P99"):
             table.add_column(f"{p} ms", justify="right", no_wrap=True)
     else:
         table.add_column("q/s", justify="right", no_wrap=True)
-    best = {m: max(s.metrics.get(m, 0.0) for s in report.stages.values()) for m in report.metrics}
+    best = {m: max(s.metrics.get(m, 0.0) for s in report.stages.values()) for m in metrics}
     for name, stage in report.stages.items():
         cells = [name + (" *" if stage.missing else "")]
-        for m in report.metrics:
+        for m in metrics:
             value = stage.metrics.get(m)
             text = "-" if value is None else f"{value:.4f}"
             cells.append(f"[bold]{text}[/bold]" if value is not None and value == best[m] and value > 0 else text)
-        if stage.cache_hit:
+        if not cost:
+            pass
+        elif stage.cache_hit:
             cells += ["cached"] + ([""] * 2 if online else [])
         elif online:
             lat = stage.latency_ms
@@ -61,11 +85,13 @@ def build_table(report: Report) -> Table:
         else:
             cells.append(f"{stage.throughput_qps:,.1f}" if stage.throughput_qps else "-")
         table.add_row(*cells)
-    if online and report.end_to_end.latency_ms is not None:
+    if not cost:
+        pass
+    elif online and report.end_to_end.latency_ms is not None:
         lat = report.end_to_end.latency_ms
-        table.add_row("end to end", *([""] * len(report.metrics)), _ms(lat.p50), _ms(lat.p95), _ms(lat.p99), style="dim")
+        table.add_row("end to end", *([""] * len(metrics)), _ms(lat.p50), _ms(lat.p95), _ms(lat.p99), style="dim")
     elif not online and report.end_to_end.throughput_qps:
-        table.add_row("end to end", *([""] * len(report.metrics)), f"{report.end_to_end.throughput_qps:,.1f}", style="dim")
+        table.add_row("end to end", *([""] * len(metrics)), f"{report.end_to_end.throughput_qps:,.1f}", style="dim")
     return table
 
 
@@ -95,7 +121,8 @@ def render_report(report: Report, width: int = WIDTH, color: bool = False) -> st
     """The table and notes as text, `width` columns wide at most."""
     buf = io.StringIO()
     console = Console(file=buf, width=width, force_terminal=color, color_system="standard" if color else None)
-    console.print(build_table(report))
+    for table in build_tables(report, width):
+        console.print(table)
     for line in notes(report):
         console.print(line, highlight=False, markup=False)
     return buf.getvalue()
@@ -106,7 +133,8 @@ def print_report(report: Report, quiet: bool = False, console: Console | None = 
     if console is None:
         probe = Console()
         console = Console(width=min(WIDTH, probe.width) if probe.is_terminal else WIDTH)
-    console.print(build_table(report))
+    for table in build_tables(report, console.width):
+        console.print(table)
     if not quiet:
         for line in notes(report):
             console.print(line, highlight=False, markup=False)

@@ -1,0 +1,140 @@
+"""Report files: the report.json contract, TREC runs, per-query CSV, self-contained HTML, console width."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+
+import pytest
+
+from corpora.trec import read_run
+from eval_fixtures import LabelledPool, OracleRetriever, tiny_dataset
+from pipeline.evaluate import evaluate
+from pipeline.report import Report
+from pipeline.report_console import print_report, render_report
+from pipeline.report_html import render_html
+from stubs import StubRerank, StubRetriever
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return tiny_dataset()
+
+
+@pytest.fixture(scope="module")
+def report(dataset):
+    qrels = dataset.qrels["test"]
+    graph = (OracleRetriever("bm25", k=30, noise=0.5, qrels=qrels) | StubRetriever("dense", k=30)) >> LabelledPool("pool", k=40) >> StubRerank("rerank", k=10)
+    return evaluate(graph, dataset, progress=False)
+
+
+@pytest.fixture(scope="module")
+def saved(report, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    report.save(out)
+    return out
+
+
+def test_json_contract(saved, dataset):
+    data = json.loads((saved / "report.json").read_text())
+    for key in ("dataset", "split", "mode", "config", "output", "metrics", "dataset_fingerprint", "versions",
+                "machine", "warmup_queries", "cache_hits", "missing_queries", "end_to_end", "stages", "per_query"):
+        assert key in data, key
+    assert (data["dataset"], data["split"], data["mode"]) == ("tiny", "test", "online")
+    assert data["dataset_fingerprint"] == dataset.corpus.fingerprint
+    assert data["machine"]["cpu_count"] >= 1 and data["machine"]["cpu_model"]
+    assert data["versions"]["numpy"] and data["versions"]["python"]
+    assert data["config"]["pipeline"][-1]["name"] == "rerank"  # the graph's own config
+    for name in ("bm25", "dense", "pool", "rerank"):
+        stage = data["stages"][name]
+        assert set(stage["metrics"]) == {"recall@10", "recall@100", "ndcg@10", "mrr@10", "map"}
+        assert {"p50", "p95", "p99", "mean", "max"} <= set(stage["latency_ms"])
+        assert stage["queries"] == len(dataset.qrels["test"])
+        assert 0.0 <= stage["metrics"]["ndcg@10"] <= 1.0
+    assert set(data["stages"]["pool"]["branches"]) == {"bm25", "dense"}
+    qids = data["per_query"]["qids"]
+    assert len(data["per_query"]["metrics"]["rerank"]["map"]) == len(qids)
+
+
+def test_json_round_trip(saved, report):
+    loaded = Report.load(saved)  # a directory works as well as the file
+    assert loaded.model_dump() == report.model_dump()
+    with pytest.raises(FileNotFoundError, match="report.json"):
+        Report.load(saved / "nowhere")
+
+
+def test_trec_run_per_stage_in_ranking_order(saved, report, dataset):
+    for name in report.stages:
+        path = saved / "runs" / f"{name}.trec"
+        lines = path.read_text().splitlines()
+        assert all(len(line.split()) == 6 and line.split()[5] == name for line in lines)
+        run = read_run(path)
+        first = report.per_query.latency_qids[0]
+        ranking = report._runs[name][0]
+        assert list(run[first]) == [dataset.corpus.ids[r] for r in ranking.doc_rows]
+
+
+def test_per_query_csv(saved, report):
+    rows = list(csv.DictReader((saved / "per_query.csv").open()))
+    assert len(rows) == len(report.stages) * report.queries
+    assert list(rows[0]) == ["stage", "qid", *report.metrics, "latency_ms"]
+    by_key = {(r["stage"], r["qid"]): r for r in rows}
+    i = 5
+    qid = report.per_query.qids[i]
+    assert float(by_key["pool", qid]["ndcg@10"]) == pytest.approx(report.per_query.metrics["pool"]["ndcg@10"][i], rel=1e-5)
+    assert float(by_key["pool", qid]["latency_ms"]) > 0
+
+
+def test_html_is_self_contained(saved, report):
+    html = (saved / "report.html").read_text()
+    assert html.startswith("<!DOCTYPE html>")
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", html, re.I)
+    assert "<script" not in html.lower() and "@import" not in html and "url(" not in html
+    assert html.count("<svg") >= 2 + len(report.stages)  # funnel, strip plot, a histogram per stage
+    for name in report.stages:
+        assert f">{name}<" in html or f">{name} <" in html
+    assert "Recall funnel" in html and "Latency per query" in html
+
+
+def test_html_in_batch_mode_and_from_loaded_report(saved, dataset):
+    batch = evaluate(StubRetriever("r", k=20) >> StubRerank("rr", k=5), dataset, mode="batch", progress=False)
+    html = render_html(batch)
+    assert "Batch mode measures throughput" in html and "<svg" in html
+    loaded = Report.load(saved)
+    out = saved.parent / "resaved"
+    loaded.save(out)  # no rankings attached: no run files, but every other file
+    assert (out / "report.html").is_file() and not (out / "runs").exists()
+
+
+def test_console_table_fits_100_columns(report):
+    text = render_report(report)
+    assert max(len(line) for line in text.splitlines()) <= 100
+    assert "…" not in text
+    header = next(line for line in text.splitlines() if "nDCG@10" in line)
+    for column in ("R@100", "MRR@10", "MAP", "P50 ms", "P95 ms", "P99 ms"):
+        assert column in header
+    for name in report.stages:
+        assert any(line.strip().startswith(name) for line in text.splitlines())
+
+
+def test_console_table_fits_with_many_metrics_and_long_names(dataset):
+    graph = StubRetriever("a_retriever_with_a_very_long_name", k=20) >> StubRerank("r", k=10)
+    metrics = ["recall@10", "recall@100", "ndcg@10", "ndcg@100", "mrr@10", "map", "p@10", "hit@10"]
+    report = evaluate(graph, dataset, metrics=metrics, progress=False)
+    text = render_report(report)
+    assert max(len(line) for line in text.splitlines()) <= 100
+    values = [line for line in text.splitlines() if line.strip().startswith("r ")]
+    assert "…" not in "".join(values)  # numbers are never cut: the table splits instead
+    for column in ("nDCG@100", "Hit@10", "P95 ms"):
+        assert column in text
+
+
+def test_print_report_quiet_prints_only_the_table(report, capsys):
+    from rich.console import Console
+
+    print_report(report, quiet=True, console=Console(width=100, file=None))
+    quiet = capsys.readouterr().out
+    print_report(report, quiet=False, console=Console(width=100))
+    loud = capsys.readouterr().out
+    assert "nDCG@10" in quiet and "warm-up" not in quiet and "warm-up" in loud
