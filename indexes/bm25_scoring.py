@@ -1,0 +1,208 @@
+"""BM25 formulas and the fast backend: eager sparse scoring over a term-major score matrix.
+
+Variants (Kamphuis, de Vries, Boytsov & Lin, "Which BM25 do you mean?", ECIR 2020; the same
+definitions as bm25s), with `norm(d) = 1 - b + b * |d| / avgdl`:
+
+| variant   | idf(t)                                   | tf part                         |
+| ---       | ---                                      | ---                             |
+| lucene    | log(1 + (N - df + 0.5) / (df + 0.5))     | tf / (tf + k1 * norm(d))        |
+| robertson | max(0, log((N - df + 0.5) / (df + 0.5))) | tf / (tf + k1 * norm(d))        |
+| atire     | log(N / df)                              | tf (k1 + 1) / (tf + k1 norm(d)) |
+
+`lucene` is Lucene's `BM25Similarity` (Pyserini, bm25s default) without Lucene's lossy one-byte
+document-length encoding. `robertson` clips the negative idf of terms found in more than half the
+documents to 0 (bm25s does the same); rank-bm25's `BM25Okapi` instead floors them at
+`epsilon * mean idf`, see `indexes/bm25_reference.py`. Every variant gives scores >= 0.
+
+Eager scoring: at build time every (term, document) pair's contribution `idf(t) * tf part` is
+computed once and stored as a CSC-style matrix (`indptr` over terms, `indices` = document rows,
+`data` = float32 scores). A query then only gathers the columns of its terms and adds them up in
+a reusable dense accumulator, touching just the documents that contain a query term (one compiled
+pass with numba when installed, vectorised numpy otherwise); a top-k selection over those
+candidates finishes it. No per-query loop over documents in Python.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import scipy.sparse as sp
+
+from indexes.bm25_kernels import HAVE_NUMBA, accumulate
+
+Variant = Literal["lucene", "robertson", "atire"]
+VARIANTS: tuple[str, ...] = ("lucene", "robertson", "atire")
+
+
+def idf(variant: str, df: np.ndarray, n_docs: int) -> np.ndarray:
+    """Inverse document frequency of each term (float64); terms with df == 0 get 0."""
+    df = np.asarray(df, dtype=np.float64)
+    n = float(n_docs)
+    out = np.zeros_like(df)
+    seen = df > 0
+    d = df[seen]
+    if variant == "lucene":
+        out[seen] = np.log1p((n - d + 0.5) / (d + 0.5))
+    elif variant == "robertson":
+        out[seen] = np.maximum(0.0, np.log((n - d + 0.5) / (d + 0.5)))
+    elif variant == "atire":
+        out[seen] = np.log(n / d)
+    else:
+        raise ValueError(f"unknown BM25 variant {variant!r}; use one of {', '.join(VARIANTS)}")
+    return out
+
+
+def tf_part(variant: str, tf: np.ndarray, norm_k1: np.ndarray, k1: float) -> np.ndarray:
+    """The term-frequency part; `norm_k1` is `k1 * (1 - b + b * |d| / avgdl)` per entry."""
+    if variant == "atire":
+        return tf * np.float32(k1 + 1.0) / (tf + norm_k1)
+    return tf / (tf + norm_k1)
+
+
+def length_norm(doc_lengths: np.ndarray, k1: float, b: float) -> np.ndarray:
+    """`k1 * (1 - b + b * |d| / avgdl)` per document (float64)."""
+    lengths = np.asarray(doc_lengths, dtype=np.float64)
+    avgdl = float(lengths.mean()) if len(lengths) else 0.0
+    if avgdl <= 0:
+        raise ValueError("cannot build a BM25 index: after analysis no document has any term (check the tokenizer)")
+    return k1 * (1.0 - b + b * lengths / avgdl)
+
+
+def term_frequencies(term_ids: np.ndarray, offsets: np.ndarray, vocab_size: int) -> sp.csr_matrix:
+    """Document-major term-frequency matrix (float32 counts), duplicates summed, columns sorted."""
+    n_docs = len(offsets) - 1
+    ones = np.ones(len(term_ids), dtype=np.float32)
+    tf = sp.csr_matrix((ones, np.asarray(term_ids, dtype=np.int32), np.asarray(offsets, dtype=np.int64)),
+                       shape=(n_docs, vocab_size))
+    tf.sum_duplicates()  # sorts each row's term ids and merges repeats into counts
+    return tf
+
+
+@dataclass
+class SparseScores:
+    """Term-major matrix of precomputed BM25 contributions: column `t` is `indices/data[indptr[t]:indptr[t+1]]`."""
+
+    indptr: np.ndarray  # int64, vocab_size + 1
+    indices: np.ndarray  # int32 document rows, sorted within each term
+    data: np.ndarray  # float32 contributions, all > 0 except for idf == 0 terms
+    n_docs: int
+
+    @classmethod
+    def build(cls, tf: sp.csr_matrix, doc_lengths: np.ndarray, variant: str, k1: float, b: float) -> SparseScores:
+        """Score every nonzero of the document-major `tf` matrix and transpose to term-major."""
+        n_docs, vocab_size = tf.shape
+        df = np.bincount(tf.indices, minlength=vocab_size)
+        term_idf = idf(variant, df, n_docs).astype(np.float32)
+        norm = length_norm(doc_lengths, k1, b).astype(np.float32)
+        per_entry_norm = np.repeat(norm, np.diff(tf.indptr))
+        values = tf_part(variant, tf.data, per_entry_norm, k1)
+        del per_entry_norm
+        values *= term_idf[tf.indices]
+        scored = sp.csr_matrix((values, tf.indices, tf.indptr), shape=tf.shape, copy=False)
+        csc = scored.tocsc()  # C++ transpose; rows come out sorted within each column
+        return cls(csc.indptr.astype(np.int64, copy=False), csc.indices.astype(np.int32, copy=False),
+                   csc.data.astype(np.float32, copy=False), n_docs)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.indptr) - 1
+
+    def validate(self) -> None:
+        """Raise ValueError when the arrays do not form a consistent matrix (a damaged index)."""
+        if self.indptr.ndim != 1 or len(self.indptr) < 1 or self.indptr[0] != 0:
+            raise ValueError("indptr must be 1-d and start at 0")
+        if int(self.indptr[-1]) != len(self.indices) or len(self.indices) != len(self.data):
+            raise ValueError(f"indptr ends at {int(self.indptr[-1])}, indices has {len(self.indices)}, data {len(self.data)}")
+
+
+class SparseSearcher:
+    """Scores queries against a `SparseScores` matrix with a per-thread dense accumulator.
+
+    The accumulator (one float32 per document) is reset after each query. With numba installed
+    the postings are added in one compiled pass (`indexes/bm25_kernels.py`); otherwise, or with
+    `use_numba=False`, a vectorised numpy path gives the same result.
+    """
+
+    def __init__(self, scores: SparseScores, use_numba: bool | None = None):
+        self.scores = scores
+        # Plain ndarray views: memory-mapped arrays stay mapped, without np.memmap's per-op overhead.
+        self._indptr = np.asarray(scores.indptr)
+        self._indices = np.asarray(scores.indices)
+        self._data = np.asarray(scores.data)
+        self.use_numba = HAVE_NUMBA if use_numba is None else (use_numba and HAVE_NUMBA)
+        self._local = threading.local()
+
+    def _buffers(self) -> tuple[np.ndarray, np.ndarray]:
+        bufs = getattr(self._local, "bufs", None)
+        if bufs is None:
+            n = self.scores.n_docs
+            bufs = self._local.bufs = (np.zeros(n, dtype=np.float32), np.empty(n, dtype=np.int32))
+        return bufs
+
+    def warm_up(self) -> None:
+        """Compile the numba kernel now (about a second, cached on disk), not in the first query."""
+        if self.use_numba:
+            acc, touched = self._buffers()
+            accumulate(self._indptr, self._indices, self._data, np.empty(0, dtype=np.int64),
+                       np.empty(0, dtype=np.float32), acc, touched)
+
+    def postings(self, term: int) -> tuple[np.ndarray, np.ndarray]:
+        start, end = self._indptr[term], self._indptr[term + 1]
+        return self._indices[start:end], self._data[start:end]
+
+    def score(self, terms: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, scores) of every document with a positive score, unordered.
+
+        `terms` are distinct term ids and `weights` their counts in the query (a term that occurs
+        twice in the query counts twice, as in Lucene/Pyserini and rank-bm25).
+        """
+        terms = np.asarray(terms, dtype=np.int64)
+        weights = np.asarray(weights, dtype=np.float32)
+        if len(terms) == 0:
+            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
+        if len(terms) == 1:  # one posting list: no accumulation needed
+            rows, vals = self.postings(int(terms[0]))
+            vals = vals * weights[0]
+            keep = vals > 0
+            return rows[keep].astype(np.int64), vals[keep]
+        acc, touched = self._buffers()
+        try:
+            if self.use_numba:
+                return accumulate(self._indptr, self._indices, self._data, terms, weights, acc, touched)
+            return self._score_numpy(terms, weights, acc)
+        except BaseException:
+            acc[:] = 0.0  # never leave a dirty accumulator behind
+            raise
+
+    def _score_numpy(self, terms: np.ndarray, weights: np.ndarray, acc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        lists = [self.postings(int(t)) for t in terms]
+        for (rows, vals), w in zip(lists, weights):
+            acc[rows] += vals if w == 1 else vals * w  # rows are distinct within one term
+        # Read each document once: the first term that holds it takes its score and zeroes the
+        # slot, so later terms see 0 there and skip it. This also resets the accumulator.
+        out_rows, out_vals = [], []
+        for rows, _ in lists:
+            got = acc[rows]
+            acc[rows] = 0.0
+            keep = got > 0
+            out_rows.append(rows[keep])
+            out_vals.append(got[keep])
+        return np.concatenate(out_rows).astype(np.int64), np.concatenate(out_vals)
+
+
+def top_k(rows: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The best `k` (rows, scores), score descending, ties by row ascending (int64, float32)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    scores = np.asarray(scores, dtype=np.float32)
+    if k <= 0:
+        return rows[:0], scores[:0]
+    if len(scores) > k:
+        # Everything scoring at least the k-th best survives, so ties at the cut are ordered by row.
+        kth = -np.partition(-scores, k - 1)[k - 1]
+        keep = np.flatnonzero(scores >= kth)
+        rows, scores = rows[keep], scores[keep]
+    order = np.lexsort((rows, -scores))[:k]
+    return rows[order], scores[order]
