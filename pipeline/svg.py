@@ -92,6 +92,16 @@ def _log_ticks(lo: float, hi: float) -> list[float]:
     return ticks
 
 
+def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
+    """Round tick values (1, 2, 2.5 or 5 times a power of ten) covering [lo, hi]."""
+    span = max(hi - lo, 1e-12)
+    raw = span / max(count, 1)
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
+    first = math.ceil(lo / step - 1e-9) * step
+    return [round(first + i * step, 10) for i in range(int((hi - first) / step + 1e-9) + 1)]
+
+
 def latency_strips(rows: Sequence[str], samples: Sequence[Sequence[float]], title: str, width: int = 720) -> str:
     """Per row, each value as a dot plus a P25-P75 box, a median bar and a P95 tick; log x axis."""
     row_h, left, right, top = 34, 150, 20, 34
@@ -173,9 +183,11 @@ def xy_plot(
     pts = [p for s in series.values() for p in s]
     xs = np.array([p[0] for p in pts], dtype=np.float64) if pts else np.array([0.0, 1.0])
     ys = np.array([p[1] for p in pts], dtype=np.float64) if pts else np.array([0.0, 1.0])
-    x0, x1 = 0.0, float(xs.max()) * 1.1 or 1.0
+    x_ticks = nice_ticks(0.0, float(xs.max()) * 1.1 or 1.0)
+    x0, x1 = 0.0, max(x_ticks[-1], float(xs.max()) * 1.1) or 1.0
     y_pad = (float(ys.max()) - float(ys.min())) * 0.15 or 0.05
-    y0, y1 = max(float(ys.min()) - y_pad, 0.0), float(ys.max()) + y_pad
+    y_ticks = nice_ticks(max(float(ys.min()) - y_pad, 0.0), float(ys.max()) + y_pad)
+    y0, y1 = min(y_ticks[0], float(ys.min())), max(y_ticks[-1], float(ys.max()) + y_pad / 2)
     pw, ph = width - left - right, height - top - bottom
 
     def px(x: float) -> float:
@@ -185,11 +197,12 @@ def xy_plot(
         return top + ph * (1 - (y - y0) / (y1 - y0))
 
     body = [_text(8, 18, title, extra='font-weight="600" font-size="14"')]
-    for t in np.linspace(y0, y1, 5):
+    for t in y_ticks:
         body.append(f'<line x1="{left}" y1="{py(t):.1f}" x2="{left + pw}" y2="{py(t):.1f}" stroke="#eee"/>')
-        body.append(_text(left - 6, py(t) + 4, f"{t:.3f}", "end", 'font-size="10"'))
-    for t in np.linspace(x0, x1, 6):
-        body.append(_text(px(t), top + ph + 16, f"{t:.3g}", "middle", 'font-size="10"'))
+        body.append(_text(left - 6, py(t) + 4, f"{t:g}", "end", 'font-size="10"'))
+    for t in x_ticks:
+        body.append(f'<line x1="{px(t):.1f}" y1="{top}" x2="{px(t):.1f}" y2="{top + ph}" stroke="#f3f3f3"/>')
+        body.append(_text(px(t), top + ph + 16, f"{t:g}", "middle", 'font-size="10"'))
     body.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>')
     body.append(_text(left + pw / 2, height - 10, x_label, "middle"))
     body.append(_text(14, top + ph / 2, y_label, "middle", f'transform="rotate(-90 14 {top + ph / 2:.1f})"'))
