@@ -179,7 +179,7 @@ def xy_plot(
     height: int = 380,
 ) -> str:
     """Each series is a list of (x, y, point label), drawn as labelled points joined by a line."""
-    left, right, top, bottom = 64, 24, 40, 48
+    left, right, top, bottom = 64, 24, 48, 48
     pts = [p for s in series.values() for p in s]
     xs = np.array([p[0] for p in pts], dtype=np.float64) if pts else np.array([0.0, 1.0])
     ys = np.array([p[1] for p in pts], dtype=np.float64) if pts else np.array([0.0, 1.0])
@@ -213,6 +213,7 @@ def xy_plot(
         for x, y, label in points:
             body.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="4" fill="{color}"><title>{escape(label)}: {y:.4f} at {x:.3f} ms</title></circle>')
             body.append(_text(px(x) + 6, py(y) - 6, label, extra='font-size="11"'))
-        body.append(f'<rect x="{left + 10 + j * 140}" y="{top + 8}" width="10" height="10" fill="{color}"/>')
-        body.append(_text(left + 24 + j * 140, top + 17, name))
+        lx = left + pw - 160 * (len(series) - j)
+        body.append(f'<rect x="{lx}" y="{top - 16}" width="10" height="10" fill="{color}"/>')
+        body.append(_text(lx + 14, top - 7, name))
     return _svg(width, height, body, title)

@@ -150,6 +150,28 @@ def with_setting(graph: Graph, stage: str, param: str, value: Any) -> Graph:
     return Graph([Step(s.name, rebuilt if s.name == stage else s.stage, s.inputs, s.cutoff) for s in graph.steps])
 
 
+class UpstreamOnlyCache:
+    """Serves only the steps upstream of the swept stage from `cache`; the swept stage and what follows
+    always run, so their latency is measured on every sweep, even a repeated one. Saves go through."""
+
+    def __init__(self, cache: StageCache, serve: set[str]):
+        self.cache, self.serve = cache, serve
+
+    @classmethod
+    def for_graph(cls, cache: StageCache, graph: Graph, stage: str, queries, env: Environment) -> UpstreamOnlyCache:
+        from pipeline.executor import _keys  # the executor's own cache keys, so they always agree
+
+        keys = _keys(graph, queries, env)
+        changed = set(downstream_of(graph, stage))
+        return cls(cache, {keys[s.name] for s in graph.steps if s.name not in changed})
+
+    def load(self, key: str):
+        return self.cache.load(key) if key in self.serve else None
+
+    def save(self, key: str, rankings) -> None:
+        self.cache.save(key, rankings)
+
+
 def downstream_of(graph: Graph, stage: str) -> list[str]:
     """`stage` and every step that reads from it, directly or not, in graph order."""
     changed = {stage}
@@ -185,9 +207,11 @@ def sweep(
     if cache is None:
         cache_dir = Path(out) / "cache" if out is not None else Path(tempfile.mkdtemp(prefix="stagegraph-sweep-"))
         cache = StageCache(cache_dir)
+    env = env or Environment(corpus=dataset.corpus, progress=progress)
     result: SweepResult | None = None
     for value, g in zip(values, graphs):
-        report = evaluate(g, dataset, split=split, metrics=metrics, mode=mode, env=env, cache=cache,
+        upstream = UpstreamOnlyCache.for_graph(cache, g, stage, dataset.split(split)[0], env)
+        report = evaluate(g, dataset, split=split, metrics=metrics, mode=mode, env=env, cache=upstream,
                           warmup=warmup, progress=progress)
         if result is None:
             names = report.metrics

@@ -100,6 +100,13 @@ def test_sweep_quality_rises_with_depth_and_upstream_is_cached(tmp_path):
     assert "<svg" in html and "http" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")
     assert json.loads((tmp_path / "depth=20" / "report.json").read_text())["stages"]["first"]["cache_hit"] is True
 
+    # Again, same cache: the upstream stage is read back, the swept stage still runs and is timed.
+    calls = retriever.calls
+    again = sweep(graph, dataset, "rerank", "depth", [5, 100], out=tmp_path, progress=False, warmup=0)
+    assert retriever.calls == calls
+    assert all(p.stage_p95_ms is not None for p in again.points)
+    assert again.points[1].stage_p95_ms >= 100 * 0.1
+
 
 def test_sweep_errors():
     dataset = modular_dataset(n_docs=30, n_queries=3)
