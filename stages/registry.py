@@ -18,6 +18,7 @@ BUILTIN_MODULES = (
     "stages.retrieve",
     "stages.fuse",
     "stages.rerank",
+    "stages.metrics",
 )
 
 _REGISTRY: dict[str, type] = {}

@@ -132,3 +132,16 @@ def test_environment_for_another_corpus_is_refused(dataset):
     other = tiny_dataset(n_docs=30)
     with pytest.raises(ValueError, match="corpus"):
         evaluate(StubRetriever("r"), dataset, env=Environment(other.corpus), progress=False)
+
+
+def test_yaml_metrics_stage_sets_the_metrics(dataset):
+    from pipeline.config import graph_from_config
+    from stubs import register_stubs
+
+    register_stubs()
+    graph = graph_from_config(
+        {"pipeline": [{"type": "stub_retriever", "name": "r", "k": 20}, {"type": "metrics", "metrics": ["ndcg@10", "P@5"]}]}
+    )
+    report = evaluate(graph, dataset, metrics=None, progress=False)
+    assert report.metrics == ["ndcg@10", "p@5"] and list(report.stages) == ["r"]
+    assert graph.to_config()["pipeline"][-1] == {"type": "metrics", "metrics": ["ndcg@10", "p@5"]}
