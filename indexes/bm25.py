@@ -23,7 +23,8 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Literal, NamedTuple
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -63,11 +64,15 @@ class BM25Settings(BaseModel):
     tokenizer: Tokenizer = Field(default_factory=Tokenizer)
 
 
-class Hits(NamedTuple):
+@dataclass(frozen=True)
+class Hits:
     """Top documents of one query: corpus rows (int64) and scores (float32), best first, ties by row."""
 
     rows: np.ndarray
     scores: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.rows)
 
 
 def _empty_hits() -> Hits:

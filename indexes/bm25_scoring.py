@@ -75,7 +75,8 @@ def term_frequencies(term_ids: np.ndarray, offsets: np.ndarray, vocab_size: int)
     """Document-major term-frequency matrix (float32 counts), duplicates summed, columns sorted."""
     n_docs = len(offsets) - 1
     ones = np.ones(len(term_ids), dtype=np.float32)
-    tf = sp.csr_matrix((ones, np.asarray(term_ids, dtype=np.int32), np.asarray(offsets, dtype=np.int64)),
+    # Copies: scipy would otherwise share the caller's arrays, and sum_duplicates sorts in place.
+    tf = sp.csr_matrix((ones, np.array(term_ids, dtype=np.int32), np.array(offsets, dtype=np.int64)),
                        shape=(n_docs, vocab_size))
     tf.sum_duplicates()  # sorts each row's term ids and merges repeats into counts
     return tf
