@@ -217,3 +217,22 @@ def test_blend_scores_mixes_normalised_signals():
     by_rank = blend_scores(ce, up, BlendSpec(alpha=0.5, upstream="rank"))
     np.testing.assert_allclose(by_rank, [0.5, 0.75, 0.25])
     np.testing.assert_array_equal(blend_scores(ce, up, BlendSpec(alpha=1.0)), ce.astype(np.float32))
+
+
+def test_onnx_fp32_order_equals_torch_and_int8_runs(tiny_ce, corpus, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    queries, upstream = _queries(), _upstream(len(corpus), 3)
+    env = _env(corpus, tmp_path)
+    runs = {}
+    for backend in ("torch", "onnx", "onnx-int8"):
+        stage = CrossEncoderReranker(str(tiny_ce), max_length=64, depth=20, k=20, backend=backend, score_cache="off")
+        stage.warm_up(env)
+        runs[backend] = stage.run(queries, [upstream])
+    for t, o in zip(runs["torch"], runs["onnx"]):
+        np.testing.assert_array_equal(t.doc_rows, o.doc_rows)
+        np.testing.assert_allclose(t.scores, o.scores, atol=1e-5)
+    for t, q in zip(runs["torch"], runs["onnx-int8"]):
+        assert np.isfinite(q.scores).all() and set(q.doc_rows) == set(t.doc_rows)
+    assert sorted(p.name for p in (tmp_path / "onnx").rglob("*.onnx")) == ["model-v1-int8.onnx", "model-v1.onnx"]
+    assert CrossEncoderReranker(str(tiny_ce), backend="onnx-int8").fingerprint() != CrossEncoderReranker(str(tiny_ce)).fingerprint()
