@@ -66,7 +66,7 @@ def _environment(args: argparse.Namespace, dataset):
 def _load_dataset(args: argparse.Namespace):
     from corpora.registry import load_dataset
 
-    return load_dataset(args.dataset, progress=not args.quiet)
+    return load_dataset(args.dataset, progress=not args.quiet, download=getattr(args, "download", False))
 
 
 # -- commands -------------------------------------------------------------------------------------
@@ -178,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _dataset_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True, help="a BEIR-layout directory or a registered name such as `sample`")
+    p.add_argument("--download", action="store_true", help="fetch a public BEIR dataset by name when it is not found locally (needs network)")
     p.add_argument("--reranker", help="model for every cross-encoder stage (HF id or local path; or $STAGEGRAPH_RERANKER)")
 
 

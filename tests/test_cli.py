@@ -1,0 +1,100 @@
+"""The command line: eval/index/search on a tiny BEIR folder with stub stages, and exit codes."""
+
+import json
+import textwrap
+
+import pytest
+from stubs import register_stubs
+
+from pipeline.cli import EXIT_BAD_INPUT, EXIT_OK, main
+
+register_stubs()
+
+CONFIG = """
+pipeline:
+  - parallel:
+      - {type: stub_retriever, name: a, k: 20}
+      - {type: stub_retriever, name: b, k: 20, seed: 1}
+  - {type: stub_fuse, name: pool, k: 10}
+  - {type: stub_rerank, name: rr, k: 5}
+"""
+
+
+@pytest.fixture
+def beir_dir(tmp_path):
+    root = tmp_path / "tiny"
+    (root / "qrels").mkdir(parents=True)
+    docs = [json.dumps({"_id": f"d{i}", "title": f"title {i}", "text": f"text {i}"}) for i in range(40)]
+    (root / "corpus.jsonl").write_text("\n".join(docs) + "\n")
+    queries = [json.dumps({"_id": f"q{i}", "text": f"question {i}"}) for i in range(6)]
+    (root / "queries.jsonl").write_text("\n".join(queries) + "\n")
+    rows = ["query-id\tcorpus-id\tscore"] + [f"q{i}\td{(3 * i) % 40}\t1" for i in range(6)]
+    (root / "qrels" / "test.tsv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+@pytest.fixture
+def config(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text(textwrap.dedent(CONFIG))
+    return path
+
+
+def test_eval_writes_the_report_contract(beir_dir, config, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["--quiet", "--work-dir", str(tmp_path / "w"), "eval", str(config), "--dataset", str(beir_dir), "--out", str(out)])
+    assert code == EXIT_OK
+    report = json.loads((out / "report.json").read_text())
+    assert report["dataset"] and report["split"] == "test" and report["mode"] == "online"
+    assert report["config"]["pipeline"][1]["type"] == "stub_fuse"
+    for name in ["a", "b", "pool", "rr"]:
+        stage = report["stages"][name]
+        assert set(stage["latency_ms"]) >= {"p50", "p95", "p99", "mean", "max"}
+        assert stage["queries"] == 6
+        assert set(stage["metrics"]) >= {"recall@10", "recall@100", "ndcg@10", "mrr@10", "map"}
+        lines = (out / "runs" / f"{name}.trec").read_text().splitlines()
+        assert lines and len(lines[0].split()) == 6
+    assert "rr" in capsys.readouterr().out
+
+
+def test_second_eval_reads_the_cache_and_says_so(beir_dir, config, tmp_path):
+    args = ["--quiet", "--work-dir", str(tmp_path / "w"), "eval", str(config), "--dataset", str(beir_dir)]
+    assert main(args + ["--out", str(tmp_path / "o1")]) == EXIT_OK
+    assert main(args + ["--out", str(tmp_path / "o2")]) == EXIT_OK
+    report = json.loads((tmp_path / "o2" / "report.json").read_text())
+    assert all(s["cache_hit"] for s in report["stages"].values())
+    assert main(args + ["--no-cache", "--out", str(tmp_path / "o3")]) == EXIT_OK
+    report = json.loads((tmp_path / "o3" / "report.json").read_text())
+    assert not any(s["cache_hit"] for s in report["stages"].values())
+
+
+def test_search_prints_each_stage(beir_dir, config, tmp_path, capsys):
+    code = main(["--quiet", "--work-dir", str(tmp_path / "w"), "search", str(config), "question 1", "--dataset", str(beir_dir)])
+    assert code == EXIT_OK
+    out = capsys.readouterr().out
+    assert "question 1" in out and "end to end" in out
+    for name in ["a", "b", "pool", "rr"]:
+        assert name in out
+
+
+def test_index_warms_every_stage(beir_dir, config, tmp_path, capsys):
+    assert main(["--work-dir", str(tmp_path / "w"), "index", str(config), "--dataset", str(beir_dir)]) == EXIT_OK
+    assert "pool: ready" in capsys.readouterr().out
+
+
+def test_bad_inputs_exit_2_with_one_clear_line(beir_dir, config, tmp_path, capsys):
+    assert main(["eval", str(tmp_path / "nope.yaml"), "--dataset", str(beir_dir)]) == EXIT_BAD_INPUT
+    assert "no such pipeline config file" in capsys.readouterr().err
+    assert main(["--quiet", "eval", str(config), "--dataset", str(tmp_path / "missing")]) == EXIT_BAD_INPUT
+    assert "No dataset" in capsys.readouterr().err
+    assert main(["search", str(config), "   ", "--dataset", str(beir_dir)]) == EXIT_BAD_INPUT
+    assert "query is empty" in capsys.readouterr().err
+    assert main([]) == EXIT_BAD_INPUT
+
+
+def test_every_subcommand_has_help(capsys):
+    for command in ["eval", "index", "search", "compare", "sweep"]:
+        with pytest.raises(SystemExit) as exc:
+            main([command, "--help"])
+        assert exc.value.code == 0
+        assert "usage: stagegraph " + command in capsys.readouterr().out
