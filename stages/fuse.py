@@ -50,8 +50,8 @@ from pydantic import Field, field_validator, model_validator
 from corpora.types import Queries
 from stages.base import Arity, Ranking, StageBase, StageConfig, StageError
 from stages.fusion import methods
-from stages.fusion.align import align
-from stages.fusion.missing import fill_missing
+from stages.fusion.align import Aligned, align
+from stages.fusion.missing import absent_value
 from stages.fusion.normalize import NORMALIZERS
 from stages.fusion.options import FusionMethod, MissingPolicy, Normalization
 from stages.registry import register
@@ -205,24 +205,36 @@ class CandidatePool(StageBase):
         """One query: the fused, de-duplicated pool of `rankings` with per-branch features."""
         cfg = self.config
         aligned = align(rankings)
-        raw = aligned.matrix([b.scores for b in aligned.branches])
-        ranks = aligned.matrix([b.ranks for b in aligned.branches])
         if cfg.method is FusionMethod.RRF:
-            fused = methods.rrf(ranks, weights, cfg.rrf_k)
+            fused = methods.rrf(aligned.ranks, aligned.present, weights, cfg.rrf_k)
         else:
             normalize = NORMALIZERS[cfg.normalization]
-            values = fill_missing(aligned.matrix([normalize(b.scores) for b in aligned.branches]), cfg.missing)
+            normalised = [normalize(s) for s in aligned.scores]
+            values = aligned.matrix(normalised, [absent_value(cfg.missing, n) for n in normalised])
             if cfg.method is FusionMethod.COMBMNZ:
-                fused = methods.combmnz(values, weights, ~np.isnan(ranks))
+                fused = methods.combmnz(values, weights, aligned.present)
             elif cfg.method is FusionMethod.MAX:
                 fused = methods.weighted_max(values, weights)
             else:  # combsum (unit weights) and wsum
                 fused = methods.weighted_sum(values, weights)
-        features: dict[str, np.ndarray] = {}
-        for b, name in enumerate(names):
-            features[name] = raw[b]
-            features[f"{name}.rank"] = ranks[b]
-        return Ranking.from_scores(aligned.rows, fused, k=cfg.k, features=features)
+        return _pool(aligned, fused, names, cfg.k)
+
+
+def _pool(aligned: Aligned, fused: np.ndarray, names: Sequence[str], k: int) -> Ranking:
+    """The top `k` of the union by fused score, with per-branch score and rank features.
+
+    Same order as `Ranking.from_scores` (float32 score desc, row asc) in one stable sort: the union's
+    rows are already ascending, so a stable sort on the score keeps ties in row order.
+    """
+    scores = fused.astype(np.float32)
+    order = np.argsort(-scores, kind="stable")[:k]
+    table = aligned.table[:, order]
+    n = len(names)
+    features: dict[str, np.ndarray] = {}
+    for b, name in enumerate(names):
+        features[name] = table[b]
+        features[f"{name}.rank"] = table[n + b]
+    return Ranking(aligned.rows[order], scores[order], features)
 
 
 def branch_contributions(rankings: Sequence[Ranking], branch_names: Sequence[str]) -> dict[str, int]:

@@ -1,8 +1,12 @@
 """Lining up several rankings of one query over the union of the documents they returned.
 
-`align(rankings)` gives the sorted union of corpus rows and, per branch, the positions of its
-documents in that union, its scores and its 1-based ranks. A row that a branch repeats is kept at
-its first (best-ranked) occurrence, so every branch contributes at most one score per document.
+`align(rankings)` gives the sorted union of corpus rows and one float32 table of (2B x U) holding,
+for B branches over U documents, each branch's raw scores (rows 0..B-1) and 1-based ranks (rows
+B..2B-1), NaN where the branch did not return the document; plus each branch's positions in the
+union and its raw scores in its own rank order (what the normalisers read). A row that a branch
+repeats is kept at its first (best-ranked) occurrence, so every branch contributes at most one score
+per document. This runs once per query on the online path, so it sticks to a few vectorised numpy
+calls (one sort and one `searchsorted` over the concatenated rows, rather than `np.unique`).
 """
 
 from __future__ import annotations
@@ -15,58 +19,94 @@ import numpy as np
 from stages.base import Ranking
 
 
-@dataclass(frozen=True)
-class Branch:
-    """One branch's list for one query, de-duplicated: where its documents sit in the union."""
+@dataclass
+class Aligned:
+    rows: np.ndarray  # (U,) int64, ascending: the union of every branch's rows
+    table: np.ndarray  # (2B, U) float32: raw scores, then 1-based ranks; NaN where absent
+    present: np.ndarray  # (B, U) bool: did branch b return row u?
+    positions: tuple[np.ndarray, ...]  # per branch: indexes into `rows`, in the branch's rank order
+    scores: tuple[np.ndarray, ...]  # per branch: raw scores as given (float32), in the branch's rank order
 
-    positions: np.ndarray  # int64 indexes into `Aligned.rows`, in the branch's rank order
-    scores: np.ndarray  # float64 raw scores, best first
-
-    def __len__(self) -> int:
+    @property
+    def n_branches(self) -> int:
         return len(self.positions)
 
     @property
+    def raw(self) -> np.ndarray:
+        """(B, U) raw scores, NaN where absent."""
+        return self.table[: self.n_branches]
+
+    @property
     def ranks(self) -> np.ndarray:
-        """1-based ranks (float64), in the branch's order."""
-        return np.arange(1, len(self.positions) + 1, dtype=np.float64)
+        """(B, U) 1-based ranks, NaN where absent."""
+        return self.table[self.n_branches :]
 
-
-@dataclass(frozen=True)
-class Aligned:
-    rows: np.ndarray  # int64 sorted union of the rows every branch returned
-    branches: tuple[Branch, ...]
-
-    def matrix(self, values: Sequence[np.ndarray]) -> np.ndarray:
-        """A (branches x union) float64 matrix with `values[b]` at branch b's positions, NaN elsewhere."""
-        out = np.full((len(self.branches), len(self.rows)), np.nan)
-        for b, (branch, vals) in enumerate(zip(self.branches, values)):
-            out[b, branch.positions] = vals
+    def matrix(self, per_branch: Sequence[np.ndarray], absent: Sequence[float]) -> np.ndarray:
+        """(B, U) float64: `per_branch[b]` (aligned with `scores[b]`) at branch b's positions, `absent[b]` elsewhere."""
+        out = np.empty(self.present.shape)
+        for b, (pos, vals, fill) in enumerate(zip(self.positions, per_branch, absent)):
+            out[b] = fill
+            out[b, pos] = vals
         return out
 
-    def present(self) -> np.ndarray:
-        """A (branches x union) bool matrix: did branch b return document u?"""
-        out = np.zeros((len(self.branches), len(self.rows)), dtype=bool)
-        for b, branch in enumerate(self.branches):
-            out[b, branch.positions] = True
-        return out
+
+_ONE_TO_N = np.arange(1, 1025, dtype=np.float32)  # 1-based ranks, grown on demand
+
+
+def _ranks(n: int) -> np.ndarray:
+    """1, 2, ..., n as float32 (a view of a shared read-only array: no allocation per query)."""
+    global _ONE_TO_N
+    if n > len(_ONE_TO_N):
+        grown = np.arange(1, max(n, 2 * len(_ONE_TO_N)) + 1, dtype=np.float32)
+        grown.flags.writeable = False
+        _ONE_TO_N = grown
+    return _ONE_TO_N[:n]
+
+
+_ONE_TO_N.flags.writeable = False
+
+
+def sorted_union(values: np.ndarray) -> np.ndarray:
+    """The sorted distinct values of a 1-d array (`np.unique`, without its per-call overhead)."""
+    ordered = np.sort(values)
+    starts = np.empty(len(ordered), dtype=bool)
+    starts[:1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=starts[1:])
+    return ordered[starts]
 
 
 def align(rankings: Sequence[Ranking]) -> Aligned:
-    """The union of `rankings`' documents and each branch's place in it (see module docstring)."""
+    """The union of `rankings`' documents and each branch's scores and ranks over it."""
+    n_branches = len(rankings)
     lengths = [len(r) for r in rankings]
-    if sum(lengths) == 0:
-        empty = Branch(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64))
-        return Aligned(np.empty(0, dtype=np.int64), tuple(empty for _ in rankings))
-    rows, inverse = np.unique(np.concatenate([r.doc_rows for r in rankings]), return_inverse=True)
-    branches = []
+    all_rows = np.concatenate([r.doc_rows for r in rankings]).astype(np.int64, copy=False) if rankings else np.empty(0, np.int64)
+    rows = sorted_union(all_rows)
+    all_positions = np.searchsorted(rows, all_rows)
+    table = np.full((2 * n_branches, len(rows)), np.nan, dtype=np.float32)
+    positions, scores = [], []
     start = 0
-    for ranking, n in zip(rankings, lengths):
-        positions = inverse[start : start + n]
-        scores = np.asarray(ranking.scores, dtype=np.float64)
+    for b, (ranking, n) in enumerate(zip(rankings, lengths)):
+        pos = all_positions[start : start + n]
         start += n
-        if n > 1 and len(np.unique(positions)) < n:
-            _, first = np.unique(positions, return_index=True)
-            keep = np.sort(first)
-            positions, scores = positions[keep], scores[keep]
-        branches.append(Branch(positions.astype(np.int64, copy=False), scores))
-    return Aligned(rows, tuple(branches))
+        table[b, pos] = ranking.scores
+        table[n_branches + b, pos] = _ranks(n)
+        positions.append(pos)
+        scores.append(ranking.scores)
+    present = ~np.isnan(table[n_branches:])
+    if np.count_nonzero(present) != start:
+        _drop_repeats(table, present, positions, scores)
+    return Aligned(rows, table, present, tuple(positions), tuple(scores))
+
+
+def _drop_repeats(table: np.ndarray, present: np.ndarray, positions: list, scores: list) -> None:
+    """A branch listed a row twice: keep its first occurrence and re-rank the rest (in place)."""
+    n_branches = len(positions)
+    for b in range(n_branches):
+        if np.count_nonzero(present[b]) == len(positions[b]):
+            continue
+        _, first = np.unique(positions[b], return_index=True)
+        keep = np.sort(first)
+        positions[b], scores[b] = positions[b][keep], scores[b][keep]
+        table[b] = table[n_branches + b] = np.nan
+        table[b, positions[b]] = scores[b]
+        table[n_branches + b, positions[b]] = _ranks(len(keep))

@@ -19,20 +19,19 @@ from __future__ import annotations
 import numpy as np
 
 
-def rrf(ranks: np.ndarray, weights: np.ndarray, k: float) -> np.ndarray:
-    """`ranks`: 1-based, NaN where the branch did not return the document."""
+def rrf(ranks: np.ndarray, present: np.ndarray, weights: np.ndarray, k: float) -> np.ndarray:
+    """`ranks`: 1-based (any value where `present`, bool (branches x documents), is False)."""
     contrib = weights[:, None] / (k + ranks)
-    return np.where(np.isnan(ranks), 0.0, contrib).sum(axis=0)
+    return np.where(present, contrib, 0.0).sum(axis=0)
 
 
 def weighted_sum(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    weighted = weights[:, None] * values
-    skipped = np.isnan(values)
-    if not skipped.any():
-        return weighted.sum(axis=0)
-    kept = ~skipped
-    total = np.where(kept, weighted, 0.0).sum(axis=0)
-    kept_weight = (weights[:, None] * kept).sum(axis=0)
+    total = weights @ values
+    if not np.isnan(total).any():  # nothing skipped (a NaN value makes its column's total NaN)
+        return total
+    kept = ~np.isnan(values)
+    total = weights @ np.where(kept, values, 0.0)
+    kept_weight = weights @ kept
     scale = np.divide(weights.sum(), kept_weight, out=np.zeros_like(kept_weight), where=kept_weight > 0)
     return total * scale
 
@@ -43,7 +42,5 @@ def combmnz(values: np.ndarray, weights: np.ndarray, present: np.ndarray) -> np.
 
 
 def weighted_max(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    weighted = weights[:, None] * values
-    if np.isnan(values).any():
-        return np.where(np.isnan(weighted), -np.inf, weighted).max(axis=0)
-    return weighted.max(axis=0)
+    # fmax ignores NaN (skipped) unless a whole column is NaN, which a pooled document never is
+    return np.fmax.reduce(weights[:, None] * values, axis=0)
