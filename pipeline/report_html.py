@@ -20,7 +20,7 @@ CSS = """
 body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px auto;max-width:1100px;color:#222;padding:0 16px}
 h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #ddd;padding-bottom:4px}
 .meta{color:#555} table{border-collapse:collapse;margin:8px 0} th,td{padding:4px 10px;text-align:right;border-bottom:1px solid #eee}
-th:first-child,td:first-child{text-align:left} th{background:#f6f6f6;font-weight:600} td.best{font-weight:700}
+th:first-child,td:first-child{text-align:left;white-space:nowrap} th{background:#f6f6f6;font-weight:600} td.best{font-weight:700}
 .muted{color:#888} .grid{display:flex;flex-wrap:wrap;gap:12px} .card{border:1px solid #eee;border-radius:6px;padding:6px}
 pre{background:#f6f6f6;padding:10px;border-radius:6px;overflow:auto;font-size:12px} .note{color:#555;font-size:13px}
 """
@@ -97,13 +97,15 @@ def _latency(r: Report) -> str:
         return "<h2>Latency</h2><p class='note'>Batch mode measures throughput, not per-query latency.</p>"
     names = list(r.stages)
     samples = [r.per_query.latency_ms.get(n, []) for n in names]
-    parts = ["<h2>Latency per query</h2>", latency_strips(names, samples, "Per-stage latency (box P25–P75, bar median, red P95)")]
     cards = []
     for i, (name, values) in enumerate(zip(names, samples)):
         cards.append(f"<div class='card'>{histogram(values, name, color=PALETTE[i % len(PALETTE)])}</div>")
     e2e = r.per_query.latency_ms.get("end_to_end")
     if e2e:
         cards.append(f"<div class='card'>{histogram(e2e, 'end to end', color='#555')}</div>")
+        names, samples = names + ["end to end"], samples + [e2e]
+    strips = latency_strips(names, samples, "Per-query latency (box P25–P75, bar median, red P95)")
+    parts = ["<h2>Latency per query</h2>", strips]
     parts.append(f"<div class='grid'>{''.join(cards)}</div>")
     return "".join(parts)
 

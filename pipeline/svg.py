@@ -145,16 +145,20 @@ def latency_strips(rows: Sequence[str], samples: Sequence[Sequence[float]], titl
 
 
 def histogram(values: Sequence[float], title: str, bins: int = 24, width: int = 340, color: str = PALETTE[0]) -> str:
-    """Counts of per-query latencies in equal-width bins (linear ms axis)."""
+    """Counts of per-query latencies in equal-width bins (linear ms axis) up to the P99; the slower
+    queries beyond it are counted in the title rather than stretching the axis."""
     v = np.asarray(values, dtype=np.float64)
     left, bottom, top, height = 36, 30, 26, 150
     plot_w, plot_h = width - left - 10, height - top - bottom
-    body = [_text(4, 16, title, extra='font-weight="600"')]
     if v.size == 0:
-        body.append(_text(left, top + 20, "cached: not timed", extra='fill="#888"'))
+        body = [_text(4, 16, title, extra='font-weight="600"'), _text(left, top + 20, "cached: not timed", extra='fill="#888"')]
         return _svg(width, height, body, title)
-    hi = float(v.max()) if v.max() > v.min() else float(v.min()) + 1e-3
-    counts, edges = np.histogram(v, bins=bins, range=(float(v.min()), hi))
+    lo, cap = float(v.min()), float(np.percentile(v, 99))
+    hi = cap if cap > lo else lo + 1e-3
+    beyond = int(np.count_nonzero(v > hi))
+    label = title + (f"  (+{beyond} above {hi:.3g} ms, max {v.max():.3g})" if beyond else "")
+    body = [_text(4, 16, label, extra='font-weight="600"')]
+    counts, edges = np.histogram(v[v <= hi], bins=bins, range=(lo, hi))
     peak = max(int(counts.max()), 1)
     bw = plot_w / bins
     for c, e0 in zip(counts.tolist(), edges[:-1].tolist()):
