@@ -49,7 +49,8 @@ def handle(args: argparse.Namespace) -> int:
     for entry in entries:
         reason = skip_reason(entry, slow=slow)
         if reason or args.list:
-            outcomes.append(Outcome(id=entry.id, dataset=entry.dataset, status="skipped", reason=reason or "would run"))
+            status = "skipped" if reason else "listed"
+            outcomes.append(Outcome(id=entry.id, dataset=entry.dataset, status=status, reason=reason or "would run"))
             continue
         try:
             outcomes.append(check(entry, work_dir=getattr(args, "work_dir", None),
@@ -72,6 +73,10 @@ def outcome_table(outcomes: list[Outcome], entries) -> Table:
                          no_wrap=name != "status", max_width=34 if name == "id" else None)
     for o in outcomes:
         entry = by_id[o.id]
+        if o.status == "listed":
+            for m, pinned in entry.metrics.items():
+                table.add_row(o.id, m, f"{pinned.expected:.4f}", "", f"{pinned.tolerance:g}", "would run")
+            continue
         if o.status in ("skipped", "error"):
             table.add_row(o.id, "", "", "", "", f"{o.status}: {o.reason}"[:60])
             continue

@@ -80,7 +80,7 @@ class Outcome(BaseModel):
 
     id: str
     dataset: str
-    status: Literal["passed", "failed", "skipped", "error"]
+    status: Literal["passed", "failed", "skipped", "error", "listed"]
     reason: str = ""
     measured: dict[str, float] = Field(default_factory=dict)
     failures: list[str] = Field(default_factory=list)
