@@ -120,11 +120,13 @@ def build_report(
         if stage_run.latencies_ns is not None:
             per_query.latency_ms[step.name] = (np.asarray(stage_run.latencies_ns) / 1e6).tolist()
         runs[step.name] = stage_run.rankings
+    # End to end covers the stages that ran; when every stage came from the cache nothing was timed.
     e2e = EndToEnd(wall_ms=result.wall_ns / 1e6)
-    if result.end_to_end_ns is not None and not all(s.cache_hit for s in stages.values()):
+    ran = not all(s.cache_hit for s in stages.values())
+    if result.end_to_end_ns is not None and ran:
         e2e.latency_ms = LatencySummary.from_ns(result.end_to_end_ns)
         per_query.latency_ms["end_to_end"] = (np.asarray(result.end_to_end_ns) / 1e6).tolist()
-    if result.wall_ns > 0 and len(queries):
+    if ran and result.wall_ns > 0 and len(queries):
         e2e.throughput_qps = len(queries) / (result.wall_ns / 1e9)
     output = _output_name(graph)
     report = Report(

@@ -65,6 +65,9 @@ def test_cache_hits_are_reported_and_not_timed(dataset, tmp_path):
     assert second.stages["r"].latency_ms is None and second.stages["rr"].latency_ms is not None
     assert second.cache_hits == 1
     assert second.stages["r"].metrics == first.stages["r"].metrics
+    third = evaluate(StubRetriever("r", k=20) >> StubRerank("rr", k=5), dataset, cache=cache, progress=False)
+    assert third.cache_hits == 2 and third.end_to_end.latency_ms is None and third.end_to_end.throughput_qps is None
+    assert third.stages["rr"].metrics == first.stages["rr"].metrics
 
 
 def test_missing_queries_score_zero_and_are_counted(dataset):
