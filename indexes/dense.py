@@ -1,0 +1,333 @@
+"""The dense index: FAISS over unit-length document embeddings, built from an `index_factory` string.
+
+* Any FAISS factory string works (`Flat`, `HNSW32`, `IVF1024,Flat`, `IVF1024,PQ32`, ...), always with
+  the inner-product metric: on L2-normalised vectors that is cosine similarity.
+* IVF and PQ are trained on a seeded random sample of the vectors (`train_sample` rows). An IVF
+  list count the corpus cannot support (FAISS wants >= 39 training points per list) is lowered to
+  `n // 39` with a warning, and PQ code bits likewise (2**bits centroids, 39 points each); the
+  factory string actually built is recorded beside the one asked for.
+* Search parameters (`ef_search` for HNSW, `nprobe` for IVF) are per call, with defaults chosen on
+  real embeddings (see `DEFAULT_EF_SEARCH`, `default_nprobe`), and FAISS's OpenMP thread count can be
+  set per call (one query is fastest on one thread).
+* `save(dir)` / `DenseIndex.load(dir)` keep `index.faiss` with a manifest (corpus fingerprint, model
+  name and content identity, dimension, factory strings, checksums); writes are atomic and a stale or
+  damaged directory is refused with the rebuild command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import re
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+from tqdm.auto import tqdm
+
+from indexes.manifest import IndexLoadError, Manifest, atomic_index_dir, library_versions, read_manifest, write_manifest
+
+log = logging.getLogger(__name__)
+
+KIND = "dense"
+FORMAT_VERSION = 1
+INDEX_FILE = "index.faiss"
+REBUILD_HINT = (
+    "rebuild it with `stagegraph index CONFIG --dataset DATASET`, or delete the directory and the "
+    "dense stage rebuilds it at warm-up"
+)
+MIN_POINTS_PER_LIST = 39  # FAISS k-means warns below this many training points per centroid
+DEFAULT_EF_SEARCH = 128  # HNSW: recall@100 vs Flat >= 0.99 on SciFact MiniLM embeddings (benchmarks/dense.py)
+DEFAULT_TRAIN_SAMPLE = 100_000
+ADD_CHUNK = 65_536
+
+
+def default_nprobe(nlist: int) -> int:
+    """IVF lists probed when `nprobe` is not set: an eighth of the lists, at least 16 (all when fewer)."""
+    return max(1, min(nlist, max(16, nlist // 8)))
+
+
+@contextlib.contextmanager
+def faiss_threads(n: int | None) -> Iterator[None]:
+    """Set FAISS's OpenMP thread count for a block and restore it (`None` leaves it as it is)."""
+    if not n:
+        yield
+        return
+    before = faiss.omp_get_max_threads()
+    if before != n:
+        faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        if before != n:
+            faiss.omp_set_num_threads(before)
+
+
+def adapt_factory(factory: str, n: int, dim: int) -> str:
+    """`factory` with IVF list counts and PQ code sizes lowered to what `n` vectors can train.
+
+    Warns when it changes anything. Raises `ValueError` for an empty corpus with a trained index.
+    """
+    spec = factory.strip()
+    needs_training = bool(re.search(r"IVF|PQ|SQ|LSH|PCA|OPQ|RQ|LSQ", spec))
+    if needs_training and n == 0:
+        raise ValueError(f"Cannot train the FAISS index {factory!r} on an empty corpus; use 'Flat'.")
+
+    def clamp_ivf(match: re.Match[str]) -> str:
+        nlist = int(match.group(1))
+        limit = max(1, n // MIN_POINTS_PER_LIST)
+        if nlist <= limit:
+            return match.group(0)
+        warnings.warn(
+            f"{factory!r}: {nlist} IVF lists need >= {nlist * MIN_POINTS_PER_LIST} vectors to train, the corpus "
+            f"has {n}; using IVF{limit}.",
+            stacklevel=3,
+        )
+        return f"IVF{limit}"
+
+    def clamp_pq(match: re.Match[str]) -> str:
+        prefix, m, nbits = match.group(1), match.group(2), int(match.group(4) or 8)
+        limit = max(1, min(nbits, int(math.floor(math.log2(max(n / MIN_POINTS_PER_LIST, 2))))))
+        if nbits <= limit:
+            return match.group(0)
+        warnings.warn(
+            f"{factory!r}: {nbits}-bit PQ codes need >= {MIN_POINTS_PER_LIST * 2 ** nbits} vectors to train, "
+            f"the corpus has {n}; "
+            f"using {limit}-bit codes.",
+            stacklevel=3,
+        )
+        return f"{prefix}PQ{m}x{limit}"
+
+    spec = re.sub(r"IVF(\d+)(?=[,_])", clamp_ivf, spec)
+    spec = re.sub(r"(^|,|_)PQ(\d+)(x(\d+))?(?=$|,|np)", clamp_pq, spec)
+    return spec
+
+
+class DenseIndex:
+    """A FAISS inner-product index over one corpus' embeddings, plus what it was built from.
+
+    `info` holds the manifest parameters: model, model_identity, max_seq_length, dim, factory (built),
+    factory_requested, ntotal, train_sample.
+    """
+
+    def __init__(self, index: faiss.Index, info: dict[str, Any], corpus_fingerprint: str):
+        self.index = index
+        self.info = dict(info)
+        self.corpus_fingerprint = corpus_fingerprint
+        self._applied: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def build(
+        cls,
+        embeddings: np.ndarray,
+        factory: str = "Flat",
+        *,
+        corpus_fingerprint: str,
+        model: str = "",
+        model_identity: str = "",
+        max_seq_length: int | None = None,
+        train_sample: int = DEFAULT_TRAIN_SAMPLE,
+        seed: int = 0,
+        progress: bool = True,
+    ) -> DenseIndex:
+        """Build the index `factory` over `embeddings` (n, dim; rows are the corpus rows)."""
+        vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
+        if vectors.ndim != 2:
+            raise ValueError(f"embeddings must be a 2-d (documents, dim) array, got shape {vectors.shape}")
+        n, dim = vectors.shape
+        built = adapt_factory(factory, n, dim)
+        try:
+            index = faiss.index_factory(dim, built, faiss.METRIC_INNER_PRODUCT)
+        except RuntimeError as exc:
+            raise ValueError(
+                f"FAISS cannot build the index {factory!r} for {dim}-d vectors: {_first_line(exc)}. "
+                f"Examples that work: 'Flat', 'HNSW32', 'IVF1024,Flat', 'IVF1024,PQ32' (PQ's M must divide {dim})."
+            ) from None
+        if not index.is_trained:
+            rng = np.random.default_rng(seed)
+            size = min(n, max(1, train_sample))
+            sample = vectors if size == n else vectors[np.sort(rng.choice(n, size, replace=False))]
+            index.train(sample)
+        with tqdm(total=n, desc=f"Building {built}", unit="vec", disable=not progress or n <= ADD_CHUNK) as bar:
+            for lo in range(0, n, ADD_CHUNK):
+                index.add(vectors[lo : lo + ADD_CHUNK])
+                bar.update(min(ADD_CHUNK, n - lo))
+        info = {
+            "model": model,
+            "model_identity": model_identity,
+            "max_seq_length": max_seq_length,
+            "dim": int(dim),
+            "factory": built,
+            "factory_requested": factory,
+            "metric": "inner_product",
+            "ntotal": int(index.ntotal),
+            "train_sample": int(train_sample),
+            "seed": int(seed),
+        }
+        return cls(index, info, corpus_fingerprint)
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    @property
+    def dim(self) -> int:
+        return int(self.index.d)
+
+    @property
+    def factory(self) -> str:
+        return str(self.info.get("factory", ""))
+
+    @property
+    def identity(self) -> str:
+        """A hash of what decides this index' answers: build parameters and corpus."""
+        payload = json.dumps([self.info, self.corpus_fingerprint], sort_keys=True, default=str).encode()
+        return hashlib.sha256(payload).hexdigest()
+
+    def nlist(self) -> int | None:
+        ivf = _ivf_of(self.index)
+        return None if ivf is None else int(ivf.nlist)
+
+    def is_hnsw(self) -> bool:
+        return _hnsw_of(self.index) is not None
+
+    # ------------------------------------------------------------------ search
+    def search_params(self, ef_search: int | None = None, nprobe: int | None = None, k: int = 100) -> dict[str, int]:
+        """The FAISS parameters a search uses, defaults filled in."""
+        params: dict[str, int] = {}
+        nlist = self.nlist()
+        if nlist is not None:
+            params["nprobe"] = min(nlist, nprobe or default_nprobe(nlist))
+        if self.is_hnsw():
+            params["efSearch"] = max(ef_search or DEFAULT_EF_SEARCH, k)
+        return params
+
+    def search(
+        self,
+        vectors: np.ndarray,
+        k: int,
+        *,
+        ef_search: int | None = None,
+        nprobe: int | None = None,
+        threads: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-`k` (scores float32, rows int64) per query vector; missing slots hold row -1."""
+        queries = np.ascontiguousarray(vectors, dtype=np.float32)
+        if queries.ndim == 1:
+            queries = queries[None, :]
+        if queries.shape[1] != self.dim:
+            raise ValueError(f"query vectors have {queries.shape[1]} dimensions, the index {self.dim}")
+        k = max(1, min(k, self.ntotal)) if self.ntotal else 0
+        if k == 0 or len(queries) == 0:
+            empty = (len(queries), 0)
+            return np.empty(empty, dtype=np.float32), np.empty(empty, dtype=np.int64)
+        self._apply(self.search_params(ef_search, nprobe, k))
+        with faiss_threads(threads):
+            scores, rows = self.index.search(queries, k)
+        return scores, rows.astype(np.int64, copy=False)
+
+    def _apply(self, params: dict[str, int]) -> None:
+        for name, value in params.items():
+            if self._applied.get(name) != value:
+                faiss.ParameterSpace().set_index_parameter(self.index, name, value)
+                self._applied[name] = value
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, directory: str | Path) -> None:
+        """Write `index.faiss` and `manifest.json` to `directory`, replacing it atomically."""
+        with atomic_index_dir(directory) as tmp:
+            faiss.write_index(self.index, str(tmp / INDEX_FILE))
+            write_manifest(
+                tmp,
+                Manifest(
+                    kind=KIND,
+                    format_version=FORMAT_VERSION,
+                    corpus_fingerprint=self.corpus_fingerprint,
+                    params=self.info,
+                    libraries=library_versions("faiss-cpu", "sentence-transformers", "torch", "numpy"),
+                    created_with="stagegraph indexes.dense",
+                ),
+            )
+
+    @classmethod
+    def load(
+        cls,
+        directory: str | Path,
+        *,
+        corpus_fingerprint: str | None = None,
+        model_identity: str | None = None,
+        max_seq_length: int | None | str = "any",
+        factory: str | None = None,
+        verify_checksums: bool = True,
+    ) -> DenseIndex:
+        """Read an index saved by `save`; refuse it (`IndexLoadError`) when it does not match.
+
+        Each given expectation (corpus fingerprint, model identity, max_seq_length, requested
+        factory) is checked against the manifest; a mismatch means the index is stale.
+        """
+        directory = Path(directory)
+        manifest = read_manifest(
+            directory,
+            kind=KIND,
+            format_version=FORMAT_VERSION,
+            corpus_fingerprint=corpus_fingerprint,
+            verify_checksums=verify_checksums,
+            rebuild_hint=REBUILD_HINT,
+        )
+        info = manifest.params
+        where = f"The dense index at {directory}"
+        if model_identity is not None and info.get("model_identity") != model_identity:
+            raise IndexLoadError(
+                f"{where} was built with model {info.get('model')!r} (identity "
+                f"{str(info.get('model_identity'))[:12]}), not the model asked for (identity {model_identity[:12]}): "
+                f"it is stale; {REBUILD_HINT}."
+            )
+        if max_seq_length != "any" and info.get("max_seq_length") != max_seq_length:
+            raise IndexLoadError(
+                f"{where} was built with max_seq_length {info.get('max_seq_length')}, not {max_seq_length}: "
+                f"it is stale; {REBUILD_HINT}."
+            )
+        if factory is not None and info.get("factory_requested") != factory:
+            raise IndexLoadError(
+                f"{where} is a {info.get('factory_requested')!r} index, not {factory!r}; {REBUILD_HINT}."
+            )
+        try:
+            index = faiss.read_index(str(directory / INDEX_FILE))
+        except RuntimeError as exc:
+            raise IndexLoadError(f"{where} cannot be read by FAISS ({_first_line(exc)}); {REBUILD_HINT}.") from None
+        if index.ntotal != info.get("ntotal") or index.d != info.get("dim"):
+            raise IndexLoadError(
+                f"{where} holds {index.ntotal} vectors of {index.d} dimensions, its manifest says "
+                f"{info.get('ntotal')} of {info.get('dim')}; {REBUILD_HINT}."
+            )
+        return cls(index, info, manifest.corpus_fingerprint)
+
+    def __repr__(self) -> str:
+        return f"DenseIndex({self.factory}, {self.ntotal} x {self.dim}, model={self.info.get('model')!r})"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[-1] if text else exc.__class__.__name__
+
+
+def _ivf_of(index: faiss.Index) -> Any:
+    try:
+        return faiss.extract_index_ivf(index)
+    except (RuntimeError, TypeError):
+        return None
+
+
+def _hnsw_of(index: faiss.Index) -> Any:
+    while isinstance(index, faiss.IndexPreTransform):
+        index = faiss.downcast_index(index.index)
+    index = faiss.downcast_index(index)
+    return index if hasattr(index, "hnsw") else None

@@ -1,0 +1,149 @@
+"""The document-embedding cache: a corpus encoded once per (model, max_seq_length, corpus).
+
+Encoding is the slow part of a dense index (minutes for a few thousand documents on a laptop CPU),
+while building a FAISS index from the vectors takes seconds. So the vectors are kept in their own
+directory, keyed by the model's content identity, the truncation length and the corpus
+fingerprint, and every FAISS index type (Flat, HNSW, IVF, PQ) is built from the same cached array.
+The directory follows the index rules of `indexes.manifest`: `embeddings.npy` plus a manifest,
+written atomically and checked (corpus, model, checksums) when read back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from corpora.types import Corpus
+from indexes.manifest import IndexLoadError, Manifest, atomic_index_dir, library_versions, read_manifest, write_manifest
+
+log = logging.getLogger(__name__)
+
+KIND = "embeddings"
+FORMAT_VERSION = 1
+FILE = "embeddings.npy"
+REBUILD_HINT = "delete that directory and run again: the embeddings are re-encoded"
+
+
+class DocumentEncoder(Protocol):
+    """What the cache needs from an encoder (`indexes.encoder.Encoder` is one)."""
+
+    model_name: str
+    identity: str
+    max_seq_length: int | None
+
+    def encode(self, texts: list[str], *, progress: bool | None = None, desc: str = ...) -> np.ndarray: ...
+
+
+def embeddings_key(model_identity: str, max_seq_length: int | None, corpus_fingerprint: str) -> str:
+    """A short hash naming the cache entry of this model, truncation and corpus."""
+    payload = json.dumps([model_identity, max_seq_length, corpus_fingerprint]).encode()
+    return hashlib.sha256(payload).hexdigest()[:20]
+
+
+def save_embeddings(
+    directory: str | Path,
+    embeddings: np.ndarray,
+    *,
+    corpus_fingerprint: str,
+    model: str,
+    model_identity: str,
+    max_seq_length: int | None,
+) -> None:
+    """Write `embeddings` (n, dim float32) and their manifest to `directory`, atomically."""
+    array = np.ascontiguousarray(embeddings, dtype=np.float32)
+    with atomic_index_dir(directory) as tmp:
+        np.save(tmp / FILE, array)
+        write_manifest(
+            tmp,
+            Manifest(
+                kind=KIND,
+                format_version=FORMAT_VERSION,
+                corpus_fingerprint=corpus_fingerprint,
+                params={
+                    "model": model,
+                    "model_identity": model_identity,
+                    "max_seq_length": max_seq_length,
+                    "count": int(array.shape[0]),
+                    "dim": int(array.shape[1]),
+                },
+                libraries=library_versions("sentence-transformers", "torch", "numpy"),
+                created_with="stagegraph indexes.embeddings",
+            ),
+        )
+
+
+def load_embeddings(
+    directory: str | Path,
+    *,
+    corpus_fingerprint: str,
+    model_identity: str,
+    max_seq_length: int | None,
+    mmap: bool = False,
+) -> np.ndarray:
+    """Read cached embeddings; `IndexLoadError` when missing, damaged, or for another corpus/model."""
+    directory = Path(directory)
+    manifest = read_manifest(
+        directory,
+        kind=KIND,
+        format_version=FORMAT_VERSION,
+        corpus_fingerprint=corpus_fingerprint,
+        rebuild_hint=REBUILD_HINT,
+    )
+    params = manifest.params
+    if params.get("model_identity") != model_identity or params.get("max_seq_length") != max_seq_length:
+        raise IndexLoadError(
+            f"The embeddings at {directory} were made with model {params.get('model')!r} "
+            f"(identity {str(params.get('model_identity'))[:12]}, max_seq_length {params.get('max_seq_length')}), "
+            f"not with identity {model_identity[:12]} and max_seq_length {max_seq_length}: they are stale; "
+            f"{REBUILD_HINT}."
+        )
+    array = np.load(directory / FILE, mmap_mode="r" if mmap else None)
+    if array.dtype != np.float32 or array.ndim != 2 or array.shape != (params.get("count"), params.get("dim")):
+        raise IndexLoadError(
+            f"The embeddings at {directory} have shape {array.shape} and type {array.dtype}, not the "
+            f"({params.get('count')}, {params.get('dim')}) float32 their manifest records; {REBUILD_HINT}."
+        )
+    return array
+
+
+def cached_embeddings(
+    encoder: DocumentEncoder,
+    corpus: Corpus,
+    root: str | Path,
+    *,
+    progress: bool = True,
+) -> tuple[np.ndarray, Path, bool]:
+    """The corpus' embeddings under `root/<key>`: read when valid, else encoded and saved.
+
+    Returns (embeddings, directory, hit). An unusable entry (damaged, partial) is re-encoded with
+    a warning; it can never be served.
+    """
+    key = embeddings_key(encoder.identity, encoder.max_seq_length, corpus.fingerprint)
+    directory = Path(root) / key
+    if directory.exists():
+        try:
+            array = load_embeddings(
+                directory,
+                corpus_fingerprint=corpus.fingerprint,
+                model_identity=encoder.identity,
+                max_seq_length=encoder.max_seq_length,
+            )
+            log.info("embeddings read from %s", directory)
+            return array, directory, True
+        except IndexLoadError as exc:
+            log.warning("cached embeddings unusable, re-encoding: %s", exc)
+    array = encoder.encode(corpus.doc_texts(), progress=progress, desc=f"Encoding {len(corpus)} documents")
+    save_embeddings(
+        directory,
+        array,
+        corpus_fingerprint=corpus.fingerprint,
+        model=encoder.model_name,
+        model_identity=encoder.identity,
+        max_seq_length=encoder.max_seq_length,
+    )
+    return array, directory, False
