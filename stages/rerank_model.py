@@ -126,17 +126,20 @@ def load_cross_encoder(name: str, max_length: int, *, progress: bool = False) ->
 
 @contextlib.contextmanager
 def _quiet(progress: bool) -> Iterator[None]:
-    if progress:
-        yield
-        return
+    """Load without sentence-transformers' INFO chatter (and without weight-loading bars unless `progress`)."""
     from transformers.utils import logging as hf_logging
 
+    st_log = logging.getLogger("sentence_transformers")
+    level = st_log.level
+    st_log.setLevel(logging.WARNING)
     enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
+    if not progress:
+        hf_logging.disable_progress_bar()
     try:
         yield
     finally:
-        if enabled:
+        st_log.setLevel(level)
+        if enabled and not progress:
             hf_logging.enable_progress_bar()
 
 

@@ -1,0 +1,165 @@
+"""`train_reranker`: fine-tune a cross-encoder for a pipeline, on a dataset's training qrels.
+
+1. The training split's judged queries are shuffled (seeded) into *fit* and *dev* queries.
+2. Hard negatives are mined by the pipeline's own first stages: the graph up to the input of its
+   cross-encoder (or the whole graph when it has none) runs over fit + dev queries in batch mode,
+   with the stage cache, so BM25/dense/pool outputs are reused across runs.
+3. `stages.rerank_training` fine-tunes the base model on the fit queries.
+4. `stages.rerank_tuning.rerank_dev` reranks the dev queries' candidates, compares first stage,
+   plain cross-encoder and the best blend, and the blend is saved with the model
+   (`stagegraph_reranker.json`), which `CrossEncoderReranker` reads.
+
+The model directory is written atomically (a temp directory renamed into place). `TrainResult.lines`
+says in plain words whether the model beats the first stage on the held-out queries.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from corpora.types import Dataset, Queries
+from indexes.manifest import atomic_index_dir
+from pipeline.cache import StageCache
+from pipeline.executor import run
+from pipeline.graph import Graph, Step
+from stages.base import Environment
+from stages.rerank_blend import METADATA_FILE, BlendSpec, RerankerMetadata
+from stages.rerank_training import TrainConfig, build_groups, load_base, save_model, split_train_dev, train_cross_encoder
+from stages.rerank_tuning import DevReport, rerank_dev
+
+
+class TrainResult(BaseModel):
+    out: str
+    train: TrainConfig
+    mined_by: str
+    fit_queries: int
+    dev: DevReport | None
+    blend: BlendSpec
+    pairs: int
+    pairs_per_s: float
+    epoch_loss: list[float]
+    stopped_early: bool
+    seconds: dict[str, float] = Field(default_factory=dict)
+    lines: list[str] = Field(default_factory=list)
+
+    @property
+    def beats_first_stage(self) -> bool | None:
+        return None if self.dev is None else self.dev.blend_beats_first_stage
+
+
+def mining_graph(graph: Graph) -> tuple[Graph, Step | None]:
+    """The part of `graph` that feeds its (last) cross-encoder, and that cross-encoder's step."""
+    rerankers = [s for s in graph.steps if s.stage.type_name == "cross_encoder"]
+    if not rerankers:
+        return graph, None
+    reranker = rerankers[-1]
+    by_name = {s.name: s for s in graph.steps}
+    keep: set[str] = set()
+    todo = list(reranker.inputs)
+    while todo:
+        name = todo.pop()
+        if name not in keep:
+            keep.add(name)
+            todo.extend(by_name[name].inputs)
+    return Graph([s for s in graph.steps if s.name in keep]), reranker
+
+
+def train_reranker(
+    graph: Graph,
+    dataset: Dataset,
+    out: str | Path,
+    cfg: TrainConfig = TrainConfig(),
+    *,
+    split: str = "train",
+    work_dir: str | Path = ".stagegraph",
+    progress: bool = True,
+    say: Callable[[str], None] = print,
+) -> TrainResult:
+    """Mine, fine-tune, check on dev, and write the model directory `out`."""
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    queries, qrels = dataset.split(split)
+    corpus = dataset.corpus
+    fit, dev = split_train_dev(queries, qrels, corpus, cfg)
+    miner, reranker = mining_graph(graph)
+    depth = cfg.dev_depth or (int(getattr(reranker.stage.config, "depth", 100)) if reranker else 100)
+    max_length = int(getattr(reranker.stage.config, "max_length", 512)) if reranker else 512
+    say(f"train-reranker: {len(fit)} {split} queries to fit, {len(dev)} held out as dev; "
+        f"negatives mined by {miner.output!r} (top {cfg.mine_depth})")
+
+    env = Environment(corpus, work_dir=Path(work_dir), progress=progress)
+    both = Queries(fit.ids + dev.ids, fit.texts + dev.texts)
+    mined = run(miner, both, env, mode="batch", cache=StageCache(Path(work_dir) / "cache")).final
+    mined_fit, mined_dev = mined[: len(fit)], mined[len(fit):]
+    timings["mine"] = time.perf_counter() - t0
+
+    t1 = time.perf_counter()
+    model, tokenizer = load_base(cfg)
+    stats = train_cross_encoder(
+        model, tokenizer, lambda epoch: build_groups(fit, mined_fit, qrels, corpus, cfg, epoch), corpus, cfg,
+        progress=progress,
+    )
+    timings["train"] = time.perf_counter() - t1
+    losses = ", ".join(f"{x:.3f}" for x in stats.epoch_loss)
+    say(f"fine-tuned {cfg.base} ({cfg.layers or 'all'} layers) on {stats.pairs} pairs in {stats.seconds:.0f} s "
+        f"({stats.pairs_per_s:.1f} pairs/s); loss per epoch: {losses}"
+        + (" (stopped early: time budget)" if stats.stopped_early else ""))
+
+    out = Path(out)
+    report: DevReport | None = None
+    with atomic_index_dir(out) as tmp:
+        save_model(model, tokenizer, tmp)
+        if len(dev):
+            t2 = time.perf_counter()
+            report = rerank_dev(tmp, dev, qrels, mined_dev, corpus, depth=depth, max_length=max_length,
+                                work_dir=Path(work_dir), progress=progress)
+            timings["dev"] = time.perf_counter() - t2
+        blend = report.blend if report is not None else BlendSpec()
+        meta = RerankerMetadata(
+            base_model=cfg.base, dataset=dataset.name, split=split, blend=blend,
+            dev={} if report is None else {
+                **{f"first_stage_{k}": v for k, v in report.first_stage.items()},
+                **{f"reranked_{k}": v for k, v in report.reranked.items()},
+                **{f"blended_{k}": v for k, v in report.blended.items()},
+            },
+            train=cfg.model_dump(mode="json"), mined_by=miner.output, dev_queries=len(dev), fit_queries=len(fit),
+            pairs=stats.pairs, epoch_loss=stats.epoch_loss,
+        )
+        (tmp / METADATA_FILE).write_text(json.dumps(meta.model_dump(mode="json"), indent=2), encoding="utf-8")
+    timings["total"] = time.perf_counter() - t0
+
+    lines = _verdict(report, miner.output)
+    for line in lines:
+        say(line)
+    say(f"model written to {out} (load it with --reranker {out})")
+    return TrainResult(
+        out=str(out), train=cfg, mined_by=miner.output, fit_queries=len(fit), dev=report, blend=blend,
+        pairs=stats.pairs, pairs_per_s=round(stats.pairs_per_s, 2), epoch_loss=stats.epoch_loss,
+        stopped_early=stats.stopped_early, seconds={k: round(v, 1) for k, v in timings.items()}, lines=lines,
+    )
+
+
+def _verdict(report: DevReport | None, first: str) -> list[str]:
+    if report is None:
+        return ["no dev queries were held out (dev_fraction 0): the model is NOT checked against the first stage"]
+    f, r, b = report.first_stage, report.reranked, report.blended
+    lines = [
+        f"dev ({report.queries} held-out queries, depth {report.depth}): nDCG@10 / MRR@10  "
+        f"{first} {f['ndcg@10']:.4f} / {f['mrr@10']:.4f}  |  cross-encoder {r['ndcg@10']:.4f} / {r['mrr@10']:.4f}  |  "
+        f"blend (alpha {report.blend.alpha:.2f}, {report.blend.upstream}) {b['ndcg@10']:.4f} / {b['mrr@10']:.4f}"
+    ]
+    if report.model_beats_first_stage:
+        lines.append(f"the fine-tuned cross-encoder beats {first!r} on the held-out queries "
+                     f"(nDCG@10 {r['ndcg@10']:.4f} > {f['ndcg@10']:.4f})")
+    else:
+        lines.append(f"WARNING: the fine-tuned cross-encoder alone does NOT beat {first!r} on the held-out queries "
+                     f"(nDCG@10 {r['ndcg@10']:.4f} <= {f['ndcg@10']:.4f}); the saved blend protects the ranking")
+    if not report.blend_beats_first_stage:
+        lines.append(f"WARNING: even blended, reranking does NOT improve on {first!r} on the held-out queries "
+                     f"(alpha {report.blend.alpha:.2f}: nDCG@10 {b['ndcg@10']:.4f} vs {f['ndcg@10']:.4f})")
+    return lines
