@@ -177,8 +177,7 @@ class BM25Index:
             return _empty_hits()
         term_ids = np.fromiter(ids.keys(), dtype=np.int64, count=len(ids))
         weights = np.fromiter(ids.values(), dtype=np.float32, count=len(ids))
-        rows, scores = self._sparse.score(term_ids, weights)
-        return Hits(*top_k(rows, scores, k))
+        return Hits(*self._sparse.top(term_ids, weights, k))
 
     def search(self, text: str, k: int = 100) -> Hits:
         """Analyse `text` with the index's tokenizer and return its top-`k` documents."""

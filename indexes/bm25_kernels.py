@@ -1,14 +1,21 @@
-"""Compiled inner loops of the sparse BM25 backend (numba, when it is installed).
+"""Compiled inner loop of the sparse BM25 backend (numba, when it is installed).
 
-`accumulate(indptr, indices, data, terms, weights, acc, touched)` adds the postings of the query
-terms into the dense accumulator `acc`, remembers each document the first time it is touched,
-then reads the touched documents' scores and resets `acc` to zero. One pass over the postings,
-no per-document Python. Zero contributions (terms with idf 0) are skipped, so a slot of `acc` is
+`top_k_postings(indptr, indices, data, terms, weights, acc, touched, k)` answers one query:
+
+1. adds the postings of the query terms (times their weights), in the order given (callers put
+   the longest posting list first: it needs no "seen before?" test), into the dense accumulator
+   `acc`, remembering each document in `touched` the first time it gets a score;
+2. walks the touched documents once, reading and zeroing their slot of `acc` (so the accumulator
+   is clean for the next query) while keeping the best `k` in a bounded heap;
+3. returns those `k` as (rows int64, scores float32), best first, equal scores by row ascending.
+
+One pass over the postings and one over the candidates: no per-document Python and no sort of
+all candidates. Terms with idf 0 (all contributions 0) are skipped, so a slot of `acc` is
 non-zero exactly when its document has been touched.
 
 numba is optional: `HAVE_NUMBA` says whether the compiled version is available; without it
-`indexes.bm25_scoring.SparseSearcher` uses an equivalent vectorised numpy path (about 2-3x
-slower on long posting lists). The plain Python function stays importable for tests.
+`indexes.bm25_scoring.SparseSearcher` uses an equivalent vectorised numpy path (2-3x slower on
+long posting lists). The plain Python function stays importable so tests can run it uncompiled.
 """
 
 from __future__ import annotations
@@ -16,7 +23,30 @@ from __future__ import annotations
 import numpy as np
 
 
-def accumulate_py(
+def _worse(s1: float, r1: int, s2: float, r2: int) -> bool:
+    """Whether (s1, r1) ranks below (s2, r2): lower score, or equal score and higher row."""
+    return s1 < s2 or (s1 == s2 and r1 > r2)
+
+
+def _sift_down(hs: np.ndarray, hr: np.ndarray, size: int, i: int) -> None:
+    """Restore the heap (worst element at the root) below position `i`."""
+    while True:
+        left = 2 * i + 1
+        if left >= size:
+            return
+        child = left
+        right = left + 1
+        if right < size and _worse(hs[right], hr[right], hs[left], hr[left]):
+            child = right
+        if _worse(hs[child], hr[child], hs[i], hr[i]):
+            hs[i], hs[child] = hs[child], hs[i]
+            hr[i], hr[child] = hr[child], hr[i]
+            i = child
+        else:
+            return
+
+
+def top_k_postings_py(
     indptr: np.ndarray,
     indices: np.ndarray,
     data: np.ndarray,
@@ -24,35 +54,72 @@ def accumulate_py(
     weights: np.ndarray,
     acc: np.ndarray,
     touched: np.ndarray,
+    k: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     n = 0
     for j in range(terms.shape[0]):
         t = terms[j]
         w = weights[j]
-        for p in range(indptr[t], indptr[t + 1]):
-            v = data[p]
-            if v == 0.0:
-                continue
-            d = indices[p]
-            if acc[d] == 0.0:
+        start, end = indptr[t], indptr[t + 1]
+        if end == start or data[start] == 0.0:  # a term's entries share its idf: all zero or none
+            continue
+        if n == 0:  # the first scored term: every document is new, no test needed
+            for p in range(start, end):
+                d = indices[p]
                 touched[n] = d
                 n += 1
-            acc[d] += v * w
-    rows = np.empty(n, dtype=np.int64)
-    vals = np.empty(n, dtype=np.float32)
+                acc[d] = data[p] * w
+        else:
+            for p in range(start, end):
+                d = indices[p]
+                if acc[d] == 0.0:
+                    touched[n] = d
+                    n += 1
+                acc[d] += data[p] * w
+    cap = min(k, n)
+    hs = np.empty(cap, dtype=np.float32)
+    hr = np.empty(cap, dtype=np.int64)
+    size = 0
     for i in range(n):
         d = touched[i]
-        rows[i] = d
-        vals[i] = acc[d]
+        s = acc[d]
         acc[d] = 0.0
-    return rows, vals
+        if size < cap:  # push, sift up
+            pos = size
+            hs[pos] = s
+            hr[pos] = d
+            size += 1
+            while pos > 0:
+                parent = (pos - 1) // 2
+                if _worse(hs[pos], hr[pos], hs[parent], hr[parent]):
+                    hs[pos], hs[parent] = hs[parent], hs[pos]
+                    hr[pos], hr[parent] = hr[parent], hr[pos]
+                    pos = parent
+                else:
+                    break
+        elif cap > 0 and _worse(hs[0], hr[0], s, d):  # better than the worst kept: replace it
+            hs[0] = s
+            hr[0] = d
+            _sift_down(hs, hr, size, 0)
+    # Pop the worst repeatedly, filling from the back: best first at the end.
+    rows = np.empty(size, dtype=np.int64)
+    scores = np.empty(size, dtype=np.float32)
+    for last in range(size - 1, -1, -1):
+        rows[last] = hr[0]
+        scores[last] = hs[0]
+        hs[0] = hs[last]
+        hr[0] = hr[last]
+        _sift_down(hs, hr, last, 0)
+    return rows, scores
 
 
 try:  # pragma: no cover - depends on the environment
     from numba import njit
 
-    accumulate = njit(nogil=True, cache=True)(accumulate_py)
+    _worse = njit(inline="always", cache=True)(_worse)
+    _sift_down = njit(cache=True)(_sift_down)
+    top_k_postings = njit(nogil=True, cache=True)(top_k_postings_py)
     HAVE_NUMBA = True
 except ImportError:  # pragma: no cover
-    accumulate = None
+    top_k_postings = None
     HAVE_NUMBA = False

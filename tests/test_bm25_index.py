@@ -12,7 +12,7 @@ import pytest
 from corpora.types import Corpus
 from indexes import bm25 as bm25_module
 from indexes.bm25 import BM25Index, BM25Settings
-from indexes.bm25_kernels import HAVE_NUMBA
+from indexes.bm25_kernels import HAVE_NUMBA, top_k_postings_py
 from indexes.bm25_scoring import SparseSearcher, top_k
 from indexes.manifest import IndexLoadError
 from indexes.tokenize import Tokenizer
@@ -132,20 +132,40 @@ def test_backends_differ_only_through_rank_bm25s_idf_floor(corpus):
                     BM25Index.build(corpus, lucene, backend="rank_bm25").search(common, 11))
 
 
-@pytest.mark.skipif(not HAVE_NUMBA, reason="numba is not installed")
-def test_numba_and_numpy_paths_agree(corpus):
+def _kernel_paths(scores):
+    """The numpy path, the compiled kernel (when numba is installed) and the same kernel uncompiled."""
+    plain = SparseSearcher(scores, use_numba=False)
+    paths = {"numpy": plain.top}
+    if HAVE_NUMBA:
+        paths["numba"] = SparseSearcher(scores, use_numba=True).top
+
+    def uncompiled(terms, weights, k):
+        acc, touched = np.zeros(scores.n_docs, np.float32), np.empty(scores.n_docs, np.int32)
+        out = top_k_postings_py(scores.indptr, scores.indices, scores.data, np.asarray(terms, np.int64),
+                                np.asarray(weights, np.float32), acc, touched, k)
+        assert not acc.any()  # the accumulator is left clean
+        return out
+
+    paths["python"] = uncompiled
+    return plain, paths
+
+
+@pytest.mark.parametrize("k", [1, 7, 10_000])
+def test_kernel_paths_agree_including_ties(k):
+    # Many duplicated documents: lots of exactly tied scores, so the heap's tie rule is exercised.
+    base = synthetic_corpus(n_docs=60, seed=3)
+    corpus = Corpus([f"d{i}" for i in range(180)], base.titles * 3, base.texts * 3)
     index = BM25Index.build(corpus, BM25Settings(tokenizer=PLAIN))
-    scores = index._scores
-    fast, plain = SparseSearcher(scores, use_numba=True), SparseSearcher(scores, use_numba=False)
-    for query in synthetic_queries(corpus, PLAIN, n=30):
+    plain, paths = _kernel_paths(index._scores)
+    for query in synthetic_queries(corpus, PLAIN, n=25):
         ids = sorted({index.term_of[t] for t in PLAIN(query)})
         weights = np.arange(1, len(ids) + 1, dtype=np.float32)
-        a, b = fast.score(np.array(ids), weights), plain.score(np.array(ids), weights)
-        order_a, order_b = np.argsort(a[0]), np.argsort(b[0])
-        np.testing.assert_array_equal(a[0][order_a], b[0][order_b])
-        np.testing.assert_allclose(a[1][order_a], b[1][order_b], rtol=1e-6)
-    # The accumulator is left clean after each query.
-    assert not fast._buffers()[0].any() and not plain._buffers()[0].any()
+        expected = plain.top(np.array(ids), weights, k)
+        for name, top in paths.items():
+            rows, scores = top(np.array(ids), weights, k)
+            np.testing.assert_array_equal(rows, expected[0], err_msg=name)
+            np.testing.assert_allclose(scores, expected[1], rtol=1e-6, err_msg=name)
+    assert not plain._buffers()[0].any()
 
 
 def test_repeated_query_terms_count_once_per_occurrence(corpus):
