@@ -79,15 +79,16 @@ def adapt_factory(factory: str, n: int, dim: int) -> str:
     if needs_training and n == 0:
         raise ValueError(f"Cannot train the FAISS index {factory!r} on an empty corpus; use 'Flat'.")
 
+    notes: list[str] = []
+
     def clamp_ivf(match: re.Match[str]) -> str:
         nlist = int(match.group(1))
         limit = max(1, n // MIN_POINTS_PER_LIST)
         if nlist <= limit:
             return match.group(0)
-        warnings.warn(
+        notes.append(
             f"{factory!r}: {nlist} IVF lists need >= {nlist * MIN_POINTS_PER_LIST} vectors to train, the corpus "
-            f"has {n}; using IVF{limit}.",
-            stacklevel=3,
+            f"has {n}; using IVF{limit}."
         )
         return f"IVF{limit}"
 
@@ -96,16 +97,16 @@ def adapt_factory(factory: str, n: int, dim: int) -> str:
         limit = max(1, min(nbits, int(math.floor(math.log2(max(n / MIN_POINTS_PER_LIST, 2))))))
         if nbits <= limit:
             return match.group(0)
-        warnings.warn(
+        notes.append(
             f"{factory!r}: {nbits}-bit PQ codes need >= {MIN_POINTS_PER_LIST * 2 ** nbits} vectors to train, "
-            f"the corpus has {n}; "
-            f"using {limit}-bit codes.",
-            stacklevel=3,
+            f"the corpus has {n}; using {limit}-bit codes."
         )
         return f"{prefix}PQ{m}x{limit}"
 
     spec = re.sub(r"IVF(\d+)(?=[,_])", clamp_ivf, spec)
     spec = re.sub(r"(^|,|_)PQ(\d+)(x(\d+))?(?=$|,|np)", clamp_pq, spec)
+    for note in notes:
+        warnings.warn(note, stacklevel=3)  # points at the caller of DenseIndex.build
     return spec
 
 
