@@ -227,9 +227,12 @@ def score_run(
     j_keys = j_q * n_docs + j_rows
     order = np.argsort(j_keys, kind="stable")
     j_keys, j_sorted_grades = j_keys[order], j_grades[order]
-    judged_matrix = np.zeros((nq, max(int(j_len.max(initial=0)), 1)), dtype=np.int64)
-    j_pos = np.arange(len(j_q)) - np.repeat(np.cumsum(j_len) - j_len, j_len)
-    judged_matrix[j_q, j_pos] = j_grades
+    # Every judged grade, including documents absent from the corpus: as in trec_eval they count
+    # as relevant-but-unretrieved in recall's denominator and in the ideal DCG.
+    all_grades = [np.fromiter(qrels.for_query(q).values(), dtype=np.int64) for q in qids]
+    judged_matrix = np.zeros((nq, max((len(g) for g in all_grades), default=1) or 1), dtype=np.int64)
+    for i, g in enumerate(all_grades):
+        judged_matrix[i, : len(g)] = g
 
     # Ranked pairs, looked up among the judged keys in one searchsorted.
     r_q = np.repeat(np.arange(nq, dtype=np.int64), used)

@@ -133,6 +133,8 @@ def random_case(seed: int, n_docs: int = 60, n_queries: int = 40):
         judged = rng.choice(n_docs, size=rng.integers(1, 15), replace=False)
         grades = rng.integers(0, 4, size=len(judged))  # graded, with judged non-relevant (0)
         judgments[qid] = {f"d{r}": int(g) for r, g in zip(judged, grades)}
+        if qi % 5 == 1:  # a judged document absent from the corpus: relevant but never retrievable
+            judgments[qid][f"ghost{qi}"] = 2
         if qi % 7 == 3:
             continue  # a judged query missing from the run
         if qi % 11 == 5:
