@@ -30,6 +30,8 @@ def register(sub) -> None:
     p.add_argument("--layers", type=int, default=defaults.layers, help=f"keep the base's first N layers (default {defaults.layers}; 0 = all)")
     p.add_argument("--epochs", type=int, default=defaults.epochs)
     p.add_argument("--negatives", type=int, default=defaults.negatives, help="negatives per positive")
+    p.add_argument("--positives", type=int, default=defaults.positives_per_query, help="groups per query and epoch, at most")
+    p.add_argument("--batch-groups", type=int, default=defaults.batch_groups, help="groups per optimiser step")
     p.add_argument("--mine-depth", type=int, default=defaults.mine_depth, help="sample negatives from the first stage's top N")
     p.add_argument("--max-length", type=int, default=defaults.max_length, help="training truncation in tokens")
     p.add_argument("--max-pairs", type=int, default=None, help="cap on training pairs per epoch")
@@ -57,6 +59,7 @@ def handle(args: argparse.Namespace) -> int:
     try:
         cfg = TrainConfig(
             base=args.base, layers=args.layers or None, epochs=args.epochs, negatives=args.negatives,
+            positives_per_query=args.positives, batch_groups=args.batch_groups,
             mine_depth=args.mine_depth, max_length=args.max_length, max_pairs=args.max_pairs, lr=args.lr,
             head_lr=args.head_lr, loss=args.loss, dev_fraction=args.dev_fraction,
             max_dev=args.max_dev, dev_depth=args.dev_depth, time_budget_s=args.time_budget,

@@ -1,0 +1,144 @@
+"""Fine-tuning a reranker: data preparation, the loss, and `stagegraph train-reranker` end to end."""
+
+import json
+
+import numpy as np
+import pytest
+from tiny_models import WORDS, make_tiny_sentence_transformer
+
+from corpora.types import Corpus, Qrels, Queries
+from pipeline.config import load_graph
+from pipeline.train_reranker import mining_graph
+from stages.base import Ranking
+from stages.rerank_blend import METADATA_FILE
+from stages.rerank_training import TrainConfig, build_groups, split_train_dev, truncate_layers
+
+
+def _toy(n_docs=30, n_queries=12):
+    corpus = Corpus([f"d{i}" for i in range(n_docs)], [""] * n_docs, [f"{WORDS[25 + i % 30]} text {i}" for i in range(n_docs)])
+    queries = Queries([f"q{i}" for i in range(n_queries)], [f"{WORDS[25 + i % 30]} query" for i in range(n_queries)])
+    judged = {f"q{i}": {f"d{i}": 2, f"d{i + 1}": 1, f"d{i + 2}": 0} for i in range(n_queries - 1)}
+    return corpus, queries, Qrels(judged)  # the last query has no judgment
+
+
+def test_split_is_seeded_disjoint_and_keeps_only_judged_queries():
+    corpus, queries, qrels = _toy()
+    cfg = TrainConfig(dev_fraction=0.3, min_dev=2, seed=5)
+    fit, dev = split_train_dev(queries, qrels, corpus, cfg)
+    assert not set(fit.ids) & set(dev.ids)
+    assert set(fit.ids) | set(dev.ids) == set(queries.ids) - {"q11"}
+    assert len(dev) == 3
+    again = split_train_dev(queries, qrels, corpus, cfg)
+    assert again[1].ids == dev.ids
+    other = split_train_dev(queries, qrels, corpus, cfg.model_copy(update={"seed": 6}))
+    assert other[1].ids != dev.ids
+    capped = split_train_dev(queries, qrels, corpus, cfg.model_copy(update={"max_dev": 1, "min_dev": 1}))
+    assert len(capped[1]) == 1
+
+
+def test_groups_never_use_a_judged_relevant_passage_as_negative_and_change_per_epoch():
+    corpus, queries, qrels = _toy()
+    rng = np.random.default_rng(0)
+    mined = [Ranking.from_scores(np.arange(len(corpus)), rng.random(len(corpus))) for _ in range(len(queries))]
+    cfg = TrainConfig(negatives=4, mine_depth=10, positives_per_query=1, seed=1)
+    first = build_groups(queries, mined, qrels, corpus, cfg, epoch=0)
+    assert len(first) == 11  # one group per judged query; the unjudged one has none
+    for group in first:
+        qid = queries.ids[queries.texts.index(group.query)]
+        relevant = {corpus.row_of(d) for d, g in qrels.for_query(qid).items() if g >= 1}
+        assert group.positive in relevant
+        assert len(group.negatives) == 4 and not set(group.negatives) & relevant
+        top = set(mined[queries.ids.index(qid)].doc_rows[:10].tolist())
+        assert set(group.negatives) <= top  # hard negatives: from the first stage's top mine_depth
+    assert build_groups(queries, mined, qrels, corpus, cfg, epoch=0) == first
+    assert build_groups(queries, mined, qrels, corpus, cfg, epoch=1) != first
+    capped = build_groups(queries, mined, qrels, corpus, cfg.model_copy(update={"max_pairs": 12}), epoch=0)
+    assert len(capped) == 2  # 12 pairs // (1 positive + 4 negatives)
+
+
+def test_listwise_loss_rewards_the_positive_in_column_zero():
+    import torch
+
+    from stages.rerank_training import _group_loss
+
+    cfg = TrainConfig(negatives=3)
+    right = torch.tensor([[3.0, 0.0, 0.0, 0.0]])
+    wrong = torch.tensor([[0.0, 3.0, 0.0, 0.0]])
+    for loss in ("listwise", "bce"):
+        c = cfg.model_copy(update={"loss": loss})
+        assert _group_loss(right, c) < _group_loss(wrong, c)
+
+
+def test_truncate_layers_keeps_the_first_layers(tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    base = make_tiny_sentence_transformer(tmp_path / "base")
+    model = AutoModelForSequenceClassification.from_pretrained(str(base), num_labels=1)
+    first = model.base_model.encoder.layer[0]
+    truncate_layers(model, 1)
+    assert len(model.base_model.encoder.layer) == 1 and model.config.num_hidden_layers == 1
+    assert model.base_model.encoder.layer[0] is first
+
+
+def _write_beir(root, corpus, queries, qrels):
+    (root / "qrels").mkdir(parents=True)
+    (root / "corpus.jsonl").write_text(
+        "\n".join(json.dumps({"_id": i, "title": t, "text": x}) for i, t, x in zip(corpus.ids, corpus.titles, corpus.texts))
+    )
+    (root / "queries.jsonl").write_text("\n".join(json.dumps({"_id": i, "text": t}) for i, t in queries))
+    rows = [f"{q}\t{d}\t{g}" for q, docs in qrels.judgments.items() for d, g in docs.items()]
+    (root / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(rows) + "\n")
+
+
+def test_train_reranker_command_writes_a_model_the_reranker_loads(tmp_path):
+    from pipeline.cli import main
+    from stages.base import Environment
+    from stages.rerank import CrossEncoderReranker
+
+    corpus, queries, qrels = _toy()
+    _write_beir(tmp_path / "data", corpus, queries, qrels)
+    config = tmp_path / "graph.yaml"
+    config.write_text("pipeline:\n  - {type: bm25, name: bm25, k: 20}\n  - {type: cross_encoder, name: rerank, depth: 8, k: 5}\n")
+    base = make_tiny_sentence_transformer(tmp_path / "base")
+    out, report = tmp_path / "model", tmp_path / "result.json"
+    rc = main([
+        "--quiet", "--work-dir", str(tmp_path / "work"), "train-reranker", str(config), "--dataset", str(tmp_path / "data"),
+        "--base", str(base), "--out", str(out), "--layers", "1", "--epochs", "2", "--negatives", "2",
+        "--max-length", "32", "--dev-fraction", "0.3", "--json", str(report),
+    ])
+    result = json.loads(report.read_text())
+    assert rc == (0 if result["dev"]["blended"]["ndcg@10"] > result["dev"]["first_stage"]["ndcg@10"] else 1)
+    assert result["mined_by"] == "bm25" and result["fit_queries"] + result["dev"]["queries"] == 11
+    assert result["pairs"] > 0 and len(result["epoch_loss"]) == 2
+    meta = json.loads((out / METADATA_FILE).read_text())
+    assert meta["blend"] == result["blend"] and meta["train"]["layers"] == 1
+    assert 0.0 <= meta["blend"]["alpha"] <= 1.0
+    # the blend saved is the best on dev: it is never below the first stage there (alpha 0 is the first stage)
+    assert result["dev"]["blended"]["ndcg@10"] >= result["dev"]["first_stage"]["ndcg@10"]
+    stage = CrossEncoderReranker(str(out), max_length=32, depth=8, k=5)
+    stage.warm_up(Environment(corpus, work_dir=tmp_path / "work", progress=False))
+    assert stage.blend.alpha == meta["blend"]["alpha"]
+    assert stage._scorer.model.config.num_hidden_layers == 1
+    first = [Ranking.from_scores(np.arange(8), np.linspace(1, 0, 8)) for _ in range(2)]
+    assert all(len(r) == 5 for r in stage.run(queries.select([0, 1]), [first]))
+
+
+def test_negatives_are_mined_from_the_reranker_input(tmp_path):
+    config = tmp_path / "g.yaml"
+    config.write_text(
+        "pipeline:\n  - parallel:\n      - {type: bm25, name: a, k: 50}\n      - {type: bm25, name: b, k: 50, k1: 1.2}\n"
+        "  - {type: pool, name: pool, method: rrf, k: 40}\n  - {type: cross_encoder, name: rerank}\n"
+    )
+    miner, reranker = mining_graph(load_graph(config))
+    assert reranker.name == "rerank" and miner.output == "pool" and set(miner.names) == {"a", "b", "pool"}
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("pipeline:\n  - {type: bm25, name: a, k: 50}\n")
+    miner, reranker = mining_graph(load_graph(plain))
+    assert reranker is None and miner.output == "a"
+
+
+def test_bad_training_settings_are_refused():
+    with pytest.raises(ValueError):
+        TrainConfig(negatives=0)
+    with pytest.raises(ValueError):
+        TrainConfig(loss="pointwise")
