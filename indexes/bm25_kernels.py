@@ -2,9 +2,8 @@
 
 `top_k_postings(indptr, indices, data, terms, weights, acc, touched, k)` answers one query:
 
-1. adds the postings of the query terms (times their weights), in the order given (callers put
-   the longest posting list first: it needs no "seen before?" test), into the dense accumulator
-   `acc`, remembering each document in `touched` the first time it gets a score;
+1. adds the postings of the query terms (times their weights), longest list first, into the
+   dense accumulator `acc`, remembering each document in `touched` the first time it gets a score;
 2. walks the touched documents once, reading and zeroing their slot of `acc` (so the accumulator
    is clean for the next query) while keeping the best `k` in a bounded heap;
 3. returns those `k` as (rows int64, scores float32), best first, equal scores by row ascending.
@@ -56,8 +55,10 @@ def top_k_postings_py(
     touched: np.ndarray,
     k: int,
 ) -> tuple[np.ndarray, np.ndarray]:
+    # Longest posting list first: its documents are all new, so it skips the "seen before?" test.
+    order = np.argsort(indptr[terms] - indptr[terms + 1], kind="mergesort")
     n = 0
-    for j in range(terms.shape[0]):
+    for j in order:
         t = terms[j]
         w = weights[j]
         start, end = indptr[t], indptr[t + 1]

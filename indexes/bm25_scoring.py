@@ -157,9 +157,6 @@ class SparseSearcher:
         (rows int64, scores float32), score descending, ties by row ascending; only scores > 0."""
         terms = np.asarray(terms, dtype=np.int64)
         weights = np.asarray(weights, dtype=np.float32)
-        if len(terms) > 1:  # longest posting list first (cheapest for the kernel); same order on both paths
-            order = np.argsort(self._indptr[terms] - self._indptr[terms + 1], kind="stable")
-            terms, weights = terms[order], weights[order]
         if not self.use_numba or len(terms) == 0:
             return top_k(*self.score(terms, weights), k)
         acc, touched = self._buffers()
@@ -192,6 +189,9 @@ class SparseSearcher:
             raise
 
     def _score_numpy(self, terms: np.ndarray, weights: np.ndarray, acc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # Longest posting list first, as the kernel does, so float32 sums agree bit for bit.
+        order = np.argsort(self._indptr[terms] - self._indptr[terms + 1], kind="stable")
+        terms, weights = terms[order], weights[order]
         lists = [self.postings(int(t)) for t in terms]
         for (rows, vals), w in zip(lists, weights):
             acc[rows] += vals if w == 1 else vals * w  # rows are distinct within one term

@@ -22,10 +22,11 @@ import re
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, PrivateAttr, field_validator
+from pydantic import BaseModel, ConfigDict, field_validator
 from tqdm.auto import tqdm
 
 #: Lucene's `EnglishAnalyzer.ENGLISH_STOP_WORDS_SET` (also bm25s `STOPWORDS_EN`, Pyserini's default).
@@ -89,6 +90,32 @@ class TokenizedCorpus:
         return cls(term_ids.astype(np.int32, copy=False), offsets, list(vocab))
 
 
+class _Analyzer:
+    """The analysis chain of one `Tokenizer`, as plain attributes (fast on the query path)."""
+
+    __slots__ = ("regex", "lowercase", "stop", "stemmer", "local")
+
+    def __init__(self, regex: re.Pattern[str], lowercase: bool, stop: frozenset[str], stemmer: str | None):
+        self.regex, self.lowercase, self.stop, self.stemmer = regex, lowercase, stop, stemmer
+        self.local = threading.local()  # PyStemmer objects are not thread-safe: one per thread
+
+    def __call__(self, text: str) -> list[str]:
+        if self.lowercase:
+            text = text.lower()
+        words = self.regex.findall(text)
+        if self.stop:
+            stop = self.stop
+            words = [w for w in words if w not in stop]
+        if self.stemmer is not None and words:
+            stemmer = getattr(self.local, "stemmer", None)
+            if stemmer is None:
+                import Stemmer  # PyStemmer; imported lazily so a tokenizer without stemming needs nothing
+
+                stemmer = self.local.stemmer = Stemmer.Stemmer(self.stemmer)
+            words = stemmer.stemWords(words)
+        return words
+
+
 class Tokenizer(BaseModel):
     """Analysis settings; call the object (or `analyze`) on a text to get its terms.
 
@@ -102,10 +129,6 @@ class Tokenizer(BaseModel):
     pattern: str = DEFAULT_PATTERN
     stopwords: str | tuple[str, ...] | None = "english"
     stemmer: Literal["english", "porter"] | None = "english"
-
-    _regex: re.Pattern[str] = PrivateAttr()
-    _stop: frozenset[str] = PrivateAttr()
-    _local: threading.local = PrivateAttr()
 
     @field_validator("stopwords", mode="before")
     @classmethod
@@ -130,8 +153,9 @@ class Tokenizer(BaseModel):
             raise ValueError(f"pattern {value!r} is not a valid regular expression: {exc}") from None
         return value
 
-    def model_post_init(self, __context: Any) -> None:
-        self._regex = re.compile(self.pattern)
+    @cached_property
+    def analyzer(self) -> _Analyzer:
+        """The compiled chain (regex, stopword set, per-thread stemmers), built on first use."""
         if self.stopwords is None:
             words: Iterable[str] = ()
         elif isinstance(self.stopwords, str):
@@ -139,34 +163,17 @@ class Tokenizer(BaseModel):
         else:
             words = self.stopwords
         # Stopwords are matched after lower-casing, so compare them lower-cased too.
-        self._stop = frozenset(w.lower() for w in words) if self.lowercase else frozenset(words)
-        self._local = threading.local()
-
-    def _stem_words(self, words: list[str]) -> list[str]:
-        # PyStemmer objects are not thread-safe: one per thread.
-        stemmer = getattr(self._local, "stemmer", None)
-        if stemmer is None:
-            import Stemmer  # PyStemmer; imported lazily so a tokenizer without stemming needs nothing
-
-            stemmer = self._local.stemmer = Stemmer.Stemmer(self.stemmer)
-        return stemmer.stemWords(words)
+        stop = frozenset(w.lower() for w in words) if self.lowercase else frozenset(words)
+        return _Analyzer(re.compile(self.pattern), self.lowercase, stop, self.stemmer)
 
     def analyze(self, text: str) -> list[str]:
         """The terms of `text`, in order: lower-cased, split, stopwords removed, stemmed."""
-        if self.lowercase:
-            text = text.lower()
-        words = self._regex.findall(text)
-        if self._stop:
-            stop = self._stop
-            words = [w for w in words if w not in stop]
-        if self.stemmer is not None and words:
-            words = self._stem_words(words)
-        return words
+        return self.analyzer(text)
 
     __call__ = analyze
 
     def __eq__(self, other: object) -> bool:
-        # Compare settings only (pydantic would also compare the compiled private state).
+        # Compare settings only, never the cached `analyzer`.
         if not isinstance(other, Tokenizer):
             return NotImplemented
         return self.model_dump() == other.model_dump()
