@@ -19,7 +19,7 @@ computed once and stored as a CSC-style matrix (`indptr` over terms, `indices` =
 `data` = float32 scores). A query then only gathers the columns of its terms and adds them up in
 a reusable dense accumulator, touching just the documents that contain a query term; a top-k
 selection over those candidates finishes it (one compiled pass with a bounded heap when numba is
-installed, vectorised numpy with argpartition otherwise). No per-query loop over documents in Python.
+installed, vectorised numpy with a partial sort otherwise). No per-query loop over documents in Python.
 """
 
 from __future__ import annotations
