@@ -12,8 +12,8 @@ index="Flat", ef_search=None, nprobe=None, max_seq_length=256, ...)`:
 * `fingerprint()` works before warm-up: the config (without the speed-only settings `batch_size`,
   `threads`, `query_threads`, `search_threads`) plus the model's content identity, or the given
   index' identity.
-* Threads: a batch is encoded with `threads` torch threads and searched with `search_threads` FAISS
-  threads (`None`: the library defaults, all cores). A single query uses `query_threads` (default 1)
+* Threads: a batch is encoded with `threads` torch threads (also FAISS's while building the index)
+  and searched with `search_threads` FAISS threads (`None`: the library defaults, all cores). A single query uses `query_threads` (default 1)
   for both: one query cannot use a second core well, and on a shared 2-core machine the second
   thread cost more than it gave (benchmarks/dense.py measures both; see `configs/dense.yaml`).
 * An empty (or whitespace) query gives an empty ranking and an `EmptyQueryWarning`.
@@ -54,12 +54,12 @@ class DenseRetrieverConfig(StageConfig):
     k: int = Field(100, ge=1)
     model: str = DEFAULT_MODEL
     index: str = "Flat"  # FAISS index_factory string, inner-product metric
-    ef_search: int | None = Field(None, ge=1)  # HNSW; None: indexes.dense.DEFAULT_EF_SEARCH (at least k)
-    nprobe: int | None = Field(None, ge=1)  # IVF; None: indexes.dense.default_nprobe(nlist)
+    ef_search: int | None = Field(None, ge=1)  # HNSW; None: max(256, 2k) (indexes.dense.search_params)
+    nprobe: int | None = Field(None, ge=1)  # IVF; None: indexes.dense.default_nprobe(nlist, n, k)
     max_seq_length: int | None = Field(256, ge=1)  # document truncation, in tokens
     train_sample: int = Field(DEFAULT_TRAIN_SAMPLE, ge=1)  # vectors used to train IVF/PQ
     batch_size: int = Field(32, ge=1)
-    threads: int | None = Field(None, ge=1)  # torch threads when encoding a batch
+    threads: int | None = Field(None, ge=1)  # torch threads encoding a batch, FAISS threads building
     search_threads: int | None = Field(None, ge=1)  # FAISS threads when searching a batch
     query_threads: int = Field(1, ge=1)  # torch and FAISS threads for a single query
 
@@ -192,6 +192,7 @@ class DenseRetriever(StageBase):
                 model_identity=identity,
                 max_seq_length=self.encoder.max_seq_length,
                 train_sample=cfg.train_sample,
+                threads=cfg.threads,
                 progress=env.progress,
             )
         except ValueError as exc:

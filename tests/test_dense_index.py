@@ -71,7 +71,7 @@ def test_factory_strings_build_and_find_the_vector_itself(vectors: np.ndarray, f
 
 
 def test_bad_factory_string_is_a_clear_error(vectors: np.ndarray) -> None:
-    with pytest.raises(ValueError, match="PQ's M must divide 32"):
+    with pytest.raises(ValueError, match="PQ's M must divide 32"), pytest.warns(UserWarning, match="6-bit"):
         build(vectors, "IVF16,PQ7")
     with pytest.raises(ValueError, match="Examples that work"):
         build(vectors, "NoSuchIndex")
@@ -106,7 +106,7 @@ def test_k_larger_than_the_corpus_and_empty_queries(vectors: np.ndarray) -> None
 
 def test_search_parameters_are_applied_per_call(vectors: np.ndarray) -> None:
     ivf = build(vectors, "IVF64,Flat")
-    assert ivf.search_params() == {"nprobe": default_nprobe(64)}
+    assert ivf.search_params(k=10) == {"nprobe": default_nprobe(64, 3000, 10)} == {"nprobe": 16}
     assert ivf.search_params(nprobe=3) == {"nprobe": 3}
     queries = unit(np.random.default_rng(2), 30, 32)
     truth = exact_top(vectors, queries, 50)
@@ -116,8 +116,17 @@ def test_search_parameters_are_applied_per_call(vectors: np.ndarray) -> None:
     assert faiss.extract_index_ivf(ivf.index).nprobe == 64
     hnsw = build(vectors, "HNSW32")
     assert hnsw.search_params(ef_search=16, k=100) == {"efSearch": 100}  # never below k
+    assert hnsw.search_params(k=100) == {"efSearch": 256} and hnsw.search_params(k=300) == {"efSearch": 600}
     hnsw.search(queries, 10, ef_search=200)
     assert faiss.downcast_index(hnsw.index).hnsw.efSearch == 200
+
+
+def test_default_nprobe_scans_enough_lists_for_k() -> None:
+    assert default_nprobe(1024, 100_000, 100) == 128  # an eighth of the lists
+    assert default_nprobe(4096, 1_000_000, 100) == 512
+    assert default_nprobe(132, 5183, 100) == 82  # lists holding >= 32 * k vectors on average
+    assert default_nprobe(35, 1400, 100) == 35  # never more than there are
+    assert default_nprobe(64, 0, 100) == 16
 
 
 def test_faiss_thread_count_is_restored() -> None:
@@ -129,12 +138,11 @@ def test_faiss_thread_count_is_restored() -> None:
 
 @pytest.mark.parametrize("factory", ["HNSW32", "IVF1024,Flat"])
 def test_default_approximate_settings_keep_recall_of_flat_on_clustered_data(factory: str) -> None:
-    rng = np.random.default_rng(3)
-    data = clustered(rng, 20_000, 64, clusters=200)
-    queries = clustered(np.random.default_rng(4), 50, 64, clusters=200)
+    both = clustered(np.random.default_rng(3), 10_050, 64, clusters=200)  # queries from the same clusters
+    data, queries = both[:10_000], both[10_000:]
     flat_rows = build(data).search(queries, 100)[1]
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # IVF1024 is clamped to IVF512 on 20k vectors
+        warnings.simplefilter("ignore")  # IVF1024 is clamped to IVF256 on 10k vectors
         approx = build(data, factory)
     assert overlap_recall(approx.search(queries, 100)[1], flat_rows) >= 0.98
 

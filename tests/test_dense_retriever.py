@@ -232,7 +232,7 @@ def _trec_scores(rankings, queries, qrels, corpus) -> dict[str, dict[str, float]
 def test_scifact_pin_and_approximate_indexes_keep_recall() -> None:
     """MiniLM + Flat on SciFact test = the pinned nDCG@10; HNSW32/IVF defaults keep >= 0.98 of Flat's recall@100.
 
-    Embeddings are cached under $STAGEGRAPH_WORK (default: the repo's .stagegraph), so only the first
+    Embeddings are cached under $STAGEGRAPH_HOME (default: the repo's .stagegraph), so only the first
     run encodes the corpus (minutes on a laptop CPU)."""
     pytest.importorskip("pytrec_eval")
     import yaml
@@ -246,7 +246,7 @@ def test_scifact_pin_and_approximate_indexes_keep_recall() -> None:
     pin = next(p for p in pins if p["id"] == "dense-scifact-test")["metrics"]
     dataset = load_beir(folder, progress=False)
     queries, qrels = dataset.split("test")
-    work = Path(os.environ.get("STAGEGRAPH_WORK", Path(__file__).resolve().parents[1] / ".stagegraph"))
+    work = Path(os.environ.get("STAGEGRAPH_HOME", Path(__file__).resolve().parents[1] / ".stagegraph"))
     env = Environment(dataset.corpus, work_dir=work, progress=False)
     figures = {}
     for factory in ("Flat", "HNSW32", "IVF1024,Flat"):
