@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import sys
 import time
 from pathlib import Path
@@ -54,24 +55,31 @@ def dict_rrf(a: Ranking, b: Ranking, k: int = 60, depth: int = 100) -> list[tupl
     return sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))[:depth]
 
 
-def time_calls(fn, pairs, rounds: int) -> tuple[LatencySummary, LatencySummary]:
-    """(wall-clock, CPU-time) summaries of `fn(a, b)` over every pair, `rounds` times."""
-    for a, b in pairs[:20]:  # warm-up, not measured
-        fn(a, b)
-    wall, cpu = [], []
+def time_calls(fns: list, pairs, rounds: int) -> list[tuple[LatencySummary, LatencySummary]]:
+    """(wall-clock, CPU-time) summaries of each `fn(a, b)` over every pair, `rounds` times.
+
+    The functions take turns on each pair, so a change in the machine's load during the run
+    touches every method alike and the ratios between them hold.
+    """
+    for fn in fns:  # warm-up, not measured
+        for a, b in pairs[:20]:
+            fn(a, b)
+    wall = [[] for _ in fns]
+    cpu = [[] for _ in fns]
     wall_clock, cpu_clock = time.perf_counter_ns, time.process_time_ns
     gc.disable()
     try:
         for _ in range(rounds):
             for a, b in pairs:
-                c0, t0 = cpu_clock(), wall_clock()
-                fn(a, b)
-                t1, c1 = wall_clock(), cpu_clock()
-                wall.append(t1 - t0)
-                cpu.append(c1 - c0)
+                for i, fn in enumerate(fns):
+                    c0, t0 = cpu_clock(), wall_clock()
+                    fn(a, b)
+                    t1, c1 = wall_clock(), cpu_clock()
+                    wall[i].append(t1 - t0)
+                    cpu[i].append(c1 - c0)
     finally:
         gc.enable()
-    return LatencySummary.from_ns(np.array(wall)), LatencySummary.from_ns(np.array(cpu))
+    return [(LatencySummary.from_ns(np.array(w)), LatencySummary.from_ns(np.array(c))) for w, c in zip(wall, cpu)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,12 +103,16 @@ def main(argv: list[str] | None = None) -> int:
     for pool in (p for _, p in pools):
         pool.input_names = ("bm25", "dense")
 
-    results = [("dict RRF (baseline)", *time_calls(dict_rrf, pairs, args.rounds))]
-    for label, pool in pools:
-        results.append((label, *time_calls(lambda a, b, p=pool: p.run(one, [[a], [b]]), pairs, args.rounds)))
+    labels = ["dict RRF (baseline)"] + [label for label, _ in pools]
+    fns = [dict_rrf] + [lambda a, b, p=pool: p.run(one, [[a], [b]]) for _, pool in pools]
+    results = [(label, wall, cpu) for label, (wall, cpu) in zip(labels, time_calls(fns, pairs, args.rounds))]
     base_wall, base_cpu = results[0][1], results[0][2]
 
-    print(f"Fusing two top-100 lists, one query per call ({args.queries} queries x {args.rounds} rounds), ms")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(
+        f"Fusing two top-100 lists, one query per call ({args.queries} queries x {args.rounds} rounds), ms; "
+        f"{os.cpu_count()} CPUs, load average {load:.1f} at the end (above the CPU count, neighbours inflate every figure)"
+    )
     print(f"{'':<22} {'wall clock':^37} | {'process CPU time':^37} |")
     head = f"{'P50':>8} {'P95':>8} {'P99':>8} {'P50/base':>9}"
     print(f"{'method':<22} {head} | {head} | P95 < {TARGET_P95_MS} ms (wall / CPU)")

@@ -51,7 +51,7 @@ from corpora.types import Queries
 from stages.base import Arity, Ranking, StageBase, StageConfig, StageError
 from stages.fusion import methods
 from stages.fusion.align import Aligned, align
-from stages.fusion.missing import absent_value
+from stages.fusion.missing import fill_missing
 from stages.fusion.normalize import NORMALIZERS
 from stages.fusion.options import FusionMethod, MissingPolicy, Normalization
 from stages.registry import register
@@ -208,9 +208,8 @@ class CandidatePool(StageBase):
         if cfg.method is FusionMethod.RRF:
             fused = methods.rrf(aligned.ranks, aligned.present, weights, cfg.rrf_k)
         else:
-            normalize = NORMALIZERS[cfg.normalization]
-            normalised = [normalize(s) for s in aligned.scores]
-            values = aligned.matrix(normalised, [absent_value(cfg.missing, n) for n in normalised])
+            normalised = NORMALIZERS[cfg.normalization](aligned.raw, aligned.ranks)
+            values = fill_missing(normalised, aligned.present, cfg.missing)
             if cfg.method is FusionMethod.COMBMNZ:
                 fused = methods.combmnz(values, weights, aligned.present)
             elif cfg.method is FusionMethod.MAX:
@@ -227,14 +226,14 @@ def _pool(aligned: Aligned, fused: np.ndarray, names: Sequence[str], k: int) -> 
     rows are already ascending, so a stable sort on the score keeps ties in row order.
     """
     scores = fused.astype(np.float32)
-    order = np.argsort(-scores, kind="stable")[:k]
-    table = aligned.table[:, order]
+    order = (-scores).argsort(kind="stable")[:k]
+    table = aligned.table.take(order, axis=1)
     n = len(names)
     features: dict[str, np.ndarray] = {}
     for b, name in enumerate(names):
         features[name] = table[b]
         features[f"{name}.rank"] = table[n + b]
-    return Ranking(aligned.rows[order], scores[order], features)
+    return Ranking(aligned.rows.take(order), scores.take(order), features)
 
 
 def branch_contributions(rankings: Sequence[Ranking], branch_names: Sequence[str]) -> dict[str, int]:

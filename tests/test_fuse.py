@@ -148,18 +148,37 @@ def test_zscore_normalization():
     check(fuse(CandidatePool("combsum", normalization="zscore"), A, B), [(10, z), (20, 0.0), (30, 1 - z), (40, -1.0)])
 
 
+def _rows(*lists):
+    """(scores, ranks) matrices for lists given as scores in rank order, NaN-padded to one width."""
+    width = max(len(x) for x in lists)
+    scores = np.full((len(lists), width), np.nan)
+    ranks = np.full((len(lists), width), np.nan)
+    for i, x in enumerate(lists):
+        scores[i, : len(x)] = x
+        ranks[i, : len(x)] = np.arange(1, len(x) + 1)
+    return scores, ranks
+
+
+def test_normalizers_row_by_row_keep_absent_as_nan():
+    scores, ranks = _rows([3.0, 2.0, 1.0], [0.9, 0.8])
+    np.testing.assert_allclose(normalize.minmax(scores, ranks), [[1, 0.5, 0], [1, 0, NAN]])
+    np.testing.assert_allclose(normalize.rank(scores, ranks), [[1, 2 / 3, 1 / 3], [1, 0.5, NAN]])
+    z = 1.5**0.5
+    np.testing.assert_allclose(normalize.zscore(scores, ranks), [[z, 0, -z], [1, -1, NAN]])
+    np.testing.assert_allclose(normalize.none(scores, ranks), scores)
+
+
 def test_normalizers_on_degenerate_lists():
     for fn in (normalize.none, normalize.minmax, normalize.zscore, normalize.rank):
-        assert fn(np.array([])).shape == (0,)
-    # no division by zero: a constant list and a single document
-    np.testing.assert_array_equal(normalize.minmax(np.array([5.0, 5.0, 5.0])), [1, 1, 1])
-    np.testing.assert_array_equal(normalize.minmax(np.array([7.0])), [1])
-    np.testing.assert_array_equal(normalize.zscore(np.array([5.0, 5.0])), [0, 0])
-    np.testing.assert_array_equal(normalize.zscore(np.array([7.0])), [0])
-    np.testing.assert_allclose(normalize.rank(np.array([9.0, 3.0, 1.0, 0.0])), [1, 0.75, 0.5, 0.25])
+        assert fn(np.empty((2, 0)), np.empty((2, 0))).shape == (2, 0)
+    # no division by zero: a constant list, a single document, a branch with nothing
     with np.errstate(all="raise"):
-        normalize.minmax(np.array([2.0, 2.0]))
-        normalize.zscore(np.array([2.0, 2.0]))
+        scores, ranks = _rows([5.0, 5.0, 5.0], [7.0], [])
+        np.testing.assert_array_equal(normalize.minmax(scores, ranks), [[1, 1, 1], [1, NAN, NAN], [NAN] * 3])
+        np.testing.assert_array_equal(normalize.zscore(scores, ranks), [[0, 0, 0], [0, NAN, NAN], [NAN] * 3])
+        np.testing.assert_allclose(normalize.rank(scores, ranks), [[1, 2 / 3, 1 / 3], [1, NAN, NAN], [NAN] * 3])
+    scores, ranks = _rows([0.3, 0.3])  # equal scores that are not exact in binary: still constant for zscore
+    np.testing.assert_array_equal(normalize.zscore(scores, ranks), [[0, 0]])
 
 
 def test_constant_and_single_document_branches_through_the_pool():

@@ -2,8 +2,8 @@
 
 `align(rankings)` gives the sorted union of corpus rows and one float32 table of (2B x U) holding,
 for B branches over U documents, each branch's raw scores (rows 0..B-1) and 1-based ranks (rows
-B..2B-1), NaN where the branch did not return the document; plus each branch's positions in the
-union and its raw scores in its own rank order (what the normalisers read). A row that a branch
+B..2B-1), NaN where the branch did not return the document, and each branch's positions in the
+union, in its own rank order. A row that a branch
 repeats is kept at its first (best-ranked) occurrence, so every branch contributes at most one score
 per document. This runs once per query on the online path, so it sticks to a few vectorised numpy
 calls (one sort and one `searchsorted` over the concatenated rows, rather than `np.unique`).
@@ -25,7 +25,6 @@ class Aligned:
     table: np.ndarray  # (2B, U) float32: raw scores, then 1-based ranks; NaN where absent
     present: np.ndarray  # (B, U) bool: did branch b return row u?
     positions: tuple[np.ndarray, ...]  # per branch: indexes into `rows`, in the branch's rank order
-    scores: tuple[np.ndarray, ...]  # per branch: raw scores as given (float32), in the branch's rank order
 
     @property
     def n_branches(self) -> int:
@@ -40,14 +39,6 @@ class Aligned:
     def ranks(self) -> np.ndarray:
         """(B, U) 1-based ranks, NaN where absent."""
         return self.table[self.n_branches :]
-
-    def matrix(self, per_branch: Sequence[np.ndarray], absent: Sequence[float]) -> np.ndarray:
-        """(B, U) float64: `per_branch[b]` (aligned with `scores[b]`) at branch b's positions, `absent[b]` elsewhere."""
-        out = np.empty(self.present.shape)
-        for b, (pos, vals, fill) in enumerate(zip(self.positions, per_branch, absent)):
-            out[b] = fill
-            out[b, pos] = vals
-        return out
 
 
 _ONE_TO_N = np.arange(1, 1025, dtype=np.float32)  # 1-based ranks, grown on demand
@@ -68,7 +59,8 @@ _ONE_TO_N.flags.writeable = False
 
 def sorted_union(values: np.ndarray) -> np.ndarray:
     """The sorted distinct values of a 1-d array (`np.unique`, without its per-call overhead)."""
-    ordered = np.sort(values)
+    ordered = values.copy()
+    ordered.sort()
     starts = np.empty(len(ordered), dtype=bool)
     starts[:1] = True
     np.not_equal(ordered[1:], ordered[:-1], out=starts[1:])
@@ -81,21 +73,22 @@ def align(rankings: Sequence[Ranking]) -> Aligned:
     lengths = [len(r) for r in rankings]
     all_rows = np.concatenate([r.doc_rows for r in rankings]).astype(np.int64, copy=False) if rankings else np.empty(0, np.int64)
     rows = sorted_union(all_rows)
-    all_positions = np.searchsorted(rows, all_rows)
-    table = np.full((2 * n_branches, len(rows)), np.nan, dtype=np.float32)
+    all_positions = rows.searchsorted(all_rows)
+    table = np.empty((2 * n_branches, len(rows)), dtype=np.float32)
+    table.fill(np.nan)
     positions, scores = [], []
     start = 0
     for b, (ranking, n) in enumerate(zip(rankings, lengths)):
         pos = all_positions[start : start + n]
         start += n
-        table[b, pos] = ranking.scores
-        table[n_branches + b, pos] = _ranks(n)
+        table[b][pos] = ranking.scores  # a row view, then a 1-d scatter: twice as fast as table[b, pos]
+        table[n_branches + b][pos] = _ranks(n)
         positions.append(pos)
         scores.append(ranking.scores)
     present = ~np.isnan(table[n_branches:])
     if np.count_nonzero(present) != start:
         _drop_repeats(table, present, positions, scores)
-    return Aligned(rows, table, present, tuple(positions), tuple(scores))
+    return Aligned(rows, table, present, tuple(positions))
 
 
 def _drop_repeats(table: np.ndarray, present: np.ndarray, positions: list, scores: list) -> None:
@@ -108,5 +101,5 @@ def _drop_repeats(table: np.ndarray, present: np.ndarray, positions: list, score
         keep = np.sort(first)
         positions[b], scores[b] = positions[b][keep], scores[b][keep]
         table[b] = table[n_branches + b] = np.nan
-        table[b, positions[b]] = scores[b]
-        table[n_branches + b, positions[b]] = _ranks(len(keep))
+        table[b][positions[b]] = scores[b]
+        table[n_branches + b][positions[b]] = _ranks(len(keep))

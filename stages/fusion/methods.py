@@ -21,8 +21,7 @@ import numpy as np
 
 def rrf(ranks: np.ndarray, present: np.ndarray, weights: np.ndarray, k: float) -> np.ndarray:
     """`ranks`: 1-based (any value where `present`, bool (branches x documents), is False)."""
-    contrib = weights[:, None] / (k + ranks)
-    return np.where(present, contrib, 0.0).sum(axis=0)
+    return weights @ np.where(present, 1.0 / (k + ranks), 0.0)
 
 
 def weighted_sum(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
