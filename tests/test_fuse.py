@@ -330,3 +330,21 @@ def test_inputs_must_align_with_queries():
         CandidatePool().run(Q, [[A], [B, B]])
     with pytest.raises(StageError, match="no inputs"):
         CandidatePool().run(Q, [])
+
+
+def test_pool_order_equals_ranking_from_scores_on_tied_random_lists():
+    # The pool sorts once itself; it must give exactly Ranking.from_scores's order (score desc, row asc).
+    rng = np.random.default_rng(7)
+    for trial in range(30):
+        lists = [
+            R(rng.choice(60, size=n, replace=False), rng.integers(0, 4, size=n).astype(np.float32))
+            for n in rng.integers(0, 40, size=3)
+        ]
+        for settings in ({"method": "rrf"}, {"method": "combsum", "normalization": "none"}):
+            whole = fuse(CandidatePool(**settings, k=1000), *lists)  # every pooled document, any order
+            expected = Ranking.from_scores(whole.doc_rows, whole.scores, k=25)
+            got = fuse(CandidatePool(**settings, k=25), *lists)
+            assert got.doc_rows.tolist() == expected.doc_rows.tolist(), (trial, settings)
+            np.testing.assert_array_equal(got.scores, expected.scores)
+            union = np.unique(np.concatenate([r.doc_rows for r in lists]))
+            assert sorted(whole.doc_rows.tolist()) == union.tolist()
