@@ -5,9 +5,10 @@
 
 Sections (each prints a table):
 
-1. **Encoding throughput** of all-MiniLM-L6-v2 (torch, CPU) at batch 32 and 64 on the same
+1. **Encoding throughput** of all-MiniLM-L6-v2 (torch, CPU, --torch-threads) at batch 32 and 64 on the same
    documents (SciFact's first --encode-docs documents when ../shared/datasets/scifact exists, else
-   synthetic ~150-word texts), max_seq_length 256; docs/s and the ratio to batch 32.
+   synthetic ~150-word texts), max_seq_length 256; docs/s (wall), docs per CPU-second, and the
+   ratio to batch 32.
 2. **One-query encoding latency**, torch on 1 and on 2 threads (P50/P95/P99 over --queries).
 3. **FAISS index types** on N x 384 random unit vectors (N from --sizes): build time (on
    --build-threads FAISS threads, default 1), index size
@@ -120,17 +121,22 @@ def documents(n: int) -> tuple[list[str], str]:
     return [" ".join(rng.choice(words, 150)) for _ in range(n)], f"{n} synthetic 150-word texts"
 
 
-def bench_encoding(model: Encoder, n_docs: int, n_queries: int) -> None:
+def bench_encoding(model: Encoder, n_docs: int, n_queries: int, threads: int) -> None:
     texts, what = documents(n_docs)
     rows, base = [], None
     for batch in (32, 64):
-        model.encode(texts[:batch], batch_size=batch, progress=False)  # warm-up
-        start = time.perf_counter()
-        model.encode(texts, batch_size=batch, progress=False)
-        rate = len(texts) / (time.perf_counter() - start)
+        model.encode(texts[:batch], batch_size=batch, progress=False, threads=threads)  # warm-up
+        start, cpu0 = time.perf_counter(), time.process_time()
+        model.encode(texts, batch_size=batch, progress=False, threads=threads)
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu0
+        rate = len(texts) / wall
         base = base or rate
-        rows.append([batch, len(texts), rate, f"{rate / base:.2f}x"])
-    table(f"Encoding throughput: all-MiniLM-L6-v2, max_seq_length 256, {what}", ["batch", "docs", "docs/s", "vs batch 32"], rows)
+        rows.append([batch, len(texts), rate, len(texts) / cpu, f"{rate / base:.2f}x"])
+    table(
+        f"Encoding throughput: all-MiniLM-L6-v2, max_seq_length 256, {what}, {threads} torch thread(s)",
+        ["batch", "docs", "docs/s", "docs per cpu-s", "vs batch 32"],
+        rows,
+    )
 
     rows = []
     for threads in (1, 2):
@@ -161,7 +167,10 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(np.intersect1d(f[f >= 0], t)) / len(t) for f, t in zip(found, truth)]))
 
 
-def bench_faiss(size: int, factories: list[str], n_queries: int, flat_queries: int, build_threads: int) -> dict[str, DenseIndex]:
+def bench_faiss(
+    size: int, factories: list[str], n_queries: int, flat_queries: int, build_threads: int, keep: set[str]
+) -> dict[str, DenseIndex]:
+    """One table row per factory; returns the indexes named in `keep` (the others are freed)."""
     data = random_unit(size, seed=size)
     queries = random_unit(n_queries + WARMUP, seed=size + 1)
     built: dict[str, DenseIndex] = {}
@@ -172,7 +181,6 @@ def bench_faiss(size: int, factories: list[str], n_queries: int, flat_queries: i
             warnings.simplefilter("ignore")
             index = DenseIndex.build(data, factory, corpus_fingerprint="bench", threads=build_threads, progress=False)
         build_s = time.perf_counter() - start
-        built[factory] = index
         n = flat_queries if factory == "Flat" and size > 200_000 else n_queries
         with faiss_threads(1):
             wall, cpu = time_calls(lambda i: index.search(queries[i : i + 1], K), n)
@@ -182,6 +190,9 @@ def bench_faiss(size: int, factories: list[str], n_queries: int, flat_queries: i
         recall = recall_at_k(found, truth) if truth is not None else float("nan")
         params = ", ".join(f"{k}={v}" for k, v in index.search_params(k=K).items()) or "-"
         rows.append([index.factory, params, build_s, index_bytes(index) / 2**20, n, *percentiles(wall), percentiles(cpu)[0], recall])
+        if factory in keep:
+            built[factory] = index
+        del index
     table(
         f"FAISS at {size:,} x {DIM} random unit vectors, top-{K}, one query per call, 1 FAISS thread (ms)",
         ["index", "params", "build s", "size MiB", "n", "p50", "p95", "p99", "cpu p50", "recall@100 vs Flat"],
@@ -244,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--encode-docs", type=int, default=256, help="documents for the throughput table")
     parser.add_argument("--build-threads", type=int, default=1,
                         help="FAISS threads while building (1: steady on a shared machine, where idle OpenMP threads spin)")
+    parser.add_argument("--torch-threads", type=int, default=1, help="torch threads for the throughput table")
     parser.add_argument("--skip-encode", action="store_true", help="no model: FAISS tables only")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -252,9 +264,10 @@ def main(argv: list[str] | None = None) -> int:
     model = None
     if not args.skip_encode:
         model = Encoder("sentence-transformers/all-MiniLM-L6-v2", max_seq_length=256, progress=False)
-        bench_encoding(model, args.encode_docs, min(args.queries, 100))
+        bench_encoding(model, args.encode_docs, min(args.queries, 100), args.torch_threads)
     for i, size in enumerate(parse_size(s) for s in args.sizes.split(",")):
-        built = bench_faiss(size, factories, args.queries, args.flat_queries, args.build_threads)
+        keep = {"Flat", "HNSW32"} if i == 0 else set()
+        built = bench_faiss(size, factories, args.queries, args.flat_queries, args.build_threads, keep)
         if i == 0:
             bench_threads(built, size, min(args.queries, 100))
             if model is not None:
