@@ -108,7 +108,7 @@ def train_reranker(
     losses = ", ".join(f"{x:.3f}" for x in stats.epoch_loss)
     say(f"fine-tuned {cfg.base} ({cfg.layers or 'all'} layers) on {stats.pairs} pairs in {stats.seconds:.0f} s "
         f"({stats.pairs_per_s:.1f} pairs/s); loss per epoch: {losses}"
-        + (" (stopped early: time budget)" if stats.stopped_early else ""))
+        + (f" (time budget: {stats.steps} of {stats.planned_steps} planned steps)" if stats.stopped_early else ""))
 
     out = Path(out)
     report: DevReport | None = None

@@ -114,6 +114,8 @@ def load_cross_encoder(name: str, max_length: int, *, progress: bool = False) ->
     check_is_cross_encoder(name, path)
     from sentence_transformers import CrossEncoder
 
+    import stages.rerank_pairhead  # noqa: F401 - registers the cosine pair head with transformers
+
     with _quiet(progress):
         try:
             return CrossEncoder(str(path), max_length=max_length, device="cpu", local_files_only=True)

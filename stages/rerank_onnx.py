@@ -99,14 +99,14 @@ def _accepts(model: Any, name: str) -> bool:
 
 def _optimise(path: Path, config: Any) -> None:
     """Fuse BERT attention/LayerNorm/GELU in place with ONNX Runtime's optimiser, when it applies."""
-    if getattr(config, "model_type", "") not in {"bert", "roberta", "xlm-roberta", "electra", "distilbert"}:
+    if getattr(config, "model_type", "") not in {"bert", "roberta", "xlm-roberta", "electra", "distilbert", "stagegraph_pair_bert"}:
         return
     try:
         from onnxruntime.transformers.optimizer import optimize_model
 
         heads = int(getattr(config, "num_attention_heads", 0))
         hidden = int(getattr(config, "hidden_size", 0))
-        model_type = "bert" if config.model_type in {"roberta", "xlm-roberta", "electra"} else config.model_type
+        model_type = "bert" if config.model_type in {"roberta", "xlm-roberta", "electra", "stagegraph_pair_bert"} else config.model_type
         optimised = optimize_model(str(path), model_type=model_type, num_heads=heads, hidden_size=hidden, opt_level=1)
         optimised.save_model_to_file(str(path))
     except Exception as exc:  # noqa: BLE001 - the unfused graph is still correct, only slower

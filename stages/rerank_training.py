@@ -8,7 +8,7 @@ label prior) shaped the recipe:
   excluded), scored together; the loss is the softmax cross-entropy of the positive within its
   group, so the model must *order* passages of one query, not predict a base rate (`loss="bce"` is
   kept for comparison);
-* **a higher learning rate for the new head** (classifier and pooler, `head_lr`) than for the
+* **a higher learning rate for the new head** (the one-logit classifier, `head_lr`) than for the
   pretrained encoder (`lr`), warm-up then linear decay, several epochs with fresh negatives each;
 * **a small, fast base**: the packaged all-MiniLM-L6-v2 weights cut to their first `layers`
   transformer layers (2 layers score ~3x faster than 6), with the word embeddings frozen (half the
@@ -40,6 +40,7 @@ from stages.base import Ranking
 from stages.rerank_model import RerankerLoadError
 
 DEFAULT_BASE = "sentence-transformers/all-MiniLM-L6-v2"
+CALIBRATION_STEPS = 5  # steps timed before a time budget resizes the plan
 
 
 class TrainConfig(BaseModel):
@@ -60,13 +61,18 @@ class TrainConfig(BaseModel):
     warmup: float = Field(0.1, ge=0, lt=1)
     weight_decay: float = Field(0.01, ge=0)
     loss: Literal["listwise", "bce"] = "listwise"
+    #: "cosine": score the query and passage segments' mean states (stages.rerank_pairhead), which starts
+    #: from the bi-encoder's ranking; "cls": the usual [CLS] classifier, which starts from nothing.
+    head: Literal["cosine", "cls"] = "cosine"
     freeze_embeddings: bool = True
     dev_fraction: float = Field(0.2, ge=0, lt=1)
     min_dev: int = Field(10, ge=0)
     max_dev: int | None = Field(200, ge=1, description="at most this many dev queries")
     dev_depth: int | None = Field(None, ge=1, description="dev rerank depth (None: the pipeline reranker's)")
     max_pairs: int | None = Field(None, ge=1, description="cap on pairs per epoch")
-    time_budget_s: float | None = Field(None, gt=0, description="stop training after this many seconds")
+    time_budget_s: float | None = Field(
+        None, gt=0, description="fit the number of steps to this many seconds (measured on the first steps)"
+    )
     seed: int = 0
     threads: int | None = Field(None, ge=1)
 
@@ -85,7 +91,8 @@ class TrainStats:
     pairs: int = 0
     seconds: float = 0.0
     epoch_loss: list[float] = field(default_factory=list)
-    stopped_early: bool = False
+    stopped_early: bool = False  # the time budget cut the planned steps
+    planned_steps: int = 0
 
     @property
     def pairs_per_s(self) -> float:
@@ -169,8 +176,15 @@ def load_base(cfg: TrainConfig) -> tuple[Any, Any]:
     from stages.rerank_model import _quiet
 
     with _quiet(False), _silence_load_report():
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
         tokenizer = AutoTokenizer.from_pretrained(path)
+        if cfg.head == "cosine":
+            from stages.rerank_pairhead import from_bert
+
+            try:
+                return from_bert(path, layers=cfg.layers), tokenizer
+            except ValueError as exc:
+                raise RerankerLoadError(f"{exc}; use --head cls for this base model") from exc
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
     if cfg.layers is not None:
         truncate_layers(model, cfg.layers)
     return model, tokenizer
@@ -213,8 +227,8 @@ def _param_groups(model: Any, cfg: TrainConfig) -> list[dict]:
         if cfg.freeze_embeddings and "word_embeddings" in name:
             param.requires_grad_(False)
             continue
-        if name.startswith(("classifier", "pre_classifier")) or ".pooler." in f".{name}":
-            head.append(param)
+        if name.startswith(("classifier", "pre_classifier")) or name in {"scale", "bias"}:
+            head.append(param)  # the new, randomly initialised scoring layer
         elif param.ndim < 2:
             no_decay.append(param)
         else:
@@ -260,7 +274,7 @@ def train_cross_encoder(
     warm = max(1, int(cfg.warmup * total))
     optimiser = torch.optim.AdamW(_param_groups(model, cfg))
     base_lrs = [g["lr"] for g in optimiser.param_groups]
-    stats = TrainStats()
+    stats = TrainStats(planned_steps=total)
     started = time.perf_counter()
     group_size = 1 + cfg.negatives
     model.train()
@@ -287,12 +301,21 @@ def train_cross_encoder(
                 losses.append(float(loss.detach()))
                 bar.update(1)
                 bar.set_postfix(epoch=epoch + 1, loss=f"{np.mean(losses[-20:]):.3f}")
-                if cfg.time_budget_s is not None and time.perf_counter() - started > cfg.time_budget_s:
-                    stats.stopped_early = True
+                if cfg.time_budget_s is not None and stats.steps == CALIBRATION_STEPS:
+                    # Fit the plan to this machine: as many steps as the budget allows, with the
+                    # learning-rate schedule decaying over those steps rather than cut off mid-way.
+                    per_step = (time.perf_counter() - started) / stats.steps
+                    affordable = max(stats.steps + 1, int(cfg.time_budget_s / per_step))
+                    if affordable < total:
+                        total = affordable
+                        warm = min(warm, max(1, int(cfg.warmup * total)))
+                        stats.stopped_early = True
+                        bar.total = total
+                if stats.steps >= total:
                     break
             stats.epoch_loss.append(float(np.mean(losses)) if losses else float("nan"))
             stats.epochs_done = epoch + 1
-            if stats.stopped_early:
+            if stats.steps >= total:
                 break
     stats.seconds = time.perf_counter() - started
     model.eval()
