@@ -6,8 +6,9 @@ score (ties by corpus row). Where the time goes, and what it does about it:
 
 * pairs are tokenised once and sorted by token length into batches of `batch_size`, so batches pad
   little (`stages.rerank_model.pad_batches`); in batch mode the pairs of *all* queries share batches;
-* a score cache keyed by (scorer identity, query text, document id), in memory and, by default, in
-  SQLite under `work_dir/rerank_scores/`, so a re-run or a depth sweep never scores a pair twice;
+* an optional score cache keyed by (scorer identity, query text, document id), in memory or in
+  SQLite under `work_dir/rerank_scores/`, so a re-run or a depth sweep never scores a pair twice
+  (`score_cache: disk`); off by default, because a cached pair would make online latency lie;
 * `threads` sets torch's (or ONNX Runtime's) intra-op threads; `backend` picks torch fp32, ONNX
   Runtime fp32 or ONNX int8 (dynamic quantisation, see `stages.rerank_onnx`).
 * `blend` (see `stages.rerank_blend`) mixes in the upstream ranking; by default it is read from the
@@ -54,7 +55,9 @@ class CrossEncoderConfig(StageConfig):
     #: alpha of the blend with the upstream ranking; None = the model's saved choice, else 1.0 (pure CE).
     blend: float | None = Field(None, ge=0.0, le=1.0)
     blend_upstream: Literal["score", "rank"] | None = None
-    score_cache: Literal["disk", "memory", "off"] = "disk"
+    #: Off by default: a pair served from the score cache costs nothing, so online latencies would
+    #: no longer measure the model. Turn it on ("disk") for quality-only sweeps and re-runs.
+    score_cache: Literal["disk", "memory", "off"] = "off"
 
 
 @dataclass
@@ -85,7 +88,7 @@ class CrossEncoderReranker(StageBase):
         backend: Backend = "torch",
         blend: float | None = None,
         blend_upstream: Literal["score", "rank"] | None = None,
-        score_cache: Literal["disk", "memory", "off"] = "disk",
+        score_cache: Literal["disk", "memory", "off"] = "off",
         name: str | None = None,
     ):
         if model_name is not None and model is not None and model_name != model:

@@ -111,11 +111,11 @@ def test_batch_and_online_give_identical_rankings(tiny_ce, corpus, tmp_path):
 def test_score_cache_serves_repeats_in_memory_and_on_disk(tiny_ce, corpus, tmp_path):
     queries, upstream = _queries(), _upstream(len(corpus), 3)
     env = _env(corpus, tmp_path)
-    stage = CrossEncoderReranker(str(tiny_ce), max_length=64, depth=20, k=5)
+    stage = CrossEncoderReranker(str(tiny_ce), max_length=64, depth=20, k=5, score_cache="disk")
     stage.warm_up(env)
     first = stage.run(queries, [upstream])
     assert stage.stats.scored == 60
-    shallower = CrossEncoderReranker(str(tiny_ce), max_length=64, depth=10, k=5)  # a depth sweep, new process
+    shallower = CrossEncoderReranker(str(tiny_ce), max_length=64, depth=10, k=5, score_cache="disk")  # new process
     shallower.warm_up(env)
     second = shallower.run(queries, [upstream])
     assert shallower.stats.scored == 0 and shallower.stats.cached == 30
@@ -123,7 +123,7 @@ def test_score_cache_serves_repeats_in_memory_and_on_disk(tiny_ce, corpus, tmp_p
     assert stage.stats.scored == 60 and stage.stats.cached == 60
     # depth 10 keeps the pairs of depth 20 that rank highest among the first 10 candidates
     assert len(second[0]) == 5 and len(first[0]) == 5
-    other = CrossEncoderReranker(str(tiny_ce), max_length=32, depth=10, k=5)  # another truncation: no reuse
+    other = CrossEncoderReranker(str(tiny_ce), max_length=32, depth=10, k=5, score_cache="disk")  # no reuse
     other.warm_up(env)
     other.run(queries, [upstream])
     assert other.stats.scored == 30
@@ -132,12 +132,12 @@ def test_score_cache_serves_repeats_in_memory_and_on_disk(tiny_ce, corpus, tmp_p
 def test_cached_scores_equal_fresh_scores(tiny_ce, corpus, tmp_path):
     queries, upstream = _queries(), _upstream(len(corpus), 3)
     env = _env(corpus, tmp_path)
-    warm = CrossEncoderReranker(str(tiny_ce), max_length=64, depth=15, k=15)
+    warm = CrossEncoderReranker(str(tiny_ce), max_length=64, depth=15, k=15, score_cache="disk")
     warm.warm_up(env)
     warm.run(queries, [upstream])
     fresh = CrossEncoderReranker(str(tiny_ce), max_length=64, depth=15, k=15, score_cache="off")
     fresh.warm_up(env)
-    from_cache = CrossEncoderReranker(str(tiny_ce), max_length=64, depth=15, k=15)
+    from_cache = CrossEncoderReranker(str(tiny_ce), max_length=64, depth=15, k=15, score_cache="disk")
     from_cache.warm_up(env)
     for a, b in zip(fresh.run(queries, [upstream]), from_cache.run(queries, [upstream])):
         np.testing.assert_array_equal(a.doc_rows, b.doc_rows)
@@ -236,3 +236,12 @@ def test_onnx_fp32_order_equals_torch_and_int8_runs(tiny_ce, corpus, tmp_path):
         assert np.isfinite(q.scores).all() and set(q.doc_rows) == set(t.doc_rows)
     assert sorted(p.name for p in (tmp_path / "onnx").rglob("*.onnx")) == ["model-v1-int8.onnx", "model-v1.onnx"]
     assert CrossEncoderReranker(str(tiny_ce), backend="onnx-int8").fingerprint() != CrossEncoderReranker(str(tiny_ce)).fingerprint()
+
+
+def test_score_cache_is_off_by_default_so_online_latency_measures_the_model(tiny_ce, corpus, tmp_path):
+    queries, upstream = _queries(), _upstream(len(corpus), 3)
+    stage = CrossEncoderReranker(str(tiny_ce), max_length=64, depth=10, k=5)
+    stage.warm_up(_env(corpus, tmp_path))
+    stage.run(queries, [upstream])
+    stage.run(queries, [upstream])
+    assert stage.stats.cached == 0 and stage.stats.scored == 60
