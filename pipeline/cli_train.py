@@ -38,6 +38,8 @@ def register(sub) -> None:
     p.add_argument("--lr", type=float, default=defaults.lr)
     p.add_argument("--head-lr", type=float, default=defaults.head_lr)
     p.add_argument("--loss", choices=["listwise", "bce"], default=defaults.loss)
+    p.add_argument("--head", choices=["cosine", "cls"], default=defaults.head,
+                   help="cosine: segment-mean cosine head that starts from the bi-encoder's ranking (default); cls: [CLS] classifier")
     p.add_argument("--dev-fraction", type=float, default=defaults.dev_fraction, help="share of training queries held out")
     p.add_argument("--max-dev", type=int, default=defaults.max_dev, help="at most this many dev queries")
     p.add_argument("--dev-depth", type=int, default=None, help="dev rerank depth (default: the pipeline reranker's depth)")
@@ -61,7 +63,7 @@ def handle(args: argparse.Namespace) -> int:
             base=args.base, layers=args.layers or None, epochs=args.epochs, negatives=args.negatives,
             positives_per_query=args.positives, batch_groups=args.batch_groups,
             mine_depth=args.mine_depth, max_length=args.max_length, max_pairs=args.max_pairs, lr=args.lr,
-            head_lr=args.head_lr, loss=args.loss, dev_fraction=args.dev_fraction,
+            head_lr=args.head_lr, loss=args.loss, head=args.head, dev_fraction=args.dev_fraction,
             max_dev=args.max_dev, dev_depth=args.dev_depth, time_budget_s=args.time_budget,
             threads=args.threads, seed=args.seed,
         )

@@ -142,3 +142,20 @@ def test_bad_training_settings_are_refused():
         TrainConfig(negatives=0)
     with pytest.raises(ValueError):
         TrainConfig(loss="pointwise")
+
+
+def test_a_time_budget_shrinks_the_plan_after_timing_the_first_steps(tmp_path):
+    from stages.rerank_training import CALIBRATION_STEPS, load_base, train_cross_encoder
+
+    corpus, queries, qrels = _toy()
+    base = make_tiny_sentence_transformer(tmp_path / "base")
+    rng = np.random.default_rng(0)
+    mined = [Ranking.from_scores(np.arange(len(corpus)), rng.random(len(corpus))) for _ in range(len(queries))]
+    cfg = TrainConfig(base=str(base), layers=1, epochs=3, negatives=2, positives_per_query=1, batch_groups=1,
+                      max_length=32, time_budget_s=1e-6)
+    model, tokenizer = load_base(cfg)
+    stats = train_cross_encoder(
+        model, tokenizer, lambda e: build_groups(queries, mined, qrels, corpus, cfg, e), corpus, cfg, progress=False
+    )
+    assert stats.planned_steps == 33 and stats.stopped_early
+    assert stats.steps == CALIBRATION_STEPS + 1 and stats.epochs_done == 1
