@@ -2,7 +2,7 @@
 
 This is the main job on a fresh machine, so it runs in CI: it fine-tunes the demo's small
 cross-encoder (a few minutes on 2 cores), runs the default graph in online mode and checks the
-figures pinned in configs/expectations/demo.yaml.
+figures pinned in configs/demo-expectations.yaml.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import yaml
 
 from pipeline.demo import run_demo
 
-PINS = Path(__file__).resolve().parents[1] / "configs" / "expectations" / "demo.yaml"
+PINS = Path(__file__).resolve().parents[1] / "configs" / "demo-expectations.yaml"
 
 
 @pytest.fixture(scope="module")
