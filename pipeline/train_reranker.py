@@ -27,9 +27,17 @@ from indexes.manifest import atomic_index_dir
 from pipeline.cache import StageCache
 from pipeline.executor import run
 from pipeline.graph import Graph, Step
-from stages.base import Environment
+from stages.base import Environment, stable_hash
 from stages.rerank_blend import METADATA_FILE, BlendSpec, RerankerMetadata
-from stages.rerank_training import TrainConfig, build_groups, load_base, save_model, split_train_dev, train_cross_encoder
+from stages.rerank_training import (
+    QUICK,
+    TrainConfig,
+    build_groups,
+    load_base,
+    save_model,
+    split_train_dev,
+    train_cross_encoder,
+)
 from stages.rerank_tuning import DevReport, rerank_dev
 
 
@@ -142,6 +150,47 @@ def train_reranker(
         pairs=stats.pairs, pairs_per_s=round(stats.pairs_per_s, 2), epoch_loss=stats.epoch_loss,
         stopped_early=stats.stopped_early, seconds={k: round(v, 1) for k, v in timings.items()}, lines=lines,
     )
+
+
+def reranker_key(graph: Graph, dataset: Dataset, cfg: TrainConfig, split: str = "train") -> str:
+    """What a fine-tuned model depends on: the data, the training settings, the base and the miner."""
+    from indexes.encoder import ModelNotFoundError, locate_model, model_identity
+
+    try:
+        base = model_identity(locate_model(cfg.base).path)
+    except ModelNotFoundError:
+        base = cfg.base
+    queries, qrels = dataset.split(split)
+    miner, _ = mining_graph(graph)
+    return stable_hash({
+        "corpus": dataset.corpus.fingerprint, "queries": queries.fingerprint(), "qrels": qrels.fingerprint(),
+        "train": cfg.model_dump(mode="json", exclude={"threads", "time_budget_s"}), "base": base,
+        "miner": [s.stage.fingerprint() for s in miner.steps], "format": 1,
+    })
+
+
+def cached_reranker(
+    graph: Graph,
+    dataset: Dataset,
+    cfg: TrainConfig = QUICK,
+    *,
+    split: str = "train",
+    work_dir: str | Path = ".stagegraph",
+    progress: bool = True,
+    say: Callable[[str], None] = print,
+) -> tuple[Path, TrainResult | None]:
+    """The model fine-tuned for (`graph`, `dataset`, `cfg`) under `work_dir/models/`, trained on first use.
+
+    Returns the directory and, when it was trained now, the `TrainResult` (None when it was cached).
+    """
+    key = reranker_key(graph, dataset, cfg, split)
+    out = Path(work_dir) / "models" / f"reranker-{dataset.name}-{key[:12]}"
+    if (out / METADATA_FILE).is_file():
+        say(f"using the cross-encoder fine-tuned earlier on {dataset.name} {split}: {out}")
+        return out, None
+    say(f"no pretrained cross-encoder is available offline: fine-tuning one on {dataset.name} {split} "
+        f"(first use only; cached in {out})")
+    return out, train_reranker(graph, dataset, out, cfg, split=split, work_dir=work_dir, progress=progress, say=say)
 
 
 def _verdict(report: DevReport | None, first: str) -> list[str]:

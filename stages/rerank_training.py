@@ -83,6 +83,12 @@ class TrainConfig(BaseModel):
     threads: int | None = Field(None, ge=1)
 
 
+#: A first-use fine-tune on a small dataset (the demo on the bundled sample): 2 layers, 3 epochs of
+#: one positive and 3 mined negatives per query, passages cut at 128 tokens; the plan is fitted to two
+#: minutes of training on whatever machine runs it.
+QUICK = TrainConfig(layers=2, epochs=3, negatives=3, positives_per_query=1, max_length=128, time_budget_s=120)
+
+
 @dataclass(frozen=True)
 class Group:
     query: str

@@ -159,3 +159,23 @@ def test_a_time_budget_shrinks_the_plan_after_timing_the_first_steps(tmp_path):
     )
     assert stats.planned_steps == 33 and stats.stopped_early
     assert stats.steps == CALIBRATION_STEPS + 1 and stats.epochs_done == 1
+
+
+def test_cached_reranker_trains_once_per_data_and_settings(tmp_path):
+    from corpora.types import Dataset
+    from pipeline.train_reranker import cached_reranker
+
+    corpus, queries, qrels = _toy()
+    dataset = Dataset("toy", corpus, queries, {"train": qrels})
+    config = tmp_path / "graph.yaml"
+    config.write_text("pipeline:\n  - {type: bm25, name: bm25, k: 20}\n  - {type: cross_encoder, name: rerank, depth: 8}\n")
+    base = make_tiny_sentence_transformer(tmp_path / "base")
+    cfg = TrainConfig(base=str(base), layers=1, epochs=1, negatives=2, max_length=32, max_pairs=9, min_dev=2)
+    said: list[str] = []
+    kwargs = dict(work_dir=tmp_path / "work", progress=False, say=said.append)
+    first, result = cached_reranker(load_graph(config), dataset, cfg, **kwargs)
+    assert result is not None and (first / METADATA_FILE).is_file() and first.parent == tmp_path / "work" / "models"
+    again, cached = cached_reranker(load_graph(config), dataset, cfg, **kwargs)
+    assert again == first and cached is None and "fine-tuned earlier" in said[-1]
+    other, _ = cached_reranker(load_graph(config), dataset, cfg.model_copy(update={"seed": 1}), **kwargs)
+    assert other != first
