@@ -3,7 +3,8 @@
 A cache belongs to one scorer identity (model content, max_length, backend) and, on disk, to one
 corpus fingerprint, so a key never meets a score from another model or another text of the same id.
 Lookups hit memory first; with a path, scores also persist in a small SQLite file, so a re-run in a
-new process or a sweep over rerank depth never scores a pair twice. Writes are batched per call.
+new process or a sweep over rerank depth never scores a pair twice. Writes are batched per call and
+not synced to disk (WAL, synchronous off): a crash may lose recent scores, never corrupt old ones.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ class ScoreCache:
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
+            # A cache: losing the last writes in a crash is harmless, an fsync per query is not.
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=OFF")
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS scores (query TEXT NOT NULL, doc TEXT NOT NULL, score REAL NOT NULL,"
                 " PRIMARY KEY (query, doc)) WITHOUT ROWID"
