@@ -17,8 +17,6 @@ YAML: `{type: bm25, name: bm25, k: 100, k1: 0.9, b: 0.4, tokenizer: {stemmer: en
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import warnings
 from collections.abc import Sequence
@@ -29,7 +27,7 @@ from pydantic import Field
 from corpora.types import Queries
 from indexes.bm25 import FORMAT_VERSION, BM25Index, BM25Settings
 from indexes.manifest import IndexLoadError
-from stages.base import Arity, Environment, Ranking, StageBase, StageConfig, StageError
+from stages.base import Arity, Environment, Ranking, StageBase, StageConfig, StageError, stable_hash
 from stages.registry import register
 
 log = logging.getLogger(__name__)
@@ -51,8 +49,7 @@ class BM25RetrieverConfig(StageConfig, BM25Settings):
 def artefact_key(corpus_fingerprint: str, settings: BM25Settings) -> str:
     """Directory name of the index for this corpus and these settings (16 hex digits)."""
     payload = {"corpus": corpus_fingerprint, "settings": settings.model_dump(mode="json"), "format": FORMAT_VERSION}
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+    return stable_hash(payload)[:16]
 
 
 @register

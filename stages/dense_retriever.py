@@ -26,8 +26,6 @@ YAML: `{type: dense, name: dense, k: 100, model: sentence-transformers/all-MiniL
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import warnings
 from collections.abc import Sequence
@@ -78,8 +76,7 @@ def artefact_key(corpus_fingerprint: str, identity: str, config: DenseRetrieverC
         "train_sample": config.train_sample,
         "format": FORMAT_VERSION,
     }
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+    return stable_hash(payload)[:16]
 
 
 @register
