@@ -36,7 +36,7 @@ def as_dict(r: Ranking) -> dict[int, float]:
     return dict(zip(r.doc_rows.tolist(), r.scores.tolist()))
 
 
-def check(r: Ranking, expected: list[tuple[int, float]]) -> None:
+def check_ranking(r: Ranking, expected: list[tuple[int, float]]) -> None:
     """Rows in this exact order, with these scores."""
     assert r.doc_rows.tolist() == [row for row, _ in expected]
     np.testing.assert_allclose(r.scores, [s for _, s in expected], rtol=1e-6, atol=1e-7)
@@ -45,85 +45,85 @@ def check(r: Ranking, expected: list[tuple[int, float]]) -> None:
 # -- RRF ---------------------------------------------------------------------------------------------
 def test_rrf_default_k60_sums_reciprocal_ranks_and_breaks_ties_by_row():
     # 30: 1/(60+3) + 1/(60+1); 10: 1/61; 20 and 40 tie at 1/62 -> lower row first.
-    check(fuse(CandidatePool(), A, B), [(30, 1 / 63 + 1 / 61), (10, 1 / 61), (20, 1 / 62), (40, 1 / 62)])
+    check_ranking(fuse(CandidatePool(), A, B), [(30, 1 / 63 + 1 / 61), (10, 1 / 61), (20, 1 / 62), (40, 1 / 62)])
 
 
 def test_rrf_k_and_weights():
     # rrf_k = 0: 1/rank. Weights (2, 1): 10: 2/1 = 2; 20: 2/2 = 1; 30: 2/3 + 1/1; 40: 1/2.
-    check(fuse(CandidatePool("rrf", rrf_k=0, weights=[2, 1]), A, B), [(10, 2.0), (30, 5 / 3), (20, 1.0), (40, 0.5)])
+    check_ranking(fuse(CandidatePool("rrf", rrf_k=0, weights=[2, 1]), A, B), [(10, 2.0), (30, 5 / 3), (20, 1.0), (40, 0.5)])
 
 
 def test_rrf_ignores_scores_and_is_symmetric_in_branch_order():
     a, b = R([1, 2], [100.0, 1.0]), R([2, 1], [0.2, 0.1])
     # both documents score 1/61 + 1/62: a tie, broken by row, whichever order the branches come in
     for pair in ((a, b), (b, a)):
-        check(fuse(CandidatePool(), *pair), [(1, 1 / 61 + 1 / 62), (2, 1 / 61 + 1 / 62)])
+        check_ranking(fuse(CandidatePool(), *pair), [(1, 1 / 61 + 1 / 62), (2, 1 / 61 + 1 / 62)])
 
 
 def test_ties_inside_a_branch_rank_by_row():
     tied = R([7, 3, 5], [1.0, 1.0, 1.0])  # ranks: 3 -> 1, 5 -> 2, 7 -> 3
     r = fuse(CandidatePool("rrf", rrf_k=0), tied, R([], []))
-    check(r, [(3, 1.0), (5, 0.5), (7, 1 / 3)])
+    check_ranking(r, [(3, 1.0), (5, 0.5), (7, 1 / 3)])
 
 
 # -- score-based methods, min-max + zero (the defaults) ------------------------------------------------
 # min-max: A -> 10: 1, 20: .5, 30: 0;  B -> 30: 1, 40: 0.
 def test_combsum_minmax_zero():
-    check(fuse(CandidatePool("combsum"), A, B), [(10, 1.0), (30, 1.0), (20, 0.5), (40, 0.0)])
+    check_ranking(fuse(CandidatePool("combsum"), A, B), [(10, 1.0), (30, 1.0), (20, 0.5), (40, 0.0)])
 
 
 def test_combmnz_multiplies_by_number_of_branches_that_found_it():
-    check(fuse(CandidatePool("combmnz"), A, B), [(30, 2.0), (10, 1.0), (20, 0.5), (40, 0.0)])
+    check_ranking(fuse(CandidatePool("combmnz"), A, B), [(30, 2.0), (10, 1.0), (20, 0.5), (40, 0.0)])
 
 
 def test_max():
-    check(fuse(CandidatePool("max"), A, B), [(10, 1.0), (30, 1.0), (20, 0.5), (40, 0.0)])
+    check_ranking(fuse(CandidatePool("max"), A, B), [(10, 1.0), (30, 1.0), (20, 0.5), (40, 0.0)])
 
 
 def test_wsum_weights():
-    check(fuse(CandidatePool("wsum", weights=[1, 3]), A, B), [(30, 3.0), (10, 1.0), (20, 0.5), (40, 0.0)])
+    check_ranking(fuse(CandidatePool("wsum", weights=[1, 3]), A, B), [(30, 3.0), (10, 1.0), (20, 0.5), (40, 0.0)])
 
 
 def test_weights_by_branch_name():
     pool = CandidatePool("wsum", weights={"dense": 3, "bm25": 1})
     pool.input_names = ("bm25", "dense")
-    check(fuse(pool, A, B), [(30, 3.0), (10, 1.0), (20, 0.5), (40, 0.0)])
+    check_ranking(fuse(pool, A, B), [(30, 3.0), (10, 1.0), (20, 0.5), (40, 0.0)])
 
 
 def test_weighted_max_and_combmnz():
     # max of w*v: 10: 2*1; 20: 2*.5; 30: max(0, 1); 40: 0
-    check(fuse(CandidatePool("max", weights=[2, 1]), A, B), [(10, 2.0), (20, 1.0), (30, 1.0), (40, 0.0)])
+    check_ranking(fuse(CandidatePool("max", weights=[2, 1]), A, B), [(10, 2.0), (20, 1.0), (30, 1.0), (40, 0.0)])
     # CombMNZ: (2*0 + 1*1) * 2 = 2 for 30; 10: 2; 20: 1; 40: 0
-    check(fuse(CandidatePool("combmnz", weights=[2, 1]), A, B), [(10, 2.0), (30, 2.0), (20, 1.0), (40, 0.0)])
+    check_ranking(fuse(CandidatePool("combmnz", weights=[2, 1]), A, B), [(10, 2.0), (30, 2.0), (20, 1.0), (40, 0.0)])
 
 
 # -- missing-document policies (raw scores, so the policies differ) ------------------------------------
 def test_missing_zero_raw_scores():
-    check(fuse(CandidatePool("combsum", normalization="none"), A, B), [(10, 3.0), (20, 2.0), (30, 1.9), (40, 0.8)])
+    check_ranking(fuse(CandidatePool("combsum", normalization="none"), A, B), [(10, 3.0), (20, 2.0), (30, 1.9), (40, 0.8)])
 
 
 def test_missing_min_uses_that_branchs_minimum():
     # min of A = 1, min of B = 0.8 (Pyserini's rule)
     pool = CandidatePool("combsum", normalization="none", missing="min")
-    check(fuse(pool, A, B), [(10, 3.8), (20, 2.8), (30, 1.9), (40, 1.8)])
+    check_ranking(fuse(pool, A, B), [(10, 3.8), (20, 2.8), (30, 1.9), (40, 1.8)])
 
 
 def test_missing_skip_scores_on_present_branches():
     # sum over present branches rescaled by total/present weight: 10: 3 * 2/1; 20: 2 * 2; 30: 1 + .9; 40: .8 * 2
     pool = CandidatePool("combsum", normalization="none", missing="skip")
-    check(fuse(pool, A, B), [(10, 6.0), (20, 4.0), (30, 1.9), (40, 1.6)])
+    check_ranking(fuse(pool, A, B), [(10, 6.0), (20, 4.0), (30, 1.9), (40, 1.6)])
     # weighted (1, 3), W = 4: 10: 3 * 4/1; 20: 2 * 4/1; 30: 1 + 2.7; 40: 2.4 * 4/3
     pool = CandidatePool("wsum", normalization="none", missing="skip", weights=[1, 3])
-    check(fuse(pool, A, B), [(10, 12.0), (20, 8.0), (30, 3.7), (40, 3.2)])
+    check_ranking(fuse(pool, A, B), [(10, 12.0), (20, 8.0), (30, 3.7), (40, 3.2)])
 
 
 def test_missing_skip_vs_zero_for_max_with_negative_scores():
     # z-scores: A -> 10: +1.2247, 20: 0, 30: -1.2247; B -> 30: +1, 40: -1
     z = 1.5**0.5
     zero = fuse(CandidatePool("max", normalization="zscore"), A, B)
-    check(zero, [(10, z), (30, 1.0), (20, 0.0), (40, 0.0)])  # 40: max(0 for A's absence, -1)
+    check_ranking(zero, [(10, z), (30, 1.0), (20, 0.0), (40, 0.0)])  # 40: max(0 for A's absence, -1)
     skip = fuse(CandidatePool("max", normalization="zscore", missing="skip"), A, B)
-    check(skip, [(10, z), (30, 1.0), (20, 0.0), (40, -1.0)])
+    check_ranking(skip, [(10, z), (30, 1.0), (20, 0.0), (40, -1.0)])
 
 
 def test_missing_min_equals_zero_after_minmax():
@@ -134,18 +134,18 @@ def test_missing_min_equals_zero_after_minmax():
 
 def test_missing_skip_combmnz():
     # min-max values; 10: 1*2/1*1 = 2; 20: .5*2 = 1; 30: (0 + 1) * 2 = 2; 40: 0
-    check(fuse(CandidatePool("combmnz", missing="skip"), A, B), [(10, 2.0), (30, 2.0), (20, 1.0), (40, 0.0)])
+    check_ranking(fuse(CandidatePool("combmnz", missing="skip"), A, B), [(10, 2.0), (30, 2.0), (20, 1.0), (40, 0.0)])
 
 
 # -- normalisations -------------------------------------------------------------------------------
 def test_rank_normalization():
     # A -> 1, 2/3, 1/3; B -> 1, 1/2
-    check(fuse(CandidatePool("combsum", normalization="rank"), A, B), [(30, 4 / 3), (10, 1.0), (20, 2 / 3), (40, 0.5)])
+    check_ranking(fuse(CandidatePool("combsum", normalization="rank"), A, B), [(30, 4 / 3), (10, 1.0), (20, 2 / 3), (40, 0.5)])
 
 
 def test_zscore_normalization():
     z = 1.5**0.5
-    check(fuse(CandidatePool("combsum", normalization="zscore"), A, B), [(10, z), (20, 0.0), (30, 1 - z), (40, -1.0)])
+    check_ranking(fuse(CandidatePool("combsum", normalization="zscore"), A, B), [(10, z), (20, 0.0), (30, 1 - z), (40, -1.0)])
 
 
 def _rows(*lists):
@@ -185,7 +185,7 @@ def test_constant_and_single_document_branches_through_the_pool():
     const = R([1, 2], [5.0, 5.0])
     single = R([3], [0.1])
     r = fuse(CandidatePool("combsum"), const, single)
-    check(r, [(1, 1.0), (2, 1.0), (3, 1.0)])
+    check_ranking(r, [(1, 1.0), (2, 1.0), (3, 1.0)])
     assert np.isfinite(r.scores).all()
 
 
@@ -205,9 +205,9 @@ def test_a_branch_returning_nothing(missing):
     # the empty branch adds nothing under every policy (it has no minimum under `min`)
     r = fuse(CandidatePool("combsum", normalization="none", missing=missing), A, R([], []))
     scale = 2.0 if missing is MissingPolicy.SKIP else 1.0  # skip: the mean over present (A) x total weight
-    check(r, [(10, 3.0 * scale), (20, 2.0 * scale), (30, 1.0 * scale)])
+    check_ranking(r, [(10, 3.0 * scale), (20, 2.0 * scale), (30, 1.0 * scale)])
     assert np.isnan(r.features["input1"]).all() and np.isnan(r.features["input1.rank"]).all()
-    check(fuse(CandidatePool(), R([], []), B), [(30, 1 / 61), (40, 1 / 62)])
+    check_ranking(fuse(CandidatePool(), R([], []), B), [(30, 1 / 61), (40, 1 / 62)])
 
 
 def test_pool_is_cut_to_k_after_fusion():
@@ -219,7 +219,7 @@ def test_pool_is_cut_to_k_after_fusion():
 def test_duplicate_row_in_a_branch_counts_once_at_its_best_rank():
     dup = Ranking(np.array([5, 5, 6]), np.array([3.0, 2.0, 1.0], dtype=np.float32))
     r = fuse(CandidatePool("rrf", rrf_k=0), dup, R([], []))
-    check(r, [(5, 1.0), (6, 0.5)])
+    check_ranking(r, [(5, 1.0), (6, 0.5)])
     assert as_dict(Ranking(r.doc_rows, r.features["input0"])) == {5: 3.0, 6: 1.0}
 
 
@@ -227,7 +227,7 @@ def test_three_branches():
     c = R([40, 50], [7.0, 6.0])
     r = fuse(CandidatePool("combmnz", normalization="rank"), A, B, c)
     # rank-normalised: A 1, 2/3, 1/3; B 1, 1/2; C 1, 1/2. 40: (1/2 + 1) * 2 = 3; 30: (1/3 + 1) * 2 = 8/3
-    check(r, [(40, 3.0), (30, 8 / 3), (10, 1.0), (20, 2 / 3), (50, 0.5)])
+    check_ranking(r, [(40, 3.0), (30, 8 / 3), (10, 1.0), (20, 2 / 3), (50, 0.5)])
 
 
 # -- explanation features ---------------------------------------------------------------------------
