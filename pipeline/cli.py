@@ -182,6 +182,29 @@ def _dataset_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reranker", help="model for every cross-encoder stage (HF id or local path; or $STAGEGRAPH_RERANKER)")
 
 
+GLOBAL_FLAGS = {"--quiet", "-q", "--debug"}
+
+
+def hoist_global_flags(argv: list[str]) -> list[str]:
+    """Accept the global flags after the subcommand too (`stagegraph demo --quiet`)."""
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in GLOBAL_FLAGS:
+            front.append(arg)
+        elif arg == "--work-dir" and i + 1 < len(argv):
+            front += argv[i : i + 2]
+            i += 1
+        elif arg.startswith("--work-dir="):
+            front.append(arg)
+        else:
+            rest.append(arg)
+        i += 1
+    return front + rest
+
+
 def main(argv: list[str] | None = None) -> int:
     from corpora.types import DataError
     from indexes.manifest import IndexLoadError
@@ -189,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     from stages.base import StageError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(hoist_global_flags(sys.argv[1:] if argv is None else list(argv)))
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_BAD_INPUT

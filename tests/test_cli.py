@@ -98,3 +98,9 @@ def test_every_subcommand_has_help(capsys):
             main([command, "--help"])
         assert exc.value.code == 0
         assert "usage: stagegraph " + command in capsys.readouterr().out
+
+
+def test_global_flags_work_after_the_subcommand(beir_dir, config, tmp_path, capsys):
+    code = main(["eval", str(config), "--dataset", str(beir_dir), "--quiet", "--work-dir", str(tmp_path / "w")])
+    assert code == EXIT_OK
+    assert (tmp_path / "w" / "cache").is_dir()
