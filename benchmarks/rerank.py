@@ -14,7 +14,8 @@ is irrelevant to speed) and each max_length, every mode reranks the same 100 can
 * `onnx-int8`  - ONNX Runtime with dynamic int8 quantisation.
 
 Per query it records wall-clock latency and process CPU time (all threads; on a shared machine the
-wall-clock tail is mostly waiting for a core, CPU time is not). Ratios are naive / mode, measured in
+wall-clock tail is mostly waiting for a core, CPU time is not). The modes take turns query by query,
+in a rotating order, so a burst of load from other processes falls on all of them alike. Ratios are naive / mode, measured in
 this run. "same order" is the share of queries whose full order of 100 equals the naive loop's.
 "% peak" is the useful forward FLOPs (unpadded tokens, per layer 2*n*(4h^2 + 2hf) + 4*n^2*h) per
 second of median wall time, over this machine's fp32 matmul peak measured at the start.
@@ -110,8 +111,8 @@ def speed_model(layers: int, cache: Path) -> Path:
     return target
 
 
-def time_mode(mode, model_dir, max_length, corpus, queries, pools, work_dir, warmup=2):
-    """Per-query wall ns, CPU ns, full orders and scores (in pool order) for one mode."""
+def make_reranker(mode, model_dir, max_length, corpus, queries, pools, work_dir):
+    """A function i -> (order of pool i, scores in pool order) for one mode."""
     from stages.rerank import CrossEncoderReranker
 
     texts = [[corpus.doc_text(int(r)) for r in p.doc_rows] for p in pools]
@@ -123,27 +124,36 @@ def time_mode(mode, model_dir, max_length, corpus, queries, pools, work_dir, war
         def rerank(i):
             scores = model.predict([(queries.texts[i], t) for t in texts[i]], batch_size=32, show_progress_bar=False)
             return pools[i].doc_rows[np.argsort(-scores, kind="stable")], scores
-    else:
-        stage = CrossEncoderReranker(str(model_dir), max_length=max_length, depth=100, k=100, backend=mode,
-                                     score_cache="off", blend=1.0)
-        stage.warm_up(Environment(corpus, work_dir=work_dir, progress=False))
 
-        def rerank(i):
-            out = stage.run(queries.select([i]), [[pools[i]]])[0]
-            by_row = dict(zip(out.doc_rows.tolist(), out.features["cross_encoder"].tolist()))
-            return out.doc_rows, np.array([by_row[r] for r in pools[i].doc_rows.tolist()], dtype=np.float32)
+        return rerank
+    stage = CrossEncoderReranker(str(model_dir), max_length=max_length, depth=100, k=100, backend=mode,
+                                 score_cache="off", blend=1.0)
+    stage.warm_up(Environment(corpus, work_dir=work_dir, progress=False))
 
-    for i in range(min(warmup, len(queries))):
-        rerank(i)
-    wall, cpu, orders, scores = [], [], [], []
+    def rerank(i):
+        out = stage.run(queries.select([i]), [[pools[i]]])[0]
+        by_row = dict(zip(out.doc_rows.tolist(), out.features["cross_encoder"].tolist()))
+        return out.doc_rows, np.array([by_row[r] for r in pools[i].doc_rows.tolist()], dtype=np.float32)
+
+    return rerank
+
+
+def time_modes(modes, model_dir, max_length, corpus, queries, pools, work_dir, warmup=2):
+    """Per mode: wall ns, CPU ns, orders, scores. Modes are interleaved query by query (in a rotating
+    order), so load from other processes on a shared machine falls on every mode alike."""
+    rerankers = {m: make_reranker(m, model_dir, max_length, corpus, queries, pools, work_dir) for m in modes}
+    for fn in rerankers.values():
+        for i in range(min(warmup, len(queries))):
+            fn(i)
+    out = {m: ([], [], [], []) for m in modes}
     for i in range(len(queries)):
-        c0, t0 = time.process_time_ns(), time.perf_counter_ns()
-        order, values = rerank(i)
-        wall.append(time.perf_counter_ns() - t0)
-        cpu.append(time.process_time_ns() - c0)
-        orders.append(order)
-        scores.append(values)
-    return np.array(wall), np.array(cpu), orders, scores
+        for m in modes[i % len(modes):] + modes[: i % len(modes)]:
+            c0, t0 = time.process_time_ns(), time.perf_counter_ns()
+            order, values = rerankers[m](i)
+            wall, cpu = time.perf_counter_ns() - t0, time.process_time_ns() - c0
+            for bucket, value in zip(out[m], (wall, cpu, order, values)):
+                bucket.append(value)
+    return {m: (np.array(w), np.array(c), o, s) for m, (w, c, o, s) in out.items()}
 
 
 def agreement(orders, scores, base_orders, base_scores) -> tuple[float, float]:
@@ -200,17 +210,16 @@ def quality(args, work_dir: Path) -> None:
     print(f"\nint8 quality: {args.quality_model} on {ds.name} test ({len(queries)} queries, "
           f"{miner.output} top 100, cross-encoder score alone)")
     print(f"  {miner.output:<10} nDCG@10 {first:.4f}")
-    results, base = {}, None
+    timed = time_modes(list(MODES), args.quality_model, args.quality_max_length, ds.corpus, queries, pools,
+                       work_dir, warmup=0)
+    base, results = timed[MODES[0]], {}
     for mode in MODES:
-        t0 = time.perf_counter()
-        _, _, orders, scores = time_mode(mode, args.quality_model, args.quality_max_length, ds.corpus, queries, pools,
-                                         work_dir, warmup=0)
-        secs = time.perf_counter() - t0
-        base = base or (orders, scores)
-        same, rel = agreement(orders, scores, *base)
+        wall, _, orders, scores = timed[mode]
+        same, rel = agreement(orders, scores, base[2], base[3])
         ranked = [Ranking(o[:10], np.arange(10, 0, -1, dtype=np.float32)[: len(o[:10])]) for o in orders]
         results[mode] = score_run(ranked, queries, qrels, ds.corpus, ["ndcg@10"]).means["ndcg@10"]
-        print(f"  {mode:<10} nDCG@10 {results[mode]:.4f}   same order as naive {same:4.0%}   max dS {rel:.1e}   {secs:5.1f} s")
+        print(f"  {mode:<10} nDCG@10 {results[mode]:.4f}   same order as naive {same:4.0%}   max dS {rel:.1e}"
+              f"   P50 {pct(wall, 50):6.0f} ms   x naive {pct(base[0], 50) / pct(wall, 50):4.2f}")
     print(f"  int8 - fp32 nDCG@10 change: {results['onnx-int8'] - results['torch']:+.4f}")
 
 
@@ -254,11 +263,11 @@ def main() -> None:
                                                            truncation="longest_first", max_length=max_length)["input_ids"]])
                        for q, p in zip(queries.texts, pools)]
             flops = np.array([forward_flops(x, layers) for x in lengths])
-            base = None
-            for mode in args.modes.split(","):
-                wall, cpu, orders, scores = time_mode(mode, model_dir, max_length, corpus, queries, pools, work_dir)
-                if base is None:
-                    base = (wall, cpu, orders, scores)
+            modes = args.modes.split(",")
+            timed = time_modes(modes, model_dir, max_length, corpus, queries, pools, work_dir)
+            base = timed[modes[0]]
+            for mode in modes:
+                wall, cpu, orders, scores = timed[mode]
                 same, rel = agreement(orders, scores, base[2], base[3])
                 frac = float(np.median(flops / (wall / 1e9))) / (peak * 1e9)
                 print(f"L{layers:<8}{max_length:>5} {mode:<10}{pct(wall, 50):>9.0f}{pct(wall, 95):>9.0f}{pct(wall, 99):>9.0f}"
