@@ -29,6 +29,7 @@ the result on held-out queries. The model directory written by `save_model` load
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import random
 import time
@@ -192,8 +193,14 @@ def load_base(cfg: TrainConfig) -> tuple[Any, Any]:
     with _quiet(False), _silence_load_report():
         tokenizer = AutoTokenizer.from_pretrained(path)
         if cfg.head == "cosine":
-            from stages.rerank_pairhead import from_bert
+            from stages.rerank_pairhead import MODEL_TYPE, from_bert
 
+            if json.loads((Path(path) / "config.json").read_text(encoding="utf-8")).get("model_type") == MODEL_TYPE:
+                # an earlier stagegraph reranker: continue fine-tuning it
+                model = AutoModelForSequenceClassification.from_pretrained(path)
+                if cfg.layers is not None:
+                    truncate_layers(model, cfg.layers)
+                return model, tokenizer
             try:
                 return from_bert(path, layers=cfg.layers), tokenizer
             except ValueError as exc:

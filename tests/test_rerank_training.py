@@ -179,3 +179,20 @@ def test_cached_reranker_trains_once_per_data_and_settings(tmp_path):
     assert again == first and cached is None and "fine-tuned earlier" in said[-1]
     other, _ = cached_reranker(load_graph(config), dataset, cfg.model_copy(update={"seed": 1}), **kwargs)
     assert other != first
+
+
+def test_an_earlier_reranker_can_be_the_base_of_a_new_fine_tune(tmp_path):
+    from stages.rerank_pairhead import PairBertForSequenceClassification, from_bert
+    from stages.rerank_training import load_base, save_model
+
+    base = make_tiny_sentence_transformer(tmp_path / "base")
+    first = from_bert(str(base), layers=2)
+    from transformers import AutoTokenizer
+
+    save_model(first, AutoTokenizer.from_pretrained(str(base)), tmp_path / "first")
+    model, _ = load_base(TrainConfig(base=str(tmp_path / "first"), layers=None))
+    assert isinstance(model, PairBertForSequenceClassification) and model.config.num_hidden_layers == 2
+    import torch
+
+    for a, b in zip(first.state_dict().values(), model.state_dict().values()):
+        assert torch.equal(a, b)
