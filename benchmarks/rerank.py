@@ -4,8 +4,8 @@
 
 Candidates: the BM25 top-100 of the first `--queries` test queries of `--dataset` (SciFact when
 `shared/datasets/scifact` is present, else synthetic ~200-token passages). For each model (the
-packaged all-MiniLM-L6-v2 weights with a random one-logit head, all 6 layers and cut to 2: the head
-is irrelevant to speed) and each max_length, every mode reranks the same 100 candidates per query:
+packaged all-MiniLM-L6-v2 weights with a random one-logit [CLS] head, the ms-marco architecture, all
+6 layers and cut to 2: the head is irrelevant to speed) and each max_length, every mode reranks the same 100 candidates per query:
 
 * `naive`      - the tutorial loop: `CrossEncoder.predict(pairs)` (batch 32), then sort;
 * `torch`      - `CrossEncoderReranker` fp32: one tokenizer call, pairs sorted by token length into
@@ -105,7 +105,7 @@ def speed_model(layers: int, cache: Path) -> Path:
     from stages.rerank_training import TrainConfig, load_base, save_model
 
     torch.manual_seed(0)
-    model, tokenizer = load_base(TrainConfig(layers=layers))
+    model, tokenizer = load_base(TrainConfig(layers=layers, head="cls"))  # the ms-marco architecture
     target.mkdir(parents=True, exist_ok=True)
     save_model(model.eval(), tokenizer, target)
     return target
@@ -118,6 +118,8 @@ def make_reranker(mode, model_dir, max_length, corpus, queries, pools, work_dir)
     texts = [[corpus.doc_text(int(r)) for r in p.doc_rows] for p in pools]
     if mode == "naive":
         from sentence_transformers import CrossEncoder
+
+        import stages.rerank_pairhead  # noqa: F401 - lets CrossEncoder load stagegraph's cosine-head models
 
         model = CrossEncoder(str(model_dir), max_length=max_length, device="cpu")
 
