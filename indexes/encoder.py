@@ -33,6 +33,8 @@ from typing import Literal
 import numpy as np
 from tqdm.auto import tqdm
 
+from indexes.devices import resolve_device
+
 log = logging.getLogger(__name__)
 
 MODELS_ENV = "STAGEGRAPH_MODELS"
@@ -224,7 +226,8 @@ class Encoder:
     """A sentence-transformers bi-encoder that yields unit-length float32 embeddings.
 
     `max_seq_length` truncates documents (default 256 tokens); `batch_size` is the model batch;
-    `threads` is torch's intra-op thread count while encoding (`None`: torch's default).
+    `threads` is torch's intra-op thread count while encoding (`None`: torch's default); `device`
+    is `auto` (a CUDA GPU when torch sees one, else MPS, else the CPU), `cpu`, `cuda[:N]` or `mps`.
     """
 
     def __init__(
@@ -234,7 +237,7 @@ class Encoder:
         max_seq_length: int | None = 256,
         batch_size: int = 32,
         threads: int | None = None,
-        device: str = "cpu",
+        device: str | None = "auto",
         progress: bool = True,
     ):
         self.resolved = locate_model(model)
@@ -245,7 +248,8 @@ class Encoder:
         self.progress = progress
         self.last_docs_per_s: float | None = None
         self._dim: int | None = None
-        self._model = _load_sentence_transformer(self.resolved, device, progress)
+        self.device = resolve_device(device)
+        self._model = _load_sentence_transformer(self.resolved, self.device, progress)
         if max_seq_length is not None:
             self._model.max_seq_length = int(max_seq_length)
         self.max_seq_length: int | None = self._model.max_seq_length

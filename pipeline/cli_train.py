@@ -45,7 +45,10 @@ def register(sub) -> None:
     p.add_argument("--dev-depth", type=int, default=None, help="dev rerank depth (default: the pipeline reranker's depth)")
     p.add_argument("--time-budget", type=float, default=None, help="stop training after this many seconds")
     p.add_argument("--threads", type=int, default=None, help="torch threads")
+    p.add_argument("--device", default=defaults.device, help="torch device: auto (default: CUDA, else MPS, else CPU), cpu, cuda, cuda:N, mps")
     p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--candidates", metavar="RUN",
+                   help="take the negatives from this TREC run file instead of running the pipeline's first stages")
     p.add_argument("--json", dest="json_out", help="also write the result as JSON to this file")
     p.set_defaults(func=handle)
 
@@ -56,7 +59,7 @@ def handle(args: argparse.Namespace) -> int:
     from corpora.registry import load_dataset
     from pipeline.cli import work_dir
     from pipeline.config import load_graph
-    from pipeline.train_reranker import train_reranker
+    from pipeline.train_reranker import mining_graph, rankings_from_run, train_from_candidates, train_reranker
 
     try:
         cfg = TrainConfig(
@@ -65,7 +68,7 @@ def handle(args: argparse.Namespace) -> int:
             mine_depth=args.mine_depth, max_length=args.max_length, max_pairs=args.max_pairs, lr=args.lr,
             head_lr=args.head_lr, loss=args.loss, head=args.head, dev_fraction=args.dev_fraction,
             max_dev=args.max_dev, dev_depth=args.dev_depth, time_budget_s=args.time_budget,
-            threads=args.threads, seed=args.seed,
+            threads=args.threads, device=args.device, seed=args.seed,
         )
     except ValidationError as exc:
         print(f"error: invalid training settings: {exc}")
@@ -73,9 +76,19 @@ def handle(args: argparse.Namespace) -> int:
     quiet = bool(getattr(args, "quiet", False))
     graph = load_graph(args.config)
     dataset = load_dataset(args.dataset, progress=not quiet)
-    result = train_reranker(
-        graph, dataset, Path(args.out), cfg, split=args.split, work_dir=work_dir(args), progress=not quiet,
-    )
+    if args.candidates:
+        _, reranker = mining_graph(graph)
+        rc = getattr(reranker, "stage", None)
+        result = train_from_candidates(
+            dataset, rankings_from_run(args.candidates, dataset.corpus), Path(args.out), cfg, split=args.split,
+            first_stage=Path(args.candidates).name, depth=int(getattr(rc.config, "depth", 100)) if rc else 100,
+            max_length=int(getattr(rc.config, "max_length", 512)) if rc else 512,
+            work_dir=work_dir(args), progress=not quiet,
+        )
+    else:
+        result = train_reranker(
+            graph, dataset, Path(args.out), cfg, split=args.split, work_dir=work_dir(args), progress=not quiet,
+        )
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(result.model_dump(mode="json"), indent=2), encoding="utf-8")
     return 0 if result.beats_first_stage in (True, None) else 1

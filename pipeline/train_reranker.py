@@ -17,17 +17,17 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from corpora.types import Dataset, Queries
+from corpora.types import Corpus, DataError, Dataset
 from indexes.manifest import atomic_index_dir
 from pipeline.cache import StageCache
 from pipeline.executor import run
 from pipeline.graph import Graph, Step
-from stages.base import Environment, stable_hash
+from stages.base import Environment, Ranking, stable_hash
 from stages.rerank_blend import METADATA_FILE, BlendSpec, RerankerMetadata
 from stages.rerank_training import (
     QUICK,
@@ -89,22 +89,56 @@ def train_reranker(
     say: Callable[[str], None] = print,
 ) -> TrainResult:
     """Mine, fine-tune, check on dev, and write the model directory `out`."""
-    timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    queries, qrels = dataset.split(split)
-    corpus = dataset.corpus
-    fit, dev = split_train_dev(queries, qrels, corpus, cfg)
+    queries, _ = dataset.split(split)
     miner, reranker = mining_graph(graph)
     depth = cfg.dev_depth or (int(getattr(reranker.stage.config, "depth", 100)) if reranker else 100)
     max_length = int(getattr(reranker.stage.config, "max_length", 512)) if reranker else 512
-    say(f"train-reranker: {len(fit)} {split} queries to fit, {len(dev)} held out as dev; "
-        f"negatives mined by {miner.output!r} (top {cfg.mine_depth})")
+    say(f"train-reranker: negatives mined by {miner.output!r} (top {cfg.mine_depth}) for the {split} queries")
+    env = Environment(dataset.corpus, work_dir=Path(work_dir), progress=progress)
+    mined = run(miner, queries, env, mode="batch", cache=StageCache(Path(work_dir) / "cache")).final
+    candidates = dict(zip(queries.ids, mined))
+    return train_from_candidates(
+        dataset, candidates, out, cfg, split=split, first_stage=miner.output, depth=depth, max_length=max_length,
+        work_dir=work_dir, progress=progress, say=say, timings={"mine": time.perf_counter() - t0},
+    )
 
-    env = Environment(corpus, work_dir=Path(work_dir), progress=progress)
-    both = Queries(fit.ids + dev.ids, fit.texts + dev.texts)
-    mined = run(miner, both, env, mode="batch", cache=StageCache(Path(work_dir) / "cache")).final
-    mined_fit, mined_dev = mined[: len(fit)], mined[len(fit):]
-    timings["mine"] = time.perf_counter() - t0
+
+def train_from_candidates(
+    dataset: Dataset,
+    candidates: Mapping[str, Ranking],
+    out: str | Path,
+    cfg: TrainConfig = TrainConfig(),
+    *,
+    split: str = "train",
+    first_stage: str = "candidates",
+    depth: int = 100,
+    max_length: int = 512,
+    work_dir: str | Path = ".stagegraph",
+    progress: bool = True,
+    say: Callable[[str], None] = print,
+    timings: dict[str, float] | None = None,
+) -> TrainResult:
+    """Fine-tune on given first-stage `candidates` (query id -> Ranking; a run file, say), check on dev, write `out`.
+
+    Negatives are drawn from each query's candidates; the dev check reranks the dev queries' top
+    `depth` candidates at `max_length` tokens (`cfg.dev_depth` overrides `depth`).
+    """
+    timings = dict(timings or {})
+    t0 = time.perf_counter() - sum(timings.values())
+    queries, qrels = dataset.split(split)
+    corpus = dataset.corpus
+    missing = [qid for qid in queries.ids if qid not in candidates]
+    if len(missing) == len(queries):
+        raise ValueError(f"the candidates hold none of the {len(queries)} {split} queries of {dataset.name!r} "
+                         "(check that the run file is for this dataset and split)")
+    empty = Ranking.empty()
+    fit, dev = split_train_dev(queries, qrels, corpus, cfg)
+    depth = cfg.dev_depth or depth
+    say(f"train-reranker: {len(fit)} {split} queries to fit, {len(dev)} held out as dev"
+        + (f" ({len(missing)} {split} queries have no candidates)" if missing else ""))
+    mined_fit = [candidates.get(q, empty) for q in fit.ids]
+    mined_dev = [candidates.get(q, empty) for q in dev.ids]
 
     t1 = time.perf_counter()
     model, tokenizer = load_base(cfg)
@@ -135,21 +169,38 @@ def train_reranker(
                 **{f"reranked_{k}": v for k, v in report.reranked.items()},
                 **{f"blended_{k}": v for k, v in report.blended.items()},
             },
-            train=cfg.model_dump(mode="json"), mined_by=miner.output, dev_queries=len(dev), fit_queries=len(fit),
+            train=cfg.model_dump(mode="json"), mined_by=first_stage, dev_queries=len(dev), fit_queries=len(fit),
             pairs=stats.pairs, epoch_loss=stats.epoch_loss,
         )
         (tmp / METADATA_FILE).write_text(json.dumps(meta.model_dump(mode="json"), indent=2), encoding="utf-8")
     timings["total"] = time.perf_counter() - t0
 
-    lines = _verdict(report, miner.output)
+    lines = _verdict(report, first_stage)
     for line in lines:
         say(line)
     say(f"model written to {out} (load it with --reranker {out})")
     return TrainResult(
-        out=str(out), train=cfg, mined_by=miner.output, fit_queries=len(fit), dev=report, blend=blend,
+        out=str(out), train=cfg, mined_by=first_stage, fit_queries=len(fit), dev=report, blend=blend,
         pairs=stats.pairs, pairs_per_s=round(stats.pairs_per_s, 2), epoch_loss=stats.epoch_loss,
         stopped_early=stats.stopped_early, seconds={k: round(v, 1) for k, v in timings.items()}, lines=lines,
     )
+
+
+def rankings_from_run(path: str | Path, corpus: Corpus) -> dict[str, Ranking]:
+    """A TREC run file (`corpora.trec.read_run`) as first-stage candidates: query id -> Ranking.
+
+    Every document id must be in `corpus`; otherwise a `DataError` names the first unknown ids.
+    """
+    from corpora.trec import read_run
+
+    run = read_run(path)
+    unknown = sorted({d for docs in run.values() for d in docs if not corpus.has(d)})
+    if unknown:
+        raise DataError(
+            f"{path}: {len(unknown)} document id(s) are not in the corpus, e.g. {unknown[:5]}; "
+            "the run file must come from the same corpus as --dataset"
+        )
+    return {qid: Ranking.from_scores(corpus.rows_of(docs), list(docs.values())) for qid, docs in run.items()}
 
 
 def reranker_key(graph: Graph, dataset: Dataset, cfg: TrainConfig, split: str = "train") -> str:
@@ -164,7 +215,7 @@ def reranker_key(graph: Graph, dataset: Dataset, cfg: TrainConfig, split: str = 
     miner, _ = mining_graph(graph)
     return stable_hash({
         "corpus": dataset.corpus.fingerprint, "queries": queries.fingerprint(), "qrels": qrels.fingerprint(),
-        "train": cfg.model_dump(mode="json", exclude={"threads", "time_budget_s"}), "base": base,
+        "train": cfg.model_dump(mode="json", exclude={"threads", "time_budget_s", "device"}), "base": base,
         "miner": [s.stage.fingerprint() for s in miner.steps], "format": 1,
     })
 

@@ -20,6 +20,8 @@ index="Flat", ef_search=None, nprobe=None, max_seq_length=256, ...)`:
   1 or 2 (FAISS splits HNSW work by query), and a batch of 64 gained nothing from a second thread
   (61 vs 58 queries/s); one MiniLM query encoding took 72 ms P50 on 1 torch thread and 682 ms on 2
   under load (20 ms either way on a quiet machine).
+* `device` (default `auto`: a CUDA GPU when torch sees one, else the CPU) is where the encoder runs
+  (`indexes.devices`); FAISS search stays on the CPU.
 * An empty (or whitespace) query gives an empty ranking and an `EmptyQueryWarning`.
 YAML: `{type: dense, name: dense, k: 100, model: sentence-transformers/all-MiniLM-L6-v2, index: Flat}`.
 """
@@ -38,6 +40,7 @@ from pydantic import Field
 from corpora.types import Queries
 from indexes.dense import DEFAULT_TRAIN_SAMPLE, FORMAT_VERSION, DenseIndex
 from indexes.embeddings import cached_embeddings
+from indexes.devices import DeviceError
 from indexes.encoder import DEFAULT_MODEL, Encoder, ModelNotFoundError, locate_model, model_identity
 from indexes.manifest import IndexLoadError
 from stages.base import Arity, Environment, Ranking, StageBase, StageConfig, StageError, stable_hash
@@ -47,7 +50,7 @@ from stages.registry import register
 log = logging.getLogger(__name__)
 
 #: Settings that change speed only, never the ranking: left out of the fingerprint (cache key).
-SPEED_ONLY = {"name", "batch_size", "threads", "query_threads", "search_threads"}
+SPEED_ONLY = {"name", "batch_size", "threads", "query_threads", "search_threads", "device"}
 
 
 class DenseRetrieverConfig(StageConfig):
@@ -64,6 +67,7 @@ class DenseRetrieverConfig(StageConfig):
     threads: int | None = Field(None, ge=1)  # torch threads encoding a batch, FAISS threads building
     search_threads: int | None = Field(None, ge=1)  # FAISS threads when searching a batch
     query_threads: int = Field(1, ge=1)  # torch and FAISS threads for a single query
+    device: str = "auto"  # torch device of the encoder: auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N, mps
 
 
 def artefact_key(corpus_fingerprint: str, identity: str, config: DenseRetrieverConfig) -> str:
@@ -158,9 +162,10 @@ class DenseRetriever(StageBase):
                     max_seq_length=cfg.max_seq_length,
                     batch_size=cfg.batch_size,
                     threads=cfg.threads,
+                    device=cfg.device,
                     progress=env.progress,
                 )
-            except ModelNotFoundError as exc:
+            except (ModelNotFoundError, DeviceError) as exc:
                 raise StageError(f"Stage {self.name!r}: {exc}") from exc
         fingerprint = env.corpus.fingerprint
         if self._given_index:

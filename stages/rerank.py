@@ -10,7 +10,8 @@ score (ties by corpus row). Where the time goes, and what it does about it:
   SQLite under `work_dir/rerank_scores/`, so a re-run or a depth sweep never scores a pair twice
   (`score_cache: disk`); off by default, because a cached pair would make online latency lie;
 * `threads` sets torch's (or ONNX Runtime's) intra-op threads; `backend` picks torch fp32, ONNX
-  Runtime fp32 or ONNX int8 (dynamic quantisation, see `stages.rerank_onnx`).
+  Runtime fp32 or ONNX int8 (dynamic quantisation, see `stages.rerank_onnx`); `device` (torch
+  backend; default `auto`: a CUDA GPU when torch sees one, else the CPU) is where the model runs.
 * `blend` (see `stages.rerank_blend`) mixes in the upstream ranking; by default it is read from the
   model directory, where `train-reranker` saves the alpha it chose on held-out queries.
 
@@ -41,7 +42,7 @@ from stages.rerank_model import DEFAULT_MODEL, load_cross_encoder, model_fingerp
 
 Backend = Literal["torch", "onnx", "onnx-int8"]
 #: Settings that change speed but never a score: left out of the fingerprint (the cache key).
-PERF_ONLY = {"name", "batch_size", "threads", "score_cache"}
+PERF_ONLY = {"name", "batch_size", "threads", "score_cache", "device"}
 
 
 class CrossEncoderConfig(StageConfig):
@@ -52,6 +53,9 @@ class CrossEncoderConfig(StageConfig):
     batch_size: int = Field(16, ge=1)
     threads: int | None = Field(None, ge=1)
     backend: Backend = "torch"
+    #: torch backend: auto (a CUDA GPU when torch sees one, else MPS, else CPU), cpu, cuda, cuda:N, mps.
+    #: The ONNX backends always run on the CPU.
+    device: str = "auto"
     #: alpha of the blend with the upstream ranking; None = the model's saved choice, else 1.0 (pure CE).
     blend: float | None = Field(None, ge=0.0, le=1.0)
     blend_upstream: Literal["score", "rank"] | None = None
@@ -86,6 +90,7 @@ class CrossEncoderReranker(StageBase):
         batch_size: int = 16,
         threads: int | None = None,
         backend: Backend = "torch",
+        device: str = "auto",
         blend: float | None = None,
         blend_upstream: Literal["score", "rank"] | None = None,
         score_cache: Literal["disk", "memory", "off"] = "off",
@@ -95,7 +100,7 @@ class CrossEncoderReranker(StageBase):
             raise ValueError(f"give the model once: model_name={model_name!r} and model={model!r} differ")
         self.config = CrossEncoderConfig(
             name=name, model=model_name or model or DEFAULT_MODEL, max_length=max_length, depth=depth, k=k,
-            batch_size=batch_size, threads=threads, backend=backend, blend=blend,
+            batch_size=batch_size, threads=threads, backend=backend, device=device, blend=blend,
             blend_upstream=blend_upstream, score_cache=score_cache,
         )
         self.stats = RerankStats()
@@ -149,7 +154,8 @@ class CrossEncoderReranker(StageBase):
         if self._scorer is not None:
             return self._scorer
         c = self.config
-        cross_encoder = load_cross_encoder(c.model, c.max_length, progress=progress)
+        device = c.device if c.backend == "torch" else "cpu"
+        cross_encoder = load_cross_encoder(c.model, c.max_length, device=device, progress=progress)
         if c.backend == "torch":
             from stages.rerank_model import TorchScorer
 

@@ -100,9 +100,15 @@ def check_is_cross_encoder(name: str, path: Path) -> None:
         )
 
 
-def load_cross_encoder(name: str, max_length: int, *, progress: bool = False) -> Any:
-    """A `sentence_transformers.CrossEncoder` for `name` on CPU, or `RerankerLoadError`."""
+def load_cross_encoder(name: str, max_length: int, *, device: str | None = "cpu", progress: bool = False) -> Any:
+    """A `sentence_transformers.CrossEncoder` for `name` on `device` (see `indexes.devices`), or `RerankerLoadError`."""
+    from indexes.devices import DeviceError, resolve_device
     from indexes.encoder import ModelNotFoundError, resolve_model_path
+
+    try:
+        device = resolve_device(device)
+    except DeviceError as exc:
+        raise RerankerLoadError(f"cannot load the cross-encoder {name!r}: {exc}") from exc
 
     try:
         path = Path(resolve_model_path(name))
@@ -118,7 +124,7 @@ def load_cross_encoder(name: str, max_length: int, *, progress: bool = False) ->
 
     with _quiet(progress):
         try:
-            return CrossEncoder(str(path), max_length=max_length, device="cpu", local_files_only=True)
+            return CrossEncoder(str(path), max_length=max_length, device=device, local_files_only=True)
         except Exception as exc:  # noqa: BLE001 - any failure here means "this directory is unusable"
             raise RerankerLoadError(
                 f"the cross-encoder {name!r} was found at {path} but could not be loaded: {exc}. "
@@ -195,7 +201,7 @@ def pad_batches(
 
 
 class TorchScorer:
-    """Scores (query, document) pairs with a loaded `CrossEncoder`'s transformer, fp32 on CPU."""
+    """Scores (query, document) pairs with a loaded `CrossEncoder`'s transformer, fp32, on its device."""
 
     backend = "torch"
 
@@ -209,16 +215,17 @@ class TorchScorer:
         self.activation = cross_encoder.activation_fn
         self.max_length = int(max_length)
         self.batch_size = int(batch_size)
+        self.device = next(self.model.parameters()).device
         self._torch = torch
 
     def logits(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
         torch = self._torch
-        feats = {k: torch.from_numpy(v) for k, v in arrays.items()}
+        feats = {k: torch.from_numpy(v).to(self.device) for k, v in arrays.items()}
         with torch.inference_mode():
             out = self.model(**feats).logits
             if self.activation is not None:
                 out = self.activation(out)
-        return out.reshape(len(out), -1)[:, 0].float().numpy()
+        return out.reshape(len(out), -1)[:, 0].float().cpu().numpy()
 
     def score(self, queries: Sequence[str], docs: Sequence[str], progress: bool = False) -> np.ndarray:
         """float32 scores aligned with the pairs (the values `CrossEncoder.predict` returns)."""

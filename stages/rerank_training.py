@@ -82,6 +82,7 @@ class TrainConfig(BaseModel):
     )
     seed: int = 0
     threads: int | None = Field(None, ge=1)
+    device: str = Field("auto", description="torch device: auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N, mps")
 
 
 #: A first-use fine-tune on a small dataset (the demo on the bundled sample): 2 layers, 3 epochs of one
@@ -266,10 +267,10 @@ def _group_loss(logits: Any, cfg: TrainConfig) -> Any:
     import torch.nn.functional as F
 
     if cfg.loss == "listwise":  # the positive is column 0 of each group
-        return F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long))
+        return F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device))
     labels = torch.zeros_like(logits)
     labels[:, 0] = 1.0
-    weight = torch.tensor(float(cfg.negatives))  # balance one positive against the negatives
+    weight = torch.tensor(float(cfg.negatives), device=logits.device)  # balance one positive against the negatives
     return F.binary_cross_entropy_with_logits(logits, labels, pos_weight=weight)
 
 
@@ -285,8 +286,14 @@ def train_cross_encoder(
     """Fine-tune `model` in place; `groups_for_epoch(epoch)` gives that epoch's groups."""
     import torch
 
+    from indexes.devices import DeviceError, resolve_device
     from indexes.encoder import torch_threads
 
+    try:
+        device = resolve_device(cfg.device)
+    except DeviceError as exc:
+        raise RerankerLoadError(f"cannot fine-tune: {exc}") from exc
+    model.to(device)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     epochs = [groups_for_epoch(e) for e in range(cfg.epochs)]
@@ -307,7 +314,7 @@ def train_cross_encoder(
                 queries = [g.query for g in batch for _ in range(group_size)]
                 docs = [corpus.doc_text(r) for g in batch for r in (g.positive, *g.negatives)]
                 feats = tokenizer(queries, docs, truncation="longest_first", max_length=cfg.max_length,
-                                  padding=True, return_tensors="pt")
+                                  padding=True, return_tensors="pt").to(device)
                 logits = model(**feats).logits.view(len(batch), group_size)
                 loss = _group_loss(logits, cfg)
                 loss.backward()
@@ -340,6 +347,7 @@ def train_cross_encoder(
                 break
     stats.seconds = time.perf_counter() - started
     model.eval()
+    model.to("cpu")  # saved and checked from the CPU; the dev check picks its own device
     return stats
 
 

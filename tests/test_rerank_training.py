@@ -123,6 +123,34 @@ def test_train_reranker_command_writes_a_model_the_reranker_loads(tmp_path):
     assert all(len(r) == 5 for r in stage.run(queries.select([0, 1]), [first]))
 
 
+def test_candidates_from_a_run_file_replace_mining_and_unknown_ids_are_refused(tmp_path, capsys):
+    from pipeline.cli import main
+
+    corpus, queries, qrels = _toy()
+    _write_beir(tmp_path / "data", corpus, queries, qrels)
+    config = tmp_path / "graph.yaml"
+    config.write_text("pipeline:\n  - {type: bm25, name: bm25, k: 20}\n  - {type: cross_encoder, name: rerank, depth: 8, k: 5}\n")
+    run = tmp_path / "first.trec"
+    lines = [f"{q} Q0 d{(i + j) % 30} {j + 1} {10 - j} other" for i, q in enumerate(queries.ids) for j in range(10)]
+    run.write_text("\n".join(lines) + "\n")
+    base = make_tiny_sentence_transformer(tmp_path / "base")
+    common = ["--quiet", "--work-dir", str(tmp_path / "work"), "train-reranker", str(config), "--dataset",
+              str(tmp_path / "data"), "--base", str(base), "--layers", "1", "--epochs", "1", "--negatives", "2",
+              "--max-length", "32", "--dev-fraction", "0.3"]
+    report = tmp_path / "result.json"
+    rc = main([*common, "--candidates", str(run), "--out", str(tmp_path / "model"), "--json", str(report)])
+    result = json.loads(report.read_text())
+    assert rc in (0, 1) and result["mined_by"] == "first.trec" and result["pairs"] > 0
+    assert result["dev"]["depth"] == 8  # the pipeline's reranker depth still sets the dev check
+    assert not (tmp_path / "work" / "bm25").exists()  # nothing was mined: the BM25 index was never built
+    bad = tmp_path / "bad.trec"
+    bad.write_text("q0 Q0 not-a-doc 1 1.0 x\n")
+    capsys.readouterr()
+    assert main([*common, "--candidates", str(bad), "--out", str(tmp_path / "m2")]) == 2
+    assert "not in the corpus" in capsys.readouterr().err
+    assert not (tmp_path / "m2").exists()
+
+
 def test_negatives_are_mined_from_the_reranker_input(tmp_path):
     config = tmp_path / "g.yaml"
     config.write_text(
