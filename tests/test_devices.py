@@ -77,11 +77,12 @@ def test_fine_tuning_on_a_missing_gpu_fails_before_training(tiny_ce, corpus):
         train_cross_encoder(object(), None, lambda epoch: [], corpus, TrainConfig(device="cuda"), progress=False)
 
 
-def test_the_device_is_a_speed_setting_not_part_of_the_fingerprint(tiny_ce):
+def test_the_device_is_a_speed_setting_not_part_of_the_fingerprint(tiny_ce, tmp_path):
     from stages.dense_retriever import DenseRetriever
 
     assert CrossEncoderReranker(str(tiny_ce), device="cpu").fingerprint() == CrossEncoderReranker(str(tiny_ce)).fingerprint()
-    assert DenseRetriever(device="cpu").fingerprint() == DenseRetriever().fingerprint()
+    bi = str(make_tiny_sentence_transformer(tmp_path / "bi"))
+    assert DenseRetriever(model=bi, device="cpu").fingerprint() == DenseRetriever(model=bi, device="cuda").fingerprint()
 
 
 @needs_cuda
