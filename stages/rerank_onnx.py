@@ -114,7 +114,13 @@ def _optimise(path: Path, config: Any) -> None:
 
 
 def quantize_int8(source: Path, target: Path) -> Path:
-    """Dynamic int8 quantisation of `source` (weights int8, activations per batch), unless cached."""
+    """Dynamic int8 quantisation of `source` (weights int8 per output channel, activations per batch), unless cached.
+
+    Per-channel weight scales matter: with one scale per tensor, the fine-tuned sample reranker's
+    scores correlated 0.979 with fp32 and its nDCG@10 fell by 0.032 on the sample's test split; per
+    channel they correlate 0.997 and nDCG@10 moves by +0.004, at the same speed (reduce_range, the
+    7-bit option for CPUs without VNNI, made it worse: 0.916).
+    """
     if target.is_file():
         return target
     _require_onnx()
@@ -125,7 +131,7 @@ def quantize_int8(source: Path, target: Path) -> Path:
         import onnx
 
         quantize_dynamic(
-            str(source), str(tmp), weight_type=QuantType.QInt8,
+            str(source), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
             # fused contrib ops (Attention, SkipLayerNorm) defeat ONNX shape inference: say they are float
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )
@@ -173,7 +179,7 @@ class OnnxScorer:
         _require_onnx()
         cache_dir = Path(cache_dir)
         fp32 = export_onnx(cross_encoder.model, cache_dir / f"model-{FORMAT}.onnx")
-        path = quantize_int8(fp32, cache_dir / f"model-{FORMAT}-int8.onnx") if quantize else fp32
+        path = quantize_int8(fp32, cache_dir / f"model-{FORMAT}-int8-per-channel.onnx") if quantize else fp32
         session = make_session(path, threads)
         backend = "onnx-int8" if quantize else "onnx"
         return cls(session, cross_encoder.tokenizer, cross_encoder.activation_fn, max_length, batch_size, backend)

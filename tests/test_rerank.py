@@ -234,7 +234,7 @@ def test_onnx_fp32_order_equals_torch_and_int8_runs(tiny_ce, corpus, tmp_path):
         np.testing.assert_allclose(t.scores, o.scores, atol=1e-5)
     for t, q in zip(runs["torch"], runs["onnx-int8"]):
         assert np.isfinite(q.scores).all() and set(q.doc_rows) == set(t.doc_rows)
-    assert sorted(p.name for p in (tmp_path / "onnx").rglob("*.onnx")) == ["model-v1-int8.onnx", "model-v1.onnx"]
+    assert sorted(p.name for p in (tmp_path / "onnx").rglob("*.onnx")) == ["model-v1-int8-per-channel.onnx", "model-v1.onnx"]
     assert CrossEncoderReranker(str(tiny_ce), backend="onnx-int8").fingerprint() != CrossEncoderReranker(str(tiny_ce)).fingerprint()
 
 
