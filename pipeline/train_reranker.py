@@ -2,8 +2,9 @@
 
 1. The training split's judged queries are shuffled (seeded) into *fit* and *dev* queries.
 2. Hard negatives are mined by the pipeline's own first stages: the graph up to the input of its
-   cross-encoder (or the whole graph when it has none) runs over fit + dev queries in batch mode,
-   with the stage cache, so BM25/dense/pool outputs are reused across runs.
+   cross-encoder (or the whole graph when it has none) runs over the split's queries in batch mode,
+   with the stage cache, so BM25/dense/pool outputs are reused across runs. Or they come from given
+   candidates (`train_from_candidates`, e.g. a TREC run file read by `rankings_from_run`).
 3. `stages.rerank_training` fine-tunes the base model on the fit queries.
 4. `stages.rerank_tuning.rerank_dev` reranks the dev queries' candidates, compares first stage,
    plain cross-encoder and the best blend, and the blend is saved with the model
@@ -130,7 +131,7 @@ def train_from_candidates(
     corpus = dataset.corpus
     missing = [qid for qid in queries.ids if qid not in candidates]
     if len(missing) == len(queries):
-        raise ValueError(f"the candidates hold none of the {len(queries)} {split} queries of {dataset.name!r} "
+        raise DataError(f"the candidates hold none of the {len(queries)} {split} queries of {dataset.name!r} "
                          "(check that the run file is for this dataset and split)")
     empty = Ranking.empty()
     fit, dev = split_train_dev(queries, qrels, corpus, cfg)
