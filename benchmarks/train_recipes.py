@@ -44,7 +44,10 @@ def parse_recipe(text: str, base: str, device: str) -> tuple[str, TrainConfig]:
     settings: dict[str, object] = {"base": base, "device": device}
     for item in filter(None, fields.split(",")):
         key, _, value = item.partition("=")
-        settings[key.strip()] = json.loads(value) if value.strip() not in {"cosine", "cls", "listwise", "bce"} else value.strip()
+        try:
+            settings[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:  # a bare word such as head=cls
+            settings[key.strip()] = value.strip()
     if settings.get("layers") == 0:
         settings["layers"] = None
     return name or "default", TrainConfig(**settings)

@@ -59,7 +59,7 @@ def handle(args: argparse.Namespace) -> int:
     from corpora.registry import load_dataset
     from pipeline.cli import work_dir
     from pipeline.config import load_graph
-    from pipeline.train_reranker import mining_graph, rankings_from_run, train_from_candidates, train_reranker
+    from pipeline.train_reranker import rankings_from_run, reranker_settings, train_from_candidates, train_reranker
 
     try:
         cfg = TrainConfig(
@@ -77,12 +77,10 @@ def handle(args: argparse.Namespace) -> int:
     graph = load_graph(args.config)
     dataset = load_dataset(args.dataset, progress=not quiet)
     if args.candidates:
-        _, reranker = mining_graph(graph)
-        rc = getattr(reranker, "stage", None)
+        depth, max_length = reranker_settings(graph)
         result = train_from_candidates(
             dataset, rankings_from_run(args.candidates, dataset.corpus), Path(args.out), cfg, split=args.split,
-            first_stage=Path(args.candidates).name, depth=int(getattr(rc.config, "depth", 100)) if rc else 100,
-            max_length=int(getattr(rc.config, "max_length", 512)) if rc else 512,
+            first_stage=Path(args.candidates).name, depth=depth, max_length=max_length,
             work_dir=work_dir(args), progress=not quiet,
         )
     else:

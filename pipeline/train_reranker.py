@@ -78,6 +78,13 @@ def mining_graph(graph: Graph) -> tuple[Graph, Step | None]:
     return Graph([s for s in graph.steps if s.name in keep]), reranker
 
 
+def reranker_settings(graph: Graph) -> tuple[int, int]:
+    """(depth, max_length) of the graph's last cross-encoder, which the dev check reranks with; (100, 512) without one."""
+    _, reranker = mining_graph(graph)
+    config = reranker.stage.config if reranker else None
+    return int(getattr(config, "depth", 100)), int(getattr(config, "max_length", 512))
+
+
 def train_reranker(
     graph: Graph,
     dataset: Dataset,
@@ -92,9 +99,8 @@ def train_reranker(
     """Mine, fine-tune, check on dev, and write the model directory `out`."""
     t0 = time.perf_counter()
     queries, _ = dataset.split(split)
-    miner, reranker = mining_graph(graph)
-    depth = cfg.dev_depth or (int(getattr(reranker.stage.config, "depth", 100)) if reranker else 100)
-    max_length = int(getattr(reranker.stage.config, "max_length", 512)) if reranker else 512
+    miner, _ = mining_graph(graph)
+    depth, max_length = reranker_settings(graph)
     say(f"train-reranker: negatives mined by {miner.output!r} (top {cfg.mine_depth}) for the {split} queries")
     env = Environment(dataset.corpus, work_dir=Path(work_dir), progress=progress)
     mined = run(miner, queries, env, mode="batch", cache=StageCache(Path(work_dir) / "cache")).final
