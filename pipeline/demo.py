@@ -28,7 +28,6 @@ from stages.base import Environment
 
 REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DEMO_CONFIG = REPO_CONFIGS / "hybrid-rerank.yaml"
-SAMPLE_RERANKER = "sample-reranker"
 #: The demo reranks the pool's top 30 (not 100) so that a second run stays under a minute on 2 cores;
 #: `benchmarks/rerank.py` answers the 100-candidate latency question. Training gets ~2.5 minutes.
 DEMO_RERANK = {"depth": 30, "k": 10, "max_length": 256}
@@ -50,26 +49,20 @@ class DemoResult(BaseModel):
 
 
 def demo_reranker(work_dir: Path, progress: bool, say: Callable[[str], None]) -> tuple[str, bool]:
-    """The cached sample reranker, fine-tuned on first use; returns (model path, trained now)."""
-    from pipeline.train_reranker import train_reranker
-    from stages.rerank_blend import METADATA_FILE
+    """The sample reranker, fine-tuned on first use and cached by `cached_reranker`; (model path, trained now)."""
+    from pipeline.train_reranker import cached_reranker
     from stages.rerank_training import TrainConfig
 
-    model_dir = work_dir / "models" / SAMPLE_RERANKER
-    if (model_dir / METADATA_FILE).is_file():
-        say(f"Using the cross-encoder fine-tuned on the sample's train split earlier: {model_dir}")
-        return str(model_dir), False
-    say(
-        "No pretrained cross-encoder can be downloaded on this machine, so the demo fine-tunes a small one "
-        "now (first run only): the packaged all-MiniLM-L6-v2 weights, first 2 layers, trained on the "
-        f"sample's train split with negatives mined by the pipeline. It is cached in {model_dir}."
-    )
     config = apply_overrides(load_config(DEMO_CONFIG), {"cross_encoder": DEMO_RERANK})
     graph = graph_from_config(config, source=str(DEMO_CONFIG))
-    dataset = load_dataset("sample", progress=False)
-    train_reranker(graph, dataset, model_dir, TrainConfig(time_budget_s=TRAIN_BUDGET_S), split="train",
-                   work_dir=work_dir, progress=progress, say=say)
-    return str(model_dir), True
+    path, trained = cached_reranker(
+        graph, load_dataset("sample", progress=False), TrainConfig(time_budget_s=TRAIN_BUDGET_S), split="train",
+        work_dir=work_dir, progress=progress, say=say,
+        first_use="No pretrained cross-encoder can be downloaded on this machine, so the demo fine-tunes a small "
+        "one now (first run only): the packaged all-MiniLM-L6-v2 weights, first 2 layers, trained on the "
+        "sample's train split with negatives mined by the pipeline.",
+    )
+    return str(path), trained is not None
 
 
 def run_demo(

@@ -30,15 +30,7 @@ from pipeline.executor import run
 from pipeline.graph import Graph, Step
 from stages.base import Environment, Ranking, stable_hash
 from stages.rerank_blend import METADATA_FILE, BlendSpec, RerankerMetadata
-from stages.rerank_training import (
-    QUICK,
-    TrainConfig,
-    build_groups,
-    load_base,
-    save_model,
-    split_train_dev,
-    train_cross_encoder,
-)
+from stages.rerank_training import TrainConfig, build_groups, load_base, save_model, split_train_dev, train_cross_encoder
 from stages.rerank_tuning import DevReport, rerank_dev
 
 
@@ -230,24 +222,27 @@ def reranker_key(graph: Graph, dataset: Dataset, cfg: TrainConfig, split: str = 
 def cached_reranker(
     graph: Graph,
     dataset: Dataset,
-    cfg: TrainConfig = QUICK,
+    cfg: TrainConfig,
     *,
     split: str = "train",
     work_dir: str | Path = ".stagegraph",
     progress: bool = True,
     say: Callable[[str], None] = print,
+    first_use: str | None = None,
 ) -> tuple[Path, TrainResult | None]:
     """The model fine-tuned for (`graph`, `dataset`, `cfg`) under `work_dir/models/`, trained on first use.
 
     Returns the directory and, when it was trained now, the `TrainResult` (None when it was cached).
+    `first_use` replaces the message said before training.
     """
     key = reranker_key(graph, dataset, cfg, split)
     out = Path(work_dir) / "models" / f"reranker-{dataset.name}-{key[:12]}"
     if (out / METADATA_FILE).is_file():
         say(f"using the cross-encoder fine-tuned earlier on {dataset.name} {split}: {out}")
         return out, None
-    say(f"no pretrained cross-encoder is available offline: fine-tuning one on {dataset.name} {split} "
-        f"(first use only; cached in {out})")
+    say(first_use or f"no pretrained cross-encoder is available offline: fine-tuning one on {dataset.name} {split} "
+        "(first use only)")
+    say(f"the fine-tuned cross-encoder will be cached in {out}")
     return out, train_reranker(graph, dataset, out, cfg, split=split, work_dir=work_dir, progress=progress, say=say)
 
 

@@ -85,14 +85,6 @@ class TrainConfig(BaseModel):
     device: str = Field("auto", description="torch device: auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N, mps")
 
 
-#: A first-use fine-tune on a small dataset (the demo on the bundled sample): 2 layers, 3 epochs of one
-#: positive and 7 mined negatives per query (bigger groups also make bigger, more efficient batches),
-#: passages cut at 128 tokens; the plan is fitted to two minutes of training on whatever machine runs it.
-#: On the sample (184 fit / 46 dev queries, depth 100) it gave dev nDCG@10: pool 0.691, cross-encoder
-#: alone 0.640, blend 0.704 (3 negatives: 0.610 and 0.711).
-QUICK = TrainConfig(layers=2, epochs=3, negatives=7, positives_per_query=1, max_length=128, time_budget_s=120)
-
-
 @dataclass(frozen=True)
 class Group:
     query: str
