@@ -129,9 +129,9 @@ def child(backend: str, data_path: Path, vocab: int, k1: float, b: float, max_qu
     limit = len(queries) if backend != "rank_bm25" else min(len(queries), max_queries)
 
     if backend.startswith("sparse"):
-        from indexes.bm25 import BM25Index, BM25Settings
-        from indexes.bm25_scoring import SparseSearcher
-        from indexes.tokenize import TokenizedCorpus, Tokenizer
+        from stagegraph.indexes.bm25 import BM25Index, BM25Settings
+        from stagegraph.indexes.bm25_scoring import SparseSearcher
+        from stagegraph.indexes.tokenize import TokenizedCorpus, Tokenizer
 
         tokens = TokenizedCorpus(term_ids, offsets, vocab_terms)
         settings = BM25Settings(k1=k1, b=b, tokenizer=Tokenizer(stopwords=None, stemmer=None))
@@ -178,9 +178,9 @@ def child(backend: str, data_path: Path, vocab: int, k1: float, b: float, max_qu
         retriever.retrieve(queries, k=K, show_progress=False, n_threads=1)
         result["batch_qps"] = len(queries) / (time.perf_counter() - t0)
     elif backend == "rank_bm25":
-        from indexes.bm25_reference import ReferenceSearcher
-        from indexes.bm25_scoring import top_k
-        from indexes.tokenize import TokenizedCorpus
+        from stagegraph.indexes.bm25_reference import ReferenceSearcher
+        from stagegraph.indexes.bm25_scoring import top_k
+        from stagegraph.indexes.tokenize import TokenizedCorpus
 
         tokens = TokenizedCorpus(term_ids, offsets, vocab_terms)
         result["input_gb"] = rss_gb()
@@ -230,7 +230,7 @@ def print_table(rows: list[dict]) -> None:
 
 def latency_only(args: argparse.Namespace) -> int:
     sys.path.insert(0, str(ROOT))
-    from indexes.bm25 import BM25Index
+    from stagegraph.indexes.bm25 import BM25Index
 
     print("| docs | backend | load s | P50 ms | P95 ms | P99 ms | CPU P50 ms | CPU P99 ms | timed | nice |")
     print("| --- | --- |" + " ---: |" * 8)

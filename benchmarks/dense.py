@@ -47,8 +47,8 @@ sys.path.insert(0, str(ROOT))
 
 import faiss  # noqa: E402
 
-from indexes.dense import DenseIndex, faiss_threads  # noqa: E402
-from indexes.encoder import Encoder, l2_normalise, torch_threads  # noqa: E402
+from stagegraph.indexes.dense import DenseIndex, faiss_threads  # noqa: E402
+from stagegraph.indexes.encoder import Encoder, l2_normalise, torch_threads  # noqa: E402
 
 DIM = 384
 K = 100

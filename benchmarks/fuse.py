@@ -25,10 +25,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from corpora.types import Queries  # noqa: E402
-from pipeline.timing import LatencySummary  # noqa: E402
-from stages.base import Ranking  # noqa: E402
-from stages.fuse import CandidatePool  # noqa: E402
+from stagegraph.corpora.types import Queries  # noqa: E402
+from stagegraph.pipeline.timing import LatencySummary  # noqa: E402
+from stagegraph.stages.base import Ranking  # noqa: E402
+from stagegraph.stages.fusion.pool import CandidatePool  # noqa: E402
 
 TARGET_P95_MS = 0.2
 

@@ -18,9 +18,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from corpora.types import Corpus, Qrels  # noqa: E402
-from stages.base import Ranking  # noqa: E402
-from stages.metrics import DEFAULT_METRICS, score_run  # noqa: E402
+from stagegraph.corpora.types import Corpus, Qrels  # noqa: E402
+from stagegraph.stages.base import Ranking  # noqa: E402
+from stagegraph.evaluation.measures import DEFAULT_METRICS, score_run  # noqa: E402
 
 
 def make_case(n_queries: int, depth: int, n_docs: int, seed: int = 0):

@@ -35,9 +35,9 @@ def demo_report_dir(out: Path) -> Path:
     """A report from stub stages on a random tiny dataset, saved under `out`."""
     import numpy as np
 
-    from corpora.types import Dataset, Qrels, Queries
-    from pipeline.evaluate import evaluate
-    from stages.base import Ranking
+    from stagegraph.corpora.types import Dataset, Qrels, Queries
+    from stagegraph.evaluation.evaluate import evaluate
+    from stagegraph.stages.base import Ranking
     from stubs import StubRerank, StubRetriever, tiny_corpus
 
     class LabelledFuse(StubRerank):  # a tiny pool that labels docs with their branch, as CandidatePool does

@@ -41,8 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from corpora.types import Corpus, Queries  # noqa: E402
-from stages.base import Environment, Ranking  # noqa: E402
+from stagegraph.corpora.types import Corpus, Queries  # noqa: E402
+from stagegraph.stages.base import Environment, Ranking  # noqa: E402
 
 MODES = ("naive", "torch", "onnx", "onnx-int8")
 
@@ -75,8 +75,8 @@ def synthetic(n_docs: int = 2000, n_queries: int = 30, seed: int = 0) -> tuple[C
 
 
 def load_inputs(args) -> tuple[str, Corpus, Queries]:
-    from corpora.registry import load_dataset
-    from corpora.types import DataError
+    from stagegraph.corpora.registry import load_dataset
+    from stagegraph.corpora.types import DataError
 
     try:
         ds = load_dataset(args.dataset, progress=False)
@@ -88,7 +88,7 @@ def load_inputs(args) -> tuple[str, Corpus, Queries]:
 
 
 def candidates(corpus: Corpus, queries: Queries, work_dir: Path, depth: int = 100) -> list[Ranking]:
-    from stages.retrieve import BM25Retriever
+    from stagegraph.stages.retrieve import BM25Retriever
 
     bm25 = BM25Retriever(k=depth)
     bm25.warm_up(Environment(corpus, work_dir=work_dir, progress=False))
@@ -102,7 +102,7 @@ def speed_model(layers: int, cache: Path) -> Path:
         return target
     import torch
 
-    from stages.rerank_training import TrainConfig, load_base, save_model
+    from stagegraph.training.finetune import TrainConfig, load_base, save_model
 
     torch.manual_seed(0)
     model, tokenizer = load_base(TrainConfig(layers=layers, head="cls"))  # the ms-marco architecture
@@ -113,13 +113,13 @@ def speed_model(layers: int, cache: Path) -> Path:
 
 def make_reranker(mode, model_dir, max_length, corpus, queries, pools, work_dir):
     """A function i -> (order of pool i, scores in pool order) for one mode."""
-    from stages.rerank import CrossEncoderReranker
+    from stagegraph.stages.rerank.cross_encoder import CrossEncoderReranker
 
     texts = [[corpus.doc_text(int(r)) for r in p.doc_rows] for p in pools]
     if mode == "naive":
         from sentence_transformers import CrossEncoder
 
-        import stages.rerank_pairhead  # noqa: F401 - lets CrossEncoder load stagegraph's cosine-head models
+        import stagegraph.stages.rerank.pair_head  # noqa: F401 - lets CrossEncoder load stagegraph's cosine-head models
 
         model = CrossEncoder(str(model_dir), max_length=max_length, device="cpu")
 
@@ -167,8 +167,8 @@ def agreement(orders, scores, base_orders, base_scores) -> tuple[float, float]:
 
 
 def dense_latency(corpus, queries, work_dir, build: bool):
-    from indexes.encoder import locate_model, model_identity
-    from stages.dense_retriever import DenseRetriever, artefact_key
+    from stagegraph.indexes.encoder import locate_model, model_identity
+    from stagegraph.stages.retrieve.dense import DenseRetriever, artefact_key
 
     stage = DenseRetriever(k=100, index="Flat")
     identity = model_identity(locate_model(stage.config.model).path)
@@ -196,12 +196,12 @@ def pct(ns: np.ndarray, q: float) -> float:
 
 
 def quality(args, work_dir: Path) -> None:
-    from corpora.registry import load_dataset
-    from pipeline.cache import StageCache
-    from pipeline.config import load_graph
-    from pipeline.executor import run
-    from pipeline.train_reranker import mining_graph
-    from stages.metrics import score_run
+    from stagegraph.corpora.registry import load_dataset
+    from stagegraph.pipeline.cache import StageCache
+    from stagegraph.pipeline.config import load_graph
+    from stagegraph.pipeline.executor import run
+    from stagegraph.training.train import mining_graph
+    from stagegraph.evaluation.measures import score_run
 
     ds = load_dataset(args.quality_dataset, progress=False)
     queries, qrels = ds.split("test")

@@ -29,12 +29,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from corpora.registry import load_dataset  # noqa: E402
-from pipeline.train_reranker import rankings_from_run, train_from_candidates  # noqa: E402
-from stages.base import Environment, Ranking  # noqa: E402
-from stages.metrics import score_run  # noqa: E402
-from stages.rerank import CrossEncoderReranker  # noqa: E402
-from stages.rerank_training import TrainConfig  # noqa: E402
+from stagegraph.corpora.registry import load_dataset  # noqa: E402
+from stagegraph.training.train import rankings_from_run, train_from_candidates  # noqa: E402
+from stagegraph.stages.base import Environment, Ranking  # noqa: E402
+from stagegraph.evaluation.measures import score_run  # noqa: E402
+from stagegraph.stages.rerank.cross_encoder import CrossEncoderReranker  # noqa: E402
+from stagegraph.training.finetune import TrainConfig  # noqa: E402
 
 METRICS = ("ndcg@10", "mrr@10")
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from corpora.jsonl import read_corpus, read_queries
-from corpora.qrels import read_beir_qrels, resolve_qrels
-from corpora.types import DataError, Dataset, Qrels
+from stagegraph.corpora.jsonl import read_corpus, read_queries
+from stagegraph.corpora.qrels import read_beir_qrels, resolve_qrels
+from stagegraph.corpora.types import DataError, Dataset, Qrels
 
 PathLike = str | os.PathLike
 

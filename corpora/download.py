@@ -24,7 +24,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 from tqdm.auto import tqdm
 
-from corpora.types import DataError
+from stagegraph.corpora.types import DataError
 
 PathLike = str | os.PathLike
 

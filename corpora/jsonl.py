@@ -16,8 +16,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from corpora.qrels import read_qrels, resolve_qrels
-from corpora.types import Corpus, DataError, Dataset, Qrels, Queries
+from stagegraph.corpora.qrels import read_qrels, resolve_qrels
+from stagegraph.corpora.types import Corpus, DataError, Dataset, Qrels, Queries
 
 PathLike = str | os.PathLike
 

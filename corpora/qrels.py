@@ -15,7 +15,7 @@ import os
 import warnings
 from pathlib import Path
 
-from corpora.types import Corpus, DataError, Qrels, Queries
+from stagegraph.corpora.types import Corpus, DataError, Qrels, Queries
 
 PathLike = str | os.PathLike
 RawQrels = dict[str, dict[str, int]]

@@ -18,10 +18,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from corpora.beir import is_beir_dir, load_beir
-from corpora.download import KNOWN_ARCHIVES, cached_path, default_cache_dir, download_beir
-from corpora.jsonl import find_jsonl_files, load_jsonl_dir
-from corpora.types import DataError, Dataset
+from stagegraph.corpora.beir import is_beir_dir, load_beir
+from stagegraph.corpora.download import KNOWN_ARCHIVES, cached_path, default_cache_dir, download_beir
+from stagegraph.corpora.jsonl import find_jsonl_files, load_jsonl_dir
+from stagegraph.corpora.types import DataError, Dataset
 
 PathLike = str | os.PathLike
 

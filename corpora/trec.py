@@ -1,7 +1,7 @@
 """TREC files: topics (SGML `<top>` or `qid<TAB>text`), qrels (`qid 0 docid grade`) and run files.
 
 A run file has the six standard columns `qid Q0 docid rank score tag`; `write_run` numbers ranks
-from 1 in the ranking's own order (score desc, ties by row asc, see `stages.base.Ranking`) and
+from 1 in the ranking's own order (score desc, ties by row asc, see `stagegraph.stages.base.Ranking`) and
 writes atomically (a temp file in the same folder, then a rename), so a crash never leaves half a
 run behind. Scores are written with 9 significant digits, enough to round-trip a float32.
 """
@@ -17,8 +17,8 @@ from typing import Protocol
 
 import numpy as np
 
-from corpora.qrels import read_trec_qrels
-from corpora.types import Corpus, DataError, Queries
+from stagegraph.corpora.qrels import read_trec_qrels
+from stagegraph.corpora.types import Corpus, DataError, Queries
 
 __all__ = ["read_topics", "read_trec_qrels", "write_run", "read_run"]
 

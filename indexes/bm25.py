@@ -34,10 +34,10 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from corpora.types import Corpus
-from indexes.bm25_reference import ReferenceSearcher
-from indexes.bm25_scoring import SparseScores, SparseSearcher, Variant, term_frequencies, top_k
-from indexes.manifest import (
+from stagegraph.corpora.types import Corpus
+from stagegraph.indexes.bm25_reference import ReferenceSearcher
+from stagegraph.indexes.bm25_scoring import SparseScores, SparseSearcher, Variant, term_frequencies, top_k
+from stagegraph.indexes.manifest import (
     IndexLoadError,
     Manifest,
     atomic_index_dir,
@@ -45,7 +45,7 @@ from indexes.manifest import (
     read_manifest,
     write_manifest,
 )
-from indexes.tokenize import TokenizedCorpus, Tokenizer
+from stagegraph.indexes.tokenize import TokenizedCorpus, Tokenizer
 
 KIND = "bm25"
 FORMAT_VERSION = 1

@@ -21,8 +21,8 @@ from __future__ import annotations
 import numpy as np
 from rank_bm25 import BM25Okapi
 
-from indexes.bm25_scoring import idf
-from indexes.tokenize import TokenizedCorpus
+from stagegraph.indexes.bm25_scoring import idf
+from stagegraph.indexes.tokenize import TokenizedCorpus
 
 
 class _VariantOkapi(BM25Okapi):

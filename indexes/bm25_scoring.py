@@ -31,7 +31,7 @@ from typing import Literal
 import numpy as np
 import scipy.sparse as sp
 
-from indexes.bm25_kernels import HAVE_NUMBA, top_k_postings
+from stagegraph.indexes.bm25_kernels import HAVE_NUMBA, top_k_postings
 
 Variant = Literal["lucene", "robertson", "atire"]
 VARIANTS: tuple[str, ...] = ("lucene", "robertson", "atire")

@@ -32,7 +32,7 @@ import faiss
 import numpy as np
 from tqdm.auto import tqdm
 
-from indexes.manifest import IndexLoadError, Manifest, atomic_index_dir, library_versions, read_manifest, write_manifest
+from stagegraph.indexes.manifest import IndexLoadError, Manifest, atomic_index_dir, library_versions, read_manifest, write_manifest
 
 log = logging.getLogger(__name__)
 

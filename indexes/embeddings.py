@@ -18,8 +18,8 @@ from typing import Protocol
 
 import numpy as np
 
-from corpora.types import Corpus
-from indexes.manifest import IndexLoadError, Manifest, atomic_index_dir, library_versions, read_manifest, write_manifest
+from stagegraph.corpora.types import Corpus
+from stagegraph.indexes.manifest import IndexLoadError, Manifest, atomic_index_dir, library_versions, read_manifest, write_manifest
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from typing import Literal
 import numpy as np
 from tqdm.auto import tqdm
 
-from indexes.devices import resolve_device
+from stagegraph.indexes.devices import resolve_device
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.base import Ranking, stable_hash
+from stagegraph.stages.base import Ranking, stable_hash
 
 
 def step_key(

@@ -33,9 +33,9 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from pipeline.graph import Graph, GraphError, Step
-from stages.compose import Cutoff, Node, Parallel, Sequence, StageNode
-from stages.registry import UnknownStageType, stage_class
+from stagegraph.pipeline.graph import Graph, GraphError, Step
+from stagegraph.stages.compose import Cutoff, Node, Parallel, Sequence, StageNode
+from stagegraph.pipeline.registry import UnknownStageType, stage_class
 
 
 class ConfigError(ValueError):

@@ -22,11 +22,11 @@ from typing import Literal
 import numpy as np
 from tqdm.auto import tqdm
 
-from corpora.types import Queries
-from pipeline.cache import StageCache, step_key
-from pipeline.graph import Graph, Step
-from pipeline.timing import LatencySummary
-from stages.base import Environment, Ranking, StageError
+from stagegraph.corpora.types import Queries
+from stagegraph.pipeline.cache import StageCache, step_key
+from stagegraph.pipeline.graph import Graph, Step
+from stagegraph.pipeline.timing import LatencySummary
+from stagegraph.stages.base import Environment, Ranking, StageError
 
 Mode = Literal["online", "batch"]
 

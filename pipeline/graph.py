@@ -18,8 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from stages.base import Arity, Stage
-from stages.compose import Cutoff, Node, Parallel, Sequence, StageNode, as_node
+from stagegraph.stages.base import Arity, Stage
+from stagegraph.stages.compose import Cutoff, Node, Parallel, Sequence, StageNode, as_node
 
 
 class GraphError(ValueError):
@@ -88,13 +88,13 @@ class Graph:
 
     # -- config ---------------------------------------------------------------------------------
     def to_config(self) -> dict[str, Any]:
-        from pipeline.config import graph_to_config
+        from stagegraph.pipeline.config import graph_to_config
 
         return graph_to_config(self)
 
     @classmethod
     def from_config(cls, config: Any, source: str = "<config>") -> Graph:
-        from pipeline.config import graph_from_config
+        from stagegraph.pipeline.config import graph_from_config
 
         return graph_from_config(config, source=source)
 

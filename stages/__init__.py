@@ -1,5 +1,5 @@
 """What runs in a graph: retrievers, the candidate pool, the cross-encoder reranker, metrics."""
 
-from stages.base import Arity, Environment, Ranking, Stage, StageBase, StageConfig, StageError
+from stagegraph.stages.base import Arity, Environment, Ranking, Stage, StageBase, StageConfig, StageError
 
 __all__ = ["Arity", "Environment", "Ranking", "Stage", "StageBase", "StageConfig", "StageError"]

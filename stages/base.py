@@ -30,8 +30,8 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from corpora.types import Corpus, Queries
-from stages.compose import Node, as_node
+from stagegraph.corpora.types import Corpus, Queries
+from stagegraph.stages.compose import Node, as_node
 
 
 

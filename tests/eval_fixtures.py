@@ -6,8 +6,8 @@ import time
 
 import numpy as np
 
-from corpora.types import Dataset, Qrels, Queries
-from stages.base import Arity, Ranking, StageBase, StageConfig
+from stagegraph.corpora.types import Dataset, Qrels, Queries
+from stagegraph.stages.base import Arity, Ranking, StageBase, StageConfig
 from stubs import tiny_corpus
 
 

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from corpora.types import Corpus, Queries
-from stages.base import Arity, Environment, Ranking, StageBase, StageConfig
+from stagegraph.corpora.types import Corpus, Queries
+from stagegraph.stages.base import Arity, Environment, Ranking, StageBase, StageConfig
 
 
 class StubRetrieverConfig(StageConfig):
@@ -105,7 +105,7 @@ def tiny_corpus(n: int = 50) -> Corpus:
 
 def register_stubs() -> None:
     """Make the stub stages available to YAML configs (idempotent)."""
-    from stages.registry import _REGISTRY, register
+    from stagegraph.pipeline.registry import _REGISTRY, register
 
     for cls in (StubRetriever, StubFuse, StubRerank):
         if _REGISTRY.get(cls.type_name) is not cls:

@@ -9,13 +9,13 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from corpora.types import Corpus
-from indexes import bm25 as bm25_module
-from indexes.bm25 import BM25Index, BM25Settings
-from indexes.bm25_kernels import HAVE_NUMBA, top_k_postings_py
-from indexes.bm25_scoring import SparseSearcher, top_k
-from indexes.manifest import IndexLoadError
-from indexes.tokenize import Tokenizer
+from stagegraph.corpora.types import Corpus
+from stagegraph.indexes import bm25 as bm25_module
+from stagegraph.indexes.bm25 import BM25Index, BM25Settings
+from stagegraph.indexes.bm25_kernels import HAVE_NUMBA, top_k_postings_py
+from stagegraph.indexes.bm25_scoring import SparseSearcher, top_k
+from stagegraph.indexes.manifest import IndexLoadError
+from stagegraph.indexes.tokenize import Tokenizer
 
 PLAIN = Tokenizer(stopwords=None, stemmer=None)
 

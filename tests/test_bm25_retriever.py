@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from corpora.types import Corpus, Queries
-from indexes.bm25 import BM25Index, BM25Settings
-from indexes.manifest import MANIFEST
-from indexes.tokenize import Tokenizer
-from stages.base import Environment, StageError
-from stages.bm25_retriever import BM25Retriever, EmptyQueryWarning, artefact_key
-from stages.registry import stage_class
+from stagegraph.corpora.types import Corpus, Queries
+from stagegraph.indexes.bm25 import BM25Index, BM25Settings
+from stagegraph.indexes.manifest import MANIFEST
+from stagegraph.indexes.tokenize import Tokenizer
+from stagegraph.stages.base import Environment, StageError
+from stagegraph.stages.retrieve.bm25 import BM25Retriever, EmptyQueryWarning, artefact_key
+from stagegraph.pipeline.registry import stage_class
 from test_bm25_index import assert_same_top
 
 DATASETS = Path(os.environ.get("STAGEGRAPH_DATASETS") or Path(__file__).resolve().parents[2] / "shared" / "datasets")
@@ -141,8 +141,8 @@ def test_registered_for_yaml_and_round_trips_its_config():
 
 
 def test_runs_inside_a_yaml_graph(env):
-    from pipeline.config import graph_from_config
-    from pipeline.executor import run
+    from stagegraph.pipeline.config import graph_from_config
+    from stagegraph.pipeline.executor import run
 
     graph = graph_from_config({"pipeline": [{"type": "bm25", "name": "bm25", "k": 3, "k1": 1.2}]})
     result = run(graph, Queries(["q1", "q2"], ["heart", "cholesterol"]), env, mode="batch")
@@ -154,7 +154,7 @@ def _load(name: str):
     folder = DATASETS / name
     if not (folder / "corpus.jsonl").is_file():
         pytest.skip(f"dataset folder {folder} is absent (set STAGEGRAPH_DATASETS)")
-    from corpora.beir import load_beir
+    from stagegraph.corpora.beir import load_beir
 
     return load_beir(folder, progress=False)
 

@@ -3,11 +3,11 @@
 import numpy as np
 from stubs import StubFuse, StubRerank, StubRetriever, tiny_corpus
 
-from corpora.types import Queries
-from pipeline.cache import StageCache
-from pipeline.executor import run
-from pipeline.graph import Graph
-from stages.base import Environment, Ranking
+from stagegraph.corpora.types import Queries
+from stagegraph.pipeline.cache import StageCache
+from stagegraph.pipeline.executor import run
+from stagegraph.pipeline.graph import Graph
+from stagegraph.stages.base import Environment, Ranking
 
 QUERIES = Queries([f"q{i}" for i in range(8)], [f"text {i}" for i in range(8)])
 

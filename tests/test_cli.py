@@ -6,7 +6,7 @@ import textwrap
 import pytest
 from stubs import register_stubs
 
-from pipeline.cli import EXIT_BAD_INPUT, EXIT_OK, main
+from stagegraph.cli.app import EXIT_BAD_INPUT, EXIT_OK, main
 
 register_stubs()
 

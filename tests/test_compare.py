@@ -11,9 +11,9 @@ import pytest
 from scipy import stats
 
 from eval_fixtures import OracleRetriever, tiny_dataset
-from pipeline.cli_compare import register
-from pipeline.compare import CompareError, cohen_d, compare, holm, paired_t_test, randomisation_test
-from pipeline.evaluate import evaluate
+from stagegraph.cli.compare import register
+from stagegraph.evaluation.compare import CompareError, cohen_d, compare, holm, paired_t_test, randomisation_test
+from stagegraph.evaluation.evaluate import evaluate
 from stubs import StubRerank, StubRetriever
 
 

@@ -6,9 +6,9 @@ import pytest
 import yaml
 from stubs import StubFuse, StubRerank, StubRetriever, register_stubs
 
-from pipeline.config import ConfigError, apply_overrides, graph_from_config, load_graph, save_graph
-from pipeline.graph import Graph
-from stages.registry import available_types, stage_class
+from stagegraph.pipeline.config import ConfigError, apply_overrides, graph_from_config, load_graph, save_graph
+from stagegraph.pipeline.graph import Graph
+from stagegraph.pipeline.registry import available_types, stage_class
 
 register_stubs()
 
@@ -123,7 +123,7 @@ class _PluginStage(StubRetriever):
 
 
 def test_plugins_register_through_the_entry_point_group(monkeypatch, tmp_path):
-    import stages.registry as registry
+    import stagegraph.pipeline.registry as registry
 
     class FakeEntryPoint:
         name = "plugin_retriever"

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-import corpora.jsonl as jsonl_module
-from corpora.beir import is_beir_dir, load_beir
-from corpora.qrels import DataWarning
-from corpora.types import DataError
+import stagegraph.corpora.jsonl as jsonl_module
+from stagegraph.corpora.beir import is_beir_dir, load_beir
+from stagegraph.corpora.qrels import DataWarning
+from stagegraph.corpora.types import DataError
 
 DOCS = [
     {"_id": "d1", "title": "GGUF files", "text": "llama.cpp reads GGUF model files."},

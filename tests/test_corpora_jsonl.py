@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from corpora.jsonl import find_jsonl_files, load_jsonl, load_jsonl_dir, read_corpus
-from corpora.qrels import DataWarning
-from corpora.types import DataError
+from stagegraph.corpora.jsonl import find_jsonl_files, load_jsonl, load_jsonl_dir, read_corpus
+from stagegraph.corpora.qrels import DataWarning
+from stagegraph.corpora.types import DataError
 
 
 def write_jsonl(path: Path, rows: list) -> Path:

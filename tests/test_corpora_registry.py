@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-import corpora.download as download
-import corpora.registry as registry
-from corpora.download import DownloadError, download_beir
-from corpora.registry import available_datasets, load_dataset
-from corpora.types import DataError
+import stagegraph.corpora.download as download
+import stagegraph.corpora.registry as registry
+from stagegraph.corpora.download import DownloadError, download_beir
+from stagegraph.corpora.registry import available_datasets, load_dataset
+from stagegraph.corpora.types import DataError
 
 
 def make_beir(root: Path, doc_key: str = "_id") -> Path:

@@ -7,11 +7,11 @@ import os
 import numpy as np
 import pytest
 
-import corpora.trec as trec
-from corpora.qrels import read_qrels, read_trec_qrels
-from corpora.trec import read_run, read_topics, write_run
-from corpora.types import Corpus, DataError
-from stages.base import Ranking
+import stagegraph.corpora.trec as trec
+from stagegraph.corpora.qrels import read_qrels, read_trec_qrels
+from stagegraph.corpora.trec import read_run, read_topics, write_run
+from stagegraph.corpora.types import Corpus, DataError
+from stagegraph.stages.base import Ranking
 
 SGML = """<top>
 <num> Number: 301

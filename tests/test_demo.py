@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.demo import run_demo
+from stagegraph.demo import run_demo
 
 PINS = Path(__file__).resolve().parents[1] / "configs" / "demo-expectations.yaml"
 

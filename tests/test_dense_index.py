@@ -10,12 +10,12 @@ import faiss
 import numpy as np
 import pytest
 
-from corpora.types import Corpus
-from indexes import dense as dense_mod
-from indexes.dense import DenseIndex, adapt_factory, default_nprobe, faiss_threads
-from indexes.embeddings import cached_embeddings, embeddings_key, load_embeddings
-from indexes.encoder import l2_normalise
-from indexes.manifest import IndexLoadError
+from stagegraph.corpora.types import Corpus
+from stagegraph.indexes import dense as dense_mod
+from stagegraph.indexes.dense import DenseIndex, adapt_factory, default_nprobe, faiss_threads
+from stagegraph.indexes.embeddings import cached_embeddings, embeddings_key, load_embeddings
+from stagegraph.indexes.encoder import l2_normalise
+from stagegraph.indexes.manifest import IndexLoadError
 
 
 def unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:

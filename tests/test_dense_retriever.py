@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from corpora.types import Corpus, Queries
-from indexes.dense import DenseIndex
-from indexes.encoder import Encoder
-from stages.base import Environment, Ranking, StageError
-from stages.bm25_retriever import EmptyQueryWarning
-from stages.dense_retriever import DenseRetriever, DenseRetrieverConfig
-from stages.registry import stage_class
+from stagegraph.corpora.types import Corpus, Queries
+from stagegraph.indexes.dense import DenseIndex
+from stagegraph.indexes.encoder import Encoder
+from stagegraph.stages.base import Environment, Ranking, StageError
+from stagegraph.stages.retrieve.bm25 import EmptyQueryWarning
+from stagegraph.stages.retrieve.dense import DenseRetriever, DenseRetrieverConfig
+from stagegraph.pipeline.registry import stage_class
 from tiny_models import WORDS, make_tiny_sentence_transformer
 
 
@@ -168,7 +168,7 @@ def test_a_damaged_saved_index_is_rebuilt_not_served(tiny_model: str, env: Envir
     (index_dir,) = (env.work_dir / "dense").iterdir()
     (index_dir / "index.faiss").write_bytes(b"garbage")
     again = stage(tiny_model)
-    with caplog.at_level(logging.WARNING, logger="stages.dense_retriever"):
+    with caplog.at_level(logging.WARNING, logger="stagegraph.stages.retrieve.dense"):
         again.warm_up(env)
     assert "Rebuilding" in caplog.text and "damaged" in caplog.text
     for a, b in zip(expected, again.run(QUERIES, [])):
@@ -237,7 +237,7 @@ def test_scifact_pin_and_approximate_indexes_keep_recall() -> None:
     pytest.importorskip("pytrec_eval")
     import yaml
 
-    from corpora.beir import load_beir
+    from stagegraph.corpora.beir import load_beir
 
     folder = datasets_root() / "scifact"
     if not folder.is_dir():

@@ -8,12 +8,12 @@ import pytest
 import torch
 from tiny_models import make_tiny_cross_encoder, make_tiny_sentence_transformer
 
-from corpora.types import Corpus, Queries
-from indexes.devices import DeviceError, resolve_device
-from indexes.encoder import Encoder
-from stages.base import Environment, Ranking, StageError
-from stages.rerank import CrossEncoderReranker
-from stages.rerank_training import TrainConfig, train_cross_encoder
+from stagegraph.corpora.types import Corpus, Queries
+from stagegraph.indexes.devices import DeviceError, resolve_device
+from stagegraph.indexes.encoder import Encoder
+from stagegraph.stages.base import Environment, Ranking, StageError
+from stagegraph.stages.rerank.cross_encoder import CrossEncoderReranker
+from stagegraph.training.finetune import TrainConfig, train_cross_encoder
 
 HAS_CUDA = torch.cuda.is_available()
 needs_no_cuda = pytest.mark.skipif(HAS_CUDA, reason="checks the error on a machine without a CUDA GPU")
@@ -64,7 +64,7 @@ def test_stages_fail_at_warm_up_when_the_gpu_is_not_there(tiny_ce, corpus, tmp_p
     env = Environment(corpus, work_dir=tmp_path, progress=False)
     with pytest.raises(StageError, match="sees no CUDA GPU"):
         CrossEncoderReranker(str(tiny_ce), device="cuda").warm_up(env)
-    from stages.dense_retriever import DenseRetriever  # imported here: FAISS is not needed by the GPU tests
+    from stagegraph.stages.retrieve.dense import DenseRetriever  # imported here: FAISS is not needed by the GPU tests
 
     bi = make_tiny_sentence_transformer(tmp_path / "bi")
     with pytest.raises(StageError, match="sees no CUDA GPU"):
@@ -78,7 +78,7 @@ def test_fine_tuning_on_a_missing_gpu_fails_before_training(tiny_ce, corpus):
 
 
 def test_the_device_is_a_speed_setting_not_part_of_the_fingerprint(tiny_ce, tmp_path):
-    from stages.dense_retriever import DenseRetriever
+    from stagegraph.stages.retrieve.dense import DenseRetriever
 
     assert CrossEncoderReranker(str(tiny_ce), device="cpu").fingerprint() == CrossEncoderReranker(str(tiny_ce)).fingerprint()
     bi = str(make_tiny_sentence_transformer(tmp_path / "bi"))

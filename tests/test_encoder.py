@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexes import encoder as enc
-from indexes.encoder import Encoder, ModelNotFoundError, l2_normalise, locate_model, model_identity, resolve_model_path
+from stagegraph.indexes import encoder as enc
+from stagegraph.indexes.encoder import Encoder, ModelNotFoundError, l2_normalise, locate_model, model_identity, resolve_model_path
 from tiny_models import make_tiny_sentence_transformer
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from corpora.types import Dataset, Qrels
+from stagegraph.corpora.types import Dataset, Qrels
 from eval_fixtures import EmptyFor, LabelledPool, OracleRetriever, tiny_dataset
-from pipeline.cache import StageCache
-from pipeline.evaluate import DEFAULT, branch_contributions, evaluate
-from stages.base import Environment, Ranking
-from stages.metrics import MetricsStage, score_run
+from stagegraph.pipeline.cache import StageCache
+from stagegraph.evaluation.evaluate import DEFAULT, branch_contributions, evaluate
+from stagegraph.stages.base import Environment, Ranking
+from stagegraph.evaluation.measures import MetricsStage, score_run
 from stubs import StubRerank, StubRetriever
 
 
@@ -93,7 +93,7 @@ def test_metrics_stage_sets_metrics_and_is_not_a_row(dataset):
 
 
 def test_figures_match_score_run_of_the_stage_output(dataset):
-    from pipeline.executor import run
+    from stagegraph.pipeline.executor import run
 
     queries, qrels = dataset.split("test")
     graph = StubRetriever("r", k=50, seed=3)
@@ -105,7 +105,7 @@ def test_figures_match_score_run_of_the_stage_output(dataset):
 
 
 def test_branch_contributions_hand_case():
-    from corpora.types import Queries
+    from stagegraph.corpora.types import Queries
     from stubs import tiny_corpus
 
     corpus = tiny_corpus(10)
@@ -138,7 +138,7 @@ def test_environment_for_another_corpus_is_refused(dataset):
 
 
 def test_yaml_metrics_stage_sets_the_metrics(dataset):
-    from pipeline.config import graph_from_config
+    from stagegraph.pipeline.config import graph_from_config
     from stubs import register_stubs
 
     register_stubs()

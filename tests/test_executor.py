@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from stubs import StubFuse, StubRerank, StubRetriever, tiny_corpus
 
-from corpora.types import Queries
-from pipeline.executor import run
-from pipeline.graph import Graph
-from stages.base import Arity, Environment, Ranking, StageBase, StageConfig, StageError
+from stagegraph.corpora.types import Queries
+from stagegraph.pipeline.executor import run
+from stagegraph.pipeline.graph import Graph
+from stagegraph.stages.base import Arity, Environment, Ranking, StageBase, StageConfig, StageError
 
 
 def _queries(n=12):

@@ -9,8 +9,8 @@ import os
 import pytest
 
 from eval_fixtures import OracleRetriever, tiny_dataset
-from pipeline.cli_expectations import register
-from pipeline.expectations import (
+from stagegraph.cli.expectations import register
+from stagegraph.evaluation.expectations import (
     EXPECTATIONS_DIR,
     ExpectationError,
     check,

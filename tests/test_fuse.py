@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from corpora.types import Queries
-from stages.base import Environment, Ranking, StageError
-from stages.fuse import CandidatePool, CandidatePoolConfig, branch_contributions
-from stages.fusion import normalize
-from stages.fusion.options import FusionMethod, MissingPolicy, Normalization
+from stagegraph.corpora.types import Queries
+from stagegraph.stages.base import Environment, Ranking, StageError
+from stagegraph.stages.fusion.pool import CandidatePool, CandidatePoolConfig, branch_contributions
+from stagegraph.stages.fusion import normalize
+from stagegraph.stages.fusion.options import FusionMethod, MissingPolicy, Normalization
 
 Q = Queries.single("q")
 NAN = float("nan")
@@ -256,8 +256,8 @@ def test_branch_contributions_counts_documents_only_one_branch_found():
 
 
 def test_pool_in_a_graph_names_features_after_the_branches():
-    from pipeline.executor import run
-    from pipeline.graph import Graph
+    from stagegraph.pipeline.executor import run
+    from stagegraph.pipeline.graph import Graph
     from stubs import StubRetriever, tiny_corpus
 
     graph = Graph((StubRetriever("lex", k=5, seed=1) | StubRetriever("sem", k=5, seed=2)) >> CandidatePool(k=8))
@@ -290,7 +290,7 @@ def test_defaults_are_resolved_into_the_config_so_reports_show_them():
 
 
 def test_registered_as_pool():
-    from stages.registry import stage_class
+    from stagegraph.pipeline.registry import stage_class
 
     assert stage_class("pool") is CandidatePool
 

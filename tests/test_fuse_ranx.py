@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from corpora.types import Queries
-from stages.base import Ranking
-from stages.fuse import CandidatePool
+from stagegraph.corpora.types import Queries
+from stagegraph.stages.base import Ranking
+from stagegraph.stages.fusion.pool import CandidatePool
 
 ranx = pytest.importorskip("ranx")
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:unsafe cast")]

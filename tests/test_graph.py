@@ -3,7 +3,7 @@
 import pytest
 from stubs import StubFuse, StubRerank, StubRetriever
 
-from pipeline.graph import Graph, GraphError, Step
+from stagegraph.pipeline.graph import Graph, GraphError, Step
 
 
 def test_sequence_parallel_and_cutoff_flatten_into_steps():

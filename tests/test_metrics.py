@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from corpora.types import Corpus, Qrels, Queries
-from stages.base import Ranking
-from stages.metrics import DEFAULT_METRICS, Metric, MetricError, MetricsStage, parse_metrics, score_run
+from stagegraph.corpora.types import Corpus, Qrels, Queries
+from stagegraph.stages.base import Ranking
+from stagegraph.evaluation.measures import DEFAULT_METRICS, Metric, MetricError, MetricsStage, parse_metrics, score_run
 
 pytrec_eval = pytest.importorskip("pytrec_eval")
 

@@ -8,12 +8,12 @@ import re
 
 import pytest
 
-from corpora.trec import read_run
+from stagegraph.corpora.trec import read_run
 from eval_fixtures import LabelledPool, OracleRetriever, tiny_dataset
-from pipeline.evaluate import evaluate
-from pipeline.report import Report
-from pipeline.report_console import print_report, render_report
-from pipeline.report_html import render_html
+from stagegraph.evaluation.evaluate import evaluate
+from stagegraph.evaluation.report import Report
+from stagegraph.evaluation.console import print_report, render_report
+from stagegraph.evaluation.html import render_html
 from stubs import StubRerank, StubRetriever
 
 

@@ -7,14 +7,14 @@ import pytest
 from stubs import StubRetriever
 from tiny_models import make_tiny_cross_encoder, make_tiny_sentence_transformer
 
-from corpora.types import Corpus, Queries
-from pipeline.executor import run as run_graph
-from pipeline.graph import Graph
-from stages.base import Environment, Ranking, StageError
-from stages.registry import stage_class
-from stages.rerank import CrossEncoderReranker
-from stages.rerank_blend import METADATA_FILE, BlendSpec, blend_scores
-from stages.rerank_model import pad_batches, tokenize_pairs
+from stagegraph.corpora.types import Corpus, Queries
+from stagegraph.pipeline.executor import run as run_graph
+from stagegraph.pipeline.graph import Graph
+from stagegraph.stages.base import Environment, Ranking, StageError
+from stagegraph.pipeline.registry import stage_class
+from stagegraph.stages.rerank.cross_encoder import CrossEncoderReranker
+from stagegraph.stages.rerank.blend import METADATA_FILE, BlendSpec, blend_scores
+from stagegraph.stages.rerank.model import pad_batches, tokenize_pairs
 
 WORDS = "the cell protein gene cancer retrieval search query document index dense sparse vector rank score".split()
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from tiny_models import make_tiny_cross_encoder
 
-from stages.rerank import CrossEncoderReranker
+from stagegraph.stages.rerank.cross_encoder import CrossEncoderReranker
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,11 @@ import pytest
 import torch
 from tiny_models import make_tiny_sentence_transformer
 
-from corpora.types import Corpus, Queries
-from stages.base import Environment, Ranking
-from stages.rerank import CrossEncoderReranker
-from stages.rerank_pairhead import PairBertForSequenceClassification, from_bert
-from stages.rerank_training import save_model
+from stagegraph.corpora.types import Corpus, Queries
+from stagegraph.stages.base import Environment, Ranking
+from stagegraph.stages.rerank.cross_encoder import CrossEncoderReranker
+from stagegraph.stages.rerank.pair_head import PairBertForSequenceClassification, from_bert
+from stagegraph.training.finetune import save_model
 
 PAIRS = [
     ("dense vector search", "the index stores dense vectors for search"),

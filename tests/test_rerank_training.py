@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from tiny_models import WORDS, make_tiny_sentence_transformer
 
-from corpora.types import Corpus, Qrels, Queries
-from pipeline.config import load_graph
-from pipeline.train_reranker import mining_graph
-from stages.base import Ranking
-from stages.rerank_blend import METADATA_FILE
-from stages.rerank_training import TrainConfig, build_groups, split_train_dev, truncate_layers
+from stagegraph.corpora.types import Corpus, Qrels, Queries
+from stagegraph.pipeline.config import load_graph
+from stagegraph.training.train import mining_graph
+from stagegraph.stages.base import Ranking
+from stagegraph.stages.rerank.blend import METADATA_FILE
+from stagegraph.training.finetune import TrainConfig, build_groups, split_train_dev, truncate_layers
 
 
 def _toy(n_docs=30, n_queries=12):
@@ -59,7 +59,7 @@ def test_groups_never_use_a_judged_relevant_passage_as_negative_and_change_per_e
 def test_listwise_loss_rewards_the_positive_in_column_zero():
     import torch
 
-    from stages.rerank_training import _group_loss
+    from stagegraph.training.finetune import _group_loss
 
     cfg = TrainConfig(negatives=3)
     right = torch.tensor([[3.0, 0.0, 0.0, 0.0]])
@@ -91,9 +91,9 @@ def _write_beir(root, corpus, queries, qrels):
 
 
 def test_train_reranker_command_writes_a_model_the_reranker_loads(tmp_path):
-    from pipeline.cli import main
-    from stages.base import Environment
-    from stages.rerank import CrossEncoderReranker
+    from stagegraph.cli.app import main
+    from stagegraph.stages.base import Environment
+    from stagegraph.stages.rerank.cross_encoder import CrossEncoderReranker
 
     corpus, queries, qrels = _toy()
     _write_beir(tmp_path / "data", corpus, queries, qrels)
@@ -124,7 +124,7 @@ def test_train_reranker_command_writes_a_model_the_reranker_loads(tmp_path):
 
 
 def test_candidates_from_a_run_file_replace_mining_and_unknown_ids_are_refused(tmp_path, capsys):
-    from pipeline.cli import main
+    from stagegraph.cli.app import main
 
     corpus, queries, qrels = _toy()
     _write_beir(tmp_path / "data", corpus, queries, qrels)
@@ -173,7 +173,7 @@ def test_bad_training_settings_are_refused():
 
 
 def test_a_time_budget_shrinks_the_plan_after_timing_the_first_steps(tmp_path):
-    from stages.rerank_training import CALIBRATION_STEPS, load_base, train_cross_encoder
+    from stagegraph.training.finetune import CALIBRATION_STEPS, load_base, train_cross_encoder
 
     corpus, queries, qrels = _toy()
     base = make_tiny_sentence_transformer(tmp_path / "base")
@@ -190,8 +190,8 @@ def test_a_time_budget_shrinks_the_plan_after_timing_the_first_steps(tmp_path):
 
 
 def test_cached_reranker_trains_once_per_data_and_settings(tmp_path):
-    from corpora.types import Dataset
-    from pipeline.train_reranker import cached_reranker
+    from stagegraph.corpora.types import Dataset
+    from stagegraph.training.train import cached_reranker
 
     corpus, queries, qrels = _toy()
     dataset = Dataset("toy", corpus, queries, {"train": qrels})
@@ -210,8 +210,8 @@ def test_cached_reranker_trains_once_per_data_and_settings(tmp_path):
 
 
 def test_an_earlier_reranker_can_be_the_base_of_a_new_fine_tune(tmp_path):
-    from stages.rerank_pairhead import PairBertForSequenceClassification, from_bert
-    from stages.rerank_training import load_base, save_model
+    from stagegraph.stages.rerank.pair_head import PairBertForSequenceClassification, from_bert
+    from stagegraph.training.finetune import load_base, save_model
 
     base = make_tiny_sentence_transformer(tmp_path / "base")
     first = from_bert(str(base), layers=2)

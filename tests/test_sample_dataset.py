@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from corpora.registry import SAMPLE_DIR, available_datasets, load_dataset, load_sample
+from stagegraph.corpora.registry import SAMPLE_DIR, available_datasets, load_dataset, load_sample
 
 REPO = Path(__file__).resolve().parents[1]
 TYPES = ("exact", "paraphrase", "natural")
@@ -93,7 +93,7 @@ def test_paraphrase_queries_share_fewer_words_with_their_answers(sample, query_t
 def test_sample_files_are_declared_package_data():
     """pyproject's package-data globs must cover every shipped file, or installs lose the sample."""
     config = tomllib.loads((REPO / "pyproject.toml").read_text())
-    patterns = config["tool"]["setuptools"]["package-data"]["corpora"]
+    patterns = config["tool"]["setuptools"]["package-data"]["stagegraph.corpora"]
     package = SAMPLE_DIR.parent
     shipped = {p.relative_to(package).as_posix() for p in SAMPLE_DIR.rglob("*") if p.is_file()}
     declared = {p.relative_to(package).as_posix() for pattern in patterns for p in package.glob(pattern)}

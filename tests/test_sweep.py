@@ -10,12 +10,12 @@ import time
 import numpy as np
 import pytest
 
-from corpora.types import Dataset, Qrels, Queries
-from pipeline.cli_sweep import register as register_cli
-from pipeline.graph import Graph
-from pipeline.sweep import SweepError, downstream_of, parse_values, sweep, with_setting
-from stages.base import Arity, Ranking, StageBase, StageConfig
-from stages.registry import _REGISTRY, register
+from stagegraph.corpora.types import Dataset, Qrels, Queries
+from stagegraph.cli.sweep import register as register_cli
+from stagegraph.pipeline.graph import Graph
+from stagegraph.evaluation.sweep import SweepError, downstream_of, parse_values, sweep, with_setting
+from stagegraph.stages.base import Arity, Ranking, StageBase, StageConfig
+from stagegraph.pipeline.registry import _REGISTRY, register
 from stubs import StubRerank, StubRetriever, register_stubs, tiny_corpus
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from indexes.tokenize import ENGLISH_STOPWORDS, TokenizedCorpus, Tokenizer
+from stagegraph.indexes.tokenize import ENGLISH_STOPWORDS, TokenizedCorpus, Tokenizer
 
 
 def test_lowercases_and_splits_unicode_words():

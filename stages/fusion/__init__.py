@@ -7,7 +7,7 @@
 * `methods`   - the fusion rules (RRF, weighted sum, CombMNZ, max).
 """
 
-from stages.fusion.align import Aligned, align
-from stages.fusion.options import FusionMethod, MissingPolicy, Normalization
+from stagegraph.stages.fusion.align import Aligned, align
+from stagegraph.stages.fusion.options import FusionMethod, MissingPolicy, Normalization
 
 __all__ = ["Aligned", "FusionMethod", "MissingPolicy", "Normalization", "align"]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from stages.fusion.options import MissingPolicy
+from stagegraph.stages.fusion.options import MissingPolicy
 
 
 def fill_missing(values: np.ndarray, present: np.ndarray, policy: MissingPolicy) -> np.ndarray:

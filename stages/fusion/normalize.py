@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from stages.fusion.options import Normalization
+from stagegraph.stages.fusion.options import Normalization
 
 
 def none(scores: np.ndarray, ranks: np.ndarray) -> np.ndarray:

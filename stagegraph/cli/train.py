@@ -1,0 +1,92 @@
+"""`stagegraph train-reranker CONFIG --dataset PATH --out DIR`: fine-tune a cross-encoder on qrels.
+
+Exit codes: 0 the model was written and beats the first stage on held-out training queries;
+1 it was written but does not (the message says so plainly); 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from stagegraph.training.finetune import DEFAULT_BASE, TrainConfig
+
+
+def register(sub) -> None:
+    defaults = TrainConfig()
+    p = sub.add_parser(
+        "train-reranker",
+        help="fine-tune a cross-encoder on a dataset's training qrels, negatives mined by the pipeline",
+        description="Fine-tune a cross-encoder from a base model on a dataset's training qrels. Hard "
+        "negatives come from the pipeline's stages before its cross-encoder; part of the training "
+        "queries is held out to check the model against the first stage and to choose its blend.",
+    )
+    p.add_argument("config", help="pipeline YAML; its stages before the cross-encoder mine negatives")
+    p.add_argument("--dataset", required=True, help="a BEIR-layout directory or a registered name such as `sample`")
+    p.add_argument("--split", default="train", help="qrels split to train on (default train)")
+    p.add_argument("--base", default=DEFAULT_BASE, help=f"base model: HF id or local path (default {DEFAULT_BASE})")
+    p.add_argument("--out", required=True, help="directory to write the fine-tuned model to")
+    p.add_argument("--layers", type=int, default=defaults.layers, help=f"keep the base's first N layers (default {defaults.layers}; 0 = all)")
+    p.add_argument("--epochs", type=int, default=defaults.epochs)
+    p.add_argument("--negatives", type=int, default=defaults.negatives, help="negatives per positive")
+    p.add_argument("--positives", type=int, default=defaults.positives_per_query, help="groups per query and epoch, at most")
+    p.add_argument("--batch-groups", type=int, default=defaults.batch_groups, help="groups per optimiser step")
+    p.add_argument("--mine-depth", type=int, default=defaults.mine_depth, help="sample negatives from the first stage's top N")
+    p.add_argument("--max-length", type=int, default=defaults.max_length, help="training truncation in tokens")
+    p.add_argument("--max-pairs", type=int, default=None, help="cap on training pairs per epoch")
+    p.add_argument("--lr", type=float, default=defaults.lr)
+    p.add_argument("--head-lr", type=float, default=defaults.head_lr)
+    p.add_argument("--loss", choices=["listwise", "bce"], default=defaults.loss)
+    p.add_argument("--head", choices=["cosine", "cls"], default=defaults.head,
+                   help="cosine: segment-mean cosine head that starts from the bi-encoder's ranking (default); cls: [CLS] classifier")
+    p.add_argument("--dev-fraction", type=float, default=defaults.dev_fraction, help="share of training queries held out")
+    p.add_argument("--max-dev", type=int, default=defaults.max_dev, help="at most this many dev queries")
+    p.add_argument("--dev-depth", type=int, default=None, help="dev rerank depth (default: the pipeline reranker's depth)")
+    p.add_argument("--time-budget", type=float, default=None, help="stop training after this many seconds")
+    p.add_argument("--threads", type=int, default=None, help="torch threads")
+    p.add_argument("--device", default=defaults.device, help="torch device: auto (default: CUDA, else MPS, else CPU), cpu, cuda, cuda:N, mps")
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--candidates", metavar="RUN",
+                   help="take the negatives from this TREC run file instead of running the pipeline's first stages")
+    p.add_argument("--json", dest="json_out", help="also write the result as JSON to this file")
+    p.set_defaults(func=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from stagegraph.corpora.registry import load_dataset
+    from stagegraph.cli.app import work_dir
+    from stagegraph.pipeline.config import load_graph
+    from stagegraph.training.train import rankings_from_run, reranker_settings, train_from_candidates, train_reranker
+
+    try:
+        cfg = TrainConfig(
+            base=args.base, layers=args.layers or None, epochs=args.epochs, negatives=args.negatives,
+            positives_per_query=args.positives, batch_groups=args.batch_groups,
+            mine_depth=args.mine_depth, max_length=args.max_length, max_pairs=args.max_pairs, lr=args.lr,
+            head_lr=args.head_lr, loss=args.loss, head=args.head, dev_fraction=args.dev_fraction,
+            max_dev=args.max_dev, dev_depth=args.dev_depth, time_budget_s=args.time_budget,
+            threads=args.threads, device=args.device, seed=args.seed,
+        )
+    except ValidationError as exc:
+        print(f"error: invalid training settings: {exc}")
+        return 2
+    quiet = bool(getattr(args, "quiet", False))
+    graph = load_graph(args.config)
+    dataset = load_dataset(args.dataset, progress=not quiet)
+    if args.candidates:
+        depth, max_length = reranker_settings(graph)
+        result = train_from_candidates(
+            dataset, rankings_from_run(args.candidates, dataset.corpus), Path(args.out), cfg, split=args.split,
+            first_stage=Path(args.candidates).name, depth=depth, max_length=max_length,
+            work_dir=work_dir(args), progress=not quiet,
+        )
+    else:
+        result = train_reranker(
+            graph, dataset, Path(args.out), cfg, split=args.split, work_dir=work_dir(args), progress=not quiet,
+        )
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(result.model_dump(mode="json"), indent=2), encoding="utf-8")
+    return 0 if result.beats_first_stage in (True, None) else 1

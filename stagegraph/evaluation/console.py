@@ -1,0 +1,140 @@
+"""The console view of a `Report`: one rich table, a row per stage, that fits 100 columns.
+
+Columns: the stage, each metric (short labels: R@100, nDCG@10, MRR@10, MAP) and the latency
+percentiles P50/P95/P99 in milliseconds (online mode) or the throughput in queries per second
+(batch mode), so the rerank stage's cost sits right under the retrievers' and the pool's. A cached
+stage shows "cached" instead of a latency: a cache hit is not a latency. Lines below the table give
+the end-to-end latency, warm-up queries, missing queries and what each branch added to a pool.
+"""
+
+from __future__ import annotations
+
+import io
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from stagegraph.evaluation.report import Report
+from stagegraph.evaluation.measures import Metric
+
+WIDTH = 100
+
+
+def _label(metric: str) -> str:
+    try:
+        return Metric.parse(metric).label
+    except ValueError:
+        return metric
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if value < 1 else f"{value:.1f}" if value < 1000 else f"{value:,.0f}"
+
+
+def build_tables(report: Report, width: int = WIDTH) -> list[Table]:
+    """One table when metrics and latency fit in `width` columns, else a quality and a cost table."""
+    both = build_table(report)
+    if _width(both) <= width:
+        return [both]
+    tables, chunk = [], []
+    for metric in report.metrics:  # as many metrics per table as fit, then the latency table
+        if chunk and _width(build_table(report, metrics=[*chunk, metric], cost=False)) > width:
+            tables.append(build_table(report, metrics=chunk, cost=False))
+            chunk = []
+        chunk.append(metric)
+    tables.append(build_table(report, metrics=chunk, cost=False))
+    return tables + [build_table(report, metrics=[])]
+
+
+def _width(table: Table) -> int:
+    return Console(width=1000).measure(table).maximum
+
+
+def build_table(report: Report, metrics: list[str] | None = None, cost: bool = True) -> Table:
+    online = report.mode == "online"
+    title = f"{report.dataset} · {report.split} · {report.queries} queries · {report.mode}"
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), title_justify="left")
+    table.add_column("stage", no_wrap=True, overflow="ellipsis", max_width=24)
+    metrics = report.metrics if metrics is None else metrics
+    for metric in metrics:
+        table.add_column(_label(metric), justify="right", no_wrap=True)
+    if not cost:
+        pass
+    elif online:
+        for p in ("P50", "P95", "P99"):
+            table.add_column(f"{p} ms", justify="right", no_wrap=True)
+    else:
+        table.add_column("q/s", justify="right", no_wrap=True)
+    best = {m: max(s.metrics.get(m, 0.0) for s in report.stages.values()) for m in metrics}
+    for name, stage in report.stages.items():
+        cells = [name + (" *" if stage.missing else "")]
+        for m in metrics:
+            value = stage.metrics.get(m)
+            text = "-" if value is None else f"{value:.4f}"
+            cells.append(f"[bold]{text}[/bold]" if value is not None and value == best[m] and value > 0 else text)
+        if not cost:
+            pass
+        elif stage.cache_hit:
+            cells += ["cached"] + ([""] * 2 if online else [])
+        elif online:
+            lat = stage.latency_ms
+            cells += [_ms(lat.p50 if lat else None), _ms(lat.p95 if lat else None), _ms(lat.p99 if lat else None)]
+        else:
+            cells.append(f"{stage.throughput_qps:,.1f}" if stage.throughput_qps else "-")
+        table.add_row(*cells)
+    if not cost:
+        pass
+    elif online and report.end_to_end.latency_ms is not None:
+        lat = report.end_to_end.latency_ms
+        table.add_row("end to end", *([""] * len(metrics)), _ms(lat.p50), _ms(lat.p95), _ms(lat.p99), style="dim")
+    elif not online and report.end_to_end.throughput_qps:
+        table.add_row("end to end", *([""] * len(metrics)), f"{report.end_to_end.throughput_qps:,.1f}", style="dim")
+    return table
+
+
+def notes(report: Report) -> list[str]:
+    lines = []
+    if report.mode == "online":
+        lat = report.end_to_end.latency_ms
+        lines.append(
+            f"Latency: per query, {report.warmup_queries} warm-up queries run first and left out"
+            + (f"; end to end mean {_ms(lat.mean)} ms, max {_ms(lat.max)} ms." if lat else ".")
+        )
+    if report.cache_hits:
+        lines.append(f"{report.cache_hits} stage(s) read from the cache: their latency is not measured.")
+    if report.missing_queries or any(s.missing for s in report.stages.values()):
+        worst = max(s.missing for s in report.stages.values())
+        lines.append(f"* up to {worst} judged queries got no result from a stage; they score 0 and are counted.")
+    for name, stage in report.stages.items():
+        if stage.branches:
+            parts = [
+                f"{b} {c.unique:.1f} docs ({c.unique_relevant:.2f} relevant)" for b, c in stage.branches.items()
+            ]
+            lines.append(f"{name}: found by one branch only, per query: " + ", ".join(parts) + ".")
+    return lines
+
+
+def render_report(report: Report, width: int = WIDTH, color: bool = False) -> str:
+    """The table and notes as text, `width` columns wide at most."""
+    buf = io.StringIO()
+    console = Console(file=buf, width=width, force_terminal=color, color_system="standard" if color else None)
+    for table in build_tables(report, width):
+        console.print(table)
+    for line in notes(report):
+        console.print(line, highlight=False, markup=False)
+    return buf.getvalue()
+
+
+def print_report(report: Report, quiet: bool = False, console: Console | None = None) -> None:
+    """Print the table (and, unless `quiet`, the notes below it) to the terminal."""
+    if console is None:
+        probe = Console()
+        console = Console(width=min(WIDTH, probe.width) if probe.is_terminal else WIDTH)
+    for table in build_tables(report, console.width):
+        console.print(table)
+    if not quiet:
+        for line in notes(report):
+            console.print(line, highlight=False, markup=False)

@@ -1,0 +1,211 @@
+"""`evaluate`: run a graph over a dataset split and score the output of every stage.
+
+The funnel is the point: the report shows what each retriever finds, what the pool keeps (its
+recall@100 is the reranker's ceiling) and what the reranker puts on top, each next to its own
+latency (online: P50/P95/P99/mean/max per query; batch: throughput), the warm-up queries left out
+and whether the stage came from the cache. The queries evaluated are the split's judged queries;
+a judged query a stage returns nothing for scores 0 and is counted as missing.
+
+A `MetricsStage` at the end of the graph (`type: metrics` in YAML) sets the metrics when the caller
+gives none; it passes rankings through, so it is run but not reported as a stage of its own.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from stagegraph.corpora.types import Corpus, Dataset, Qrels, Queries
+from stagegraph.pipeline.cache import StageCache
+from stagegraph.pipeline.executor import Mode, RunResult, run
+from stagegraph.pipeline.graph import Graph
+from stagegraph.evaluation.report import (
+    BranchContribution,
+    EndToEnd,
+    PerQuery,
+    Report,
+    StageReport,
+    library_versions,
+    machine_info,
+)
+from stagegraph.pipeline.timing import LatencySummary
+from stagegraph.stages.base import Environment, Ranking
+from stagegraph.evaluation.measures import DEFAULT_METRICS, Metric, MetricsStage, parse_metrics, score_run
+
+DEFAULT = DEFAULT_METRICS
+
+
+def evaluate(
+    graph: Graph | object,
+    dataset: Dataset,
+    split: str = "test",
+    metrics: Iterable[str | Metric] | str | None = DEFAULT,
+    mode: Mode = "online",
+    env: Environment | None = None,
+    cache: StageCache | None = None,
+    warmup: int = 3,
+    progress: bool = True,
+    threads: int | None = None,
+) -> Report:
+    """Run `graph` on the judged queries of `split` and report quality and cost per stage."""
+    if not isinstance(graph, Graph):
+        graph = Graph(graph)
+    queries, qrels = dataset.split(split)
+    if env is None:
+        env = Environment(corpus=dataset.corpus, progress=progress)
+    elif env.corpus.fingerprint != dataset.corpus.fingerprint:
+        raise ValueError(
+            "the Environment's corpus is not the dataset's corpus; build it as "
+            "Environment(corpus=dataset.corpus, ...) so indexes match the documents scored"
+        )
+    parsed = _metrics_for(graph, metrics)
+    result = run(graph, queries, env, mode=mode, cache=cache, warmup=warmup, threads=threads)
+    return build_report(graph, dataset, split, queries, qrels, result, parsed)
+
+
+def _metrics_for(graph: Graph, metrics: Iterable[str | Metric] | str | None) -> list[Metric]:
+    if metrics is not None:
+        return parse_metrics(metrics)
+    declared = [s.stage for s in graph.steps if isinstance(s.stage, MetricsStage)]
+    return declared[-1].metrics if declared else parse_metrics(DEFAULT_METRICS)
+
+
+def _reported_steps(graph: Graph) -> list:
+    """Every step but pass-through metrics stages (which would repeat their input's figures)."""
+    return [s for s in graph.steps if not isinstance(s.stage, MetricsStage)]
+
+
+def _output_name(graph: Graph) -> str:
+    """The last reported stage: a trailing metrics stage reports its input."""
+    name = graph.output
+    while isinstance(graph.step(name).stage, MetricsStage):
+        name = graph.step(name).inputs[0]
+    return name
+
+
+def build_report(
+    graph: Graph,
+    dataset: Dataset,
+    split: str,
+    queries: Queries,
+    qrels: Qrels,
+    result: RunResult,
+    metrics: Sequence[Metric],
+) -> Report:
+    """Score every stage of `result` and gather the figures into a `Report`."""
+    names = [str(m) for m in metrics]
+    stages: dict[str, StageReport] = {}
+    per_query = PerQuery(qids=qrels.query_ids, latency_qids=list(queries.ids))
+    runs: dict[str, list[Ranking]] = {}
+    for step in _reported_steps(graph):
+        stage_run = result.stages[step.name]
+        scores = score_run(stage_run.rankings, queries, qrels, dataset.corpus, metrics)
+        latency = stage_run.latency
+        stages[step.name] = StageReport(
+            type=step.stage.type_name,
+            inputs=list(step.inputs),
+            cutoff=step.cutoff,
+            queries=len(stage_run.rankings),
+            metrics=scores.means,
+            missing=scores.missing,
+            latency_ms=latency,
+            throughput_qps=_throughput(stage_run.rankings, stage_run.latencies_ns, stage_run.wall_ns, stage_run.cache_hit),
+            cache_hit=stage_run.cache_hit,
+            wall_ms=stage_run.wall_ns / 1e6,
+            branches=branch_contributions(step.inputs, stage_run.rankings, queries, qrels, dataset.corpus),
+        )
+        per_query.metrics[step.name] = {m: v.tolist() for m, v in scores.per_query.items()}
+        if stage_run.latencies_ns is not None:
+            per_query.latency_ms[step.name] = (np.asarray(stage_run.latencies_ns) / 1e6).tolist()
+        runs[step.name] = stage_run.rankings
+    # End to end covers the stages that ran; when every stage came from the cache nothing was timed.
+    e2e = EndToEnd(wall_ms=result.wall_ns / 1e6)
+    ran = not all(s.cache_hit for s in stages.values())
+    if result.end_to_end_ns is not None and ran:
+        e2e.latency_ms = LatencySummary.from_ns(result.end_to_end_ns)
+        per_query.latency_ms["end_to_end"] = (np.asarray(result.end_to_end_ns) / 1e6).tolist()
+    if ran and result.wall_ns > 0 and len(queries):
+        e2e.throughput_qps = len(queries) / (result.wall_ns / 1e9)
+    output = _output_name(graph)
+    report = Report(
+        dataset=dataset.name,
+        split=split,
+        mode=result.mode,
+        config=_graph_config(graph),
+        output=output,
+        metrics=names,
+        dataset_fingerprint=dataset.corpus.fingerprint,
+        corpus_docs=len(dataset.corpus),
+        queries=len(qrels),
+        missing_queries=stages[output].missing,
+        warmup_queries=result.warmup_queries,
+        cache_hits=sum(s.cache_hit for s in stages.values()),
+        end_to_end=e2e,
+        stages=stages,
+        versions=library_versions(),
+        machine=machine_info(),
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        per_query=per_query,
+    )
+    report.attach_runs(queries.ids, runs, dataset.corpus)
+    return report
+
+
+def _graph_config(graph: Graph) -> dict | None:
+    try:
+        return graph.to_config()
+    except Exception as exc:  # a stage that cannot be written as YAML must not sink the report
+        return {"error": f"the graph could not be written as a config: {exc}", "graph": str(graph)}
+
+
+def _throughput(rankings: list, latencies_ns, wall_ns: int, cache_hit: bool) -> float | None:
+    """Queries per second of stage time (batch: over the stage's one call; online: over the sum)."""
+    if cache_hit or wall_ns <= 0 or not rankings:
+        return None
+    n = len(latencies_ns) if latencies_ns is not None else len(rankings)
+    return n / (wall_ns / 1e9)
+
+
+def branch_contributions(
+    branches: Sequence[str],
+    rankings: Sequence[Ranking],
+    queries: Queries,
+    qrels: Qrels,
+    corpus: Corpus,
+) -> dict[str, BranchContribution]:
+    """Per branch, the pooled documents it ranked, and those (and the relevant ones) only it ranked.
+
+    A fusing stage labels each pooled document with `features["<branch>"]` (the branch's score) and
+    `features["<branch>.rank"]`; a branch that did not rank the document leaves NaN there.
+    """
+    labelled = [b for b in branches if any(b in r.features or f"{b}.rank" in r.features for r in rankings)]
+    if len(branches) < 2 or not labelled:
+        return {}
+    found = {b: [] for b in labelled}
+    unique = {b: [] for b in labelled}
+    unique_rel = {b: [] for b in labelled}
+    for qid, ranking in zip(queries.ids, rankings):
+        n = len(ranking)
+        present = np.zeros((len(labelled), n), dtype=bool)
+        for i, b in enumerate(labelled):
+            values = ranking.features.get(f"{b}.rank", ranking.features.get(b))
+            if values is not None:
+                values = np.asarray(values, dtype=np.float64)
+                present[i] = np.isfinite(values) & ((values > 0) if f"{b}.rank" in ranking.features else True)
+        judged = qrels.as_rows(qid, corpus)
+        relevant = np.isin(ranking.doc_rows, judged.doc_rows[judged.grades >= 1])
+        only = present & (present.sum(axis=0) == 1)
+        for i, b in enumerate(labelled):
+            found[b].append(present[i].sum())
+            unique[b].append(only[i].sum())
+            unique_rel[b].append((only[i] & relevant).sum())
+    return {
+        b: BranchContribution(
+            found=float(np.mean(found[b])) if found[b] else 0.0,
+            unique=float(np.mean(unique[b])) if unique[b] else 0.0,
+            unique_relevant=float(np.mean(unique_rel[b])) if unique_rel[b] else 0.0,
+        )
+        for b in labelled
+    }

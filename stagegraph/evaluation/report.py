@@ -1,0 +1,211 @@
+"""`Report`: every figure of one evaluation, and how it is saved.
+
+`report.json` is the contract other tools read (`stagegraph compare`, the pinned expectations, CI):
+
+* top level: `dataset`, `split`, `mode`, `config` (the pipeline as `Graph.to_config()` gives it),
+  `output` (the graph's last stage), `metrics` (their names), `dataset_fingerprint`, `queries`,
+  `missing_queries`, `warmup_queries`, `cache_hits`, `end_to_end`, `versions`, `machine`, `created`;
+* `stages.<name>`: `metrics` (metric string -> mean over the judged queries), `latency_ms`
+  (`n`, `p50`, `p95`, `p99`, `mean`, `max`; online mode, null on a cache hit), `throughput_qps`,
+  `queries` (how many it ranked), `missing`, `cache_hit`, and for a fusing stage whose rankings carry
+  per-branch features, `branches.<branch>` (what that branch alone contributed to the pool);
+* `per_query`: the judged query ids and, per stage, each metric's per-query values, plus the
+  per-query latencies (for the paired tests of `stagegraph compare` and the HTML plots).
+
+`Report.save(dir)` writes `report.json`, `per_query.csv`, `report.html` and, when the rankings are
+at hand (a report fresh from `evaluate`, not one read back from disk), `runs/<stage>.trec`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import platform
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, PrivateAttr
+
+from stagegraph.pipeline.timing import LatencySummary
+
+FORMAT_VERSION = 1
+LIBRARIES = (
+    "stagegraph", "numpy", "scipy", "pydantic", "torch", "sentence-transformers", "transformers",
+    "faiss-cpu", "rank-bm25", "bm25s", "onnxruntime",
+)
+
+
+class BranchContribution(BaseModel):
+    """What one branch of a fusing stage brought to its pool, as means per query."""
+
+    found: float  # pooled documents this branch ranked
+    unique: float  # pooled documents only this branch ranked
+    unique_relevant: float  # relevant pooled documents only this branch ranked
+
+
+class StageReport(BaseModel):
+    type: str
+    inputs: list[str] = Field(default_factory=list)
+    cutoff: int | None = None
+    queries: int
+    metrics: dict[str, float]
+    missing: int = 0
+    latency_ms: LatencySummary | None = None
+    throughput_qps: float | None = None
+    cache_hit: bool = False
+    wall_ms: float = 0.0
+    branches: dict[str, BranchContribution] = Field(default_factory=dict)
+
+
+class EndToEnd(BaseModel):
+    latency_ms: LatencySummary | None = None
+    throughput_qps: float | None = None
+    wall_ms: float = 0.0
+
+
+class PerQuery(BaseModel):
+    """Per-query values: metrics aligned with `qids`, latencies aligned with `latency_qids`."""
+
+    qids: list[str] = Field(default_factory=list)
+    metrics: dict[str, dict[str, list[float]]] = Field(default_factory=dict)  # stage -> metric -> values
+    latency_qids: list[str] = Field(default_factory=list)
+    latency_ms: dict[str, list[float]] = Field(default_factory=dict)  # stage or "end_to_end" -> values
+
+
+class Report(BaseModel):
+    format_version: int = FORMAT_VERSION
+    dataset: str
+    split: str
+    mode: str
+    config: dict[str, Any] | None = None
+    output: str
+    metrics: list[str]
+    dataset_fingerprint: str
+    corpus_docs: int = 0
+    queries: int
+    missing_queries: int = 0
+    warmup_queries: int = 0
+    cache_hits: int = 0
+    end_to_end: EndToEnd = Field(default_factory=EndToEnd)
+    stages: dict[str, StageReport]
+    versions: dict[str, str] = Field(default_factory=dict)
+    machine: dict[str, Any] = Field(default_factory=dict)
+    created: str = ""
+    per_query: PerQuery = Field(default_factory=PerQuery)
+
+    # Rankings of every stage and the corpus ids, for the TREC run files; not serialised.
+    _runs: dict[str, list] = PrivateAttr(default_factory=dict)
+    _run_qids: list[str] = PrivateAttr(default_factory=list)
+    _corpus: Any = PrivateAttr(default=None)
+
+    def attach_runs(self, qids: Sequence[str], runs: dict[str, list], corpus: Any) -> None:
+        self._run_qids, self._runs, self._corpus = list(qids), dict(runs), corpus
+
+    # -- access -----------------------------------------------------------------------------------
+    def metric(self, stage: str, metric: str) -> float:
+        try:
+            return self.stages[stage].metrics[metric]
+        except KeyError:
+            raise KeyError(
+                f"the report has no {metric!r} for stage {stage!r}; stages: {', '.join(self.stages)}; "
+                f"metrics: {', '.join(self.metrics)}"
+            ) from None
+
+    # -- files ------------------------------------------------------------------------------------
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Report:
+        """Read `report.json` (or a directory holding one)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / "report.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no report here; `stagegraph eval ... --out DIR` writes DIR/report.json")
+        try:
+            return cls.model_validate_json(path.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise ValueError(f"{path}: not a stagegraph report.json: {exc}") from None
+
+    def per_query_csv(self) -> str:
+        """Long format: one row per (stage, query) with every metric and the query's latency."""
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["stage", "qid", *self.metrics, "latency_ms"])
+        lat_pos = {q: i for i, q in enumerate(self.per_query.latency_qids)}
+        for stage in self.stages:
+            values = self.per_query.metrics.get(stage, {})
+            latencies = self.per_query.latency_ms.get(stage)
+            for i, qid in enumerate(self.per_query.qids):
+                row = [stage, qid] + [f"{values[m][i]:.6g}" if m in values else "" for m in self.metrics]
+                j = lat_pos.get(qid)
+                row.append(f"{latencies[j]:.6g}" if latencies and j is not None else "")
+                writer.writerow(row)
+        return buf.getvalue()
+
+    def save(self, out_dir: str | os.PathLike[str]) -> Path:
+        """Write report.json, per_query.csv, report.html and runs/<stage>.trec under `out_dir`."""
+        from stagegraph.evaluation.html import render_html
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        _write_atomic(out / "report.json", self.to_json())
+        _write_atomic(out / "per_query.csv", self.per_query_csv())
+        _write_atomic(out / "report.html", render_html(self))
+        if self._runs and self._corpus is not None:
+            for stage, rankings in self._runs.items():
+                write_trec_run(out / "runs" / f"{stage}.trec", stage, self._run_qids, rankings, self._corpus)
+        return out / "report.json"
+
+
+def write_trec_run(path: Path, run_name: str, qids: Sequence[str], rankings: Sequence, corpus: Any) -> Path:
+    """Six-column TREC run file in each ranking's order (ties already broken by row)."""
+    from stagegraph.corpora.trec import write_run
+
+    return write_run(path, run_name.replace(" ", "_"), list(qids), list(rankings), corpus)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU count, CPU model name (from /proc/cpuinfo where there is one), platform and Python."""
+    model = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.lower().startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": affinity,
+        "cpu_model": model or "unknown",
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+    }
+
+
+def library_versions() -> dict[str, str]:
+    from stagegraph.indexes.manifest import library_versions as versions
+
+    return versions(*LIBRARIES)
+
+
+def load_reports(paths: Sequence[str | os.PathLike[str]]) -> list[Report]:
+    return [Report.load(p) for p in paths]

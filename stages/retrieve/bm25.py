@@ -1,0 +1,120 @@
+"""The BM25 retrieval stage: queries in, one top-k `Ranking` per query out.
+
+`BM25Retriever(index=None, k=100, name=None, **settings)` where `settings` are the index's
+(`variant`, `k1`, `b`, `backend`, `tokenizer`; see `indexes.bm25.BM25Settings`):
+
+* given an index object it uses that index (its settings become the stage's settings);
+* otherwise `warm_up(env)` loads the index saved for `env.corpus` under
+  `env.artefact_dir("bm25", key)`, where `key` hashes the corpus fingerprint and the settings,
+  and builds and saves it there when it is missing, stale or damaged.
+
+`fingerprint()` works before warm-up: it hashes the config and, for a given index, the index's
+identity (corpus + settings); a stage that builds its own index is fully described by its config
+plus the corpus, which the cache key adds. Queries are analysed with the index's own tokenizer;
+an empty or stopword-only query gives an empty ranking and an `EmptyQueryWarning`, never an error.
+YAML: `{type: bm25, name: bm25, k: 100, k1: 0.9, b: 0.4, tokenizer: {stemmer: english}}`.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import Field
+
+from stagegraph.corpora.types import Queries
+from stagegraph.indexes.bm25 import FORMAT_VERSION, BM25Index, BM25Settings
+from stagegraph.indexes.manifest import IndexLoadError
+from stagegraph.stages.base import Arity, Environment, Ranking, StageBase, StageConfig, StageError, stable_hash
+from stagegraph.pipeline.registry import register
+
+log = logging.getLogger(__name__)
+
+
+class EmptyQueryWarning(UserWarning):
+    """A query had no terms left after analysis (empty, punctuation or stopwords only)."""
+
+
+class BM25RetrieverConfig(StageConfig, BM25Settings):
+    """`k` documents per query, plus the index settings (defaults: Lucene, k1=0.9, b=0.4)."""
+
+    k: int = Field(100, ge=1)
+
+    def index_settings(self) -> BM25Settings:
+        return BM25Settings.model_validate(self.model_dump(include=set(BM25Settings.model_fields)))
+
+
+def artefact_key(corpus_fingerprint: str, settings: BM25Settings) -> str:
+    """Directory name of the index for this corpus and these settings (16 hex digits)."""
+    payload = {"corpus": corpus_fingerprint, "settings": settings.model_dump(mode="json"), "format": FORMAT_VERSION}
+    return stable_hash(payload)[:16]
+
+
+@register
+class BM25Retriever(StageBase):
+    """Top-`k` BM25 retrieval over the whole corpus; starts a chain (no upstream input)."""
+
+    type_name = "bm25"
+    Config = BM25RetrieverConfig
+    arity = Arity.NONE
+    config: BM25RetrieverConfig
+
+    def __init__(self, index: BM25Index | None = None, k: int = 100, name: str | None = None, **settings: Any):
+        if index is not None:
+            merged = BM25Settings.model_validate({**index.settings.model_dump(), **settings})
+            if merged != index.settings:
+                raise StageError(
+                    f"BM25Retriever settings {settings} differ from those the given index was built with "
+                    f"({index.settings.model_dump(mode='json')}); pass no settings with an index, or build a new index."
+                )
+            settings = index.settings.model_dump()
+        self.config = BM25RetrieverConfig(name=name, k=k, **settings)
+        self.index = index
+        self._given_index = index is not None
+
+    def artefact_fingerprint(self) -> str:
+        return self.index.identity if self._given_index else ""
+
+    def warm_up(self, env: Environment) -> None:
+        fingerprint = env.corpus.fingerprint
+        if self.index is not None and self.index.corpus_fingerprint == fingerprint:
+            self.index.warm_up()
+            return
+        if self._given_index:
+            raise StageError(
+                f"The BM25 index given to stage {self.name!r} was built for another corpus "
+                f"({self.index.corpus_fingerprint[:12]}, this corpus is {fingerprint[:12]}); build it for this "
+                f"corpus with BM25Index.build(corpus), or pass no index and the stage builds its own."
+            )
+        settings = self.config.index_settings()
+        directory = env.artefact_dir("bm25", artefact_key(fingerprint, settings))
+        try:
+            self.index = BM25Index.load(directory, corpus_fingerprint=fingerprint)
+        except IndexLoadError as exc:
+            if directory.exists():
+                log.warning("Rebuilding the BM25 index of stage %r: %s", self.name, exc)
+            self.index = BM25Index.build(env.corpus, settings, progress=env.progress)
+            self.index.save(directory)
+        self.index.warm_up()
+
+    def run(self, queries: Queries, inputs: Sequence[Sequence[Ranking]] = ()) -> list[Ranking]:
+        if self.index is None:
+            raise StageError(f"Stage {self.name!r} has no BM25 index yet: call warm_up(env) before run().")
+        index, k = self.index, self.config.k
+        out: list[Ranking] = []
+        for qid, text in queries:
+            terms = index.tokenizer.analyze(text)
+            if not terms:
+                warnings.warn(
+                    f"BM25 query {qid!r} has no terms after analysis (empty or only stopwords/punctuation: "
+                    f"{text[:60]!r}); returning an empty ranking.",
+                    EmptyQueryWarning,
+                    stacklevel=2,
+                )
+                out.append(Ranking.empty())
+                continue
+            hits = index.search_terms(terms, k)
+            out.append(Ranking(hits.rows, hits.scores))
+        return out

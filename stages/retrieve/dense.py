@@ -1,0 +1,256 @@
+"""The dense retrieval stage: queries encoded by a sentence-transformers model, searched in FAISS.
+
+`DenseRetriever(index=None, k=100, name=None, model="sentence-transformers/all-MiniLM-L6-v2",
+index="Flat", ef_search=None, nprobe=None, max_seq_length=256, ...)`:
+
+* `index` is a FAISS factory string (`Flat`, `HNSW32`, `IVF1024,Flat`, `IVF1024,PQ32`; alias
+  `index_factory`) or a built `indexes.dense.DenseIndex`, whose model and settings then become the
+  stage's. With a string, `warm_up(env)` loads the index saved for `env.corpus` under
+  `env.artefact_dir("dense", key)` (key: corpus, model identity, max_seq_length, factory), and
+  otherwise builds it from the cached document embeddings (`indexes.embeddings`, under
+  `env.work_dir/embeddings`), so changing only the factory string never re-encodes the corpus.
+* `fingerprint()` works before warm-up: the config (without the speed-only settings `batch_size`,
+  `threads`, `query_threads`, `search_threads`) plus the model's content identity, or the given
+  index' identity.
+* Threads: a batch is encoded with `threads` torch threads (also FAISS's while building the index)
+  and searched with `search_threads` FAISS threads (`None`: the library defaults, all cores). A
+  single query uses `query_threads` (default 1) for both. Measured by benchmarks/dense.py on the
+  shared 2-core machine: one Flat top-100 query over 100k vectors took 18.5 ms P50 on 1 FAISS thread
+  and 60 ms on 2 (idle OpenMP threads spin while other processes want the cores), HNSW32 the same on
+  1 or 2 (FAISS splits HNSW work by query), and a batch of 64 gained nothing from a second thread
+  (61 vs 58 queries/s); one MiniLM query encoding took 72 ms P50 on 1 torch thread and 682 ms on 2
+  under load (20 ms either way on a quiet machine).
+* `device` (default `auto`: a CUDA GPU when torch sees one, else the CPU) is where the encoder runs
+  (`indexes.devices`); FAISS search stays on the CPU.
+* An empty (or whitespace) query gives an empty ranking and an `EmptyQueryWarning`.
+YAML: `{type: dense, name: dense, k: 100, model: sentence-transformers/all-MiniLM-L6-v2, index: Flat}`.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import Field
+
+from stagegraph.corpora.types import Queries
+from stagegraph.indexes.dense import DEFAULT_TRAIN_SAMPLE, FORMAT_VERSION, DenseIndex
+from stagegraph.indexes.embeddings import cached_embeddings
+from stagegraph.indexes.devices import DeviceError
+from stagegraph.indexes.encoder import DEFAULT_MODEL, Encoder, ModelNotFoundError, locate_model, model_identity
+from stagegraph.indexes.manifest import IndexLoadError
+from stagegraph.stages.base import Arity, Environment, Ranking, StageBase, StageConfig, StageError, stable_hash
+from stagegraph.stages.retrieve.bm25 import EmptyQueryWarning
+from stagegraph.pipeline.registry import register
+
+log = logging.getLogger(__name__)
+
+#: Settings that change speed only, never the ranking: left out of the fingerprint (cache key).
+SPEED_ONLY = {"name", "batch_size", "threads", "query_threads", "search_threads", "device"}
+
+
+class DenseRetrieverConfig(StageConfig):
+    """`k` documents per query from a FAISS `index` over `model` embeddings."""
+
+    k: int = Field(100, ge=1)
+    model: str = DEFAULT_MODEL
+    index: str = "Flat"  # FAISS index_factory string, inner-product metric
+    ef_search: int | None = Field(None, ge=1)  # HNSW; None: max(256, 2k) (indexes.dense.search_params)
+    nprobe: int | None = Field(None, ge=1)  # IVF; None: indexes.dense.default_nprobe(nlist, n, k)
+    max_seq_length: int | None = Field(256, ge=1)  # document truncation, in tokens
+    train_sample: int = Field(DEFAULT_TRAIN_SAMPLE, ge=1)  # vectors used to train IVF/PQ
+    batch_size: int = Field(32, ge=1)
+    threads: int | None = Field(None, ge=1)  # torch threads encoding a batch, FAISS threads building
+    search_threads: int | None = Field(None, ge=1)  # FAISS threads when searching a batch
+    query_threads: int = Field(1, ge=1)  # torch and FAISS threads for a single query
+    device: str = "auto"  # torch device of the encoder: auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N, mps
+
+
+def artefact_key(corpus_fingerprint: str, identity: str, config: DenseRetrieverConfig) -> str:
+    """Directory name of the index for this corpus, model and build settings (16 hex digits)."""
+    payload = {
+        "corpus": corpus_fingerprint,
+        "model": identity,
+        "max_seq_length": config.max_seq_length,
+        "factory": config.index,
+        "train_sample": config.train_sample,
+        "format": FORMAT_VERSION,
+    }
+    return stable_hash(payload)[:16]
+
+
+@register
+class DenseRetriever(StageBase):
+    """Top-`k` dense retrieval over the whole corpus; starts a chain (no upstream input)."""
+
+    type_name = "dense"
+    Config = DenseRetrieverConfig
+    arity = Arity.NONE
+    config: DenseRetrieverConfig
+
+    def __init__(
+        self,
+        index: DenseIndex | str | None = None,
+        k: int = 100,
+        name: str | None = None,
+        *,
+        index_factory: str | None = None,
+        **settings: Any,
+    ):
+        given: DenseIndex | None = index if isinstance(index, DenseIndex) else None
+        factory = index_factory or (index if isinstance(index, str) else None)
+        if index is not None and given is None and not isinstance(index, str):
+            raise StageError(f"DenseRetriever index must be a factory string or a DenseIndex, not {type(index).__name__}")
+        if given is not None:
+            factory = self._settings_from_index(given, factory, settings)
+        if factory is not None:
+            settings["index"] = factory
+        self.config = DenseRetrieverConfig(name=name, k=k, **settings)
+        self.index: DenseIndex | None = given
+        self.encoder: Encoder | None = None
+        self._given_index = given is not None
+
+    @staticmethod
+    def _settings_from_index(index: DenseIndex, factory: str | None, settings: dict[str, Any]) -> str:
+        built = {
+            "index": index.info.get("factory_requested", index.factory),
+            "model": index.info.get("model") or DEFAULT_MODEL,
+            "max_seq_length": index.info.get("max_seq_length"),
+        }
+        asked = {**settings, **({"index": factory} if factory else {})}
+        clash = {name: (asked[name], value) for name, value in built.items() if name in asked and asked[name] != value}
+        if clash:
+            raise StageError(
+                f"DenseRetriever settings differ from those the given index was built with: "
+                + ", ".join(f"{n}={a!r} (index: {b!r})" for n, (a, b) in clash.items())
+                + "; pass no such settings with an index, or build a new index."
+            )
+        settings.update({n: v for n, v in built.items() if n != "index"})
+        return str(built["index"])
+
+    # ------------------------------------------------------------------ identity
+    def fingerprint(self) -> str:
+        return stable_hash(
+            {
+                "type": self.type_name,
+                "config": self.config.model_dump(mode="json", exclude=SPEED_ONLY),
+                "artefacts": self.artefact_fingerprint(),
+            }
+        )
+
+    def artefact_fingerprint(self) -> str:
+        if self._given_index and self.index is not None:
+            return self.index.identity
+        if self.encoder is not None:
+            return self.encoder.identity
+        try:
+            return model_identity(locate_model(self.config.model).path)
+        except ModelNotFoundError:
+            return f"unresolved:{self.config.model}"  # warm_up raises the full error
+
+    # ------------------------------------------------------------------ warm-up
+    def warm_up(self, env: Environment) -> None:
+        cfg = self.config
+        if self.encoder is None:
+            try:
+                self.encoder = Encoder(
+                    cfg.model,
+                    max_seq_length=cfg.max_seq_length,
+                    batch_size=cfg.batch_size,
+                    threads=cfg.threads,
+                    device=cfg.device,
+                    progress=env.progress,
+                )
+            except (ModelNotFoundError, DeviceError) as exc:
+                raise StageError(f"Stage {self.name!r}: {exc}") from exc
+        fingerprint = env.corpus.fingerprint
+        if self._given_index:
+            self._check_given(fingerprint)
+            return
+        if self.index is not None and self.index.corpus_fingerprint == fingerprint:
+            return
+        identity = self.encoder.identity
+        directory = env.artefact_dir("dense", artefact_key(fingerprint, identity, cfg))
+        try:
+            self.index = DenseIndex.load(
+                directory,
+                corpus_fingerprint=fingerprint,
+                model_identity=identity,
+                max_seq_length=self.encoder.max_seq_length,
+                factory=cfg.index,
+            )
+            return
+        except IndexLoadError as exc:
+            if directory.exists():
+                log.warning("Rebuilding the dense index of stage %r: %s", self.name, exc)
+        embeddings, _, hit = cached_embeddings(self.encoder, env.corpus, Path(env.work_dir) / "embeddings", progress=env.progress)
+        log.info("dense stage %r: embeddings %s", self.name, "from cache" if hit else "encoded")
+        try:
+            self.index = DenseIndex.build(
+                embeddings,
+                cfg.index,
+                corpus_fingerprint=fingerprint,
+                model=cfg.model,
+                model_identity=identity,
+                max_seq_length=self.encoder.max_seq_length,
+                train_sample=cfg.train_sample,
+                threads=cfg.threads,
+                progress=env.progress,
+            )
+        except ValueError as exc:
+            raise StageError(f"Stage {self.name!r}: {exc}") from exc
+        self.index.save(directory)
+
+    def _check_given(self, corpus_fingerprint: str) -> None:
+        assert self.index is not None and self.encoder is not None
+        if self.index.corpus_fingerprint != corpus_fingerprint:
+            raise StageError(
+                f"The dense index given to stage {self.name!r} was built for another corpus "
+                f"({self.index.corpus_fingerprint[:12]}, this corpus is {corpus_fingerprint[:12]}); build it for "
+                f"this corpus, or pass a factory string and the stage builds its own."
+            )
+        built_with = self.index.info.get("model_identity")
+        if built_with and built_with != self.encoder.identity:
+            raise StageError(
+                f"The dense index given to stage {self.name!r} was built with another model than "
+                f"{self.config.model!r} resolves to (identity {str(built_with)[:12]} vs {self.encoder.identity[:12]}); "
+                f"rebuild the index with this model."
+            )
+
+    # ------------------------------------------------------------------ run
+    def run(self, queries: Queries, inputs: Sequence[Sequence[Ranking]] = ()) -> list[Ranking]:
+        if self.index is None or self.encoder is None:
+            raise StageError(f"Stage {self.name!r} has no dense index yet: call warm_up(env) before run().")
+        cfg = self.config
+        out: list[Ranking] = [Ranking.empty()] * len(queries)
+        live = []
+        for pos, (qid, text) in enumerate(queries):
+            if text and text.strip():
+                live.append(pos)
+            else:
+                warnings.warn(
+                    f"Dense query {qid!r} is empty; returning an empty ranking.", EmptyQueryWarning, stacklevel=2
+                )
+        if not live:
+            return out
+        if len(live) == 1:
+            vectors = self.encoder.encode_query(queries.texts[live[0]], threads=cfg.query_threads)
+            threads = cfg.query_threads
+        else:
+            vectors = self.encoder.encode([queries.texts[p] for p in live], progress=False)
+            threads = cfg.search_threads
+        scores, rows = self.index.search(vectors, cfg.k, ef_search=cfg.ef_search, nprobe=cfg.nprobe, threads=threads)
+        for i, pos in enumerate(live):
+            found = rows[i] >= 0
+            out[pos] = Ranking.from_scores(rows[i][found], scores[i][found], k=cfg.k)
+        return out
+
+    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+        """The query vectors this stage searches with (unit rows), for inspection and benchmarks."""
+        if self.encoder is None:
+            raise StageError(f"Stage {self.name!r} has no encoder yet: call warm_up(env) first.")
+        return self.encoder.encode(list(texts), progress=False)
