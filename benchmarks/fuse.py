@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stagegraph.corpora.types import Queries  # noqa: E402
 from stagegraph.pipeline.timing import LatencySummary  # noqa: E402
-from stagegraph.stages.base import Ranking  # noqa: E402
+from stagegraph.pipeline.ranking import Ranking  # noqa: E402
+from stagegraph.pipeline.stage import Inputs  # noqa: E402
 from stagegraph.stages.fusion.pool import CandidatePool  # noqa: E402
 
 TARGET_P95_MS = 0.2
@@ -100,11 +101,9 @@ def main(argv: list[str] | None = None) -> int:
             (f"max/{norm}", CandidatePool("max", k=100, normalization=norm)),
         ]
     pools.append(("combsum/minmax skip", CandidatePool("combsum", k=100, missing="skip")))
-    for pool in (p for _, p in pools):
-        pool.input_names = ("bm25", "dense")
-
+    names = ("bm25", "dense")
     labels = ["dict RRF (baseline)"] + [label for label, _ in pools]
-    fns = [dict_rrf] + [lambda a, b, p=pool: p.run(one, [[a], [b]]) for _, pool in pools]
+    fns = [dict_rrf] + [lambda a, b, p=pool: p.run(one, Inputs([[a], [b]], names)) for _, pool in pools]
     results = [(label, wall, cpu) for label, (wall, cpu) in zip(labels, time_calls(fns, pairs, args.rounds))]
     base_wall, base_cpu = results[0][1], results[0][2]
 

@@ -19,8 +19,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stagegraph.corpora.types import Corpus, Qrels  # noqa: E402
-from stagegraph.stages.base import Ranking  # noqa: E402
-from stagegraph.evaluation.measures import DEFAULT_METRICS, score_run  # noqa: E402
+from stagegraph.pipeline.ranking import Ranking  # noqa: E402
+from stagegraph.evaluation.measures import DEFAULT_METRICS  # noqa: E402
+from stagegraph.evaluation.scoring import score_run
 
 
 def make_case(n_queries: int, depth: int, n_docs: int, seed: int = 0):

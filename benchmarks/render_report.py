@@ -37,25 +37,10 @@ def demo_report_dir(out: Path) -> Path:
 
     from stagegraph.corpora.types import Dataset, Qrels, Queries
     from stagegraph.evaluation.evaluate import evaluate
-    from stagegraph.stages.base import Ranking
+    from stagegraph.evaluation.writer import save_report
+    from stagegraph.pipeline.ranking import Ranking
+    from stagegraph.stages.fusion import CandidatePool
     from stubs import StubRerank, StubRetriever, tiny_corpus
-
-    class LabelledFuse(StubRerank):  # a tiny pool that labels docs with their branch, as CandidatePool does
-        type_name = "demo_pool"
-        arity = "many"
-
-        def run(self, queries, inputs):
-            out = []
-            for per_query in zip(*inputs):
-                rows = np.unique(np.concatenate([r.doc_rows for r in per_query]))
-                feats, total = {}, np.zeros(len(rows))
-                for name, r in zip(self.input_names, per_query):
-                    pos = {int(d): i for i, d in enumerate(r.doc_rows)}
-                    rank = np.array([pos.get(int(d), -1) + 1 for d in rows], dtype=np.float64)
-                    feats[f"{name}.rank"] = np.where(rank > 0, rank, np.nan)
-                    total += np.where(rank > 0, 1.0 / (60 + rank), 0.0)
-                out.append(Ranking.from_scores(rows, total, k=self.config.k, features=feats))
-            return out
 
     corpus = tiny_corpus(400)
     rng = np.random.default_rng(7)
@@ -65,11 +50,11 @@ def demo_report_dir(out: Path) -> Path:
     dataset = Dataset("demo", corpus, queries, {"test": qrels})
     graph = (
         (StubRetriever("bm25", k=100, seed=1, sleep_ms=0.3) | StubRetriever("dense", k=100, seed=2, sleep_ms=1.0))
-        >> LabelledFuse("pool", k=100)
+        >> CandidatePool("rrf", k=100, name="pool")
         >> StubRerank("rerank", k=10)
     )
     report = evaluate(graph, dataset, progress=False, metrics=["recall@10", "recall@100", "ndcg@10", "mrr@10", "map"])
-    report.save(out)
+    save_report(report, out)
     return out
 
 

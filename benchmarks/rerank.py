@@ -42,7 +42,8 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from stagegraph.corpora.types import Corpus, Queries  # noqa: E402
-from stagegraph.stages.base import Environment, Ranking  # noqa: E402
+from stagegraph.pipeline.ranking import Ranking  # noqa: E402
+from stagegraph.pipeline.stage import Environment
 
 MODES = ("naive", "torch", "onnx", "onnx-int8")
 
@@ -134,7 +135,7 @@ def make_reranker(mode, model_dir, max_length, corpus, queries, pools, work_dir)
 
     def rerank(i):
         out = stage.run(queries.select([i]), [[pools[i]]])[0]
-        by_row = dict(zip(out.doc_rows.tolist(), out.features["cross_encoder"].tolist()))
+        by_row = dict(zip(out.doc_rows.tolist(), out.provenance[stage.name].model_score.tolist()))
         return out.doc_rows, np.array([by_row[r] for r in pools[i].doc_rows.tolist()], dtype=np.float32)
 
     return rerank
@@ -198,16 +199,15 @@ def pct(ns: np.ndarray, q: float) -> float:
 def quality(args, work_dir: Path) -> None:
     from stagegraph.corpora.registry import load_dataset
     from stagegraph.pipeline.cache import StageCache
-    from stagegraph.pipeline.config import load_graph
-    from stagegraph.pipeline.executor import run
+    from stagegraph.pipeline.compose import Pipeline
     from stagegraph.training.train import mining_graph
-    from stagegraph.evaluation.measures import score_run
+    from stagegraph.evaluation.scoring import score_run
 
     ds = load_dataset(args.quality_dataset, progress=False)
     queries, qrels = ds.split("test")
     env = Environment(ds.corpus, work_dir=work_dir, progress=False)
-    miner, _ = mining_graph(load_graph(args.quality_config))
-    pools = run(miner, queries, env, mode="batch", cache=StageCache(work_dir / "cache")).final
+    miner, _ = mining_graph(Pipeline.from_yaml(args.quality_config))
+    pools = miner.execute(queries, env=env, mode="batch", cache=StageCache(work_dir / "cache")).final
     pools = [p.top(args.quality_depth) for p in pools]
     modes = args.quality_modes.split(",")
     first = score_run(pools, queries, qrels, ds.corpus, ["ndcg@10"]).means["ndcg@10"]

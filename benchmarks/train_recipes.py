@@ -31,8 +31,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from stagegraph.corpora.registry import load_dataset  # noqa: E402
 from stagegraph.training.train import rankings_from_run, train_from_candidates  # noqa: E402
-from stagegraph.stages.base import Environment, Ranking  # noqa: E402
-from stagegraph.evaluation.measures import score_run  # noqa: E402
+from stagegraph.pipeline.ranking import Ranking  # noqa: E402
+from stagegraph.pipeline.stage import Environment
+from stagegraph.evaluation.scoring import score_run  # noqa: E402
 from stagegraph.stages.rerank.cross_encoder import CrossEncoderReranker  # noqa: E402
 from stagegraph.training.finetune import TrainConfig  # noqa: E402
 
@@ -63,7 +64,7 @@ def evaluate_test(model_dir: Path, dataset, candidates, depth: int, max_length: 
     started = time.perf_counter()
     blended = stage.run(queries, [first])
     out["_seconds"] = {"rerank": time.perf_counter() - started}
-    alone = [Ranking.from_scores(r.doc_rows, r.features["cross_encoder"]) for r in blended]
+    alone = [Ranking.from_scores(r.doc_rows, r.provenance[stage.name].model_score) for r in blended]
     out["cross-encoder"] = score_run(alone, queries, qrels, dataset.corpus, METRICS).means
     out["blend"] = score_run(blended, queries, qrels, dataset.corpus, METRICS).means
     return out

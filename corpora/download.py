@@ -24,6 +24,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 from tqdm.auto import tqdm
 
+from stagegraph.atomic import atomic_dir
 from stagegraph.corpora.types import DataError
 
 PathLike = str | os.PathLike
@@ -144,23 +145,21 @@ def _verify(archive: BeirArchive, file: Path) -> None:
 
 
 def _extract(file: Path, name: str, target: Path) -> None:
-    """Unzip into a temp folder beside `target`, then rename `<tmp>/<name>` (or `<tmp>`) into place."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
-    try:
+    """Unzip `<name>/` (or the archive's root) into `target` atomically (a leftover is replaced)."""
+    with atomic_dir(target) as out:
+        scratch = out / ".unzip"
         with zipfile.ZipFile(file) as zf:
             for member in zf.namelist():
-                resolved = (tmp / member).resolve()
-                if not resolved.is_relative_to(tmp.resolve()):
+                resolved = (scratch / member).resolve()
+                if not resolved.is_relative_to(scratch.resolve()):
                     raise DownloadError(f"{file}: refusing zip member {member!r} that escapes the folder.")
-            zf.extractall(tmp)
-        inner = tmp / name if (tmp / name).is_dir() else tmp
+            zf.extractall(scratch)
+        inner = scratch / name if (scratch / name).is_dir() else scratch
         if not (inner / "corpus.jsonl").is_file():
             raise DownloadError(f"{file}: the archive holds no {name}/corpus.jsonl; it is not a BEIR dataset zip.")
-        if target.exists():  # a leftover without corpus.jsonl: an earlier, interrupted attempt
-            shutil.rmtree(target)
-        os.replace(inner, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        for child in inner.iterdir():
+            os.replace(child, out / child.name)
+        shutil.rmtree(scratch)
 
 
 def download_beir(

@@ -1,7 +1,7 @@
 """TREC files: topics (SGML `<top>` or `qid<TAB>text`), qrels (`qid 0 docid grade`) and run files.
 
 A run file has the six standard columns `qid Q0 docid rank score tag`; `write_run` numbers ranks
-from 1 in the ranking's own order (score desc, ties by row asc, see `stagegraph.stages.base.Ranking`) and
+from 1 in the ranking's own order (score desc, ties by row asc, see `stagegraph.pipeline.ranking.Ranking`) and
 writes atomically (a temp file in the same folder, then a rename), so a crash never leaves half a
 run behind. Scores are written with 9 significant digits, enough to round-trip a float32.
 """
@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
+
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
+from stagegraph.atomic import atomic_file
 from stagegraph.corpora.qrels import read_trec_qrels
 from stagegraph.corpora.types import Corpus, DataError, Queries
 
@@ -149,16 +150,8 @@ def write_run(
         scores = np.asarray(ranking.scores)[:k]
         for rank, (row, score) in enumerate(zip(rows.tolist(), scores.tolist()), start=1):
             lines.append(f"{qid} Q0 {corpus.ids[row]} {rank} {score:.9g} {run_name}\n")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.writelines(lines)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(target, durable=True) as handle:
+        handle.writelines(lines)
     return target
 
 

@@ -7,24 +7,18 @@ fingerprint that indexes and caches record, and nothing else.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
+from stagegraph.errors import InputError
+from stagegraph.hashing import hash_strings as _hash_strings
 
-class DataError(ValueError):
+
+class DataError(InputError):
     """A dataset, corpus or qrels file is malformed; the message names the file, line and fix."""
-
-
-def _hash_strings(parts: Iterable[str]) -> str:
-    digest = hashlib.sha256()
-    for part in parts:
-        encoded = part.encode("utf-8")
-        digest.update(len(encoded).to_bytes(8, "little"))
-        digest.update(encoded)
-    return digest.hexdigest()
 
 
 class Corpus:
@@ -32,16 +26,29 @@ class Corpus:
 
     `fingerprint` is a SHA-256 of every id, title and text in order: two corpora with the same
     fingerprint are the same documents in the same rows, so indexes and cached rankings built for
-    one are valid for the other.
+    one are valid for the other. A chunked collection also gives, per row, the id of the document the
+    chunk comes from (`doc_ids`) and that document's metadata (`metadata`); a plain corpus has
+    neither (each row is its own document, with no metadata).
     """
 
-    __slots__ = ("ids", "titles", "texts", "_row_of", "_fingerprint")
+    __slots__ = ("ids", "titles", "texts", "doc_ids", "metadata", "_row_of", "_fingerprint")
 
-    def __init__(self, ids: list[str], titles: list[str], texts: list[str]):
+    def __init__(
+        self,
+        ids: list[str],
+        titles: list[str],
+        texts: list[str],
+        *,
+        doc_ids: list[str] | None = None,
+        metadata: list[dict[str, Any]] | None = None,
+    ):
         if not (len(ids) == len(titles) == len(texts)):
             raise DataError(
                 f"Corpus needs as many titles ({len(titles)}) and texts ({len(texts)}) as ids ({len(ids)})."
             )
+        for label, column in (("doc_ids", doc_ids), ("metadata", metadata)):
+            if column is not None and len(column) != len(ids):
+                raise DataError(f"Corpus has {len(ids)} rows but {len(column)} {label}; give one per row.")
         row_of: dict[str, int] = {}
         for row, doc_id in enumerate(ids):
             if doc_id in row_of:
@@ -50,6 +57,8 @@ class Corpus:
         self.ids = list(ids)
         self.titles = list(titles)
         self.texts = list(texts)
+        self.doc_ids = list(doc_ids) if doc_ids is not None else None
+        self.metadata = list(metadata) if metadata is not None else None
         self._row_of = row_of
         self._fingerprint: str | None = None
 
@@ -79,6 +88,13 @@ class Corpus:
 
     def rows_of(self, doc_ids: Iterable[str]) -> np.ndarray:
         return np.fromiter((self.row_of(d) for d in doc_ids), dtype=np.int64)
+
+    def doc_id(self, row: int) -> str:
+        """The id of the document row `row` belongs to (its own id in a plain corpus)."""
+        return self.doc_ids[row] if self.doc_ids is not None else self.ids[row]
+
+    def metadata_of(self, row: int) -> dict[str, Any]:
+        return dict(self.metadata[row]) if self.metadata is not None else {}
 
     def doc_text(self, row: int, separator: str = " ") -> str:
         """Title and text joined, the string that retrievers and rerankers score."""

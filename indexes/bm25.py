@@ -24,7 +24,6 @@ tokenizer, corpus fingerprint, sizes, library versions, a SHA-256 per file) and 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -37,14 +36,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from stagegraph.corpora.types import Corpus
 from stagegraph.indexes.bm25_reference import ReferenceSearcher
 from stagegraph.indexes.bm25_scoring import SparseScores, SparseSearcher, Variant, term_frequencies, top_k
-from stagegraph.indexes.manifest import (
-    IndexLoadError,
-    Manifest,
-    atomic_index_dir,
-    library_versions,
-    read_manifest,
-    write_manifest,
-)
+from stagegraph.atomic import atomic_dir
+from stagegraph.hashing import library_versions, stable_hash
+from stagegraph.indexes.manifest import IndexLoadError, Manifest, read_manifest, write_manifest
 from stagegraph.indexes.tokenize import TokenizedCorpus, Tokenizer
 
 KIND = "bm25"
@@ -165,8 +159,7 @@ class BM25Index:
         """Hash of what determines this index's scores: corpus, settings and format version."""
         payload = {"corpus": self.corpus_fingerprint, "settings": self.settings.model_dump(mode="json"),
                    "format": FORMAT_VERSION}
-        text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+        return stable_hash(payload)
 
     def search_terms(self, terms: list[str], k: int = 100) -> Hits:
         """Top-`k` for already-analysed query terms (repeats count twice); unknown terms are ignored."""
@@ -200,7 +193,7 @@ class BM25Index:
     def save(self, directory: str | os.PathLike[str]) -> Path:
         """Write the index to `directory` atomically (an existing index there is replaced whole)."""
         directory = Path(directory)
-        with atomic_index_dir(directory) as tmp:
+        with atomic_dir(directory) as tmp:
             (tmp / "vocab.json").write_text(json.dumps(self.vocab, ensure_ascii=False), encoding="utf-8")
             if self._sparse is not None:
                 arrays = {"indptr": self._scores.indptr, "indices": self._scores.indices,
@@ -215,7 +208,7 @@ class BM25Index:
                 corpus_fingerprint=self.corpus_fingerprint,
                 params={"settings": self.settings.model_dump(mode="json"), "n_docs": self.n_docs,
                         "vocab_size": len(self.vocab), "avgdl": self.avgdl},
-                libraries=library_versions("numpy", "scipy", "pystemmer", "rank-bm25"),
+                libraries=library_versions(["numpy", "scipy", "pystemmer", "rank-bm25"], python=True),
                 created_with="stagegraph indexes.bm25",
             )
             write_manifest(tmp, manifest)

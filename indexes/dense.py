@@ -18,8 +18,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import math
 import re
@@ -32,7 +30,9 @@ import faiss
 import numpy as np
 from tqdm.auto import tqdm
 
-from stagegraph.indexes.manifest import IndexLoadError, Manifest, atomic_index_dir, library_versions, read_manifest, write_manifest
+from stagegraph.atomic import atomic_dir
+from stagegraph.hashing import library_versions, stable_hash
+from stagegraph.indexes.manifest import IndexLoadError, Manifest, read_manifest, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -198,8 +198,7 @@ class DenseIndex:
     @property
     def identity(self) -> str:
         """A hash of what decides this index' answers: build parameters and corpus."""
-        payload = json.dumps([self.info, self.corpus_fingerprint], sort_keys=True, default=str).encode()
-        return hashlib.sha256(payload).hexdigest()
+        return stable_hash([self.info, self.corpus_fingerprint])
 
     def nlist(self) -> int | None:
         ivf = _ivf_of(self.index)
@@ -252,7 +251,7 @@ class DenseIndex:
     # ------------------------------------------------------------------ persistence
     def save(self, directory: str | Path) -> None:
         """Write `index.faiss` and `manifest.json` to `directory`, replacing it atomically."""
-        with atomic_index_dir(directory) as tmp:
+        with atomic_dir(directory) as tmp:
             faiss.write_index(self.index, str(tmp / INDEX_FILE))
             write_manifest(
                 tmp,
@@ -261,7 +260,7 @@ class DenseIndex:
                     format_version=FORMAT_VERSION,
                     corpus_fingerprint=self.corpus_fingerprint,
                     params=self.info,
-                    libraries=library_versions("faiss-cpu", "sentence-transformers", "torch", "numpy"),
+                    libraries=library_versions(["faiss-cpu", "sentence-transformers", "torch", "numpy"], python=True),
                     created_with="stagegraph indexes.dense",
                 ),
             )

@@ -10,8 +10,6 @@ written atomically and checked (corpus, model, checksums) when read back.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from pathlib import Path
 from typing import Protocol
@@ -19,7 +17,9 @@ from typing import Protocol
 import numpy as np
 
 from stagegraph.corpora.types import Corpus
-from stagegraph.indexes.manifest import IndexLoadError, Manifest, atomic_index_dir, library_versions, read_manifest, write_manifest
+from stagegraph.atomic import atomic_dir
+from stagegraph.hashing import library_versions, stable_hash
+from stagegraph.indexes.manifest import IndexLoadError, Manifest, read_manifest, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,7 @@ class DocumentEncoder(Protocol):
 
 def embeddings_key(model_identity: str, max_seq_length: int | None, corpus_fingerprint: str) -> str:
     """A short hash naming the cache entry of this model, truncation and corpus."""
-    payload = json.dumps([model_identity, max_seq_length, corpus_fingerprint]).encode()
-    return hashlib.sha256(payload).hexdigest()[:20]
+    return stable_hash([model_identity, max_seq_length, corpus_fingerprint])[:20]
 
 
 def save_embeddings(
@@ -56,7 +55,7 @@ def save_embeddings(
 ) -> None:
     """Write `embeddings` (n, dim float32) and their manifest to `directory`, atomically."""
     array = np.ascontiguousarray(embeddings, dtype=np.float32)
-    with atomic_index_dir(directory) as tmp:
+    with atomic_dir(directory) as tmp:
         np.save(tmp / FILE, array)
         write_manifest(
             tmp,
@@ -71,7 +70,7 @@ def save_embeddings(
                     "count": int(array.shape[0]),
                     "dim": int(array.shape[1]),
                 },
-                libraries=library_versions("sentence-transformers", "torch", "numpy"),
+                libraries=library_versions(["sentence-transformers", "torch", "numpy"], python=True),
                 created_with="stagegraph indexes.embeddings",
             ),
         )

@@ -2,33 +2,30 @@
 
 Every persisted index (BM25, dense, embeddings) is a directory holding its data files and a
 `manifest.json` that records the format version, the parameters it was built with, the corpus
-fingerprint, library versions and a SHA-256 per file. `atomic_index_dir` writes into a temporary
-sibling directory and renames it into place only when everything is written, so a crash never
-leaves half an index behind and an existing index survives a failed rebuild. `read_manifest`
+fingerprint, library versions and a SHA-256 per file. Indexes are written with
+`stagegraph.atomic.atomic_dir` (a temporary sibling renamed into place only when everything is
+written), so a crash never leaves half an index behind and an existing index survives a failed
+rebuild. `read_manifest`
 refuses a missing, damaged, stale (other corpus) or incompatible (other format) index with a
 message that says how to rebuild it.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 import os
-import platform
-import shutil
-import tempfile
-from collections.abc import Iterator
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 
+from stagegraph import atomic
+from stagegraph.errors import StageError
+from stagegraph.hashing import library_versions, sha256_file
+
 MANIFEST = "manifest.json"
 
 
-class IndexLoadError(RuntimeError):
+class IndexLoadError(StageError):
     """An index cannot be used as it is; the message says why and how to rebuild it."""
 
 
@@ -42,49 +39,6 @@ class Manifest(BaseModel):
     created_with: str = ""
 
 
-def library_versions(*names: str) -> dict[str, str]:
-    found = {"python": platform.python_version()}
-    for name in names:
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            found[name] = "not installed"
-    return found
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-@contextlib.contextmanager
-def atomic_index_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary directory; on success it replaces `target` in one rename.
-
-    On an exception the temporary directory is removed and `target` is left as it was.
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        yield tmp
-        old = None
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def write_manifest(directory: Path, manifest: Manifest) -> None:
     """Checksum every file already in `directory` into `manifest` and write `manifest.json`."""
     files = {}
@@ -92,7 +46,7 @@ def write_manifest(directory: Path, manifest: Manifest) -> None:
         if path.is_file() and path.name != MANIFEST:
             files[path.relative_to(directory).as_posix()] = sha256_file(path)
     manifest = manifest.model_copy(update={"files": files})
-    (directory / MANIFEST).write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
+    atomic.write_text(directory / MANIFEST, manifest.model_dump_json(indent=2))
 
 
 def read_manifest(
@@ -133,17 +87,3 @@ def read_manifest(
         if verify_checksums and sha256_file(file) != expected:
             raise IndexLoadError(f"The file {rel} of the {where} is damaged (checksum mismatch); {rebuild_hint}.")
     return manifest
-
-
-def json_dump_atomic(path: Path, payload: Any) -> None:
-    """Write JSON next to `path` and rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(payload, fh, indent=2, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise

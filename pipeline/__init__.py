@@ -1,4 +1,6 @@
-"""The engine: graph composition and validation, execution with timing, cache, config, CLI, reports.
+"""The engine: the stage contract, rankings with provenance, `Pipeline` (composition, checks, the
+tree, YAML), the executor (online/batch, timing), the stage cache and the stage registry.
 
-It knows no model: every model or index lives behind a stage.
+It knows no model and no concrete stage: every model or index lives behind a stage in
+`stagegraph.stages`, found by type name through the registry.
 """

@@ -1,23 +1,30 @@
 """A content-addressed, on-disk cache of stage outputs.
 
-The key of a step is a hash of (the stage's fingerprint, the keys of its upstream steps, its cut-off,
-the query ids and texts, the corpus fingerprint). Because upstream keys are part of it, changing any
-stage changes the key of everything downstream: a changed stage can never serve a stale result,
-while an unchanged prefix of the graph is read back instead of re-run. Entries are written to a
-temporary file and renamed into place, so a crash leaves no half-written entry.
+The key of a step is a hash of (the entry format, the stage's fingerprint, the keys of its upstream
+steps, its cut-off, the query ids and texts, the corpus fingerprint). A stage's fingerprint covers
+its settings, the identity of what it reads, its code version and the versions of the libraries its
+results depend on (`stagegraph.stages.base.StageBase.fingerprint`); because upstream keys are part
+of the key, changing any stage changes the key of everything downstream, while an unchanged prefix
+of the pipeline is read back instead of re-run. Entries (rankings with their provenance) are written
+atomically, so a crash leaves no half-written entry; a damaged entry is a miss.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from stagegraph.stages.base import Ranking, stable_hash
+from stagegraph import atomic
+from stagegraph.hashing import stable_hash
+from stagegraph.pipeline.ranking import Ranking, StepTrace
+
+#: Bump when the entry layout changes: every old entry then misses instead of being misread.
+ENTRY_FORMAT = 2
+_FIELDS = ("score", "rank", "model_score", "blended_with")
 
 
 def step_key(
@@ -29,6 +36,7 @@ def step_key(
 ) -> str:
     return stable_hash(
         {
+            "format": ENTRY_FORMAT,
             "stage": stage_fingerprint,
             "upstream": list(upstream_keys),
             "cutoff": cutoff,
@@ -58,42 +66,53 @@ class StageCache:
             with np.load(path, allow_pickle=False) as data:
                 offsets = data["offsets"]
                 rows, scores = data["rows"], data["scores"]
-                names = [str(n) for n in data["feature_names"]]
-                features = {n: data[f"feature_{i}"] for i, n in enumerate(names)}
+                steps = [str(n) for n in data["steps"]]
+                columns = {
+                    (j, f): data[f"trace_{j}_{f}"] for j in range(len(steps)) for f in _FIELDS if f"trace_{j}_{f}" in data
+                }
         except (OSError, KeyError, ValueError, zipfile.BadZipFile):
             path.unlink(missing_ok=True)  # a damaged entry is a miss, and is recomputed
             return None
         out = []
         for start, end in zip(offsets[:-1], offsets[1:]):
-            feats = {}
-            for name, values in features.items():
-                part = values[start:end]
-                if part.size and not np.isnan(part).all():
-                    feats[name] = part
-            out.append(Ranking(rows[start:end], scores[start:end], feats))
+            traces = {}
+            for j, step in enumerate(steps):
+                rank = columns[(j, "rank")][start:end]
+                if len(rank) and np.isnan(rank).all():
+                    continue  # this ranking had no trace of that step
+                parts = [columns[(j, f)][start:end] if (j, f) in columns else None for f in _FIELDS]
+                traces[step] = StepTrace(*parts)
+            out.append(Ranking(rows[start:end], scores[start:end], traces))
         return out
 
     def save(self, key: str, rankings: Sequence[Ranking]) -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         lengths = np.array([len(r) for r in rankings], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        names = sorted({n for r in rankings for n in r.features})
+        steps: list[str] = []
+        for r in rankings:
+            steps.extend(s for s in r.provenance if s not in steps)
         arrays: dict[str, np.ndarray] = {
             "offsets": offsets,
             "rows": np.concatenate([r.doc_rows for r in rankings]) if rankings else np.empty(0, np.int64),
             "scores": np.concatenate([r.scores for r in rankings]) if rankings else np.empty(0, np.float32),
-            "feature_names": np.array(names, dtype=str),
+            "steps": np.array(steps, dtype=str),
         }
-        for i, name in enumerate(names):
-            arrays[f"feature_{i}"] = np.concatenate(
-                [np.asarray(r.features.get(name, np.full(len(r), np.nan)), dtype=np.float32) for r in rankings]
-            )
-        fd, tmp = tempfile.mkstemp(prefix=".entry-", suffix=".npz", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        for j, step in enumerate(steps):
+            for f in _FIELDS:
+                if f not in ("score", "rank") and all(
+                    getattr(r.provenance.get(step), f, None) is None for r in rankings
+                ):
+                    continue
+                arrays[f"trace_{j}_{f}"] = np.concatenate(
+                    [_column(r, step, f) for r in rankings]
+                ) if rankings else np.empty(0, np.float32)
+        with atomic.atomic_file(self._path(key), "wb") as fh:
+            np.savez(fh, **arrays)
+
+
+def _column(ranking: Ranking, step: str, field: str) -> np.ndarray:
+    trace = ranking.provenance.get(step)
+    values = None if trace is None else getattr(trace, field)
+    if values is None:
+        return np.full(len(ranking), np.nan, dtype=np.float32)
+    return np.asarray(values, dtype=np.float32)

@@ -1,4 +1,5 @@
-"""Pipelines as data: YAML/dict configs <-> `Graph`, with errors that name the file, field and fix.
+"""The YAML codec: pipeline configs (YAML or dicts) <-> composition nodes, with errors that name the
+file, the field and the fix.
 
 Two equivalent shapes are accepted:
 
@@ -19,7 +20,8 @@ steps:                         # explicit: each stage names its inputs
 ```
 
 Each stage entry is `type:` plus the fields of that stage's pydantic `Config`; types resolve through
-`stages.registry`, so plugin stages work the same way.
+`stagegraph.pipeline.registry`, so plugin stages work the same way. This module reads and writes the
+plain data of `stagegraph.pipeline.graph`; `Pipeline.from_yaml` / `to_yaml` are built on it.
 """
 
 from __future__ import annotations
@@ -33,38 +35,75 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from stagegraph.pipeline.graph import Graph, GraphError, Step
-from stagegraph.stages.compose import Cutoff, Node, Parallel, Sequence, StageNode
+from stagegraph import atomic
+from stagegraph.configs import bundled
+from stagegraph.errors import InputError
+from stagegraph.pipeline.graph import Cutoff, Node, Parallel, Sequence, StageNode, Step
 from stagegraph.pipeline.registry import UnknownStageType, stage_class
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A pipeline config is invalid; the message names the source, the field and the allowed values."""
 
 
+def resolve_path(path: str | os.PathLike[str]) -> Path:
+    """A config file: the path itself when it exists, else the bundled config of that name."""
+    candidate = Path(path)
+    if candidate.is_file():
+        return candidate
+    found = bundled(str(path))
+    if found is not None:
+        return found
+    from stagegraph.configs import names
+
+    raise ConfigError(
+        f"{path}: no such pipeline config file; give a path, or a bundled config: {', '.join(names())}"
+    )
+
+
 def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such pipeline config file (examples live in configs/)")
+    """The mapping in a YAML config file (or a bundled config, by name)."""
+    path = resolve_path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the config ({exc.__class__.__name__}: {exc})") from None
+    return _mapping(text, str(path))
+
+
+def read_yaml(text_or_path: str | os.PathLike[str]) -> tuple[dict[str, Any], str]:
+    """(config mapping, source name) from YAML text, a file path or a bundled config name."""
+    if isinstance(text_or_path, str) and ("\n" in text_or_path or text_or_path.lstrip().startswith(("pipeline:", "steps:", "{"))):
+        return _mapping(text_or_path, "<yaml>"), "<yaml>"
+    path = resolve_path(text_or_path)
+    return load_config(path), str(path)
+
+
+def _mapping(text: str, source: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{source}: not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{path}: a pipeline config is a mapping with a `pipeline:` or `steps:` list")
+        raise ConfigError(f"{source}: a pipeline config is a mapping with a `pipeline:` or `steps:` list")
     return dict(data)
 
 
-def load_graph(path: str | os.PathLike[str], overrides: Mapping[str, Mapping[str, Any]] | None = None) -> Graph:
-    """Read a YAML pipeline; `overrides` maps a stage name or type to fields to replace."""
-    config = load_config(path)
-    if overrides:
-        config = apply_overrides(config, overrides)
-    return graph_from_config(config, source=str(path))
+def dump_yaml(config: Mapping[str, Any]) -> str:
+    return yaml.safe_dump(dict(config), sort_keys=False)
 
 
-def save_graph(graph: Graph, path: str | os.PathLike[str]) -> None:
-    Path(path).write_text(yaml.safe_dump(graph_to_config(graph), sort_keys=False), encoding="utf-8")
+def save_config(config: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
+    return atomic.write_text(path, dump_yaml(config))
+
+
+def has_type(entry: Any, type_name: str) -> bool:
+    """True when any stage entry of a config has `type: type_name`."""
+    if isinstance(entry, Mapping):
+        return entry.get("type") == type_name or any(has_type(v, type_name) for v in entry.values())
+    if isinstance(entry, list):
+        return any(has_type(v, type_name) for v in entry)
+    return False
 
 
 def apply_overrides(config: Mapping[str, Any], overrides: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
@@ -93,8 +132,9 @@ def apply_overrides(config: Mapping[str, Any], overrides: Mapping[str, Mapping[s
     return config
 
 
-# -- dict -> Graph --------------------------------------------------------------------------------
-def graph_from_config(config: Any, source: str = "<config>") -> Graph:
+# -- dict -> nodes --------------------------------------------------------------------------------
+def from_config(config: Any, source: str = "<config>") -> tuple[Node | None, list[Step] | None]:
+    """(node tree, None) for the nested form, (None, steps) for the explicit form."""
     if isinstance(config, list):
         config = {"pipeline": config}
     if not isinstance(config, Mapping):
@@ -106,12 +146,9 @@ def graph_from_config(config: Any, source: str = "<config>") -> Graph:
     has_pipeline, has_steps = "pipeline" in config, "steps" in config
     if has_pipeline == has_steps:
         raise ConfigError(f"{source}: give exactly one of `pipeline:` (nested) or `steps:` (explicit inputs)")
-    try:
-        if has_pipeline:
-            return Graph(_node(config["pipeline"], source, "pipeline"))
-        return Graph(_steps(config["steps"], source))
-    except GraphError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
+    if has_pipeline:
+        return _node(config["pipeline"], source, "pipeline"), None
+    return None, _steps(config["steps"], source)
 
 
 def _node(entry: Any, source: str, where: str) -> Node:
@@ -137,7 +174,7 @@ def _node(entry: Any, source: str, where: str) -> Node:
     return StageNode(_stage(entry, source, where))
 
 
-def _stage(entry: Mapping[str, Any], source: str, where: str, ignore: tuple[str, ...] = ()):
+def _stage(entry: Mapping[str, Any], source: str, where: str, ignore: tuple[str, ...] = ()) -> Any:
     if "type" not in entry:
         raise ConfigError(f"{source}: {where} has no `type:`; every stage entry names its type")
     try:
@@ -154,14 +191,14 @@ def _stage(entry: Mapping[str, Any], source: str, where: str, ignore: tuple[str,
 
 def _describe_validation(exc: ValidationError, cls: type, source: str, where: str) -> str:
     allowed = ", ".join(cls.Config.model_fields)
-    lines = [f"{source}: {where} (type {cls.type_name!r}) is invalid:"]
+    problems = []
     for err in exc.errors():
         field = ".".join(str(p) for p in err["loc"]) or "(stage)"
         message = err["msg"]
         if err["type"] == "extra_forbidden":
             message = f"unknown field; allowed fields: {allowed}"
-        lines.append(f"  {where}.{field}: {message}")
-    return "\n".join(lines)
+        problems.append(f"{where}.{field}: {message}")
+    return f"{source}: {where} (type {cls.type_name!r}) is invalid: " + "; ".join(problems)
 
 
 def _steps(entries: Any, source: str) -> list[Step]:
@@ -180,16 +217,14 @@ def _steps(entries: Any, source: str) -> list[Step]:
     return steps
 
 
-# -- Graph -> dict --------------------------------------------------------------------------------
-def graph_to_config(graph: Graph) -> dict[str, Any]:
-    """The graph as a plain dict that `graph_from_config` reads back to an equivalent graph."""
-    if graph.root is None:
+# -- nodes -> dict --------------------------------------------------------------------------------
+def to_config(root: Node | None, steps: list[Step]) -> dict[str, Any]:
+    """A plain dict that `from_config` reads back to an equivalent pipeline."""
+    if root is None:
         return {
-            "steps": [
-                {**s.stage.to_config(), **({"inputs": list(s.inputs)} if s.inputs else {})} for s in graph.steps
-            ]
+            "steps": [{**s.stage.to_config(), **({"inputs": list(s.inputs)} if s.inputs else {})} for s in steps]
         }
-    entry = _entry(graph.root)
+    entry = _entry(root)
     return {"pipeline": entry if isinstance(entry, list) else [entry]}
 
 
@@ -202,4 +237,4 @@ def _entry(node: Node) -> Any:
         return {"parallel": [_entry(b) for b in node.branches]}
     if isinstance(node, Cutoff):
         return {"cutoff": node.k, "of": _entry(node.node)}
-    raise ConfigError(f"cannot write graph node {node!r} as config")
+    raise ConfigError(f"cannot write pipeline node {node!r} as config")

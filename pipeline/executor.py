@@ -1,14 +1,15 @@
-"""Running a graph over queries: online (one query at a time, timed per stage) or batch.
+"""Running a pipeline's steps over queries: online (one query at a time, timed per stage) or batch.
 
-* **online**: each query goes through the whole graph on its own, as a RAG stack serves it. Every
+* **online**: each query goes through the whole pipeline on its own, as a RAG stack serves it. Every
   stage is timed per query with `perf_counter_ns`; stages at the same depth (parallel branches) run
   concurrently on a thread pool; end-to-end time covers the whole query. The first `warmup`
   queries are run once beforehand and kept out of every figure.
 * **batch**: each stage runs once over all queries, for throughput.
 
-With a `StageCache`, a step whose key is already stored is read back instead of run, reported as a
-cache hit and never timed: a hit is not a latency. All stages are warmed up (models and indexes
-loaded) before any timed work.
+After every step the executor gives each ranking its provenance (`pipeline.ranking.with_provenance`):
+the score and rank every earlier step gave its documents. With a `StageCache`, a step whose key is
+already stored is read back instead of run, reported as a cache hit and never timed: a hit is not a
+latency. Every stage that runs is warmed up (models and indexes loaded) before any timed work.
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from stagegraph.corpora.types import Queries
+from stagegraph.errors import InputError, StageError
 from stagegraph.pipeline.cache import StageCache, step_key
-from stagegraph.pipeline.graph import Graph, Step
+from stagegraph.pipeline.graph import Step, levels
+from stagegraph.pipeline.ranking import Ranking, with_provenance
+from stagegraph.pipeline.stage import Environment, Inputs
 from stagegraph.pipeline.timing import LatencySummary
-from stagegraph.stages.base import Environment, Ranking, StageError
 
 Mode = Literal["online", "batch"]
 
@@ -58,7 +61,7 @@ class RunResult:
     queries: Queries
     mode: Mode
     output: str
-    stages: dict[str, StageRun] = field(default_factory=dict)  # in graph order
+    stages: dict[str, StageRun] = field(default_factory=dict)  # in pipeline order
     end_to_end_ns: np.ndarray | None = None
     warmup_queries: int = 0
     wall_ns: int = 0
@@ -72,8 +75,8 @@ class RunResult:
         return None if self.end_to_end_ns is None else LatencySummary.from_ns(self.end_to_end_ns)
 
 
-def run(
-    graph: Graph,
+def execute(
+    steps: Sequence[Step],
     queries: Queries,
     env: Environment,
     *,
@@ -81,79 +84,96 @@ def run(
     cache: StageCache | None = None,
     warmup: int = 3,
     threads: int | None = None,
+    progress: bool | None = None,
+    pool: ThreadPoolExecutor | None = None,
 ) -> RunResult:
-    """Run `graph` over `queries` and return every step's rankings and timings."""
+    """Run `steps` (checked, in order, the output last) over `queries`: every step's rankings and timings."""
     if mode not in ("online", "batch"):
-        raise ValueError(f"mode must be 'online' or 'batch', not {mode!r}")
-    if not isinstance(graph, Graph):
-        graph = Graph(graph)
-    result = RunResult(queries=queries, mode=mode, output=graph.output)
-    keys = _keys(graph, queries, env)
+        raise InputError(f"mode must be 'online' or 'batch', not {mode!r}")
+    steps = list(steps)
+    show = env.progress if progress is None else progress
+    result = RunResult(queries=queries, mode=mode, output=steps[-1].name)
+    keys = step_keys(steps, queries, env)
     outputs: dict[str, list[Ranking]] = {}
-    for step in graph.steps:
+    for step in steps:
         cached = cache.load(keys[step.name]) if cache is not None else None
         if cached is not None and len(cached) == len(queries):
             outputs[step.name] = cached
             result.stages[step.name] = StageRun(step.name, cached, keys[step.name], cache_hit=True)
-    todo = [s for s in graph.steps if s.name not in outputs]
+    todo = [s for s in steps if s.name not in outputs]
     for step in todo:
         step.stage.warm_up(env)
 
     started = time.perf_counter_ns()
-    if todo:
+    if todo and len(queries):
         if mode == "online":
-            _run_online(graph, todo, queries, outputs, result, keys, env, warmup, threads)
+            _run_online(steps, todo, queries, outputs, result, keys, show, warmup, threads, pool)
         else:
-            _run_batch(todo, queries, outputs, result, keys, env)
+            _run_batch(todo, queries, outputs, result, keys, show)
+    for step in todo:
+        if step.name not in result.stages:  # no queries: nothing to run
+            outputs[step.name] = []
+            result.stages[step.name] = StageRun(step.name, [], keys[step.name], latencies_ns=np.empty(0, np.int64))
     result.wall_ns = time.perf_counter_ns() - started
-    result.stages = {s.name: result.stages[s.name] for s in graph.steps}
+    result.stages = {s.name: result.stages[s.name] for s in steps}
     if cache is not None:
         for step in todo:
             cache.save(keys[step.name], outputs[step.name])
     return result
 
 
-def _keys(graph: Graph, queries: Queries, env: Environment) -> dict[str, str]:
+def step_keys(steps: Sequence[Step], queries: Queries, env: Environment) -> dict[str, str]:
+    """The cache key of every step: its fingerprint, its upstream keys, cut-off, queries and corpus."""
     keys: dict[str, str] = {}
     qfp, cfp = queries.fingerprint(), env.corpus.fingerprint
-    for step in graph.steps:
+    for step in steps:
         upstream = [keys[i] for i in step.inputs]
         keys[step.name] = step_key(step.stage.fingerprint(), upstream, step.cutoff, qfp, cfp)
     return keys
 
 
-def _call(step: Step, queries: Queries, inputs: Sequence[Sequence[Ranking]]) -> list[Ranking]:
-    out = step.stage.run(queries, inputs)
+def _call(step: Step, queries: Queries, inputs: Inputs) -> list[Ranking]:
+    """Run one stage, check what it returned, apply the cut-off and attach provenance."""
+    try:
+        out = step.stage.run(queries, inputs)
+    except (StageError, InputError):
+        raise
+    except Exception as exc:  # a bug or an unexpected failure inside a stage: name the stage
+        raise StageError(f"stage {step.name!r} ({type(step.stage).__name__}) failed: {type(exc).__name__}: {exc}") from exc
     if not isinstance(out, list) or len(out) != len(queries):
         got = len(out) if hasattr(out, "__len__") else type(out).__name__
         raise StageError(f"stage {step.name!r} returned {got} rankings for {len(queries)} queries; it must return one per query")
     if step.cutoff is not None:
         out = [r.top(step.cutoff) for r in out]
-    return out
+    return [with_provenance(step.name, r, [branch[i] for branch in inputs]) for i, r in enumerate(out)]
 
 
-def _run_batch(todo, queries, outputs, result, keys, env) -> None:
-    for step in tqdm(todo, desc="stages", unit="stage", disable=not env.progress or len(todo) < 2):
-        inputs = [outputs[i] for i in step.inputs]
+def _run_batch(todo, queries, outputs, result, keys, show) -> None:
+    for step in tqdm(todo, desc="stages", unit="stage", disable=not show or len(todo) < 2):
+        inputs = Inputs([outputs[i] for i in step.inputs], step.inputs)
         t0 = time.perf_counter_ns()
         outputs[step.name] = _call(step, queries, inputs)
         wall = time.perf_counter_ns() - t0
         result.stages[step.name] = StageRun(step.name, outputs[step.name], keys[step.name], wall_ns=wall)
 
 
-def _run_online(graph, todo, queries, outputs, result, keys, env, warmup, threads) -> None:
+def _run_online(steps, todo, queries, outputs, result, keys, show, warmup, threads, pool) -> None:
     todo_names = {s.name for s in todo}
-    levels = [[s for s in level if s.name in todo_names] for level in graph.levels()]
-    levels = [lv for lv in levels if lv]
-    width = max(len(lv) for lv in levels)
+    groups = [[s for s in level if s.name in todo_names] for level in levels(list(steps))]
+    groups = [g for g in groups if g]
+    width = max(len(g) for g in groups)
     n = len(queries)
-    per_step = {s.name: [] for s in todo}
+    per_step: dict[str, list[int]] = {s.name: [] for s in todo}
     per_query: dict[str, list[Ranking]] = {s.name: [] for s in todo}
     e2e = np.zeros(n, dtype=np.int64)
-    pool = ThreadPoolExecutor(max_workers=threads or width) if width > 1 else None
+    own_pool = pool is None and width > 1
+    if own_pool:
+        pool = ThreadPoolExecutor(max_workers=threads or width)
 
-    def timed(step: Step, one: Queries, i: int, results: dict[str, Ranking]):
-        inputs = [[results[u]] if u in results else [outputs[u][i]] for u in step.inputs]
+    def timed(step: Step, one: Queries, i: int, results: dict[str, Ranking]) -> tuple[Ranking, int]:
+        inputs = Inputs(
+            ([[results[u]] if u in results else [outputs[u][i]] for u in step.inputs]), step.inputs
+        )
         t0 = time.perf_counter_ns()
         ranking = _call(step, one, inputs)[0]
         return ranking, time.perf_counter_ns() - t0
@@ -162,12 +182,12 @@ def _run_online(graph, todo, queries, outputs, result, keys, env, warmup, thread
         one = queries.select([i])
         results: dict[str, Ranking] = {}
         times: dict[str, int] = {}
-        for level in levels:
-            if pool is not None and len(level) > 1:
-                futures = {s.name: pool.submit(timed, s, one, i, results) for s in level}
+        for group in groups:
+            if pool is not None and len(group) > 1:
+                futures = {s.name: pool.submit(timed, s, one, i, results) for s in group}
                 done = {name: f.result() for name, f in futures.items()}
             else:
-                done = {s.name: timed(s, one, i, results) for s in level}
+                done = {s.name: timed(s, one, i, results) for s in group}
             for name, (ranking, ns) in done.items():
                 results[name], times[name] = ranking, ns
         return results, times
@@ -177,7 +197,7 @@ def _run_online(graph, todo, queries, outputs, result, keys, env, warmup, thread
         for i in range(n_warm):
             one_query(i)
         result.warmup_queries = n_warm
-        for i in tqdm(range(n), desc="queries (online)", unit="q", disable=not env.progress):
+        for i in tqdm(range(n), desc="queries (online)", unit="q", disable=not show or n < 2):
             t0 = time.perf_counter_ns()
             results, times = one_query(i)
             e2e[i] = time.perf_counter_ns() - t0
@@ -185,7 +205,7 @@ def _run_online(graph, todo, queries, outputs, result, keys, env, warmup, thread
                 per_query[name].append(results[name])
                 per_step[name].append(times[name])
     finally:
-        if pool is not None:
+        if own_pool:
             pool.shutdown()
     for step in todo:
         outputs[step.name] = per_query[step.name]

@@ -1,16 +1,20 @@
-"""`Graph`: a validated pipeline, flattened into named steps in execution order.
+"""The shape of a pipeline as plain data: composition nodes, flattened steps, and their checks.
 
-A graph is built from composition nodes (`a >> b`, `a | b`, `x % k`, see `stages.compose`) or from
-a list of explicit steps (each naming its inputs). Validation happens here, once, when the graph is
-built, and every error names the stage and the fix:
+Composition builds a tree of nodes: `StageNode` (one stage), `Sequence` (`a >> b`), `Parallel`
+(`a | b`) and `Cutoff` (`x % k`). `flatten` turns a tree into `Step`s in execution order, each
+naming its upstream steps; `check` validates them, and every error names the stage and the fix:
 
 * stage names are unique;
-* a retriever (arity NONE) starts a chain and takes no input;
-* a reranker (arity ONE) needs exactly one upstream list;
-* a fusing stage (arity MANY) needs two or more;
-* the graph has no cycle and ends in exactly one stage (its output).
+* a retriever (arity NONE) takes no input; a reranker (ONE) takes exactly one; a fusing stage
+  (MANY) takes two or more;
+* a piece may still lack its upstream (it starts with a reranker, to be put after a retriever),
+  but it cannot mix entries that need input with entries that do not;
+* there is no cycle.
 
-`str(graph)` draws the graph as an indented tree.
+A *complete* pipeline (`check(..., complete=True)`) also starts with retrievers only and ends in
+exactly one step, its output. `draw` renders steps as an indented tree. Nothing here runs a stage;
+`stagegraph.pipeline.compose.Pipeline` is the object users hold, and the YAML codec
+(`stagegraph.pipeline.config`) reads and writes these nodes.
 """
 
 from __future__ import annotations
@@ -18,17 +22,60 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from stagegraph.stages.base import Arity, Stage
-from stagegraph.stages.compose import Cutoff, Node, Parallel, Sequence, StageNode, as_node
+from stagegraph.errors import InputError
+from stagegraph.pipeline.stage import Arity, Stage
 
 
-class GraphError(ValueError):
+class PipelineError(InputError):
     """The pipeline's shape is invalid; the message names the stage and the fix."""
 
 
+# -- nodes ----------------------------------------------------------------------------------------
+class Node:
+    """A piece of a pipeline: one stage, a sequence, parallel branches, or a cut-off."""
+
+
+@dataclass(frozen=True, eq=False)
+class StageNode(Node):
+    stage: Any
+
+
+@dataclass(frozen=True, eq=False)
+class Sequence(Node):
+    parts: tuple[Node, ...]
+
+    @classmethod
+    def of(cls, left: Node, right: Node) -> Sequence:
+        flat: list[Node] = []
+        for part in (left, right):
+            flat.extend(part.parts if isinstance(part, Sequence) else [part])
+        return cls(tuple(flat))
+
+
+@dataclass(frozen=True, eq=False)
+class Parallel(Node):
+    branches: tuple[Node, ...]
+
+    @classmethod
+    def of(cls, left: Node, right: Node) -> Parallel:
+        flat: list[Node] = []
+        for part in (left, right):
+            flat.extend(part.branches if isinstance(part, Parallel) else [part])
+        return cls(tuple(flat))
+
+
+@dataclass(frozen=True, eq=False)
+class Cutoff(Node):
+    """Keep the first `k` documents of what `node` outputs (a stage, or a sequence's last stage)."""
+
+    node: Node
+    k: int
+
+
+# -- steps ----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Step:
-    """One stage in a flattened graph: its upstream step names and an optional cut-off."""
+    """One stage in a flattened pipeline: its upstream step names and an optional cut-off."""
 
     name: str
     stage: Stage
@@ -36,91 +83,11 @@ class Step:
     cutoff: int | None = None
 
 
-class Graph:
-    """A validated pipeline: `steps` in topological order, ending in `output`."""
-
-    def __init__(self, pipeline: Any):
-        self.root: Node | None = None
-        if isinstance(pipeline, (list, tuple)) and all(isinstance(s, Step) for s in pipeline):
-            steps = list(pipeline)
-        else:
-            self.root = as_node(pipeline)
-            steps = []
-            _flatten(self.root, (), steps, None)
-        self.steps: list[Step] = _validate(steps)
-        self.output: str = self.steps[-1].name
-        for step in self.steps:
-            try:
-                step.stage.input_names = step.inputs
-            except AttributeError:  # a stage class with __slots__ and no such slot: it does not care
-                pass
-
-    # -- access ---------------------------------------------------------------------------------
-    def __iter__(self):
-        return iter(self.steps)
-
-    def __len__(self) -> int:
-        return len(self.steps)
-
-    def step(self, name: str) -> Step:
-        for step in self.steps:
-            if step.name == name:
-                return step
-        raise KeyError(f"no stage named {name!r} in the graph; stages: {', '.join(self.names)}")
-
-    @property
-    def names(self) -> list[str]:
-        return [s.name for s in self.steps]
-
-    @property
-    def stages(self) -> list[Stage]:
-        return [s.stage for s in self.steps]
-
-    def levels(self) -> list[list[Step]]:
-        """Steps grouped so that each group depends only on earlier groups (parallel branches)."""
-        depth: dict[str, int] = {}
-        for step in self.steps:
-            depth[step.name] = 1 + max((depth[i] for i in step.inputs), default=-1)
-        groups: list[list[Step]] = [[] for _ in range(max(depth.values()) + 1)]
-        for step in self.steps:
-            groups[depth[step.name]].append(step)
-        return groups
-
-    # -- config ---------------------------------------------------------------------------------
-    def to_config(self) -> dict[str, Any]:
-        from stagegraph.pipeline.config import graph_to_config
-
-        return graph_to_config(self)
-
-    @classmethod
-    def from_config(cls, config: Any, source: str = "<config>") -> Graph:
-        from stagegraph.pipeline.config import graph_from_config
-
-        return graph_from_config(config, source=source)
-
-    # -- display --------------------------------------------------------------------------------
-    def __str__(self) -> str:
-        lines = ["Graph"]
-        _draw(self.output, {s.name: s for s in self.steps}, "", True, lines)
-        return "\n".join(lines)
-
-    def __repr__(self) -> str:
-        return f"Graph({' -> '.join(self.names)})"
-
-
-def _describe(step: Step) -> str:
-    settings = step.stage.config.model_dump(exclude_defaults=True, exclude={"name"})
-    shown = ", ".join(f"{k}={v}" for k, v in settings.items())
-    cut = f" % {step.cutoff}" if step.cutoff else ""
-    return f"{step.name} [{step.stage.type_name}{': ' + shown if shown else ''}]{cut}"
-
-
-def _draw(name: str, by_name: dict[str, Step], prefix: str, last: bool, lines: list[str]) -> None:
-    step = by_name[name]
-    lines.append(f"{prefix}{'└── ' if last else '├── '}{_describe(step)}")
-    child_prefix = prefix + ("    " if last else "│   ")
-    for i, upstream in enumerate(step.inputs):
-        _draw(upstream, by_name, child_prefix, i == len(step.inputs) - 1, lines)
+def flatten(node: Node) -> list[Step]:
+    """The steps of `node` in composition order (checked by `check`)."""
+    out: list[Step] = []
+    _flatten(node, (), out, None)
+    return out
 
 
 def _flatten(node: Node, upstream: tuple[str, ...], out: list[Step], cutoff: int | None) -> tuple[str, ...]:
@@ -137,38 +104,67 @@ def _flatten(node: Node, upstream: tuple[str, ...], out: list[Step], cutoff: int
         return current
     if isinstance(node, Parallel):
         if cutoff is not None:
-            raise GraphError("`% k` applies to one stage or a sequence, not to parallel branches; cut each branch instead")
+            raise PipelineError("`% k` applies to one stage or a sequence, not to parallel branches; cut each branch instead")
         outputs: list[str] = []
         for branch in node.branches:
             outputs.extend(_flatten(branch, upstream, out, None))
         return tuple(outputs)
-    raise GraphError(f"unknown graph node {node!r}")
+    raise PipelineError(f"unknown pipeline node {node!r}")
 
 
-def _validate(steps: list[Step]) -> list[Step]:
+def outputs_of(steps: list[Step]) -> list[str]:
+    """The steps nothing else reads, in order."""
+    consumed = {i for s in steps for i in s.inputs}
+    return [s.name for s in steps if s.name not in consumed]
+
+
+def entry_arity(steps: list[Step]) -> Arity:
+    """What the piece needs upstream: NONE (it starts with retrievers), ONE or MANY inputs."""
+    open_entries = [Arity(s.stage.arity) for s in steps if not s.inputs and Arity(s.stage.arity) is not Arity.NONE]
+    if not open_entries:
+        return Arity.NONE
+    return Arity.MANY if Arity.MANY in open_entries else Arity.ONE
+
+
+def check(steps: list[Step], *, complete: bool = False) -> list[Step]:
+    """Validate `steps` and return them in a topological order (the single output last when complete)."""
     if not steps:
-        raise GraphError("the graph is empty; give it at least one retrieval stage")
+        raise PipelineError("the pipeline is empty; give it at least one retrieval stage")
     by_name: dict[str, Step] = {}
     for step in steps:
         if step.name in by_name:
-            raise GraphError(
+            raise PipelineError(
                 f"two stages are named {step.name!r}; give each a unique `name=` (e.g. {step.name}_2)"
             )
         by_name[step.name] = step
     for step in steps:
         for upstream in step.inputs:
             if upstream not in by_name:
-                raise GraphError(f"stage {step.name!r} reads from {upstream!r}, which is not a stage in this graph")
+                raise PipelineError(f"stage {step.name!r} reads from {upstream!r}, which is not a stage in this pipeline")
         _check_arity(step)
+    entries = [s for s in steps if not s.inputs]
+    needy = [s.name for s in entries if Arity(s.stage.arity) is not Arity.NONE]
+    sources = [s.name for s in entries if Arity(s.stage.arity) is Arity.NONE]
+    if needy and sources:
+        raise PipelineError(
+            f"{', '.join(needy)} need candidates from upstream but stand beside the retriever(s) "
+            f"{', '.join(sources)}; put each reranker or pool after the retrievers that feed it"
+        )
     ordered = _topological(steps, by_name)
-    consumed = {i for s in steps for i in s.inputs}
-    ends = [s.name for s in ordered if s.name not in consumed]
+    if not complete:
+        return ordered
+    if needy:
+        step = by_name[needy[0]]
+        raise PipelineError(
+            f"stage {step.name!r} ({type(step.stage).__name__}) needs candidates but nothing is upstream; "
+            f"put a retriever before it, e.g. `BM25Retriever(...) >> {step.name}`"
+        )
+    ends = outputs_of(ordered)
     if len(ends) != 1:
-        raise GraphError(
-            f"the graph ends in {len(ends)} stages ({', '.join(ends)}); it must end in one: "
+        raise PipelineError(
+            f"the pipeline ends in {len(ends)} stages ({', '.join(ends)}); it must end in one: "
             "join parallel branches with a fusing stage such as CandidatePool"
         )
-    # Put the single output last, keeping a valid topological order.
     return [s for s in ordered if s.name != ends[0]] + [by_name[ends[0]]]
 
 
@@ -177,24 +173,19 @@ def _check_arity(step: Step) -> None:
     arity = Arity(step.stage.arity)
     kind = type(step.stage).__name__
     if arity is Arity.NONE and n:
-        raise GraphError(
+        raise PipelineError(
             f"stage {step.name!r} ({kind}) is a retriever and takes no input, but {', '.join(step.inputs)} "
             "feed it; start a chain with it, or put it in a parallel branch"
         )
-    if arity is Arity.ONE and n != 1:
-        if n == 0:
-            raise GraphError(
-                f"stage {step.name!r} ({kind}) reranks candidates but nothing is upstream; "
-                "put a retriever before it, e.g. `BM25Retriever(...) >> stage`"
-            )
-        raise GraphError(
+    if arity is Arity.ONE and n > 1:
+        raise PipelineError(
             f"stage {step.name!r} ({kind}) takes one candidate list but gets {n} ({', '.join(step.inputs)}); "
             "fuse them first with a CandidatePool"
         )
-    if arity is Arity.MANY and n < 2:
-        raise GraphError(
-            f"stage {step.name!r} ({kind}) fuses several inputs but gets {n}; feed it parallel branches, "
-            "e.g. `(bm25 | dense) >> pool`"
+    if arity is Arity.MANY and n == 1:
+        raise PipelineError(
+            f"stage {step.name!r} ({kind}) fuses several inputs but gets one ({step.inputs[0]}); feed it "
+            "parallel branches, e.g. `(bm25 | dense) >> pool`"
         )
 
 
@@ -207,7 +198,7 @@ def _topological(steps: list[Step], by_name: dict[str, Step]) -> list[Step]:
             return
         if state.get(name) == 1:
             cycle = path[path.index(name):] + [name]
-            raise GraphError(f"the graph has a cycle: {' -> '.join(cycle)}; a stage cannot feed itself")
+            raise PipelineError(f"the pipeline has a cycle: {' -> '.join(cycle)}; a stage cannot feed itself")
         state[name] = 1
         for upstream in by_name[name].inputs:
             visit(upstream, path + [name])
@@ -217,3 +208,40 @@ def _topological(steps: list[Step], by_name: dict[str, Step]) -> list[Step]:
     for step in steps:
         visit(step.name, [])
     return order
+
+
+def levels(steps: list[Step]) -> list[list[Step]]:
+    """Steps grouped so that each group depends only on earlier groups (parallel branches)."""
+    depth: dict[str, int] = {}
+    for step in steps:
+        depth[step.name] = 1 + max((depth[i] for i in step.inputs), default=-1)
+    groups: list[list[Step]] = [[] for _ in range(max(depth.values(), default=-1) + 1)]
+    for step in steps:
+        groups[depth[step.name]].append(step)
+    return groups
+
+
+# -- drawing --------------------------------------------------------------------------------------
+def describe(step: Step) -> str:
+    settings = step.stage.config.model_dump(exclude_defaults=True, exclude={"name"})
+    shown = ", ".join(f"{k}={v}" for k, v in settings.items())
+    cut = f" % {step.cutoff}" if step.cutoff else ""
+    return f"{step.name} [{step.stage.type_name}{': ' + shown if shown else ''}]{cut}"
+
+
+def draw(steps: list[Step], title: str = "Pipeline") -> str:
+    """An indented tree, one line per step, each output drawn from its inputs upwards."""
+    by_name = {s.name: s for s in steps}
+    lines = [title]
+    ends = outputs_of(steps)
+    for i, end in enumerate(ends):
+        _draw(end, by_name, "", i == len(ends) - 1, lines)
+    return "\n".join(lines)
+
+
+def _draw(name: str, by_name: dict[str, Step], prefix: str, last: bool, lines: list[str]) -> None:
+    step = by_name[name]
+    lines.append(f"{prefix}{'└── ' if last else '├── '}{describe(step)}")
+    child_prefix = prefix + ("    " if last else "│   ")
+    for i, upstream in enumerate(step.inputs):
+        _draw(upstream, by_name, child_prefix, i == len(step.inputs) - 1, lines)

@@ -18,7 +18,7 @@ BUILTIN_MODULES = (
     "stagegraph.stages.retrieve",
     "stagegraph.stages.fusion.pool",
     "stagegraph.stages.rerank.cross_encoder",
-    "stagegraph.evaluation.measures",
+    "stagegraph.evaluation.metrics_stage",
 )
 
 _REGISTRY: dict[str, type] = {}

@@ -22,10 +22,11 @@ from pydantic import BaseModel
 
 from stagegraph.configs import CONFIGS_DIR
 from stagegraph.corpora.registry import load_dataset
-from stagegraph.pipeline.config import apply_overrides, graph_from_config, load_config
+from stagegraph.pipeline.compose import Pipeline
 from stagegraph.evaluation.evaluate import evaluate
 from stagegraph.evaluation.report import Report
-from stagegraph.stages.base import Environment
+from stagegraph.pipeline.stage import Environment
+from stagegraph.evaluation.writer import save_report
 
 DEMO_CONFIG = CONFIGS_DIR / "hybrid-rerank.yaml"
 #: The demo reranks the pool's top 30 (not 100) so that a second run stays under a minute on 2 cores;
@@ -53,8 +54,7 @@ def demo_reranker(work_dir: Path, progress: bool, say: Callable[[str], None]) ->
     from stagegraph.training.train import cached_reranker
     from stagegraph.training.finetune import TrainConfig
 
-    config = apply_overrides(load_config(DEMO_CONFIG), {"cross_encoder": DEMO_RERANK})
-    graph = graph_from_config(config, source=str(DEMO_CONFIG))
+    graph = Pipeline.from_yaml(DEMO_CONFIG, overrides={"cross_encoder": DEMO_RERANK})
     path, trained = cached_reranker(
         graph, load_dataset("sample", progress=False), TrainConfig(time_budget_s=TRAIN_BUDGET_S), split="train",
         work_dir=work_dir, progress=progress, say=say,
@@ -81,13 +81,12 @@ def run_demo(
     trained = False
     if reranker is None:
         reranker, trained = demo_reranker(work_dir, progress, say)
-    config = apply_overrides(load_config(DEMO_CONFIG), {"cross_encoder": {**DEMO_RERANK, "model": reranker}})
-    graph = graph_from_config(config, source=str(DEMO_CONFIG))
+    graph = Pipeline.from_yaml(DEMO_CONFIG, overrides={"cross_encoder": {**DEMO_RERANK, "model": reranker}})
     dataset = load_dataset("sample", progress=False)
     say(f"\n{graph}\n")
     env = Environment(dataset.corpus, work_dir=work_dir, progress=progress)
     report = evaluate(graph, dataset, split="test", mode="online", env=env, cache=None, progress=progress)
-    report.save(out)
+    save_report(report, out)
     result = DemoResult(report=report, reranker=reranker, trained=trained, out=str(out),
                         seconds=time.perf_counter() - started, verdict="")
     result.verdict = _verdict(result)

@@ -1,5 +1,2 @@
-"""What runs in a graph: retrievers, the candidate pool, the cross-encoder reranker, metrics."""
-
-from stagegraph.stages.base import Arity, Environment, Ranking, Stage, StageBase, StageConfig, StageError
-
-__all__ = ["Arity", "Environment", "Ranking", "Stage", "StageBase", "StageConfig", "StageError"]
+"""What runs in a pipeline: retrievers (`retrieve/`), the candidate pool (`fusion/`) and the
+cross-encoder reranker (`rerank/`), all built on `base.StageBase`."""

@@ -7,7 +7,9 @@ import time
 import numpy as np
 
 from stagegraph.corpora.types import Dataset, Qrels, Queries
-from stagegraph.stages.base import Arity, Ranking, StageBase, StageConfig
+from stagegraph.pipeline.ranking import Ranking
+from stagegraph.pipeline.stage import Arity, StageConfig
+from stagegraph.stages.base import StageBase
 from stubs import tiny_corpus
 
 
@@ -58,37 +60,6 @@ class OracleRetriever(StageBase):
                 j = self.qrels.as_rows(qid, self.corpus)
                 scores[j.doc_rows] += (1 - self.config.noise) * (1 + j.grades)
             out.append(Ranking.from_scores(np.arange(n), scores, k=self.config.k))
-        return out
-
-
-class LabelledPoolConfig(StageConfig):
-    k: int = 100
-
-
-class LabelledPool(StageBase):
-    """A minimal fusing stage that labels pooled docs per branch (`<branch>` score, `<branch>.rank`,
-    NaN where the branch did not rank it), as `CandidatePool` does; RRF with k=60."""
-
-    type_name = "labelled_pool"
-    Config = LabelledPoolConfig
-    arity = Arity.MANY
-
-    def __init__(self, name: str | None = None, k: int = 100):
-        self.config = LabelledPoolConfig(name=name, k=k)
-
-    def run(self, queries, inputs):
-        out = []
-        for per_query in zip(*inputs):
-            rows = np.unique(np.concatenate([r.doc_rows for r in per_query]))
-            feats, total = {}, np.zeros(len(rows))
-            for name, r in zip(self.input_names, per_query):
-                pos = {int(d): i for i, d in enumerate(r.doc_rows)}
-                idx = np.array([pos.get(int(d), -1) for d in rows])
-                rank = np.where(idx >= 0, idx + 1, 0).astype(np.float64)
-                feats[name] = np.where(idx >= 0, r.scores[np.maximum(idx, 0)] if len(r) else 0, np.nan)
-                feats[f"{name}.rank"] = np.where(rank > 0, rank, np.nan)
-                total += np.where(rank > 0, 1.0 / (60 + rank), 0.0)
-            out.append(Ranking.from_scores(rows, total, k=self.config.k, features=feats))
         return out
 
 

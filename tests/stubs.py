@@ -8,7 +8,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from stagegraph.corpora.types import Corpus, Queries
-from stagegraph.stages.base import Arity, Environment, Ranking, StageBase, StageConfig
+from stagegraph.pipeline.ranking import Ranking
+from stagegraph.pipeline.stage import Arity, Environment, StageConfig
+from stagegraph.stages.base import StageBase
 
 
 class StubRetrieverConfig(StageConfig):

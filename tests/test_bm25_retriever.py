@@ -14,7 +14,8 @@ from stagegraph.corpora.types import Corpus, Queries
 from stagegraph.indexes.bm25 import BM25Index, BM25Settings
 from stagegraph.indexes.manifest import MANIFEST
 from stagegraph.indexes.tokenize import Tokenizer
-from stagegraph.stages.base import Environment, StageError
+from stagegraph.errors import StageError
+from stagegraph.pipeline.stage import Environment
 from stagegraph.stages.retrieve.bm25 import BM25Retriever, EmptyQueryWarning, artefact_key
 from stagegraph.pipeline.registry import stage_class
 from test_bm25_index import assert_same_top
@@ -141,11 +142,10 @@ def test_registered_for_yaml_and_round_trips_its_config():
 
 
 def test_runs_inside_a_yaml_graph(env):
-    from stagegraph.pipeline.config import graph_from_config
-    from stagegraph.pipeline.executor import run
+    from stagegraph.pipeline.compose import Pipeline
 
-    graph = graph_from_config({"pipeline": [{"type": "bm25", "name": "bm25", "k": 3, "k1": 1.2}]})
-    result = run(graph, Queries(["q1", "q2"], ["heart", "cholesterol"]), env, mode="batch")
+    graph = Pipeline.from_config({"pipeline": [{"type": "bm25", "name": "bm25", "k": 3, "k1": 1.2}]})
+    result = graph.execute(Queries(["q1", "q2"], ["heart", "cholesterol"]), env=env, mode="batch")
     assert [len(r) for r in result.stages["bm25"].rankings] == [2, 2]
 
 

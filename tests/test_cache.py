@@ -5,9 +5,8 @@ from stubs import StubFuse, StubRerank, StubRetriever, tiny_corpus
 
 from stagegraph.corpora.types import Queries
 from stagegraph.pipeline.cache import StageCache
-from stagegraph.pipeline.executor import run
-from stagegraph.pipeline.graph import Graph
-from stagegraph.stages.base import Environment, Ranking
+from stagegraph.pipeline.ranking import Ranking, StepTrace
+from stagegraph.pipeline.stage import Environment
 
 QUERIES = Queries([f"q{i}" for i in range(8)], [f"text {i}" for i in range(8)])
 
@@ -15,14 +14,14 @@ QUERIES = Queries([f"q{i}" for i in range(8)], [f"text {i}" for i in range(8)])
 def _graph(rerank_flip=False, seed_b=1):
     a, b = StubRetriever("a"), StubRetriever("b", seed=seed_b)
     pool, rr = StubFuse("pool"), StubRerank("rr", flip=rerank_flip)
-    return Graph((a | b) >> pool >> rr), (a, b, pool, rr)
+    return (a | b) >> pool >> rr, (a, b, pool, rr)
 
 
 def test_changing_only_the_last_stage_reruns_only_that_stage(tmp_path):
     env, cache = Environment(tiny_corpus(), progress=False), StageCache(tmp_path)
-    run(_graph()[0], QUERIES, env, mode="online", cache=cache, warmup=0)
+    _graph()[0].execute(QUERIES, env=env, mode="online", cache=cache, warmup=0)
     graph, (a, b, pool, rr) = _graph(rerank_flip=True)
-    result = run(graph, QUERIES, env, mode="online", cache=cache, warmup=0)
+    result = graph.execute(QUERIES, env=env, mode="online", cache=cache, warmup=0)
     assert (a.calls, b.calls, pool.calls) == (0, 0, 0)
     assert a.warmed == 0  # a cached stage is not even loaded
     assert rr.calls == len(QUERIES)
@@ -31,8 +30,8 @@ def test_changing_only_the_last_stage_reruns_only_that_stage(tmp_path):
 
 def test_a_hit_is_reported_and_never_counted_as_latency(tmp_path):
     env, cache = Environment(tiny_corpus(), progress=False), StageCache(tmp_path)
-    first = run(_graph()[0], QUERIES, env, mode="online", cache=cache, warmup=0)
-    second = run(_graph()[0], QUERIES, env, mode="online", cache=cache, warmup=0)
+    first = _graph()[0].execute(QUERIES, env=env, mode="online", cache=cache, warmup=0)
+    second = _graph()[0].execute(QUERIES, env=env, mode="online", cache=cache, warmup=0)
     for name, stage in second.stages.items():
         assert stage.cache_hit and stage.latency is None and stage.wall_ns == 0
         for x, y in zip(stage.rankings, first.stages[name].rankings):
@@ -42,36 +41,43 @@ def test_a_hit_is_reported_and_never_counted_as_latency(tmp_path):
 
 def test_a_changed_upstream_stage_never_serves_a_stale_result(tmp_path):
     env, cache = Environment(tiny_corpus(), progress=False), StageCache(tmp_path)
-    run(_graph()[0], QUERIES, env, mode="batch", cache=cache)
+    _graph()[0].execute(QUERIES, env=env, mode="batch", cache=cache)
     graph, (a, b, pool, rr) = _graph(seed_b=2)
-    result = run(graph, QUERIES, env, mode="batch", cache=cache)
+    result = graph.execute(QUERIES, env=env, mode="batch", cache=cache)
     assert a.calls == 0 and b.calls == 1 and pool.calls == 1 and rr.calls == 1
-    fresh = run(_graph(seed_b=2)[0], QUERIES, env, mode="batch")
+    fresh = _graph(seed_b=2)[0].execute(QUERIES, env=env, mode="batch")
     for x, y in zip(result.final, fresh.final):
         np.testing.assert_array_equal(x.doc_rows, y.doc_rows)
 
 
 def test_other_queries_or_corpus_are_other_keys(tmp_path):
     cache = StageCache(tmp_path)
-    run(_graph()[0], QUERIES, Environment(tiny_corpus(), progress=False), mode="batch", cache=cache)
+    _graph()[0].execute(QUERIES, env=Environment(tiny_corpus(), progress=False), mode="batch", cache=cache)
     graph, (a, *_rest) = _graph()
-    run(graph, QUERIES.select([0, 1]), Environment(tiny_corpus(), progress=False), mode="batch", cache=cache)
+    graph.execute(QUERIES.select([0, 1]), env=Environment(tiny_corpus(), progress=False), mode="batch", cache=cache)
     assert a.calls == 1
     graph, (a, *_rest) = _graph()
-    run(graph, QUERIES, Environment(tiny_corpus(40), progress=False), mode="batch", cache=cache)
+    graph.execute(QUERIES, env=Environment(tiny_corpus(40), progress=False), mode="batch", cache=cache)
     assert a.calls == 1
 
 
-def test_features_round_trip_and_a_damaged_entry_is_a_miss(tmp_path):
+def test_provenance_round_trips_and_a_damaged_entry_is_a_miss(tmp_path):
     cache = StageCache(tmp_path)
+    f32 = lambda *v: np.array(v, np.float32)  # noqa: E731
     rankings = [
-        Ranking(np.array([3, 1]), np.array([2.0, 1.0], np.float32), {"bm25": np.array([5.0, np.nan], np.float32)}),
+        Ranking(np.array([3, 1]), f32(2.0, 1.0), {
+            "bm25": StepTrace(f32(5.0, np.nan), f32(1, np.nan)),
+            "rr": StepTrace(f32(2.0, 1.0), f32(1, 2), model_score=f32(0.9, 0.1), blended_with=f32(5.0, 4.0)),
+        }),
         Ranking.empty(),
     ]
     cache.save("ab" * 32, rankings)
     back = cache.load("ab" * 32)
     np.testing.assert_array_equal(back[0].doc_rows, [3, 1])
-    np.testing.assert_array_equal(back[0].features["bm25"], [5.0, np.nan])
+    np.testing.assert_array_equal(back[0].provenance["bm25"].score, [5.0, np.nan])
+    assert back[0].provenance["bm25"].model_score is None
+    np.testing.assert_array_equal(back[0].provenance["rr"].model_score, f32(0.9, 0.1))
+    np.testing.assert_array_equal(back[0].provenance["rr"].blended_with, [5.0, 4.0])
     assert len(back[1]) == 0
     path = next(tmp_path.rglob("*.npz"))
     path.write_bytes(b"not a zip file")

@@ -6,7 +6,9 @@ import textwrap
 import pytest
 from stubs import register_stubs
 
-from stagegraph.cli.app import EXIT_BAD_INPUT, EXIT_OK, main
+from stagegraph.cli.app import Exit, main
+
+EXIT_OK, EXIT_BAD_INPUT = Exit.OK, Exit.BAD_INPUT
 
 register_stubs()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 
@@ -11,9 +10,10 @@ import pytest
 from scipy import stats
 
 from eval_fixtures import OracleRetriever, tiny_dataset
-from stagegraph.cli.compare import register
+from stagegraph.cli.app import main
 from stagegraph.evaluation.compare import CompareError, cohen_d, compare, holm, paired_t_test, randomisation_test
 from stagegraph.evaluation.evaluate import evaluate
+from stagegraph.evaluation.writer import save_report
 from stubs import StubRerank, StubRetriever
 
 
@@ -26,7 +26,7 @@ def reports(tmp_path_factory):
     better = evaluate(OracleRetriever("r", k=20, noise=0.3, qrels=qrels), dataset, progress=False)
     root = tmp_path_factory.mktemp("reports")
     for name, report in (("base", base), ("same", same), ("better", better)):
-        report.save(root / name)
+        save_report(report, root / name)
     return {"base": base, "same": same, "better": better, "root": root}
 
 
@@ -103,10 +103,7 @@ def test_compare_on_a_named_inner_stage():
 
 
 def _cli(argv):
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers())
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return main(argv)
 
 
 def test_cli_writes_json_and_csv(reports, tmp_path, capsys):

@@ -6,8 +6,8 @@ import pytest
 import yaml
 from stubs import StubFuse, StubRerank, StubRetriever, register_stubs
 
-from stagegraph.pipeline.config import ConfigError, apply_overrides, graph_from_config, load_graph, save_graph
-from stagegraph.pipeline.graph import Graph
+from stagegraph.pipeline.compose import Pipeline
+from stagegraph.pipeline.config import ConfigError, apply_overrides
 from stagegraph.pipeline.registry import available_types, stage_class
 
 register_stubs()
@@ -30,8 +30,8 @@ def _write(tmp_path, text, name="p.yaml"):
 
 
 def test_yaml_builds_the_same_graph_as_python(tmp_path):
-    graph = load_graph(_write(tmp_path, HYBRID))
-    python = Graph(
+    graph = Pipeline.from_yaml(_write(tmp_path, HYBRID))
+    python = Pipeline(
         (StubRetriever("a", k=20) | StubRetriever("b", seed=3)) >> StubFuse("pool", k=10) >> StubRerank("rr", flip=True) % 4
     )
     assert graph.names == python.names
@@ -41,9 +41,9 @@ def test_yaml_builds_the_same_graph_as_python(tmp_path):
 
 
 def test_python_graph_round_trips_through_yaml(tmp_path):
-    graph = Graph((StubRetriever("a", k=20) | StubRetriever("b")) >> StubFuse("pool") >> StubRerank("rr") % 2)
-    save_graph(graph, tmp_path / "out.yaml")
-    back = load_graph(tmp_path / "out.yaml")
+    graph = Pipeline((StubRetriever("a", k=20) | StubRetriever("b")) >> StubFuse("pool") >> StubRerank("rr") % 2)
+    graph.save(tmp_path / "out.yaml")
+    back = Pipeline.from_yaml(tmp_path / "out.yaml")
     assert back.to_config() == graph.to_config()
     assert yaml.safe_load((tmp_path / "out.yaml").read_text())["pipeline"][0]["parallel"][0] == {
         "type": "stub_retriever",
@@ -62,15 +62,15 @@ def test_explicit_steps_form_with_inputs(tmp_path):
           - {type: stub_fuse, name: pool, inputs: [a, b]}
         """,
     )
-    graph = load_graph(path)
+    graph = Pipeline.from_yaml(path)
     assert graph.step("pool").inputs == ("a", "b")
-    assert graph_from_config(graph.to_config()).names == graph.names
+    assert Pipeline.from_config(graph.to_config()).names == graph.names
 
 
 def test_unknown_stage_type_names_file_field_and_the_allowed_types(tmp_path):
     path = _write(tmp_path, "pipeline:\n  - {type: bm26, name: x}\n")
     with pytest.raises(ConfigError) as err:
-        load_graph(path)
+        Pipeline.from_yaml(path)
     message = str(err.value)
     assert str(path) in message and "pipeline[0].type" in message and "'bm26'" in message
     assert "stub_retriever" in message  # lists what is registered
@@ -79,7 +79,7 @@ def test_unknown_stage_type_names_file_field_and_the_allowed_types(tmp_path):
 def test_bad_field_names_file_field_and_allowed_fields(tmp_path):
     path = _write(tmp_path, "pipeline:\n  - {type: stub_retriever, name: a, kk: 3}\n")
     with pytest.raises(ConfigError) as err:
-        load_graph(path)
+        Pipeline.from_yaml(path)
     assert str(path) in str(err.value)
     assert "pipeline[0].kk: unknown field; allowed fields: name, k, seed, sleep_ms" in str(err.value)
 
@@ -87,26 +87,26 @@ def test_bad_field_names_file_field_and_allowed_fields(tmp_path):
 def test_bad_value_is_reported_with_its_field(tmp_path):
     path = _write(tmp_path, "pipeline:\n  - {type: stub_retriever, name: a, k: many}\n")
     with pytest.raises(ConfigError, match=r"pipeline\[0\]\.k: Input should be a valid integer"):
-        load_graph(path)
+        Pipeline.from_yaml(path)
 
 
 def test_graph_errors_are_reported_with_the_file(tmp_path):
     path = _write(tmp_path, "pipeline:\n  - {type: stub_rerank, name: rr}\n")
     with pytest.raises(ConfigError, match=f"{path}.*'rr'.*nothing is upstream"):
-        load_graph(path)
+        Pipeline.from_yaml(path)
 
 
 def test_malformed_yaml_and_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="not valid YAML"):
-        load_graph(_write(tmp_path, "pipeline: [ {type: x\n"))
+        Pipeline.from_yaml(_write(tmp_path, "pipeline: [ {type: x\n"))
     with pytest.raises(ConfigError, match="no such pipeline config file"):
-        load_graph(tmp_path / "absent.yaml")
+        Pipeline.from_yaml(tmp_path / "absent.yaml")
     with pytest.raises(ConfigError, match="unknown top-level field"):
-        load_graph(_write(tmp_path, "pipline: []\n", "typo.yaml"))
+        Pipeline.from_yaml(_write(tmp_path, "pipline: []\n", "typo.yaml"))
 
 
 def test_overrides_replace_fields_by_stage_name_or_type(tmp_path):
-    graph = load_graph(_write(tmp_path, HYBRID), overrides={"stub_rerank": {"flip": False}, "a": {"k": 5}})
+    graph = Pipeline.from_yaml(_write(tmp_path, HYBRID), overrides={"stub_rerank": {"flip": False}, "a": {"k": 5}})
     assert graph.step("rr").stage.config.flip is False
     assert graph.step("a").stage.config.k == 5
     with pytest.raises(ConfigError, match="no stage named or typed ghost"):
@@ -138,6 +138,6 @@ def test_plugins_register_through_the_entry_point_group(monkeypatch, tmp_path):
     monkeypatch.setattr(registry, "entry_points", fake_entry_points)
     monkeypatch.setattr(registry, "_loaded", False)
     monkeypatch.setitem(registry._REGISTRY, "stub_retriever", StubRetriever)
-    graph = load_graph(_write(tmp_path, "pipeline:\n  - {type: plugin_retriever, name: p, k: 3}\n"))
+    graph = Pipeline.from_yaml(_write(tmp_path, "pipeline:\n  - {type: plugin_retriever, name: p, k: 3}\n"))
     assert isinstance(graph.step("p").stage, _PluginStage)
     registry._REGISTRY.pop("plugin_retriever", None)

@@ -11,7 +11,7 @@ import stagegraph.corpora.trec as trec
 from stagegraph.corpora.qrels import read_qrels, read_trec_qrels
 from stagegraph.corpora.trec import read_run, read_topics, write_run
 from stagegraph.corpora.types import Corpus, DataError
-from stagegraph.stages.base import Ranking
+from stagegraph.pipeline.ranking import Ranking
 
 SGML = """<top>
 <num> Number: 301

@@ -13,7 +13,9 @@ import pytest
 from stagegraph.corpora.types import Corpus, Queries
 from stagegraph.indexes.dense import DenseIndex
 from stagegraph.indexes.encoder import Encoder
-from stagegraph.stages.base import Environment, Ranking, StageError
+from stagegraph.errors import StageError
+from stagegraph.pipeline.ranking import Ranking
+from stagegraph.pipeline.stage import Environment
 from stagegraph.stages.retrieve.bm25 import EmptyQueryWarning
 from stagegraph.stages.retrieve.dense import DenseRetriever, DenseRetrieverConfig
 from stagegraph.pipeline.registry import stage_class

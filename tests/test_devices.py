@@ -11,7 +11,9 @@ from tiny_models import make_tiny_cross_encoder, make_tiny_sentence_transformer
 from stagegraph.corpora.types import Corpus, Queries
 from stagegraph.indexes.devices import DeviceError, resolve_device
 from stagegraph.indexes.encoder import Encoder
-from stagegraph.stages.base import Environment, Ranking, StageError
+from stagegraph.errors import StageError
+from stagegraph.pipeline.ranking import Ranking
+from stagegraph.pipeline.stage import Environment
 from stagegraph.stages.rerank.cross_encoder import CrossEncoderReranker
 from stagegraph.training.finetune import TrainConfig, train_cross_encoder
 
@@ -97,7 +99,7 @@ def test_reranking_on_the_gpu_gives_the_cpu_order(tiny_ce, corpus, tmp_path):
         stage.warm_up(env)
         runs[device] = stage.run(queries, [upstream])
     for cpu, gpu in zip(runs["cpu"], runs["cuda"]):
-        np.testing.assert_allclose(gpu.features["cross_encoder"], cpu.features["cross_encoder"], atol=1e-4)
+        np.testing.assert_allclose(gpu.provenance[stage.name].model_score, cpu.provenance[stage.name].model_score, atol=1e-4)
 
 
 @needs_cuda

@@ -6,11 +6,15 @@ import numpy as np
 import pytest
 
 from stagegraph.corpora.types import Dataset, Qrels
-from eval_fixtures import EmptyFor, LabelledPool, OracleRetriever, tiny_dataset
+from eval_fixtures import EmptyFor, OracleRetriever, tiny_dataset
 from stagegraph.pipeline.cache import StageCache
 from stagegraph.evaluation.evaluate import DEFAULT, branch_contributions, evaluate
-from stagegraph.stages.base import Environment, Ranking
-from stagegraph.evaluation.measures import MetricsStage, score_run
+from stagegraph.pipeline.compose import Pipeline
+from stagegraph.pipeline.ranking import Ranking, StepTrace
+from stagegraph.pipeline.stage import Environment
+from stagegraph.evaluation.metrics_stage import MetricsStage
+from stagegraph.evaluation.scoring import score_run
+from stagegraph.stages.fusion import CandidatePool
 from stubs import StubRerank, StubRetriever
 
 
@@ -21,7 +25,7 @@ def dataset():
 
 def test_default_metrics_at_every_stage(dataset):
     qrels = dataset.qrels["test"]
-    graph = (OracleRetriever("perfect", qrels=qrels) | StubRetriever("random", k=20)) >> LabelledPool("pool", k=30) >> StubRerank("rerank", k=10)
+    graph = (OracleRetriever("perfect", qrels=qrels) | StubRetriever("random", k=20)) >> CandidatePool("rrf", k=30, name="pool") >> StubRerank("rerank", k=10)
     report = evaluate(graph, dataset, progress=False)
     assert report.metrics == list(DEFAULT) == ["recall@10", "recall@100", "ndcg@10", "mrr@10", "map"]
     assert list(report.stages) == ["perfect", "random", "pool", "rerank"]
@@ -93,12 +97,11 @@ def test_metrics_stage_sets_metrics_and_is_not_a_row(dataset):
 
 
 def test_figures_match_score_run_of_the_stage_output(dataset):
-    from stagegraph.pipeline.executor import run
 
     queries, qrels = dataset.split("test")
     graph = StubRetriever("r", k=50, seed=3)
     report = evaluate(graph, dataset, progress=False, metrics=["ndcg@10", "recall@50"])
-    rankings = run(graph, queries, Environment(dataset.corpus, progress=False), mode="batch").stages["r"].rankings
+    rankings = Pipeline(graph).execute(queries, env=Environment(dataset.corpus, progress=False), mode="batch").stages["r"].rankings
     expected = score_run(rankings, queries, qrels, dataset.corpus, ["ndcg@10", "recall@50"])
     assert report.stages["r"].metrics == pytest.approx(expected.means)
     assert report.per_query.metrics["r"]["ndcg@10"] == pytest.approx(expected.per_query["ndcg@10"].tolist())
@@ -110,10 +113,9 @@ def test_branch_contributions_hand_case():
 
     corpus = tiny_corpus(10)
     nan = np.nan
+    ranks = {"a": np.array([1, nan, 2, 3], np.float32), "b": np.array([nan, 1, 2, nan], np.float32)}
     ranking = Ranking(
-        np.array([0, 1, 2, 3]),
-        np.array([4, 3, 2, 1], np.float32),
-        {"a.rank": np.array([1, nan, 2, 3], np.float32), "b.rank": np.array([nan, 1, 2, nan], np.float32)},
+        np.array([0, 1, 2, 3]), np.array([4, 3, 2, 1], np.float32), {n: StepTrace(r, r) for n, r in ranks.items()}
     )
     qrels = Qrels({"q": {"d1": 1, "d3": 2, "d2": 1}})
     out = branch_contributions(("a", "b"), [ranking], Queries(["q"], ["t"]), qrels, corpus)
@@ -123,7 +125,7 @@ def test_branch_contributions_hand_case():
 
 
 def test_pool_branch_contributions_in_report(dataset):
-    graph = (StubRetriever("a", k=10, seed=1) | StubRetriever("b", k=10, seed=2)) >> LabelledPool("pool", k=100)
+    graph = (StubRetriever("a", k=10, seed=1) | StubRetriever("b", k=10, seed=2)) >> CandidatePool("rrf", k=100, name="pool")
     report = evaluate(graph, dataset, progress=False)
     branches = report.stages["pool"].branches
     assert set(branches) == {"a", "b"}
@@ -138,11 +140,11 @@ def test_environment_for_another_corpus_is_refused(dataset):
 
 
 def test_yaml_metrics_stage_sets_the_metrics(dataset):
-    from stagegraph.pipeline.config import graph_from_config
+    from stagegraph.pipeline.compose import Pipeline
     from stubs import register_stubs
 
     register_stubs()
-    graph = graph_from_config(
+    graph = Pipeline.from_config(
         {"pipeline": [{"type": "stub_retriever", "name": "r", "k": 20}, {"type": "metrics", "metrics": ["ndcg@10", "P@5"]}]}
     )
     report = evaluate(graph, dataset, metrics=None, progress=False)

@@ -3,13 +3,12 @@ dataset is present here (configs/expectations/*.yaml; slow ones only with STAGEG
 
 from __future__ import annotations
 
-import argparse
 import os
 
 import pytest
 
 from eval_fixtures import OracleRetriever, tiny_dataset
-from stagegraph.cli.expectations import register
+from stagegraph.cli.app import main
 from stagegraph.evaluation.expectations import (
     EXPECTATIONS_DIR,
     ExpectationError,
@@ -108,16 +107,16 @@ def test_duplicate_ids_across_files(tmp_path):
 
 def test_cli_lists_and_reports_bad_files(tmp_path, capsys):
     (tmp_path / "a.yaml").write_text(ENTRY)
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers())
-    args = parser.parse_args(["check-expectations", "--dir", str(tmp_path), "--list"])
-    assert args.func(args) == 0  # nothing runs: the dataset "tiny" is not present here
+    assert main(["check-expectations", "--dir", str(tmp_path), "--list"]) == 0  # nothing runs: "tiny" is absent
     assert "oracle-tiny" in capsys.readouterr().out
     (tmp_path / "b.yaml").write_text("- {id: y}")
-    args = parser.parse_args(["check-expectations", "--dir", str(tmp_path)])
-    assert args.func(args) == 2
-    args = parser.parse_args(["check-expectations", "--dir", str(tmp_path / "none"), "--id", "zzz"])
-    assert args.func(args) == 2
+    assert main(["check-expectations", "--dir", str(tmp_path)]) == 2
+    assert "entry 1 (y): dataset: Field required" in capsys.readouterr().err
+    assert main(["check-expectations", "--dir", str(tmp_path / "none")]) == 2
+    assert "no pinned expectations found" in capsys.readouterr().err
+    (tmp_path / "b.yaml").unlink()
+    assert main(["check-expectations", "--dir", str(tmp_path), "--id", "zzz"]) == 2
+    assert "no expectation with id zzz" in capsys.readouterr().err
 
 
 # -- the real pinned figures --------------------------------------------------------------------

@@ -10,7 +10,9 @@ import pytest
 from pydantic import ValidationError
 
 from stagegraph.corpora.types import Queries
-from stagegraph.stages.base import Environment, Ranking, StageError
+from stagegraph.errors import StageError
+from stagegraph.pipeline.ranking import Ranking, with_provenance
+from stagegraph.pipeline.stage import Environment, Inputs
 from stagegraph.stages.fusion.pool import CandidatePool, CandidatePoolConfig, branch_contributions
 from stagegraph.stages.fusion import normalize
 from stagegraph.stages.fusion.options import FusionMethod, MissingPolicy, Normalization
@@ -28,8 +30,14 @@ A = R([10, 20, 30], [3.0, 2.0, 1.0])
 B = R([30, 40], [0.9, 0.8])
 
 
-def fuse(pool: CandidatePool, *rankings: Ranking) -> Ranking:
-    return pool.run(Q, [[r] for r in rankings])[0]
+def fuse(pool: CandidatePool, *rankings: Ranking, names: tuple[str, ...] | None = None) -> Ranking:
+    return pool.run(Q, Inputs([[r] for r in rankings], names))[0]
+
+
+def traced_pool(pool: CandidatePool, names: tuple[str, ...], *rankings: Ranking) -> Ranking:
+    """The pool's ranking with the provenance the executor attaches (branches traced under `names`)."""
+    branches = [with_provenance(n, r, []) for n, r in zip(names, rankings)]
+    return with_provenance("pool", fuse(pool, *branches, names=names), branches)
 
 
 def as_dict(r: Ranking) -> dict[int, float]:
@@ -86,8 +94,7 @@ def test_wsum_weights():
 
 def test_weights_by_branch_name():
     pool = CandidatePool("wsum", weights={"dense": 3, "bm25": 1})
-    pool.input_names = ("bm25", "dense")
-    check_ranking(fuse(pool, A, B), [(30, 3.0), (10, 1.0), (20, 0.5), (40, 0.0)])
+    check_ranking(fuse(pool, A, B, names=("bm25", "dense")), [(30, 3.0), (10, 1.0), (20, 0.5), (40, 0.0)])
 
 
 def test_weighted_max_and_combmnz():
@@ -193,34 +200,32 @@ def test_constant_and_single_document_branches_through_the_pool():
 def test_all_branches_empty():
     for method in FusionMethod:
         weights = [1, 1] if method is FusionMethod.WSUM else None
-        pool = CandidatePool(method, weights=weights)
-        pool.input_names = ("x", "y")
-        r = fuse(pool, R([], []), R([], []))
+        r = traced_pool(CandidatePool(method, weights=weights), ("x", "y"), R([], []), R([], []))
         assert len(r) == 0 and r.scores.dtype == np.float32
-        assert set(r.features) == {"x", "x.rank", "y", "y.rank"}
+        assert set(r.provenance) == {"x", "y", "pool"}
 
 
 @pytest.mark.parametrize("missing", list(MissingPolicy))
 def test_a_branch_returning_nothing(missing):
     # the empty branch adds nothing under every policy (it has no minimum under `min`)
-    r = fuse(CandidatePool("combsum", normalization="none", missing=missing), A, R([], []))
+    r = traced_pool(CandidatePool("combsum", normalization="none", missing=missing), ("a", "b"), A, R([], []))
     scale = 2.0 if missing is MissingPolicy.SKIP else 1.0  # skip: the mean over present (A) x total weight
     check_ranking(r, [(10, 3.0 * scale), (20, 2.0 * scale), (30, 1.0 * scale)])
-    assert np.isnan(r.features["input1"]).all() and np.isnan(r.features["input1.rank"]).all()
+    assert not r.provenance["b"].found.any() and r.provenance["a"].found.all()
     check_ranking(fuse(CandidatePool(), R([], []), B), [(30, 1 / 61), (40, 1 / 62)])
 
 
 def test_pool_is_cut_to_k_after_fusion():
-    r = fuse(CandidatePool(k=2), A, B)
+    r = traced_pool(CandidatePool(k=2), ("a", "b"), A, B)
     assert r.doc_rows.tolist() == [30, 10]
-    assert all(len(f) == 2 for f in r.features.values())
+    assert all(len(t.score) == len(t.rank) == 2 for t in r.provenance.values())
 
 
 def test_duplicate_row_in_a_branch_counts_once_at_its_best_rank():
     dup = Ranking(np.array([5, 5, 6]), np.array([3.0, 2.0, 1.0], dtype=np.float32))
-    r = fuse(CandidatePool("rrf", rrf_k=0), dup, R([], []))
+    r = traced_pool(CandidatePool("rrf", rrf_k=0), ("a", "b"), dup, R([], []))
     check_ranking(r, [(5, 1.0), (6, 0.5)])
-    assert as_dict(Ranking(r.doc_rows, r.features["input0"])) == {5: 3.0, 6: 1.0}
+    assert as_dict(Ranking(r.doc_rows, r.provenance["a"].score)) == {5: 3.0, 6: 1.0}
 
 
 def test_three_branches():
@@ -230,45 +235,47 @@ def test_three_branches():
     check_ranking(r, [(40, 3.0), (30, 8 / 3), (10, 1.0), (20, 2 / 3), (50, 0.5)])
 
 
-# -- explanation features ---------------------------------------------------------------------------
-def test_features_keep_each_branchs_raw_score_and_rank():
-    pool = CandidatePool()
-    pool.input_names = ("bm25", "dense")
-    r = fuse(pool, A, B)  # order 30, 10, 20, 40
-    np.testing.assert_array_equal(r.features["bm25"], np.array([1.0, 3.0, 2.0, NAN], dtype=np.float32))
-    np.testing.assert_array_equal(r.features["bm25.rank"], [3, 1, 2, NAN])
-    np.testing.assert_array_equal(r.features["dense"], np.array([0.9, NAN, NAN, 0.8], dtype=np.float32))
-    np.testing.assert_array_equal(r.features["dense.rank"], [1, NAN, NAN, 2])
+# -- provenance -------------------------------------------------------------------------------------
+def test_provenance_keeps_each_branchs_raw_score_and_rank():
+    r = traced_pool(CandidatePool(), ("bm25", "dense"), A, B)  # order 30, 10, 20, 40
+    np.testing.assert_array_equal(r.provenance["bm25"].score, np.array([1.0, 3.0, 2.0, NAN], dtype=np.float32))
+    np.testing.assert_array_equal(r.provenance["bm25"].rank, [3, 1, 2, NAN])
+    np.testing.assert_array_equal(r.provenance["dense"].score, np.array([0.9, NAN, NAN, 0.8], dtype=np.float32))
+    np.testing.assert_array_equal(r.provenance["dense"].rank, [1, NAN, NAN, 2])
+    np.testing.assert_array_equal(r.provenance["pool"].rank, [1, 2, 3, 4])
+    np.testing.assert_array_equal(r.provenance["pool"].score, r.scores)
 
 
-def test_branch_names_fall_back_to_input_positions():
-    assert set(fuse(CandidatePool(), A, B).features) == {"input0", "input0.rank", "input1", "input1.rank"}
+def test_a_branch_named_like_a_reranker_field_cannot_collide():
+    # the old string-keyed features had "upstream" and "cross_encoder" entries: a branch of that name was
+    # overwritten. Provenance is keyed by step name only.
+    r = traced_pool(CandidatePool(), ("upstream", "cross_encoder"), A, B)
+    assert set(r.provenance) == {"upstream", "cross_encoder", "pool"}
+    assert r.provenance["upstream"].found.tolist() == [True, True, True, False]
 
 
 def test_branch_contributions_counts_documents_only_one_branch_found():
-    pool = CandidatePool()
-    pool.input_names = ("bm25", "dense")
-    rankings = pool.run(Queries(["q1", "q2"], ["a", "b"]), [[A, A], [B, R([10], [1.0])]])
+    names = ("bm25", "dense")
+    rankings = [traced_pool(CandidatePool(), names, A, B), traced_pool(CandidatePool(), names, A, R([10], [1.0]))]
     # q1: 10, 20 only bm25; 40 only dense; 30 both.  q2: 20, 30 only bm25; 10 both.
     assert branch_contributions(rankings, ["bm25", "dense"]) == {"bm25": 4, "dense": 1}
-    with pytest.raises(KeyError, match="no rank feature"):
+    with pytest.raises(KeyError, match="no trace of branch"):
         branch_contributions(rankings, ["bm25", "splade"])
 
 
-def test_pool_in_a_graph_names_features_after_the_branches():
-    from stagegraph.pipeline.executor import run
-    from stagegraph.pipeline.graph import Graph
+def test_pool_in_a_pipeline_traces_every_branch_by_its_step_name():
+    from stagegraph.pipeline.compose import Pipeline
     from stubs import StubRetriever, tiny_corpus
 
-    graph = Graph((StubRetriever("lex", k=5, seed=1) | StubRetriever("sem", k=5, seed=2)) >> CandidatePool(k=8))
+    graph = Pipeline((StubRetriever("lex", k=5, seed=1) | StubRetriever("sem", k=5, seed=2)) >> CandidatePool(k=8))
     env = Environment(tiny_corpus(), progress=False)
-    result = run(graph, Queries(["q1", "q2"], ["x", "y"]), env, mode="batch")
+    result = graph.execute(Queries(["q1", "q2"], ["x", "y"]), env=env, mode="batch")
     pooled = result.stages["pool"].rankings
     assert all(len(p) <= 8 for p in pooled)
-    assert {"lex", "lex.rank", "sem", "sem.rank"} <= set(pooled[0].features)
+    assert set(pooled[0].provenance) == {"lex", "sem", "pool"}
     for p, lex in zip(pooled, result.stages["lex"].rankings):
         found = dict(zip(lex.doc_rows.tolist(), lex.scores.tolist()))
-        for row, score in zip(p.doc_rows.tolist(), p.features["lex"].tolist()):
+        for row, score in zip(p.doc_rows.tolist(), p.provenance["lex"].score.tolist()):
             assert math.isnan(score) if row not in found else score == pytest.approx(found[row])
 
 
@@ -320,9 +327,8 @@ def test_weights_are_checked_against_the_inputs_at_run_time():
     with pytest.raises(StageError, match="has 3 weights but 2 inputs"):
         fuse(CandidatePool("wsum", weights=[1, 2, 3]), A, B)
     pool = CandidatePool("wsum", weights={"bm25": 1, "splade": 2})
-    pool.input_names = ("bm25", "dense")
     with pytest.raises(StageError, match=r"unknown: \['splade'\].*no weight for: \['dense'\]"):
-        fuse(pool, A, B)
+        fuse(pool, A, B, names=("bm25", "dense"))
 
 
 def test_inputs_must_align_with_queries():

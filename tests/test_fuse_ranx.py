@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from stagegraph.corpora.types import Queries
-from stagegraph.stages.base import Ranking
+from stagegraph.pipeline.ranking import Ranking
 from stagegraph.stages.fusion.pool import CandidatePool
 
 ranx = pytest.importorskip("ranx")

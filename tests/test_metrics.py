@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 from stagegraph.corpora.types import Corpus, Qrels, Queries
-from stagegraph.stages.base import Ranking
-from stagegraph.evaluation.measures import DEFAULT_METRICS, Metric, MetricError, MetricsStage, parse_metrics, score_run
+from stagegraph.pipeline.ranking import Ranking
+from stagegraph.evaluation.measures import DEFAULT_METRICS, Metric, MetricError, parse_metrics
+from stagegraph.evaluation.metrics_stage import MetricsStage
+from stagegraph.evaluation.scoring import score_run
 
 pytrec_eval = pytest.importorskip("pytrec_eval")
 

@@ -9,11 +9,14 @@ import re
 import pytest
 
 from stagegraph.corpora.trec import read_run
-from eval_fixtures import LabelledPool, OracleRetriever, tiny_dataset
+from eval_fixtures import OracleRetriever, tiny_dataset
+from stagegraph.errors import InputError
 from stagegraph.evaluation.evaluate import evaluate
 from stagegraph.evaluation.report import Report
 from stagegraph.evaluation.console import print_report, render_report
 from stagegraph.evaluation.html import render_html
+from stagegraph.evaluation.writer import save_report
+from stagegraph.stages.fusion import CandidatePool
 from stubs import StubRerank, StubRetriever
 
 
@@ -25,14 +28,14 @@ def dataset():
 @pytest.fixture(scope="module")
 def report(dataset):
     qrels = dataset.qrels["test"]
-    graph = (OracleRetriever("bm25", k=30, noise=0.5, qrels=qrels) | StubRetriever("dense", k=30)) >> LabelledPool("pool", k=40) >> StubRerank("rerank", k=10)
+    graph = (OracleRetriever("bm25", k=30, noise=0.5, qrels=qrels) | StubRetriever("dense", k=30)) >> CandidatePool("rrf", k=40, name="pool") >> StubRerank("rerank", k=10)
     return evaluate(graph, dataset, progress=False)
 
 
 @pytest.fixture(scope="module")
 def saved(report, tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
-    report.save(out)
+    save_report(report, out)
     return out
 
 
@@ -60,7 +63,7 @@ def test_json_contract(saved, dataset):
 def test_json_round_trip(saved, report):
     loaded = Report.load(saved)  # a directory works as well as the file
     assert loaded.model_dump() == report.model_dump()
-    with pytest.raises(FileNotFoundError, match="report.json"):
+    with pytest.raises(InputError, match="report.json"):
         Report.load(saved / "nowhere")
 
 
@@ -103,7 +106,7 @@ def test_html_in_batch_mode_and_from_loaded_report(saved, dataset):
     assert "Batch mode measures throughput" in html and "<svg" in html
     loaded = Report.load(saved)
     out = saved.parent / "resaved"
-    loaded.save(out)  # no rankings attached: no run files, but every other file
+    save_report(loaded, out)  # no rankings attached: no run files, but every other file
     assert (out / "report.html").is_file() and not (out / "runs").exists()
 
 

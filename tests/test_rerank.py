@@ -8,9 +8,10 @@ from stubs import StubRetriever
 from tiny_models import make_tiny_cross_encoder, make_tiny_sentence_transformer
 
 from stagegraph.corpora.types import Corpus, Queries
-from stagegraph.pipeline.executor import run as run_graph
-from stagegraph.pipeline.graph import Graph
-from stagegraph.stages.base import Environment, Ranking, StageError
+from stagegraph.pipeline.compose import Pipeline
+from stagegraph.errors import StageError
+from stagegraph.pipeline.ranking import Ranking
+from stagegraph.pipeline.stage import Environment
 from stagegraph.pipeline.registry import stage_class
 from stagegraph.stages.rerank.cross_encoder import CrossEncoderReranker
 from stagegraph.stages.rerank.blend import METADATA_FILE, BlendSpec, blend_scores
@@ -83,16 +84,22 @@ def test_order_equals_the_naive_predict_loop(tiny_ce, corpus, tmp_path):
         assert set(got.doc_rows) <= set(rows.tolist())  # nothing below `depth` is reranked in
 
 
-def test_k_and_depth_cut_and_features(tiny_ce, corpus, tmp_path):
-    stage = CrossEncoderReranker(str(tiny_ce), max_length=64, depth=10, k=4, score_cache="off")
+def test_k_and_depth_cut_and_its_own_trace(tiny_ce, corpus, tmp_path):
+    stage = CrossEncoderReranker(str(tiny_ce), max_length=64, depth=10, k=4, score_cache="off", blend=0.5)
     stage.warm_up(_env(corpus, tmp_path))
     upstream = _upstream(len(corpus), 3)
     out = stage.run(_queries(), [upstream])
-    for pool, ranking in zip(upstream, out):
+    for text, pool, ranking in zip(_queries().texts, upstream, out):
         assert len(ranking) == 4
         assert set(ranking.doc_rows) <= set(pool.doc_rows[:10].tolist())
         assert np.all(np.diff(ranking.scores) <= 0)
-        assert set(ranking.features) >= {"cross_encoder", "upstream"}
+        own = ranking.provenance[stage.name]  # the model's own score and the upstream one it blended with
+        np.testing.assert_array_equal(own.rank, [1, 2, 3, 4])
+        np.testing.assert_array_equal(own.score, ranking.scores)
+        upstream_of = dict(zip(pool.doc_rows.tolist(), pool.scores.tolist()))
+        np.testing.assert_allclose(own.blended_with, [upstream_of[r] for r in ranking.doc_rows.tolist()])
+        model = stage.predict([(text, corpus.doc_text(int(r))) for r in ranking.doc_rows])
+        np.testing.assert_allclose(own.model_score, model, atol=1e-5)
     assert stage.stats.pairs == 30 and stage.stats.scored == 30
 
 
@@ -101,8 +108,8 @@ def test_batch_and_online_give_identical_rankings(tiny_ce, corpus, tmp_path):
     results = {}
     for mode in ("batch", "online"):
         stage = CrossEncoderReranker(str(tiny_ce), max_length=64, depth=25, k=10, score_cache="off", name="rerank")
-        graph = Graph(StubRetriever("first", k=30) >> stage)
-        results[mode] = run_graph(graph, queries, _env(corpus, tmp_path), mode=mode, warmup=0).final
+        graph = Pipeline(StubRetriever("first", k=30) >> stage)
+        results[mode] = graph.execute(queries, env=_env(corpus, tmp_path), mode=mode, warmup=0).final
     for a, b in zip(results["batch"], results["online"]):
         np.testing.assert_array_equal(a.doc_rows, b.doc_rows)
         np.testing.assert_allclose(a.scores, b.scores, atol=1e-6)

@@ -6,7 +6,8 @@ import torch
 from tiny_models import make_tiny_sentence_transformer
 
 from stagegraph.corpora.types import Corpus, Queries
-from stagegraph.stages.base import Environment, Ranking
+from stagegraph.pipeline.ranking import Ranking
+from stagegraph.pipeline.stage import Environment
 from stagegraph.stages.rerank.cross_encoder import CrossEncoderReranker
 from stagegraph.stages.rerank.pair_head import PairBertForSequenceClassification, from_bert
 from stagegraph.training.finetune import save_model

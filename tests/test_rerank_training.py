@@ -7,9 +7,9 @@ import pytest
 from tiny_models import WORDS, make_tiny_sentence_transformer
 
 from stagegraph.corpora.types import Corpus, Qrels, Queries
-from stagegraph.pipeline.config import load_graph
+from stagegraph.pipeline.compose import Pipeline
 from stagegraph.training.train import mining_graph
-from stagegraph.stages.base import Ranking
+from stagegraph.pipeline.ranking import Ranking
 from stagegraph.stages.rerank.blend import METADATA_FILE
 from stagegraph.training.finetune import TrainConfig, build_groups, split_train_dev, truncate_layers
 
@@ -92,7 +92,7 @@ def _write_beir(root, corpus, queries, qrels):
 
 def test_train_reranker_command_writes_a_model_the_reranker_loads(tmp_path):
     from stagegraph.cli.app import main
-    from stagegraph.stages.base import Environment
+    from stagegraph.pipeline.stage import Environment
     from stagegraph.stages.rerank.cross_encoder import CrossEncoderReranker
 
     corpus, queries, qrels = _toy()
@@ -157,11 +157,11 @@ def test_negatives_are_mined_from_the_reranker_input(tmp_path):
         "pipeline:\n  - parallel:\n      - {type: bm25, name: a, k: 50}\n      - {type: bm25, name: b, k: 50, k1: 1.2}\n"
         "  - {type: pool, name: pool, method: rrf, k: 40}\n  - {type: cross_encoder, name: rerank}\n"
     )
-    miner, reranker = mining_graph(load_graph(config))
+    miner, reranker = mining_graph(Pipeline.from_yaml(config))
     assert reranker.name == "rerank" and miner.output == "pool" and set(miner.names) == {"a", "b", "pool"}
     plain = tmp_path / "plain.yaml"
     plain.write_text("pipeline:\n  - {type: bm25, name: a, k: 50}\n")
-    miner, reranker = mining_graph(load_graph(plain))
+    miner, reranker = mining_graph(Pipeline.from_yaml(plain))
     assert reranker is None and miner.output == "a"
 
 
@@ -201,11 +201,11 @@ def test_cached_reranker_trains_once_per_data_and_settings(tmp_path):
     cfg = TrainConfig(base=str(base), layers=1, epochs=1, negatives=2, max_length=32, max_pairs=9, min_dev=2)
     said: list[str] = []
     kwargs = dict(work_dir=tmp_path / "work", progress=False, say=said.append)
-    first, result = cached_reranker(load_graph(config), dataset, cfg, **kwargs)
+    first, result = cached_reranker(Pipeline.from_yaml(config), dataset, cfg, **kwargs)
     assert result is not None and (first / METADATA_FILE).is_file() and first.parent == tmp_path / "work" / "models"
-    again, cached = cached_reranker(load_graph(config), dataset, cfg, **kwargs)
+    again, cached = cached_reranker(Pipeline.from_yaml(config), dataset, cfg, **kwargs)
     assert again == first and cached is None and "fine-tuned earlier" in said[-1]
-    other, _ = cached_reranker(load_graph(config), dataset, cfg.model_copy(update={"seed": 1}), **kwargs)
+    other, _ = cached_reranker(Pipeline.from_yaml(config), dataset, cfg.model_copy(update={"seed": 1}), **kwargs)
     assert other != first
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import time
@@ -11,10 +10,12 @@ import numpy as np
 import pytest
 
 from stagegraph.corpora.types import Dataset, Qrels, Queries
-from stagegraph.cli.sweep import register as register_cli
-from stagegraph.pipeline.graph import Graph
+from stagegraph.cli.app import main
+from stagegraph.pipeline.compose import Pipeline
 from stagegraph.evaluation.sweep import SweepError, downstream_of, parse_values, sweep, with_setting
-from stagegraph.stages.base import Arity, Ranking, StageBase, StageConfig
+from stagegraph.pipeline.ranking import Ranking
+from stagegraph.pipeline.stage import Arity, StageConfig
+from stagegraph.stages.base import StageBase
 from stagegraph.pipeline.registry import _REGISTRY, register
 from stubs import StubRerank, StubRetriever, register_stubs, tiny_corpus
 
@@ -67,7 +68,7 @@ def test_parse_values():
 
 def test_with_setting_validates_and_shares_other_stages():
     retriever = StubRetriever("r", k=100)
-    graph = Graph(retriever >> DepthRerank("rerank", depth=10))
+    graph = Pipeline(retriever >> DepthRerank("rerank", depth=10))
     changed = with_setting(graph, "rerank", "depth", 50)
     assert changed.step("rerank").stage.config.depth == 50 and graph.step("rerank").stage.config.depth == 10
     assert changed.step("r").stage is retriever
@@ -75,7 +76,7 @@ def test_with_setting_validates_and_shares_other_stages():
         with_setting(graph, "rerank", "depht", 5)
     with pytest.raises(SweepError, match="refused"):
         with_setting(graph, "rerank", "depth", "deep")
-    assert downstream_of(Graph(retriever >> StubRerank("a") >> StubRerank("b")), "a") == ["a", "b"]
+    assert downstream_of(Pipeline(retriever >> StubRerank("a") >> StubRerank("b")), "a") == ["a", "b"]
 
 
 def test_sweep_quality_rises_with_depth_and_upstream_is_cached(tmp_path):
@@ -141,18 +142,12 @@ def test_cli_sweep(tmp_path, capsys):
         "pipeline:\n  - {type: stub_retriever, name: first, k: 50}\n"
         "  - {type: depth_rerank_test, name: rerank, depth: 10, ms_per_doc: 0.0}\n"
     )
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--quiet", action="store_true")
-    parser.add_argument("--work-dir")
-    register_cli(parser.add_subparsers())
     argv = ["--quiet", "--work-dir", str(tmp_path / "work"), "sweep", str(config), "--dataset", str(tmp_path / "data"),
             "--stage", "rerank", "--param", "depth", "--values", "5,50", "--out", str(tmp_path / "out")]
-    args = parser.parse_args(argv)
-    assert args.func(args) == 0
+    assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "depth" in printed and "path P95" in printed
     assert max(len(line) for line in printed.splitlines()) <= 100
     assert (tmp_path / "out" / "sweep.csv").is_file()
-    args = parser.parse_args(argv[:-6] + ["--param", "nope", "--values", "1"])
-    assert args.func(args) == 2
+    assert main(argv[:-6] + ["--param", "nope", "--values", "1"]) == 2
     assert "no setting 'nope'" in capsys.readouterr().err

@@ -8,17 +8,16 @@ P50/P95 latency deltas. `--out DIR` writes `compare.json` and `compare.csv`.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from stagegraph.cli.app import Exit
 from stagegraph.evaluation.compare import CompareError, Comparison, compare, label_for, to_csv
 from stagegraph.evaluation.report import Report
 
-EXIT_OK, EXIT_BAD_INPUT = 0, 2
 
 
 def register(sub) -> None:
@@ -54,17 +53,13 @@ def _baseline_index(paths: list[str], baseline: str | None) -> tuple[list[str], 
 
 
 def handle(args: argparse.Namespace) -> int:
-    try:
-        paths, index = _baseline_index(list(args.reports), args.baseline)
-        reports = [Report.load(p) for p in paths]
-        metrics = [m.strip() for m in args.metrics.split(",")] if args.metrics else None
-        result = compare(
-            reports, labels=[label_for(p) for p in paths], baseline=index, stage=args.stage, metrics=metrics,
-            permutations=args.permutations, seed=args.seed, alpha=args.alpha,
-        )
-    except (CompareError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    paths, index = _baseline_index(list(args.reports), args.baseline)
+    reports = [Report.load(p) for p in paths]
+    metrics = [m.strip() for m in args.metrics.split(",")] if args.metrics else None
+    result = compare(
+        reports, labels=[label_for(p) for p in paths], baseline=index, stage=args.stage, metrics=metrics,
+        permutations=args.permutations, seed=args.seed, alpha=args.alpha,
+    )
     print_comparison(result)
     if args.out:
         out = Path(args.out)
@@ -73,7 +68,7 @@ def handle(args: argparse.Namespace) -> int:
         (out / "compare.csv").write_text(to_csv(result), encoding="utf-8")
         if not getattr(args, "quiet", False):
             print(f"Comparison written to {out}/ (compare.json, compare.csv)")
-    return EXIT_OK
+    return Exit.OK
 
 
 def _p(p: float) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from stagegraph.cli.app import Exit
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -19,13 +21,13 @@ def register(sub) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from stagegraph.cli.app import work_dir
+    from stagegraph.cli.app import progress, work_dir
     from stagegraph.demo import run_demo
     from stagegraph.evaluation.console import print_report
 
-    result = run_demo(work_dir=work_dir(args), out=args.out, reranker=args.reranker, progress=not args.quiet)
+    result = run_demo(work_dir=work_dir(args), out=args.out, reranker=args.reranker, progress=progress(args))
     print_report(result.report)
     print(result.verdict)
     print(f"HTML report: {result.out}/report.html  (also report.json, per_query.csv, runs/*.trec)")
     print(f"Demo finished in {result.seconds:.0f} s.")
-    return 0
+    return Exit.OK

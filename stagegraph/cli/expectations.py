@@ -8,16 +8,15 @@ more than its tolerance, 2 when a file is invalid, 0 otherwise. Skipped entries 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from stagegraph.cli.app import Exit
 from stagegraph.evaluation.expectations import EXPECTATIONS_DIR, ExpectationError, Outcome, check, load_expectations, skip_reason
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
 def register(sub) -> None:
@@ -32,17 +31,13 @@ def register(sub) -> None:
 
 def handle(args: argparse.Namespace) -> int:
     console = Console(width=100)
-    try:
-        entries = load_expectations(Path(args.dir))
-    except ExpectationError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    entries = load_expectations(Path(args.dir))
+    if not entries:
+        raise ExpectationError(f"{args.dir}: no pinned expectations found (no *.yaml entries); give --dir a folder of them")
     if args.id:
         unknown = set(args.id) - {e.id for e in entries}
         if unknown:
-            print(f"error: no expectation with id {', '.join(sorted(unknown))}; ids: "
-                  f"{', '.join(e.id for e in entries)}", file=sys.stderr)
-            return EXIT_BAD_INPUT
+            raise ExpectationError(f"no expectation with id {', '.join(sorted(unknown))}; ids: {', '.join(e.id for e in entries)}")
         entries = [e for e in entries if e.id in args.id]
     slow = True if args.slow else None
     outcomes: list[Outcome] = []
@@ -62,7 +57,7 @@ def handle(args: argparse.Namespace) -> int:
     for o in failed:
         for line in o.failures or [o.reason]:
             console.print(f"{o.id}: {line}", markup=False, highlight=False)
-    return EXIT_FAILED if failed else EXIT_OK
+    return Exit.CHECK_FAILED if failed else Exit.OK
 
 
 def outcome_table(outcomes: list[Outcome], entries) -> Table:

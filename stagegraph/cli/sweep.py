@@ -8,17 +8,15 @@ and one full report per value.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from stagegraph.evaluation.sweep import SweepError, SweepResult, parse_values, sweep
-from stagegraph.evaluation.measures import Metric, MetricError
-
-EXIT_OK, EXIT_BAD_INPUT = 0, 2
+from stagegraph.cli.app import Exit, add_config_arg, add_dataset_args, environment, load_dataset, load_pipeline, progress, say, work_dir
+from stagegraph.evaluation.measures import Metric
+from stagegraph.evaluation.sweep import SweepResult, parse_values, sweep
 
 
 def register(sub) -> None:
@@ -27,8 +25,8 @@ def register(sub) -> None:
         help="evaluate one stage setting over several values: quality vs P95 latency table and plot",
         description=__doc__.splitlines()[0],
     )
-    p.add_argument("config", help="pipeline YAML")
-    p.add_argument("--dataset", required=True, help="a BEIR-layout directory or a registered name such as `sample`")
+    add_config_arg(p)
+    add_dataset_args(p)
     p.add_argument("--stage", required=True, help="the stage to vary (its name in the pipeline)")
     p.add_argument("--param", required=True, help="the setting of that stage, e.g. depth")
     p.add_argument("--values", required=True, help="comma-separated values, e.g. 10,20,50,100")
@@ -38,38 +36,27 @@ def register(sub) -> None:
     p.add_argument("--metrics", help="comma-separated metrics (default recall@10,recall@100,ndcg@10,mrr@10,map)")
     p.add_argument("--primary", help="metric plotted against latency (default ndcg@10)")
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--reranker", help="model for every cross-encoder stage (as in `eval`)")
     p.set_defaults(func=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
-    from stagegraph.corpora.types import DataError
     from stagegraph.pipeline.cache import StageCache
-    from stagegraph.cli.app import load_graph_for, work_dir
-    from stagegraph.stages.base import Environment
 
-    quiet = getattr(args, "quiet", False)
-    try:
-        values = parse_values(args.values)
-        graph = load_graph_for(args, args.config)
-        from stagegraph.corpora.registry import load_dataset
-
-        dataset = load_dataset(args.dataset, progress=not quiet)
-        root = work_dir(args)
-        env = Environment(corpus=dataset.corpus, work_dir=root, progress=not quiet)
-        result = sweep(
-            graph, dataset, args.stage, args.param, values, out=args.out,
-            metrics=args.metrics.split(",") if args.metrics else None, split=args.split, mode=args.mode,
-            env=env, cache=StageCache(root / "cache"), warmup=args.warmup, progress=not quiet,
-            primary=str(Metric.parse(args.primary)) if args.primary else None,
-        )
-    except (SweepError, MetricError, DataError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    values = parse_values(args.values)
+    primary = str(Metric.parse(args.primary)) if args.primary else None
+    pipeline = load_pipeline(args)
+    dataset = load_dataset(args)
+    env = environment(args, dataset)
+    result = sweep(
+        pipeline, dataset, args.stage, args.param, values, out=args.out,
+        metrics=args.metrics.split(",") if args.metrics else None, split=args.split, mode=args.mode,
+        env=env, cache=StageCache(work_dir(args) / "cache"), warmup=args.warmup, progress=progress(args),
+        primary=primary,
+    )
     print_sweep(result)
-    if args.out and not quiet:
-        print(f"Sweep written to {Path(args.out)}/ (sweep.csv, sweep.svg, sweep.html, one report per value)")
-    return EXIT_OK
+    if args.out:
+        say(args, f"Sweep written to {Path(args.out)}/ (sweep.csv, sweep.svg, sweep.html, one report per value)")
+    return Exit.OK
 
 
 def sweep_table(result: SweepResult) -> Table:

@@ -1,7 +1,8 @@
 """`stagegraph train-reranker CONFIG --dataset PATH --out DIR`: fine-tune a cross-encoder on qrels.
 
 Exit codes: 0 the model was written and beats the first stage on held-out training queries;
-1 it was written but does not (the message says so plainly); 2 bad input.
+1 it was written but does not, or nothing was held out to check it (the message says so plainly);
+2 bad input.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import argparse
 import json
 from pathlib import Path
 
+from stagegraph.cli.app import Exit, add_config_arg, add_dataset_args, load_dataset, load_pipeline, progress, work_dir
+from stagegraph.errors import InputError
 from stagegraph.training.finetune import DEFAULT_BASE, TrainConfig
 
 
@@ -22,8 +25,8 @@ def register(sub) -> None:
         "negatives come from the pipeline's stages before its cross-encoder; part of the training "
         "queries is held out to check the model against the first stage and to choose its blend.",
     )
-    p.add_argument("config", help="pipeline YAML; its stages before the cross-encoder mine negatives")
-    p.add_argument("--dataset", required=True, help="a BEIR-layout directory or a registered name such as `sample`")
+    add_config_arg(p, help="pipeline YAML; its stages before the cross-encoder mine negatives")
+    add_dataset_args(p, reranker=False)
     p.add_argument("--split", default="train", help="qrels split to train on (default train)")
     p.add_argument("--base", default=DEFAULT_BASE, help=f"base model: HF id or local path (default {DEFAULT_BASE})")
     p.add_argument("--out", required=True, help="directory to write the fine-tuned model to")
@@ -56,9 +59,6 @@ def register(sub) -> None:
 def handle(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from stagegraph.corpora.registry import load_dataset
-    from stagegraph.cli.app import work_dir
-    from stagegraph.pipeline.config import load_graph
     from stagegraph.training.train import rankings_from_run, reranker_settings, train_from_candidates, train_reranker
 
     try:
@@ -71,11 +71,11 @@ def handle(args: argparse.Namespace) -> int:
             threads=args.threads, device=args.device, seed=args.seed,
         )
     except ValidationError as exc:
-        print(f"error: invalid training settings: {exc}")
-        return 2
-    quiet = bool(getattr(args, "quiet", False))
-    graph = load_graph(args.config)
-    dataset = load_dataset(args.dataset, progress=not quiet)
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise InputError(f"invalid training settings: {problems}") from None
+    quiet = not progress(args)
+    graph = load_pipeline(args)
+    dataset = load_dataset(args)
     if args.candidates:
         depth, max_length = reranker_settings(graph)
         result = train_from_candidates(
@@ -89,4 +89,4 @@ def handle(args: argparse.Namespace) -> int:
         )
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(result.model_dump(mode="json"), indent=2), encoding="utf-8")
-    return 0 if result.beats_first_stage in (True, None) else 1
+    return Exit.OK if result.beats_first_stage is True else Exit.CHECK_FAILED

@@ -24,10 +24,11 @@ import numpy as np
 from pydantic import BaseModel, Field
 from scipy import stats
 
+from stagegraph.errors import InputError
 from stagegraph.evaluation.report import Report
 
 
-class CompareError(ValueError):
+class CompareError(InputError):
     """Reports that cannot be compared (another dataset, no common queries, unknown stage)."""
 
 

@@ -18,9 +18,10 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from stagegraph.corpora.types import Corpus, Dataset, Qrels, Queries
+from stagegraph.errors import InputError
 from stagegraph.pipeline.cache import StageCache
-from stagegraph.pipeline.executor import Mode, RunResult, run
-from stagegraph.pipeline.graph import Graph
+from stagegraph.pipeline.compose import Pipeline, as_pipeline
+from stagegraph.pipeline.executor import Mode, RunResult
 from stagegraph.evaluation.report import (
     BranchContribution,
     EndToEnd,
@@ -31,14 +32,17 @@ from stagegraph.evaluation.report import (
     machine_info,
 )
 from stagegraph.pipeline.timing import LatencySummary
-from stagegraph.stages.base import Environment, Ranking
-from stagegraph.evaluation.measures import DEFAULT_METRICS, Metric, MetricsStage, parse_metrics, score_run
+from stagegraph.pipeline.ranking import Ranking
+from stagegraph.pipeline.stage import Environment
+from stagegraph.evaluation.measures import DEFAULT_METRICS, Metric, parse_metrics
+from stagegraph.evaluation.metrics_stage import MetricsStage
+from stagegraph.evaluation.scoring import score_run
 
 DEFAULT = DEFAULT_METRICS
 
 
 def evaluate(
-    graph: Graph | object,
+    pipeline: Pipeline | object,
     dataset: Dataset,
     split: str = "test",
     metrics: Iterable[str | Metric] | str | None = DEFAULT,
@@ -49,35 +53,35 @@ def evaluate(
     progress: bool = True,
     threads: int | None = None,
 ) -> Report:
-    """Run `graph` on the judged queries of `split` and report quality and cost per stage."""
-    if not isinstance(graph, Graph):
-        graph = Graph(graph)
+    """Run `pipeline` on the judged queries of `split` and report quality and cost per stage."""
+    graph = as_pipeline(pipeline)
+    graph.require_complete()
     queries, qrels = dataset.split(split)
     if env is None:
         env = Environment(corpus=dataset.corpus, progress=progress)
     elif env.corpus.fingerprint != dataset.corpus.fingerprint:
-        raise ValueError(
+        raise InputError(
             "the Environment's corpus is not the dataset's corpus; build it as "
             "Environment(corpus=dataset.corpus, ...) so indexes match the documents scored"
         )
     parsed = _metrics_for(graph, metrics)
-    result = run(graph, queries, env, mode=mode, cache=cache, warmup=warmup, threads=threads)
+    result = graph.execute(queries, env=env, mode=mode, cache=cache, warmup=warmup, threads=threads)
     return build_report(graph, dataset, split, queries, qrels, result, parsed)
 
 
-def _metrics_for(graph: Graph, metrics: Iterable[str | Metric] | str | None) -> list[Metric]:
+def _metrics_for(graph: Pipeline, metrics: Iterable[str | Metric] | str | None) -> list[Metric]:
     if metrics is not None:
         return parse_metrics(metrics)
     declared = [s.stage for s in graph.steps if isinstance(s.stage, MetricsStage)]
     return declared[-1].metrics if declared else parse_metrics(DEFAULT_METRICS)
 
 
-def _reported_steps(graph: Graph) -> list:
+def _reported_steps(graph: Pipeline) -> list:
     """Every step but pass-through metrics stages (which would repeat their input's figures)."""
     return [s for s in graph.steps if not isinstance(s.stage, MetricsStage)]
 
 
-def _output_name(graph: Graph) -> str:
+def _output_name(graph: Pipeline) -> str:
     """The last reported stage: a trailing metrics stage reports its input."""
     name = graph.output
     while isinstance(graph.step(name).stage, MetricsStage):
@@ -86,7 +90,7 @@ def _output_name(graph: Graph) -> str:
 
 
 def build_report(
-    graph: Graph,
+    graph: Pipeline,
     dataset: Dataset,
     split: str,
     queries: Queries,
@@ -153,7 +157,7 @@ def build_report(
     return report
 
 
-def _graph_config(graph: Graph) -> dict | None:
+def _graph_config(graph: Pipeline) -> dict | None:
     try:
         return graph.to_config()
     except Exception as exc:  # a stage that cannot be written as YAML must not sink the report
@@ -175,29 +179,23 @@ def branch_contributions(
     qrels: Qrels,
     corpus: Corpus,
 ) -> dict[str, BranchContribution]:
-    """Per branch, the pooled documents it ranked, and those (and the relevant ones) only it ranked.
-
-    A fusing stage labels each pooled document with `features["<branch>"]` (the branch's score) and
-    `features["<branch>.rank"]`; a branch that did not rank the document leaves NaN there.
-    """
-    labelled = [b for b in branches if any(b in r.features or f"{b}.rank" in r.features for r in rankings)]
-    if len(branches) < 2 or not labelled:
+    """Per branch of a fusing step, the pooled documents it ranked, and those (and the relevant ones)
+    only it ranked, read from the provenance of the step's rankings (`provenance[branch].found`)."""
+    if len(branches) < 2:
         return {}
-    found = {b: [] for b in labelled}
-    unique = {b: [] for b in labelled}
-    unique_rel = {b: [] for b in labelled}
+    found = {b: [] for b in branches}
+    unique = {b: [] for b in branches}
+    unique_rel = {b: [] for b in branches}
     for qid, ranking in zip(queries.ids, rankings):
-        n = len(ranking)
-        present = np.zeros((len(labelled), n), dtype=bool)
-        for i, b in enumerate(labelled):
-            values = ranking.features.get(f"{b}.rank", ranking.features.get(b))
-            if values is not None:
-                values = np.asarray(values, dtype=np.float64)
-                present[i] = np.isfinite(values) & ((values > 0) if f"{b}.rank" in ranking.features else True)
+        present = np.zeros((len(branches), len(ranking)), dtype=bool)
+        for i, b in enumerate(branches):
+            trace = ranking.provenance.get(b)
+            if trace is not None:
+                present[i] = trace.found
         judged = qrels.as_rows(qid, corpus)
         relevant = np.isin(ranking.doc_rows, judged.doc_rows[judged.grades >= 1])
         only = present & (present.sum(axis=0) == 1)
-        for i, b in enumerate(labelled):
+        for i, b in enumerate(branches):
             found[b].append(present[i].sum())
             unique[b].append(only[i].sum())
             unique_rel[b].append((only[i] & relevant).sum())
@@ -207,5 +205,5 @@ def branch_contributions(
             unique=float(np.mean(unique[b])) if unique[b] else 0.0,
             unique_relevant=float(np.mean(unique_rel[b])) if unique_rel[b] else 0.0,
         )
-        for b in labelled
+        for b in branches
     }

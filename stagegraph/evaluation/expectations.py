@@ -31,12 +31,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from stagegraph.errors import InputError
 from stagegraph.evaluation.measures import Metric
 
 from stagegraph.configs import EXPECTATIONS_DIR, bundled
 
 
-class ExpectationError(ValueError):
+class ExpectationError(InputError):
     """An expectations file that cannot be read; the message names the file, the entry and the field."""
 
 
@@ -158,9 +159,9 @@ def select(entries: Iterable[Expectation], slow: bool | None = None,
 
 
 def _default_graph_loader(path: Path) -> Any:
-    from stagegraph.pipeline.config import load_graph
+    from stagegraph.pipeline.compose import Pipeline
 
-    return load_graph(path)
+    return Pipeline.from_yaml(path)
 
 
 def _default_dataset_loader(name: str) -> Any:
@@ -179,7 +180,7 @@ def check(
 ) -> Outcome:
     """Evaluate `entry`'s pipeline on its dataset and compare every pinned metric."""
     from stagegraph.evaluation.evaluate import evaluate
-    from stagegraph.stages.base import Environment
+    from stagegraph.pipeline.stage import Environment
 
     graph = graph_loader(entry.config_path())
     dataset = dataset_loader(entry.dataset)

@@ -2,7 +2,7 @@
 
 `report.json` is the contract other tools read (`stagegraph compare`, the pinned expectations, CI):
 
-* top level: `dataset`, `split`, `mode`, `config` (the pipeline as `Graph.to_config()` gives it),
+* top level: `dataset`, `split`, `mode`, `config` (the pipeline as `Pipeline.to_config()` gives it),
   `output` (the graph's last stage), `metrics` (their names), `dataset_fingerprint`, `queries`,
   `missing_queries`, `warmup_queries`, `cache_hits`, `end_to_end`, `versions`, `machine`, `created`;
 * `stages.<name>`: `metrics` (metric string -> mean over the judged queries), `latency_ms`
@@ -12,8 +12,9 @@
 * `per_query`: the judged query ids and, per stage, each metric's per-query values, plus the
   per-query latencies (for the paired tests of `stagegraph compare` and the HTML plots).
 
-`Report.save(dir)` writes `report.json`, `per_query.csv`, `report.html` and, when the rankings are
-at hand (a report fresh from `evaluate`, not one read back from disk), `runs/<stage>.trec`.
+A report is plain data; `stagegraph.evaluation.writer.save_report(report, dir)` writes `report.json`,
+`per_query.csv`, `report.html` and, when the rankings are at hand (a report fresh from `evaluate`,
+not one read back from disk), `runs/<stage>.trec`.
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ import csv
 import io
 import os
 import platform
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field, PrivateAttr
 
+from stagegraph.errors import InputError
+from stagegraph.hashing import library_versions as versions
 from stagegraph.pipeline.timing import LatencySummary
 
 FORMAT_VERSION = 1
@@ -104,6 +106,11 @@ class Report(BaseModel):
     def attach_runs(self, qids: Sequence[str], runs: dict[str, list], corpus: Any) -> None:
         self._run_qids, self._runs, self._corpus = list(qids), dict(runs), corpus
 
+    @property
+    def runs(self) -> tuple[list[str], dict[str, list], Any]:
+        """(query ids, rankings per stage, corpus) when attached by `evaluate`, else empty."""
+        return self._run_qids, self._runs, self._corpus
+
     # -- access -----------------------------------------------------------------------------------
     def metric(self, stage: str, metric: str) -> float:
         try:
@@ -125,11 +132,12 @@ class Report(BaseModel):
         if path.is_dir():
             path = path / "report.json"
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: no report here; `stagegraph eval ... --out DIR` writes DIR/report.json")
+            raise InputError(f"{path}: no report here; `stagegraph eval ... --out DIR` writes DIR/report.json")
         try:
             return cls.model_validate_json(path.read_text(encoding="utf-8"))
-        except ValueError as exc:
-            raise ValueError(f"{path}: not a stagegraph report.json: {exc}") from None
+        except (ValueError, OSError) as exc:
+            problem = " ".join(str(exc).split())[:300]
+            raise InputError(f"{path}: not a stagegraph report.json ({problem}); write one with `stagegraph eval ... --out DIR`") from None
 
     def per_query_csv(self) -> str:
         """Long format: one row per (stage, query) with every metric and the query's latency."""
@@ -146,38 +154,6 @@ class Report(BaseModel):
                 row.append(f"{latencies[j]:.6g}" if latencies and j is not None else "")
                 writer.writerow(row)
         return buf.getvalue()
-
-    def save(self, out_dir: str | os.PathLike[str]) -> Path:
-        """Write report.json, per_query.csv, report.html and runs/<stage>.trec under `out_dir`."""
-        from stagegraph.evaluation.html import render_html
-
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        _write_atomic(out / "report.json", self.to_json())
-        _write_atomic(out / "per_query.csv", self.per_query_csv())
-        _write_atomic(out / "report.html", render_html(self))
-        if self._runs and self._corpus is not None:
-            for stage, rankings in self._runs.items():
-                write_trec_run(out / "runs" / f"{stage}.trec", stage, self._run_qids, rankings, self._corpus)
-        return out / "report.json"
-
-
-def write_trec_run(path: Path, run_name: str, qids: Sequence[str], rankings: Sequence, corpus: Any) -> Path:
-    """Six-column TREC run file in each ranking's order (ties already broken by row)."""
-    from stagegraph.corpora.trec import write_run
-
-    return write_run(path, run_name.replace(" ", "_"), list(qids), list(rankings), corpus)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def machine_info() -> dict[str, Any]:
@@ -202,9 +178,7 @@ def machine_info() -> dict[str, Any]:
 
 
 def library_versions() -> dict[str, str]:
-    from stagegraph.indexes.manifest import library_versions as versions
-
-    return versions(*LIBRARIES)
+    return versions(LIBRARIES, python=True)
 
 
 def load_reports(paths: Sequence[str | os.PathLike[str]]) -> list[Report]:

@@ -23,17 +23,21 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field, ValidationError
 
+from stagegraph import atomic
+from stagegraph.errors import InputError
 from stagegraph.corpora.types import Dataset
 from stagegraph.pipeline.cache import StageCache
 from stagegraph.evaluation.evaluate import DEFAULT, evaluate
 from stagegraph.pipeline.executor import Mode
-from stagegraph.pipeline.graph import Graph, Step
+from stagegraph.pipeline.compose import Pipeline, as_pipeline
+from stagegraph.pipeline.graph import Step
 from stagegraph.evaluation.report import Report
 from stagegraph.evaluation.svg import standalone, xy_plot
-from stagegraph.stages.base import Environment
+from stagegraph.pipeline.stage import Environment
+from stagegraph.evaluation.writer import save_report
 
 
-class SweepError(ValueError):
+class SweepError(InputError):
     """A sweep that cannot run: an unknown stage or field, or a value the stage's config refuses."""
 
 
@@ -103,10 +107,10 @@ class SweepResult(BaseModel):
     def save(self, out: str | os.PathLike[str]) -> None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "sweep.csv").write_text(self.to_csv(), encoding="utf-8")
-        (out / "sweep.svg").write_text(standalone(self.plot_svg()), encoding="utf-8")
-        (out / "sweep.html").write_text(self.to_html(), encoding="utf-8")
-        (out / "sweep.json").write_text(self.model_dump_json(indent=2), encoding="utf-8")
+        atomic.write_text(out / "sweep.csv", self.to_csv())
+        atomic.write_text(out / "sweep.svg", standalone(self.plot_svg()))
+        atomic.write_text(out / "sweep.html", self.to_html())
+        atomic.write_text(out / "sweep.json", self.model_dump_json(indent=2))
 
 
 def parse_values(text: str) -> list[Any]:
@@ -132,7 +136,7 @@ def parse_values(text: str) -> list[Any]:
     return out
 
 
-def with_setting(graph: Graph, stage: str, param: str, value: Any) -> Graph:
+def with_setting(graph: Pipeline, stage: str, param: str, value: Any) -> Pipeline:
     """A copy of `graph` whose stage `stage` is rebuilt with `param = value` (other stages shared)."""
     step = graph.step(stage)
     current = step.stage
@@ -147,7 +151,7 @@ def with_setting(graph: Graph, stage: str, param: str, value: Any) -> Graph:
     except ValidationError as exc:
         raise SweepError(f"{stage}.{param} = {value!r} is refused: {exc.errors()[0]['msg']}") from None
     rebuilt = type(current).from_config(config)
-    return Graph([Step(s.name, rebuilt if s.name == stage else s.stage, s.inputs, s.cutoff) for s in graph.steps])
+    return Pipeline([Step(s.name, rebuilt if s.name == stage else s.stage, s.inputs, s.cutoff) for s in graph.steps])
 
 
 class UpstreamOnlyCache:
@@ -158,10 +162,10 @@ class UpstreamOnlyCache:
         self.cache, self.serve = cache, serve
 
     @classmethod
-    def for_graph(cls, cache: StageCache, graph: Graph, stage: str, queries, env: Environment) -> UpstreamOnlyCache:
-        from stagegraph.pipeline.executor import _keys  # the executor's own cache keys, so they always agree
+    def for_graph(cls, cache: StageCache, graph: Pipeline, stage: str, queries, env: Environment) -> UpstreamOnlyCache:
+        from stagegraph.pipeline.executor import step_keys  # the executor's own cache keys, so they always agree
 
-        keys = _keys(graph, queries, env)
+        keys = step_keys(graph.steps, queries, env)
         changed = set(downstream_of(graph, stage))
         return cls(cache, {keys[s.name] for s in graph.steps if s.name not in changed})
 
@@ -172,7 +176,7 @@ class UpstreamOnlyCache:
         self.cache.save(key, rankings)
 
 
-def downstream_of(graph: Graph, stage: str) -> list[str]:
+def downstream_of(graph: Pipeline, stage: str) -> list[str]:
     """`stage` and every step that reads from it, directly or not, in graph order."""
     changed = {stage}
     for step in graph.steps:
@@ -182,7 +186,7 @@ def downstream_of(graph: Graph, stage: str) -> list[str]:
 
 
 def sweep(
-    graph: Graph | object,
+    graph: Pipeline | object,
     dataset: Dataset,
     stage: str,
     param: str,
@@ -197,7 +201,7 @@ def sweep(
     progress: bool = True,
     primary: str | None = None,
 ) -> SweepResult:
-    graph = graph if isinstance(graph, Graph) else Graph(graph)
+    graph = as_pipeline(graph)
     values = parse_values(values) if isinstance(values, str) else list(values)
     try:
         graph.step(stage)
@@ -223,7 +227,7 @@ def sweep(
         report_dir = None
         if out is not None:
             report_dir = Path(out) / f"{param}={value}"
-            report.save(report_dir)
+            save_report(report, report_dir)
         result.points.append(_point(report, g, stage, value, report_dir))
     assert result is not None
     if out is not None:
@@ -231,7 +235,7 @@ def sweep(
     return result
 
 
-def _point(report: Report, graph: Graph, stage: str, value: Any, report_dir: Path | None) -> SweepPoint:
+def _point(report: Report, graph: Pipeline, stage: str, value: Any, report_dir: Path | None) -> SweepPoint:
     swept = report.stages[stage]
     path = [n for n in downstream_of(graph, stage) if n in report.stages]
     per_query = [report.per_query.latency_ms.get(n) for n in path]

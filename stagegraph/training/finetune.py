@@ -43,7 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from stagegraph.corpora.types import Corpus, Qrels, Queries
-from stagegraph.stages.base import Ranking
+from stagegraph.pipeline.ranking import Ranking
 from stagegraph.stages.rerank.model import RerankerLoadError
 
 DEFAULT_BASE = "sentence-transformers/all-MiniLM-L6-v2"

@@ -16,8 +16,9 @@ import numpy as np
 from pydantic import BaseModel
 
 from stagegraph.corpora.types import Corpus, Qrels, Queries
-from stagegraph.stages.base import Environment, Ranking
-from stagegraph.evaluation.measures import score_run
+from stagegraph.pipeline.ranking import Ranking
+from stagegraph.pipeline.stage import Environment
+from stagegraph.evaluation.scoring import score_run
 from stagegraph.stages.rerank.blend import BlendSpec, blend_scores
 
 METRICS = ("ndcg@10", "mrr@10")
@@ -76,7 +77,7 @@ def rerank_dev(
     elapsed = time.perf_counter() - started
     ce_in_pool_order = []
     for pool, ranking in zip(pools, reranked):
-        by_row = dict(zip(ranking.doc_rows.tolist(), ranking.features["cross_encoder"].tolist()))
+        by_row = dict(zip(ranking.doc_rows.tolist(), ranking.provenance[stage.name].model_score.tolist()))
         ce_in_pool_order.append(np.array([by_row[r] for r in pool.doc_rows.tolist()], dtype=np.float32))
 
     best: tuple[float, float, BlendSpec] | None = None

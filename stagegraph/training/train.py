@@ -24,11 +24,13 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from stagegraph.corpora.types import Corpus, DataError, Dataset
-from stagegraph.indexes.manifest import atomic_index_dir
+from stagegraph.atomic import atomic_dir
 from stagegraph.pipeline.cache import StageCache
-from stagegraph.pipeline.executor import run
-from stagegraph.pipeline.graph import Graph, Step
-from stagegraph.stages.base import Environment, Ranking, stable_hash
+from stagegraph.pipeline.compose import Pipeline
+from stagegraph.pipeline.graph import Step
+from stagegraph.hashing import stable_hash
+from stagegraph.pipeline.ranking import Ranking
+from stagegraph.pipeline.stage import Environment
 from stagegraph.stages.rerank.blend import METADATA_FILE, BlendSpec, RerankerMetadata
 from stagegraph.training.finetune import TrainConfig, build_groups, load_base, save_model, split_train_dev, train_cross_encoder
 from stagegraph.training.heldout import DevReport, rerank_dev
@@ -53,7 +55,7 @@ class TrainResult(BaseModel):
         return None if self.dev is None else self.dev.blend_beats_first_stage
 
 
-def mining_graph(graph: Graph) -> tuple[Graph, Step | None]:
+def mining_graph(graph: Pipeline) -> tuple[Pipeline, Step | None]:
     """The part of `graph` that feeds its (last) cross-encoder, and that cross-encoder's step."""
     rerankers = [s for s in graph.steps if s.stage.type_name == "cross_encoder"]
     if not rerankers:
@@ -67,10 +69,10 @@ def mining_graph(graph: Graph) -> tuple[Graph, Step | None]:
         if name not in keep:
             keep.add(name)
             todo.extend(by_name[name].inputs)
-    return Graph([s for s in graph.steps if s.name in keep]), reranker
+    return Pipeline([s for s in graph.steps if s.name in keep]), reranker
 
 
-def reranker_settings(graph: Graph) -> tuple[int, int]:
+def reranker_settings(graph: Pipeline) -> tuple[int, int]:
     """(depth, max_length) of the graph's last cross-encoder, which the dev check reranks with; (100, 512) without one."""
     _, reranker = mining_graph(graph)
     config = reranker.stage.config if reranker else None
@@ -78,7 +80,7 @@ def reranker_settings(graph: Graph) -> tuple[int, int]:
 
 
 def train_reranker(
-    graph: Graph,
+    graph: Pipeline,
     dataset: Dataset,
     out: str | Path,
     cfg: TrainConfig = TrainConfig(),
@@ -95,7 +97,7 @@ def train_reranker(
     depth, max_length = reranker_settings(graph)
     say(f"train-reranker: negatives mined by {miner.output!r} (top {cfg.mine_depth}) for the {split} queries")
     env = Environment(dataset.corpus, work_dir=Path(work_dir), progress=progress)
-    mined = run(miner, queries, env, mode="batch", cache=StageCache(Path(work_dir) / "cache")).final
+    mined = miner.execute(queries, env=env, mode="batch", cache=StageCache(Path(work_dir) / "cache")).final
     candidates = dict(zip(queries.ids, mined))
     return train_from_candidates(
         dataset, candidates, out, cfg, split=split, first_stage=miner.output, depth=depth, max_length=max_length,
@@ -153,7 +155,7 @@ def train_from_candidates(
 
     out = Path(out)
     report: DevReport | None = None
-    with atomic_index_dir(out) as tmp:
+    with atomic_dir(out) as tmp:
         save_model(model, tokenizer, tmp)
         if len(dev):
             t2 = time.perf_counter()
@@ -202,7 +204,7 @@ def rankings_from_run(path: str | Path, corpus: Corpus) -> dict[str, Ranking]:
     return {qid: Ranking.from_scores(corpus.rows_of(docs), list(docs.values())) for qid, docs in run.items()}
 
 
-def reranker_key(graph: Graph, dataset: Dataset, cfg: TrainConfig, split: str = "train") -> str:
+def reranker_key(graph: Pipeline, dataset: Dataset, cfg: TrainConfig, split: str = "train") -> str:
     """What a fine-tuned model depends on: the data, the training settings, the base and the miner."""
     from stagegraph.indexes.encoder import ModelNotFoundError, locate_model, model_identity
 
@@ -220,7 +222,7 @@ def reranker_key(graph: Graph, dataset: Dataset, cfg: TrainConfig, split: str = 
 
 
 def cached_reranker(
-    graph: Graph,
+    graph: Pipeline,
     dataset: Dataset,
     cfg: TrainConfig,
     *,

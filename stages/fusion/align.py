@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stagegraph.stages.base import Ranking
+from stagegraph.pipeline.ranking import Ranking
 
 
 @dataclass

@@ -32,9 +32,9 @@ The policy and normalisation in force are written into the config when it is bui
 takes its method's default), so `to_config()`, the graph tree and reports always show them, and a
 config that spells the defaults out has the same fingerprint as one that leaves them implicit.
 
-Explanation: every pooled document keeps, per branch, `features["<branch>"]` = that branch's raw
-score and `features["<branch>.rank"]` = its 1-based rank, NaN where the branch did not return it.
-Branch names are the upstream step names (`input_names`, set by the Graph), else `input0`, `input1`...
+Provenance: the executor records, for every pooled document, the score and rank each branch gave it
+(`ranking.provenance[branch]`, NaN where the branch did not return it), keyed by the branch's step
+name; weights given as a mapping are matched against those names (`inputs.names`).
 `branch_contributions` counts, per branch, the pooled documents only that branch found.
 """
 
@@ -48,7 +48,10 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from stagegraph.corpora.types import Queries
-from stagegraph.stages.base import Arity, Ranking, StageBase, StageConfig, StageError
+from stagegraph.errors import StageError
+from stagegraph.pipeline.ranking import Ranking
+from stagegraph.pipeline.stage import Inputs, Arity, StageConfig
+from stagegraph.stages.base import StageBase
 from stagegraph.stages.fusion import methods
 from stagegraph.stages.fusion.align import Aligned, align
 from stagegraph.stages.fusion.missing import fill_missing
@@ -156,13 +159,6 @@ class CandidatePool(StageBase):
         )
 
     # -- inputs -----------------------------------------------------------------------------------
-    def branch_names(self, n_inputs: int) -> tuple[str, ...]:
-        """The upstream step names when the Graph set them, else `input0`, `input1`, ..."""
-        names = tuple(self.input_names)
-        if len(names) == n_inputs and len(set(names)) == n_inputs:
-            return names
-        return tuple(f"input{i}" for i in range(n_inputs))
-
     def branch_weights(self, names: Sequence[str]) -> np.ndarray:
         """One float64 weight per branch, in input order; the errors say how to fix the config."""
         weights = self.config.weights
@@ -197,12 +193,11 @@ class CandidatePool(StageBase):
                     f"pool {self.name!r}: input {j} has {len(branch)} rankings for {len(queries)} queries; "
                     "every upstream stage must return one ranking per query"
                 )
-        names = self.branch_names(len(inputs))
-        weights = self.branch_weights(names)
-        return [self.fuse(per_query, names, weights) for per_query in zip(*inputs)]
+        weights = self.branch_weights(Inputs.wrap(inputs).names)
+        return [self.fuse(per_query, weights) for per_query in zip(*inputs)]
 
-    def fuse(self, rankings: Sequence[Ranking], names: Sequence[str], weights: np.ndarray) -> Ranking:
-        """One query: the fused, de-duplicated pool of `rankings` with per-branch features."""
+    def fuse(self, rankings: Sequence[Ranking], weights: np.ndarray) -> Ranking:
+        """One query: the fused, de-duplicated pool of `rankings`."""
         cfg = self.config
         aligned = align(rankings)
         if cfg.method is FusionMethod.RRF:
@@ -216,42 +211,36 @@ class CandidatePool(StageBase):
                 fused = methods.weighted_max(values, weights)
             else:  # combsum (unit weights) and wsum
                 fused = methods.weighted_sum(values, weights)
-        return _pool(aligned, fused, names, cfg.k)
+        return _pool(aligned, fused, cfg.k)
 
 
-def _pool(aligned: Aligned, fused: np.ndarray, names: Sequence[str], k: int) -> Ranking:
-    """The top `k` of the union by fused score, with per-branch score and rank features.
+def _pool(aligned: Aligned, fused: np.ndarray, k: int) -> Ranking:
+    """The top `k` of the union by fused score.
 
     Same order as `Ranking.from_scores` (float32 score desc, row asc) in one stable sort: the union's
     rows are already ascending, so a stable sort on the score keeps ties in row order.
     """
     scores = fused.astype(np.float32)
     order = (-scores).argsort(kind="stable")[:k]
-    table = aligned.table.take(order, axis=1)
-    n = len(names)
-    features: dict[str, np.ndarray] = {}
-    for b, name in enumerate(names):
-        features[name] = table[b]
-        features[f"{name}.rank"] = table[n + b]
-    return Ranking(aligned.rows.take(order), scores.take(order), features)
+    return Ranking(aligned.rows.take(order), scores.take(order))
 
 
 def branch_contributions(rankings: Sequence[Ranking], branch_names: Sequence[str]) -> dict[str, int]:
     """Per branch, how many pooled documents (over all `rankings`) only that branch returned.
 
-    Reads the `"<branch>.rank"` features a `CandidatePool` writes (NaN = not returned).
+    Reads the provenance the executor attaches: `ranking.provenance[branch].found`.
     """
     counts = dict.fromkeys(branch_names, 0)
     for ranking in rankings:
         if len(ranking) == 0:
             continue
-        missing = [n for n in branch_names if f"{n}.rank" not in ranking.features]
+        missing = [n for n in branch_names if n not in ranking.provenance]
         if missing:
             raise KeyError(
-                f"ranking has no rank feature for branch(es) {missing}; features: {sorted(ranking.features)}. "
-                "Pass the rankings of a CandidatePool and its input (branch) names"
+                f"ranking has no trace of branch(es) {missing}; traced steps: {sorted(ranking.provenance)}. "
+                "Pass the rankings a pipeline produced (they carry provenance) and its branch names"
             )
-        present = np.stack([~np.isnan(ranking.features[f"{n}.rank"]) for n in branch_names])
+        present = np.stack([ranking.provenance[n].found for n in branch_names])
         alone = present.sum(axis=0) == 1
         for b, name in enumerate(branch_names):
             counts[name] += int(np.count_nonzero(present[b] & alone))

@@ -34,7 +34,11 @@ import numpy as np
 from pydantic import Field
 
 from stagegraph.corpora.types import Corpus, Queries
-from stagegraph.stages.base import Arity, Environment, Ranking, StageBase, StageConfig, StageError, stable_hash
+from stagegraph.errors import StageError
+from stagegraph.hashing import stable_hash
+from stagegraph.pipeline.ranking import Ranking, StepTrace
+from stagegraph.pipeline.stage import Arity, Environment, StageConfig
+from stagegraph.stages.base import StageBase
 from stagegraph.pipeline.registry import register
 from stagegraph.stages.rerank.blend import BlendSpec, RerankerMetadata, blend_scores
 from stagegraph.stages.rerank.score_cache import ScoreCache
@@ -78,6 +82,8 @@ class CrossEncoderReranker(StageBase):
     type_name = "cross_encoder"
     Config = CrossEncoderConfig
     arity = Arity.ONE
+    libraries = ("torch", "transformers", "sentence-transformers", "onnxruntime")
+    speed_only = frozenset(PERF_ONLY)
 
     def __init__(
         self,
@@ -118,15 +124,6 @@ class CrossEncoderReranker(StageBase):
     # -- identity -------------------------------------------------------------------------------
     def artefact_fingerprint(self) -> str:
         return model_fingerprint(self.config.model)
-
-    def fingerprint(self) -> str:
-        return stable_hash(
-            {
-                "type": self.type_name,
-                "config": self.config.model_dump(mode="json", exclude=PERF_ONLY),
-                "model": self.artefact_fingerprint(),
-            }
-        )
 
     def scorer_key(self) -> str:
         """Identity of the scores themselves: the model, the truncation and the numeric backend."""
@@ -225,10 +222,10 @@ class CrossEncoderReranker(StageBase):
                 scores = scores.copy()
                 scores[missing] = [new[todo[(q, int(r))]] for r in pool.doc_rows[missing]]
             final = blend_scores(scores, pool.scores, blend)
-            features = dict(pool.features)
-            features["cross_encoder"] = scores
-            features["upstream"] = pool.scores
-            out.append(Ranking.from_scores(pool.doc_rows, final, k=self.config.k, features=features))
+            order = Ranking.order(pool.doc_rows, final, self.config.k)
+            # The stage's own trace: its final scores, the model's own and the upstream ones it blended with.
+            own = StepTrace.of(final[order], model_score=scores[order], blended_with=pool.scores[order])
+            out.append(Ranking(pool.doc_rows[order], final[order], {self.name: own}))
         return out
 
     # -- the chapter's interface ----------------------------------------------------------------

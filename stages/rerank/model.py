@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from stagegraph.stages.base import StageError
+from stagegraph.errors import StageError
 
 log = logging.getLogger(__name__)
 

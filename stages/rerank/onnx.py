@@ -16,14 +16,13 @@ which slowed torch 8x when both ran in one process.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from stagegraph.atomic import atomic_path
 from stagegraph.stages.rerank.model import RerankerLoadError, score_batched
 
 log = logging.getLogger(__name__)
@@ -42,13 +41,6 @@ def _require_onnx() -> Any:
     return onnxruntime
 
 
-def _atomic_target(target: Path) -> Path:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
 def export_onnx(model: Any, target: Path) -> Path:
     """Export a `*ForSequenceClassification` model to `target` (logits output), unless it exists."""
     if target.is_file():
@@ -65,20 +57,18 @@ def export_onnx(model: Any, target: Path) -> Path:
 
     names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if _accepts(model, n)]
     previous = getattr(model.config, "_attn_implementation", None)
-    tmp = _atomic_target(target)
     try:
         if previous not in (None, "eager") and hasattr(model, "set_attn_implementation"):
             model.set_attn_implementation("eager")
         dummy = tuple(torch.ones(2, 16, dtype=torch.long) for _ in names)
         axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"logits": {0: "batch"}}
         wrapper = Logits(model, names).eval()
-        with torch.inference_mode(False), torch.no_grad():
+        with atomic_path(target) as tmp, torch.inference_mode(False), torch.no_grad():
             torch.onnx.export(
                 wrapper, dummy, str(tmp), dynamo=False, input_names=names, output_names=["logits"],
                 dynamic_axes=axes, opset_version=17, do_constant_folding=True,
             )
-        _optimise(tmp, model.config)
-        tmp.replace(target)
+            _optimise(tmp, model.config)
     except Exception as exc:  # noqa: BLE001 - report any exporter failure the same way
         raise RerankerLoadError(
             f"exporting the cross-encoder to ONNX failed ({exc}); use `backend: torch`, or check that "
@@ -87,7 +77,6 @@ def export_onnx(model: Any, target: Path) -> Path:
     finally:
         if previous not in (None, "eager") and hasattr(model, "set_attn_implementation"):
             model.set_attn_implementation(previous)
-        tmp.unlink(missing_ok=True)
     return target
 
 
@@ -126,18 +115,14 @@ def quantize_int8(source: Path, target: Path) -> Path:
     _require_onnx()
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    tmp = _atomic_target(target)
-    try:
-        import onnx
+    import onnx
 
+    with atomic_path(target) as tmp:
         quantize_dynamic(
             str(source), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
             # fused contrib ops (Attention, SkipLayerNorm) defeat ONNX shape inference: say they are float
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )
-        tmp.replace(target)
-    finally:
-        tmp.unlink(missing_ok=True)
     return target
 
 

@@ -27,14 +27,14 @@ from pydantic import Field
 from stagegraph.corpora.types import Queries
 from stagegraph.indexes.bm25 import FORMAT_VERSION, BM25Index, BM25Settings
 from stagegraph.indexes.manifest import IndexLoadError
-from stagegraph.stages.base import Arity, Environment, Ranking, StageBase, StageConfig, StageError, stable_hash
+from stagegraph.errors import StageError
+from stagegraph.hashing import stable_hash
+from stagegraph.pipeline.ranking import Ranking
+from stagegraph.pipeline.stage import Arity, Environment, StageConfig
+from stagegraph.stages.base import EmptyQueryWarning, StageBase
 from stagegraph.pipeline.registry import register
 
 log = logging.getLogger(__name__)
-
-
-class EmptyQueryWarning(UserWarning):
-    """A query had no terms left after analysis (empty, punctuation or stopwords only)."""
 
 
 class BM25RetrieverConfig(StageConfig, BM25Settings):
@@ -59,6 +59,7 @@ class BM25Retriever(StageBase):
     type_name = "bm25"
     Config = BM25RetrieverConfig
     arity = Arity.NONE
+    libraries = ("PyStemmer", "rank-bm25")
     config: BM25RetrieverConfig
 
     def __init__(self, index: BM25Index | None = None, k: int = 100, name: str | None = None, **settings: Any):

@@ -43,8 +43,11 @@ from stagegraph.indexes.embeddings import cached_embeddings
 from stagegraph.indexes.devices import DeviceError
 from stagegraph.indexes.encoder import DEFAULT_MODEL, Encoder, ModelNotFoundError, locate_model, model_identity
 from stagegraph.indexes.manifest import IndexLoadError
-from stagegraph.stages.base import Arity, Environment, Ranking, StageBase, StageConfig, StageError, stable_hash
-from stagegraph.stages.retrieve.bm25 import EmptyQueryWarning
+from stagegraph.errors import StageError
+from stagegraph.hashing import stable_hash
+from stagegraph.pipeline.ranking import Ranking
+from stagegraph.pipeline.stage import Arity, Environment, StageConfig
+from stagegraph.stages.base import EmptyQueryWarning, StageBase
 from stagegraph.pipeline.registry import register
 
 log = logging.getLogger(__name__)
@@ -90,6 +93,8 @@ class DenseRetriever(StageBase):
     type_name = "dense"
     Config = DenseRetrieverConfig
     arity = Arity.NONE
+    libraries = ("faiss-cpu", "torch", "sentence-transformers", "transformers")
+    speed_only = frozenset(SPEED_ONLY)
     config: DenseRetrieverConfig
 
     def __init__(
@@ -133,15 +138,6 @@ class DenseRetriever(StageBase):
         return str(built["index"])
 
     # ------------------------------------------------------------------ identity
-    def fingerprint(self) -> str:
-        return stable_hash(
-            {
-                "type": self.type_name,
-                "config": self.config.model_dump(mode="json", exclude=SPEED_ONLY),
-                "artefacts": self.artefact_fingerprint(),
-            }
-        )
-
     def artefact_fingerprint(self) -> str:
         if self._given_index and self.index is not None:
             return self.index.identity

@@ -1,0 +1,125 @@
+"""What `Pipeline.search` returns: hits with their provenance, and the timings of the query.
+
+A `Hit` is one document (or chunk) of the output: its ids, text, title and metadata, its final rank
+and score, and, for every step of the pipeline, the rank and score it had there (`stages`; `None`
+where that step did not return it). `cross_encoder_score` is the model score of the last reranker
+that scored it. `hit.as_candidate()` is the course chapter's dict form (`text`, plus
+`cross_encoder_score` when a cross-encoder ranked it), ready for an LLM prompt or for
+`CrossEncoderReranker.rerank`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from stagegraph.corpora.types import Corpus
+from stagegraph.pipeline.graph import Step
+from stagegraph.pipeline.ranking import Ranking
+
+
+class StageScore(BaseModel):
+    """Where one step put a hit: its 1-based rank and score there (None: the step did not return it)."""
+
+    rank: int | None = None
+    score: float | None = None
+
+
+class Hit(BaseModel):
+    id: str
+    doc_id: str
+    rank: int
+    score: float
+    title: str = ""
+    text: str = ""
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    stages: dict[str, StageScore] = Field(default_factory=dict)
+    cross_encoder_score: float | None = None
+
+    def as_candidate(self) -> dict[str, Any]:
+        """The chapter's candidate dict: `text` plus the hit's fields (and `cross_encoder_score` if scored)."""
+        out: dict[str, Any] = {"text": self.text, "title": self.title, "id": self.id, "doc_id": self.doc_id,
+                               "score": self.score, **self.metadata}
+        if self.cross_encoder_score is not None:
+            out["cross_encoder_score"] = self.cross_encoder_score
+        return out
+
+
+class SearchResult(BaseModel):
+    """One query's hits and timings (ms per step and end to end)."""
+
+    query: str
+    hits: list[Hit]
+    timings_ms: dict[str, float] = Field(default_factory=dict)
+    total_ms: float = 0.0
+    #: per_query: this query's own times (online); batch: the batch's stage times divided by its size.
+    timing: Literal["per_query", "batch_share"] = "per_query"
+
+
+def _value(values: np.ndarray | None, i: int) -> float | None:
+    if values is None:
+        return None
+    v = float(values[i])
+    return None if math.isnan(v) else v
+
+
+def hits_of(ranking: Ranking, corpus: Corpus, steps: Sequence[Step], k: int) -> list[Hit]:
+    """The first `k` documents of `ranking` as hits, with each step's rank and score."""
+    hits = []
+    names = [s.name for s in steps]
+    for i in range(min(k, len(ranking))):
+        row = int(ranking.doc_rows[i])
+        stages: dict[str, StageScore] = {}
+        cross_encoder: float | None = None
+        for name in names:
+            trace = ranking.provenance.get(name)
+            if trace is None:
+                continue
+            rank = _value(trace.rank, i)
+            stages[name] = StageScore(rank=None if rank is None else int(rank), score=_value(trace.score, i))
+            model = _value(trace.model_score, i)
+            if model is not None:
+                cross_encoder = model
+        hits.append(
+            Hit(
+                id=corpus.ids[row],
+                doc_id=corpus.doc_id(row),
+                rank=i + 1,
+                score=float(ranking.scores[i]),
+                title=corpus.titles[row],
+                text=corpus.texts[row],
+                metadata=corpus.metadata_of(row),
+                stages=stages,
+                cross_encoder_score=cross_encoder,
+            )
+        )
+    return hits
+
+
+def search_results(result: Any, steps: Sequence[Step], corpus: Corpus, k: int) -> list[SearchResult]:
+    """One `SearchResult` per query of an executed `RunResult`."""
+    out = []
+    n = len(result.queries)
+    for i, text in enumerate(result.queries.texts):
+        if result.mode == "online":
+            timings = {
+                name: 0.0 if run.latencies_ns is None else float(run.latencies_ns[i]) / 1e6
+                for name, run in result.stages.items()
+            }
+            total = float(result.end_to_end_ns[i]) / 1e6 if result.end_to_end_ns is not None else sum(timings.values())
+            timing = "per_query"
+        else:
+            timings = {name: run.wall_ns / 1e6 / max(n, 1) for name, run in result.stages.items()}
+            total = result.wall_ns / 1e6 / max(n, 1)
+            timing = "batch_share"
+        out.append(
+            SearchResult(
+                query=text, hits=hits_of(result.final[i], corpus, steps, k), timings_ms=timings, total_ms=total,
+                timing=timing,
+            )
+        )
+    return out

@@ -1,0 +1,99 @@
+"""The stage contract, written once: what every stage is, what it receives and what it returns.
+
+A stage is any object with
+
+* `type_name` (class attribute): the name YAML configs use (`bm25`, `dense`, `pool`, `cross_encoder`);
+* `Config` (class attribute): its pydantic settings model, and `config`, an instance of it;
+* `arity` (class attribute): how many upstream inputs it takes: `Arity.NONE` (a retriever starts a
+  chain), `Arity.ONE` (a reranker refines one list) or `Arity.MANY` (a fusing stage joins branches);
+* `name`: unique within a pipeline, from `config.name` or `type_name`;
+* `warm_up(env)`: heavy loading (models, indexes) outside any timed region; called before `run`;
+* `run(queries, inputs) -> list[Ranking]`: one `Ranking` per query, in the queries' order. `inputs`
+  is an `Inputs`: one list of rankings per upstream step, each aligned with `queries`, and
+  `inputs.names`, the names of those steps (a fusing stage labels and weighs its branches by them);
+* `fingerprint()`: a hash of the config, the artefacts the stage reads and the code and library
+  versions its results depend on: the core of the cache key.
+
+Nothing else is required. `stagegraph.stages.base.StageBase` supplies the defaults and the
+composition operators (`>>`, `|`, `%`), so a concrete stage is short; `stagegraph.pipeline.compose`
+turns compositions into a `Pipeline`, which is itself a stage.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict
+
+from stagegraph.corpora.types import Corpus, Queries
+from stagegraph.errors import StageError
+from stagegraph.pipeline.ranking import Ranking
+
+__all__ = ["Arity", "Environment", "Inputs", "Stage", "StageConfig", "StageError"]
+
+
+class Arity(str, enum.Enum):
+    NONE = "none"
+    ONE = "one"
+    MANY = "many"
+
+
+class StageConfig(BaseModel):
+    """Base of every stage's settings: unknown fields are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str | None = None
+
+
+@dataclass
+class Environment:
+    """What stages may need at warm-up: the corpus, a work directory for built artefacts, progress."""
+
+    corpus: Corpus
+    work_dir: Path = Path(".stagegraph")
+    progress: bool = True
+
+    def artefact_dir(self, kind: str, key: str) -> Path:
+        """`work_dir/<kind>/<key>`: where a stage keeps an index or model it built for this corpus."""
+        return Path(self.work_dir) / kind / key
+
+
+class Inputs(tuple):
+    """The upstream rankings a stage receives: `inputs[j][i]` is step `names[j]`'s ranking of query i."""
+
+    names: tuple[str, ...]
+
+    def __new__(cls, lists: Iterable[Sequence[Ranking]] = (), names: Iterable[str] | None = None) -> Inputs:
+        self = super().__new__(cls, tuple(lists))
+        labels = tuple(names) if names is not None else tuple(f"input{j}" for j in range(len(self)))
+        if len(labels) != len(self):
+            raise ValueError(f"{len(self)} upstream lists but {len(labels)} names")
+        self.names = labels
+        return self
+
+    @classmethod
+    def wrap(cls, inputs: Sequence[Sequence[Ranking]]) -> Inputs:
+        """`inputs` as an `Inputs` (plain lists get the names input0, input1, ...)."""
+        return inputs if isinstance(inputs, Inputs) else cls(inputs)
+
+
+@runtime_checkable
+class Stage(Protocol):
+    type_name: ClassVar[str]
+    Config: ClassVar[type[StageConfig]]
+    arity: ClassVar[Arity]
+    config: StageConfig
+
+    @property
+    def name(self) -> str: ...
+
+    def warm_up(self, env: Environment) -> None: ...
+
+    def run(self, queries: Queries, inputs: Sequence[Sequence[Ranking]]) -> list[Ranking]: ...
+
+    def fingerprint(self) -> str: ...

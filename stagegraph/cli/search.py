@@ -1,0 +1,34 @@
+"""`stagegraph search CONFIG "query" --dataset D`: one query, each stage's ranks, scores and time."""
+
+from __future__ import annotations
+
+import argparse
+
+from stagegraph.cli.app import Exit, add_config_arg, add_dataset_args, environment, load_dataset, load_pipeline
+from stagegraph.errors import InputError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("search", help="run one query and show each stage's results, scores and time")
+    add_config_arg(p)
+    p.add_argument("query")
+    add_dataset_args(p)
+    p.add_argument("--top", type=int, default=10, help="results to show (default 10)")
+    p.add_argument("--warm", action="store_true", help="run the query once untimed first")
+    p.set_defaults(func=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    from stagegraph.cli.search_view import print_search
+
+    if not args.query.strip():
+        raise InputError("the query is empty; give a question or keywords")
+    if args.top < 1:
+        raise InputError(f"--top must be a positive number of results, got {args.top}")
+    pipeline = load_pipeline(args)
+    dataset = load_dataset(args)
+    pipeline.warm_up(environment(args, dataset))
+    if args.warm:
+        pipeline.search(args.query, k=args.top)
+    print_search(pipeline.search(args.query, k=args.top), pipeline)
+    return Exit.OK
