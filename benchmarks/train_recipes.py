@@ -6,9 +6,9 @@
 
 The candidates are TREC run files (for example `runs/pool.trec` written by `stagegraph eval
 configs/hybrid.yaml --split train|test --out DIR`), so the first stage is fixed and runs once, and the
-script needs no FAISS. Each `--recipe NAME:field=value,...` sets `stages.rerank_training.TrainConfig`
+script needs no FAISS. Each `--recipe NAME:field=value,...` sets `stagegraph.training.finetune.TrainConfig`
 fields (layers=0 keeps all layers). For each recipe it fine-tunes on the train split
-(`pipeline.train_reranker.train_from_candidates`: held-out dev queries, blend chosen there), then
+(`stagegraph.training.train.train_from_candidates`: held-out dev queries, blend chosen there), then
 reranks the test queries' top `--depth` candidates and prints nDCG@10 / MRR@10 of the first stage,
 the cross-encoder alone and the saved blend. Test queries are never used to choose anything.
 `--device cuda` trains and scores on a GPU (the same code as on the CPU).

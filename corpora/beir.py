@@ -2,7 +2,7 @@
 
 Follows BEIR's `GenericDataLoader` layout: corpus lines `{"_id", "title", "text"}`, query lines
 `{"_id", "text"}`, qrels TSVs with the header `query-id corpus-id score`. Every split found under
-`qrels/` is loaded. Errors name the file and line (see `corpora.jsonl` and `corpora.qrels`).
+`qrels/` is loaded. Errors name the file and line (see `stagegraph.corpora.jsonl` and `stagegraph.corpora.qrels`).
 """
 
 from __future__ import annotations

@@ -116,7 +116,7 @@ def read_topics(path: PathLike, field: str = "title") -> Queries:
 
 
 class RankedRows(Protocol):
-    """What `write_run` needs of a ranking (`stages.base.Ranking` has it)."""
+    """What `write_run` needs of a ranking (`stagegraph.pipeline.ranking.Ranking` has it)."""
 
     doc_rows: np.ndarray
     scores: np.ndarray

@@ -4,7 +4,7 @@ Encoding is the slow part of a dense index (minutes for a few thousand documents
 while building a FAISS index from the vectors takes seconds. So the vectors are kept in their own
 directory, keyed by the model's content identity, the truncation length and the corpus
 fingerprint, and every FAISS index type (Flat, HNSW, IVF, PQ) is built from the same cached array.
-The directory follows the index rules of `indexes.manifest`: `embeddings.npy` plus a manifest,
+The directory follows the index rules of `stagegraph.indexes.manifest`: `embeddings.npy` plus a manifest,
 written atomically and checked (corpus, model, checksums) when read back.
 """
 
@@ -30,7 +30,7 @@ REBUILD_HINT = "delete that directory and run again: the embeddings are re-encod
 
 
 class DocumentEncoder(Protocol):
-    """What the cache needs from an encoder (`indexes.encoder.Encoder` is one)."""
+    """What the cache needs from an encoder (`stagegraph.indexes.encoder.Encoder` is one)."""
 
     model_name: str
     identity: str

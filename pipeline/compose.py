@@ -229,7 +229,7 @@ class Pipeline(Composable):
         threads: int | None = None,
         progress: bool | None = None,
     ) -> RunResult:
-        """Run every step over `queries`: each step's rankings and timings (see `pipeline.executor`)."""
+        """Run every step over `queries`: each step's rankings and timings (see `stagegraph.pipeline.executor`)."""
         self.require_complete()
         env = env or self.environment
         return execute(

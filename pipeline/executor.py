@@ -6,7 +6,7 @@
   queries are run once beforehand and kept out of every figure.
 * **batch**: each stage runs once over all queries, for throughput.
 
-After every step the executor gives each ranking its provenance (`pipeline.ranking.with_provenance`):
+After every step the executor gives each ranking its provenance (`stagegraph.pipeline.ranking.with_provenance`):
 the score and rank every earlier step gave its documents. With a `StageCache`, a step whose key is
 already stored is read back instead of run, reported as a cache hit and never timed: a hit is not a
 latency. Every stage that runs is warmed up (models and indexes loaded) before any timed work.

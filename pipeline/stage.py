@@ -22,8 +22,9 @@ turns compositions into a `Pipeline`, which is itself a stage.
 from __future__ import annotations
 
 import enum
+import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Protocol, runtime_checkable
 
@@ -50,12 +51,17 @@ class StageConfig(BaseModel):
     name: str | None = None
 
 
+def default_work_dir() -> Path:
+    """Where built indexes, embeddings, models and the stage cache live: $STAGEGRAPH_HOME or ./.stagegraph."""
+    return Path(os.environ.get("STAGEGRAPH_HOME") or ".stagegraph")
+
+
 @dataclass
 class Environment:
     """What stages may need at warm-up: the corpus, a work directory for built artefacts, progress."""
 
     corpus: Corpus
-    work_dir: Path = Path(".stagegraph")
+    work_dir: Path = field(default_factory=default_work_dir)
     progress: bool = True
 
     def artefact_dir(self, kind: str, key: str) -> Path:

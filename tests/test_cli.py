@@ -106,3 +106,35 @@ def test_global_flags_work_after_the_subcommand(beir_dir, config, tmp_path, caps
     code = main(["eval", str(config), "--dataset", str(beir_dir), "--quiet", "--work-dir", str(tmp_path / "w")])
     assert code == EXIT_OK
     assert (tmp_path / "w" / "cache").is_dir()
+
+
+def test_an_unknown_metric_is_one_line_and_exit_2(beir_dir, config, tmp_path, capsys):
+    code = main(["--quiet", "--work-dir", str(tmp_path / "w"), "eval", str(config), "--dataset", str(beir_dir), "--metrics", "bleu@4"])
+    assert code == Exit.BAD_INPUT
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: unknown metric 'bleu'") and "valid metrics" in err[0]
+
+
+def test_a_stage_that_cannot_load_its_model_exits_3(beir_dir, tmp_path, capsys):
+    path = tmp_path / "ce.yaml"
+    path.write_text(
+        "pipeline:\n  - {type: stub_retriever, name: a, k: 20}\n"
+        f"  - {{type: cross_encoder, name: rr, model: {tmp_path / 'no-such-model'}}}\n"
+    )
+    code = main(["--quiet", "--work-dir", str(tmp_path / "w"), "eval", str(path), "--dataset", str(beir_dir)])
+    assert code == Exit.STAGE_FAILED
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot load the cross-encoder" in err[0] and "Traceback" not in err[0]
+
+
+def test_an_unexpected_error_is_one_line_with_a_hint_and_debug_shows_the_traceback(beir_dir, config, tmp_path, capsys, monkeypatch):
+    def broken(*args, **kwargs):
+        raise KeyError("surprise")
+
+    monkeypatch.setattr("stagegraph.evaluation.evaluate.evaluate", broken)
+    args = ["--quiet", "--work-dir", str(tmp_path / "w"), "eval", str(config), "--dataset", str(beir_dir)]
+    assert main(args) == Exit.INTERNAL
+    err = capsys.readouterr().err
+    assert "unexpected KeyError" in err and "--debug" in err and "Traceback" not in err
+    with pytest.raises(KeyError):
+        main(["--debug", *args])

@@ -1,4 +1,4 @@
-"""Device selection (`indexes.devices`) and the `device` setting of the encoder, reranker and fine-tuning.
+"""Device selection (`stagegraph.indexes.devices`) and the `device` setting of the encoder, reranker and fine-tuning.
 
 The CUDA-only tests at the end run where torch sees a GPU (they were run on an H200) and skip elsewhere.
 """

@@ -61,7 +61,10 @@ DEFAULT_WORK_DIR = ".stagegraph"
 
 # -- shared arguments and helpers -----------------------------------------------------------------
 def work_dir(args: argparse.Namespace) -> Path:
-    return Path(getattr(args, "work_dir", None) or os.environ.get("STAGEGRAPH_HOME") or DEFAULT_WORK_DIR)
+    from stagegraph.pipeline.stage import default_work_dir
+
+    given = getattr(args, "work_dir", None)
+    return Path(given) if given else default_work_dir()
 
 
 def progress(args: argparse.Namespace) -> bool:

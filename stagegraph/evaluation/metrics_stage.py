@@ -34,7 +34,7 @@ class MetricsStage(StageBase):
     """Declares the metrics a pipeline is scored with; passes its single input through unchanged.
 
     Put it last in a YAML pipeline (`- {type: metrics, metrics: [recall@100, ndcg@10]}`);
-    `pipeline.evaluate` then scores the output of every other stage with these metrics.
+    `stagegraph.evaluation.evaluate` then scores the output of every other stage with these metrics.
     """
 
     type_name = "metrics"

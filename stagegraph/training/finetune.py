@@ -12,7 +12,7 @@ label prior) shaped the recipe:
   pretrained encoder (`lr`), warm-up then linear decay, several epochs with fresh negatives each;
 * **a head that starts somewhere**: all-MiniLM-L6-v2 is a bi-encoder trained with mean pooling, so
   its [CLS] state hardly varies and a [CLS] classifier (`head="cls"`) stayed at the constant-loss
-  point here; the default `head="cosine"` (`stages.rerank_pairhead`) scores the cosine of the query
+  point here; the default `head="cosine"` (`stagegraph.stages.rerank.pair_head`) scores the cosine of the query
   and passage segments' mean states, which ranks like a bi-encoder before any training;
 * **a small, fast base**: the packaged all-MiniLM-L6-v2 weights cut to their first `layers`
   transformer layers (2 layers score ~3x faster than 6), with the word embeddings frozen (half the
@@ -21,7 +21,7 @@ label prior) shaped the recipe:
   decay) shrunk to fit, so a first-use fine-tune takes the same time on a slow machine.
 
 The data preparation takes the first stage's rankings as input, so this module needs no pipeline:
-`pipeline.train_reranker` runs the graph and calls `train_cross_encoder`, then `rerank_dev` checks
+`stagegraph.training.train` runs the graph and calls `train_cross_encoder`, then `rerank_dev` checks
 the result on held-out queries. The model directory written by `save_model` loads in
 `CrossEncoderReranker`; its scores are logits (identity activation), which blend well.
 """

@@ -3,7 +3,7 @@
 `rerank_dev` scores the dev queries' first-stage candidates (top `depth`) with a model directory,
 then reports nDCG@10 and MRR@10 for the first stage, for the plain cross-encoder order, and for every
 blend on a grid (alpha 0, 0.05, ..., 1 with the upstream signal as a rank prior or as the min-max
-score, see `stages.rerank_blend`). The best blend on dev is what `train-reranker` saves, so a weak
+score, see `stagegraph.stages.rerank.blend`). The best blend on dev is what `train-reranker` saves, so a weak
 model cannot lower the pool's nDCG@10 on those queries: alpha 0 is the first stage itself.
 """
 

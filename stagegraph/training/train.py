@@ -5,8 +5,8 @@
    cross-encoder (or the whole graph when it has none) runs over the split's queries in batch mode,
    with the stage cache, so BM25/dense/pool outputs are reused across runs. Or they come from given
    candidates (`train_from_candidates`, e.g. a TREC run file read by `rankings_from_run`).
-3. `stages.rerank_training` fine-tunes the base model on the fit queries.
-4. `stages.rerank_tuning.rerank_dev` reranks the dev queries' candidates, compares first stage,
+3. `stagegraph.training.finetune` fine-tunes the base model on the fit queries.
+4. `stagegraph.training.heldout.rerank_dev` reranks the dev queries' candidates, compares first stage,
    plain cross-encoder and the best blend, and the blend is saved with the model
    (`stagegraph_reranker.json`), which `CrossEncoderReranker` reads.
 
@@ -188,7 +188,7 @@ def train_from_candidates(
 
 
 def rankings_from_run(path: str | Path, corpus: Corpus) -> dict[str, Ranking]:
-    """A TREC run file (`corpora.trec.read_run`) as first-stage candidates: query id -> Ranking.
+    """A TREC run file (`stagegraph.corpora.trec.read_run`) as first-stage candidates: query id -> Ranking.
 
     Every document id must be in `corpus`; otherwise a `DataError` names the first unknown ids.
     """

@@ -9,7 +9,7 @@ query, NaN where the branch did not return the document (`present` False), and f
   search. A branch that returned nothing for the query has no minimum and contributes 0.
   Note that after min-max normalisation every branch's minimum is 0, so `min` equals `zero`.
 * `skip`: left NaN, "no value": the methods then aggregate only the branches that returned the
-  document (see `stages.fusion.methods`).
+  document (see `stagegraph.stages.fusion.methods`).
 """
 
 from __future__ import annotations

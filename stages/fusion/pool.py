@@ -7,7 +7,7 @@ first (`Ranking.from_scores`), so the pool never depends on branch or thread ord
 Settings (`CandidatePoolConfig`) and their defaults:
 
 * `method`: `rrf` (default), `combsum`, `combmnz`, `wsum`, `max` (formulas in
-  `stages.fusion.methods`).
+  `stagegraph.stages.fusion.methods`).
   - RRF uses ranks only: score(d) = sum_b w_b / (rrf_k + rank_b(d)), `rrf_k` = 60 as in Cormack,
     Clarke & Buettcher, "Reciprocal rank fusion outperforms Condorcet and individual rank learning
     methods", SIGIR 2009 (also Pyserini's and ranx's default; Haystack fixes it at 61). A branch that
@@ -15,9 +15,9 @@ Settings (`CandidatePoolConfig`) and their defaults:
   - CombSUM and CombMNZ are Fox & Shaw (TREC-2, 1994); `wsum` is the weighted sum (CombSUM with
     explicit per-branch weights); `max` is CombMAX.
 * `normalization` (score-based methods): `minmax` by default (Lee, SIGIR 1997, and ranx's default),
-  or `none`, `zscore`, `rank` (see `stages.fusion.normalize`). Applied to each branch's list per query.
+  or `none`, `zscore`, `rank` (see `stagegraph.stages.fusion.normalize`). Applied to each branch's list per query.
 * `missing` (score-based methods), the named missing-document policy: what a branch contributes for
-  a pooled document it did not return (see `stages.fusion.missing`):
+  a pooled document it did not return (see `stagegraph.stages.fusion.missing`):
   - `zero` (default): 0, the CombSUM reading of Fox & Shaw and the rule of ranx, PyTerrier, Haystack;
   - `min`: that branch's lowest normalised score for the query, the rule of Pyserini's hybrid search;
   - `skip`: nothing; the document is scored on the branches that returned it: sums become the

@@ -5,14 +5,14 @@ In a graph (YAML `type: cross_encoder`) it takes one upstream ranking per query,
 score (ties by corpus row). Where the time goes, and what it does about it:
 
 * pairs are tokenised once and sorted by token length into batches of `batch_size`, so batches pad
-  little (`stages.rerank_model.pad_batches`); in batch mode the pairs of *all* queries share batches;
+  little (`stagegraph.stages.rerank.model.pad_batches`); in batch mode the pairs of *all* queries share batches;
 * an optional score cache keyed by (scorer identity, query text, document id), in memory or in
   SQLite under `work_dir/rerank_scores/`, so a re-run or a depth sweep never scores a pair twice
   (`score_cache: disk`); off by default, because a cached pair would make online latency lie;
 * `threads` sets torch's (or ONNX Runtime's) intra-op threads; `backend` picks torch fp32, ONNX
-  Runtime fp32 or ONNX int8 (dynamic quantisation, see `stages.rerank_onnx`); `device` (torch
+  Runtime fp32 or ONNX int8 (dynamic quantisation, see `stagegraph.stages.rerank.onnx`); `device` (torch
   backend; default `auto`: a CUDA GPU when torch sees one, else the CPU) is where the model runs.
-* `blend` (see `stages.rerank_blend`) mixes in the upstream ranking; by default it is read from the
+* `blend` (see `stagegraph.stages.rerank.blend`) mixes in the upstream ranking; by default it is read from the
   model directory, where `train-reranker` saves the alpha it chose on held-out queries.
 
 Outside a graph, the chapter's usage works unchanged::

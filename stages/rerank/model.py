@@ -1,7 +1,7 @@
 """Cross-encoder models for the rerank stage: finding, checking, loading, and scoring pairs fast.
 
 * `model_fingerprint(name)` identifies a model before anything is loaded: the content identity of
-  its directory when it is on disk (see `indexes.encoder.model_identity`), else the name itself.
+  its directory when it is on disk (see `stagegraph.indexes.encoder.model_identity`), else the name itself.
 * `load_cross_encoder(name, max_length)` resolves the name like every other model in stagegraph (a
   local path, `$STAGEGRAPH_MODELS`, an installed package, the Hugging Face cache) and loads it with
   sentence-transformers' `CrossEncoder`. A model that is missing, broken, or not a cross-encoder (a
@@ -10,7 +10,7 @@
 * `TorchScorer.score(queries, docs)` scores pairs exactly as `CrossEncoder.predict` does (same
   tokenizer call, truncation `longest_first` to `max_length`, same activation), but tokenises all
   pairs once, sorts them by *token* length so that each batch pads little, and pads with numpy.
-  `pad_batches` is shared with the ONNX backend (`stages.rerank_onnx`).
+  `pad_batches` is shared with the ONNX backend (`stagegraph.stages.rerank.onnx`).
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def check_is_cross_encoder(name: str, path: Path) -> None:
 
 
 def load_cross_encoder(name: str, max_length: int, *, device: str | None = "cpu", progress: bool = False) -> Any:
-    """A `sentence_transformers.CrossEncoder` for `name` on `device` (see `indexes.devices`), or `RerankerLoadError`."""
+    """A `sentence_transformers.CrossEncoder` for `name` on `device` (see `stagegraph.indexes.devices`), or `RerankerLoadError`."""
     from stagegraph.indexes.devices import DeviceError, resolve_device
     from stagegraph.indexes.encoder import ModelNotFoundError, resolve_model_path
 

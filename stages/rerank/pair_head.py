@@ -13,7 +13,7 @@ with the segments told apart by `token_type_ids` (padding excluded by `attention
 training it already ranks like a (weaker, cross-attending) bi-encoder, and fine-tuning improves it from
 there. It is a regular `*ForSequenceClassification` model with one output: importing this module
 registers it with transformers' Auto classes, so `CrossEncoder(path)`, `CrossEncoderReranker` and the
-ONNX export load it like any other cross-encoder (`stages.rerank_model` imports it).
+ONNX export load it like any other cross-encoder (`stagegraph.stages.rerank.model` imports it).
 """
 
 from __future__ import annotations

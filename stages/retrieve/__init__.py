@@ -1,6 +1,6 @@
 """Built-in retrieval stages, re-exported from their own modules so the registry finds them.
 
-`stages.registry` imports this module lazily; importing it runs the `@register` decorators of
+`stagegraph.pipeline.registry` imports this module lazily; importing it runs the `@register` decorators of
 `BM25Retriever` (`type: bm25`) and `DenseRetriever` (`type: dense`).
 """
 

@@ -1,7 +1,7 @@
 """The BM25 retrieval stage: queries in, one top-k `Ranking` per query out.
 
 `BM25Retriever(index=None, k=100, name=None, **settings)` where `settings` are the index's
-(`variant`, `k1`, `b`, `backend`, `tokenizer`; see `indexes.bm25.BM25Settings`):
+(`variant`, `k1`, `b`, `backend`, `tokenizer`; see `stagegraph.indexes.bm25.BM25Settings`):
 
 * given an index object it uses that index (its settings become the stage's settings);
 * otherwise `warm_up(env)` loads the index saved for `env.corpus` under

@@ -4,10 +4,10 @@
 index="Flat", ef_search=None, nprobe=None, max_seq_length=256, ...)`:
 
 * `index` is a FAISS factory string (`Flat`, `HNSW32`, `IVF1024,Flat`, `IVF1024,PQ32`; alias
-  `index_factory`) or a built `indexes.dense.DenseIndex`, whose model and settings then become the
+  `index_factory`) or a built `stagegraph.indexes.dense.DenseIndex`, whose model and settings then become the
   stage's. With a string, `warm_up(env)` loads the index saved for `env.corpus` under
   `env.artefact_dir("dense", key)` (key: corpus, model identity, max_seq_length, factory), and
-  otherwise builds it from the cached document embeddings (`indexes.embeddings`, under
+  otherwise builds it from the cached document embeddings (`stagegraph.indexes.embeddings`, under
   `env.work_dir/embeddings`), so changing only the factory string never re-encodes the corpus.
 * `fingerprint()` works before warm-up: the config (without the speed-only settings `batch_size`,
   `threads`, `query_threads`, `search_threads`) plus the model's content identity, or the given
@@ -21,7 +21,7 @@ index="Flat", ef_search=None, nprobe=None, max_seq_length=256, ...)`:
   (61 vs 58 queries/s); one MiniLM query encoding took 72 ms P50 on 1 torch thread and 682 ms on 2
   under load (20 ms either way on a quiet machine).
 * `device` (default `auto`: a CUDA GPU when torch sees one, else the CPU) is where the encoder runs
-  (`indexes.devices`); FAISS search stays on the CPU.
+  (`stagegraph.indexes.devices`); FAISS search stays on the CPU.
 * An empty (or whitespace) query gives an empty ranking and an `EmptyQueryWarning`.
 YAML: `{type: dense, name: dense, k: 100, model: sentence-transformers/all-MiniLM-L6-v2, index: Flat}`.
 """
