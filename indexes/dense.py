@@ -7,9 +7,12 @@
   list count the corpus cannot support (FAISS wants >= 39 training points per list) is lowered to
   `n // 39` with a warning, and PQ code bits likewise (2**bits centroids, 39 points each); the
   factory string actually built is recorded beside the one asked for.
-* Search parameters (`ef_search` for HNSW, `nprobe` for IVF) are per call, with defaults chosen on
-  real embeddings: efSearch max(256, 2k) (128 lost 3% of recall@100 on CACM), nprobe from
-  `default_nprobe`. FAISS's OpenMP thread count can be set per call (one query: one thread).
+* Search parameters (`ef_search` for HNSW, `nprobe` for IVF) are per call, handed to FAISS as
+  `SearchParameters` objects, never written into the shared index, so concurrent searches with
+  different settings cannot see each other's: defaults chosen on real embeddings are efSearch
+  max(256, 2k) (128 lost 3% of recall@100 on CACM) and nprobe from `default_nprobe`. Thread counts
+  are not this module's business: the executor's policy (`stagegraph.pipeline.threads`) sets them;
+  `threads=` here is for benchmarks that call the index directly.
 * `save(dir)` / `DenseIndex.load(dir)` keep `index.faiss` with a manifest (corpus fingerprint, model
   name and content identity, dimension, factory strings, checksums); writes are atomic and a stale or
   damaged directory is refused with the rebuild command.
@@ -132,7 +135,6 @@ class DenseIndex:
         self.index = index
         self.info = dict(info)
         self.corpus_fingerprint = corpus_fingerprint
-        self._applied: dict[str, int] = {}
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -237,16 +239,21 @@ class DenseIndex:
         if k == 0 or len(queries) == 0:
             empty = (len(queries), 0)
             return np.empty(empty, dtype=np.float32), np.empty(empty, dtype=np.int64)
-        self._apply(self.search_params(ef_search, nprobe, k))
+        params = self.faiss_parameters(self.search_params(ef_search, nprobe, k))
         with faiss_threads(threads):
-            scores, rows = self.index.search(queries, k)
+            scores, rows = self.index.search(queries, k, params=params)
         return scores, rows.astype(np.int64, copy=False)
 
-    def _apply(self, params: dict[str, int]) -> None:
-        for name, value in params.items():
-            if self._applied.get(name) != value:
-                faiss.ParameterSpace().set_index_parameter(self.index, name, value)
-                self._applied[name] = value
+    def faiss_parameters(self, values: dict[str, int]) -> Any:
+        """The per-call `faiss.SearchParameters` for `search_params` values (None: the index takes none)."""
+        params: Any = None
+        if "nprobe" in values:
+            params = faiss.SearchParametersIVF(nprobe=values["nprobe"])
+        elif "efSearch" in values:
+            params = faiss.SearchParametersHNSW(efSearch=values["efSearch"])
+        if params is not None and isinstance(self.index, faiss.IndexPreTransform):
+            params = faiss.SearchParametersPreTransform(index_params=params)
+        return params
 
     # ------------------------------------------------------------------ persistence
     def save(self, directory: str | Path) -> None:

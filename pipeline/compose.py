@@ -32,7 +32,7 @@ from stagegraph.errors import InputError
 from stagegraph.hashing import stable_hash
 from stagegraph.pipeline import config as codec
 from stagegraph.pipeline.cache import StageCache
-from stagegraph.pipeline.executor import Mode, RunResult, execute
+from stagegraph.pipeline.executor import Mode, RunResult, Timing, execute
 from stagegraph.pipeline.graph import (
     Cutoff,
     Node,
@@ -226,15 +226,15 @@ class Pipeline(Composable):
         mode: Mode = "online",
         cache: StageCache | None = None,
         warmup: int = 0,
-        threads: int | None = None,
+        timing: Timing = "concurrent",
         progress: bool | None = None,
     ) -> RunResult:
         """Run every step over `queries`: each step's rankings and timings (see `stagegraph.pipeline.executor`)."""
         self.require_complete()
         env = env or self.environment
         return execute(
-            self.steps, as_queries(queries), env, mode=mode, cache=cache, warmup=warmup, threads=threads,
-            progress=progress, pool=self._branch_pool(threads),
+            self.steps, as_queries(queries), env, mode=mode, cache=cache, warmup=warmup, timing=timing,
+            progress=progress, pool=self._branch_pool(),
         )
 
     def search(self, query: str, k: int = 10) -> SearchResult:
@@ -257,14 +257,14 @@ class Pipeline(Composable):
         result = self.execute(as_queries(texts), mode="batch", progress=False)
         return search_results(result, self.steps, self.environment.corpus, k)
 
-    def _branch_pool(self, threads: int | None) -> ThreadPoolExecutor | None:
+    def _branch_pool(self) -> ThreadPoolExecutor | None:
         """One thread pool per pipeline for parallel branches, made on first use."""
         width = max(len(level) for level in self.levels())
         if width < 2:
             return None
         with self._lock:
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=threads or width, thread_name_prefix="stagegraph-branch")
+                self._pool = ThreadPoolExecutor(max_workers=width, thread_name_prefix="stagegraph-branch")
             return self._pool
 
     def close(self) -> None:

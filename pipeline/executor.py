@@ -3,8 +3,14 @@
 * **online**: each query goes through the whole pipeline on its own, as a RAG stack serves it. Every
   stage is timed per query with `perf_counter_ns`; stages at the same depth (parallel branches) run
   concurrently on a thread pool; end-to-end time covers the whole query. The first `warmup`
-  queries are run once beforehand and kept out of every figure.
+  queries are run once beforehand and kept out of every figure. A stage's time is *as run*: a
+  branch shares the cores with its neighbour, and its time says so. With `timing="isolated"` each
+  query also runs once more with every stage alone, one after another, and those per-stage times
+  are kept beside the concurrent ones (`StageRun.isolated_ns`); end to end stays the concurrent run.
 * **batch**: each stage runs once over all queries, for throughput.
+
+Thread counts are the policy's (`stagegraph.pipeline.threads`): set before each level, while none of
+this run's stages is running, never inside a stage.
 
 After every step the executor gives each ranking its provenance (`stagegraph.pipeline.ranking.with_provenance`):
 the score and rank every earlier step gave its documents. With a `StageCache`, a step whose key is
@@ -29,9 +35,11 @@ from stagegraph.pipeline.cache import StageCache, step_key
 from stagegraph.pipeline.graph import Step, levels
 from stagegraph.pipeline.ranking import Ranking, with_provenance
 from stagegraph.pipeline.stage import Environment, Inputs
+from stagegraph.pipeline import threads as thread_policy
 from stagegraph.pipeline.timing import LatencySummary
 
 Mode = Literal["online", "batch"]
+Timing = Literal["concurrent", "isolated"]
 
 
 @dataclass
@@ -42,12 +50,17 @@ class StageRun:
     rankings: list[Ranking]
     cache_key: str
     cache_hit: bool = False
-    latencies_ns: np.ndarray | None = None  # per measured query (online, not cached)
+    latencies_ns: np.ndarray | None = None  # per measured query, as run (online, not cached)
     wall_ns: int = 0  # total time spent in the stage (0 on a cache hit)
+    isolated_ns: np.ndarray | None = None  # per measured query, the stage alone (timing="isolated")
 
     @property
     def latency(self) -> LatencySummary | None:
         return None if self.latencies_ns is None else LatencySummary.from_ns(self.latencies_ns)
+
+    @property
+    def latency_isolated(self) -> LatencySummary | None:
+        return None if self.isolated_ns is None else LatencySummary.from_ns(self.isolated_ns)
 
     @property
     def throughput_qps(self) -> float | None:
@@ -83,14 +96,20 @@ def execute(
     mode: Mode = "online",
     cache: StageCache | None = None,
     warmup: int = 3,
-    threads: int | None = None,
+    timing: Timing = "concurrent",
     progress: bool | None = None,
     pool: ThreadPoolExecutor | None = None,
 ) -> RunResult:
     """Run `steps` (checked, in order, the output last) over `queries`: every step's rankings and timings."""
     if mode not in ("online", "batch"):
         raise InputError(f"mode must be 'online' or 'batch', not {mode!r}")
-    steps = list(steps)
+    if timing not in ("concurrent", "isolated"):
+        raise InputError(f"timing must be 'concurrent' or 'isolated', not {timing!r}")
+    with thread_policy.run_in_flight():
+        return _execute(list(steps), queries, env, mode, cache, warmup, timing, progress, pool)
+
+
+def _execute(steps, queries, env, mode, cache, warmup, timing, progress, pool) -> RunResult:
     show = env.progress if progress is None else progress
     result = RunResult(queries=queries, mode=mode, output=steps[-1].name)
     keys = step_keys(steps, queries, env)
@@ -101,13 +120,14 @@ def execute(
             outputs[step.name] = cached
             result.stages[step.name] = StageRun(step.name, cached, keys[step.name], cache_hit=True)
     todo = [s for s in steps if s.name not in outputs]
+    thread_policy.apply(thread_policy.threads_for(1))  # warm-up (builds, encoding): every core
     for step in todo:
         step.stage.warm_up(env)
 
     started = time.perf_counter_ns()
     if todo and len(queries):
         if mode == "online":
-            _run_online(steps, todo, queries, outputs, result, keys, show, warmup, threads, pool)
+            _run_online(steps, todo, queries, outputs, result, keys, show, warmup, timing, pool)
         else:
             _run_batch(todo, queries, outputs, result, keys, show)
     for step in todo:
@@ -150,6 +170,7 @@ def _call(step: Step, queries: Queries, inputs: Inputs) -> list[Ranking]:
 
 def _run_batch(todo, queries, outputs, result, keys, show) -> None:
     for step in tqdm(todo, desc="stages", unit="stage", disable=not show or len(todo) < 2):
+        thread_policy.apply(thread_policy.threads_for(1))
         inputs = Inputs([outputs[i] for i in step.inputs], step.inputs)
         t0 = time.perf_counter_ns()
         outputs[step.name] = _call(step, queries, inputs)
@@ -157,18 +178,19 @@ def _run_batch(todo, queries, outputs, result, keys, show) -> None:
         result.stages[step.name] = StageRun(step.name, outputs[step.name], keys[step.name], wall_ns=wall)
 
 
-def _run_online(steps, todo, queries, outputs, result, keys, show, warmup, threads, pool) -> None:
+def _run_online(steps, todo, queries, outputs, result, keys, show, warmup, timing, pool) -> None:
     todo_names = {s.name for s in todo}
     groups = [[s for s in level if s.name in todo_names] for level in levels(list(steps))]
     groups = [g for g in groups if g]
     width = max(len(g) for g in groups)
     n = len(queries)
     per_step: dict[str, list[int]] = {s.name: [] for s in todo}
+    alone: dict[str, list[int]] = {s.name: [] for s in todo}
     per_query: dict[str, list[Ranking]] = {s.name: [] for s in todo}
     e2e = np.zeros(n, dtype=np.int64)
     own_pool = pool is None and width > 1
     if own_pool:
-        pool = ThreadPoolExecutor(max_workers=threads or width)
+        pool = ThreadPoolExecutor(max_workers=width)
 
     def timed(step: Step, one: Queries, i: int, results: dict[str, Ranking]) -> tuple[Ranking, int]:
         inputs = Inputs(
@@ -178,12 +200,14 @@ def _run_online(steps, todo, queries, outputs, result, keys, show, warmup, threa
         ranking = _call(step, one, inputs)[0]
         return ranking, time.perf_counter_ns() - t0
 
-    def one_query(i: int) -> tuple[dict[str, Ranking], dict[str, int]]:
+    def one_query(i: int, concurrent: bool = True) -> tuple[dict[str, Ranking], dict[str, int]]:
         one = queries.select([i])
         results: dict[str, Ranking] = {}
         times: dict[str, int] = {}
         for group in groups:
-            if pool is not None and len(group) > 1:
+            side_by_side = concurrent and pool is not None and len(group) > 1
+            thread_policy.apply(thread_policy.threads_for(len(group) if side_by_side else 1))
+            if side_by_side:
                 futures = {s.name: pool.submit(timed, s, one, i, results) for s in group}
                 done = {name: f.result() for name, f in futures.items()}
             else:
@@ -204,13 +228,19 @@ def _run_online(steps, todo, queries, outputs, result, keys, show, warmup, threa
             for name in per_step:
                 per_query[name].append(results[name])
                 per_step[name].append(times[name])
+            if timing == "isolated":
+                _, isolated = one_query(i, concurrent=False)
+                for name in alone:
+                    alone[name].append(isolated[name])
     finally:
         if own_pool:
             pool.shutdown()
     for step in todo:
         outputs[step.name] = per_query[step.name]
         lat = np.array(per_step[step.name], dtype=np.int64)
+        isolated = np.array(alone[step.name], dtype=np.int64) if timing == "isolated" else None
         result.stages[step.name] = StageRun(
-            step.name, per_query[step.name], keys[step.name], latencies_ns=lat, wall_ns=int(lat.sum())
+            step.name, per_query[step.name], keys[step.name], latencies_ns=lat, wall_ns=int(lat.sum()),
+            isolated_ns=isolated,
         )
     result.end_to_end_ns = e2e

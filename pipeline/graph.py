@@ -82,6 +82,13 @@ class Step:
     inputs: tuple[str, ...]
     cutoff: int | None = None
 
+    @property
+    def limit(self) -> int | None:
+        """The most documents the step can return per query: its cut-off, or its stage's `k`."""
+        k = getattr(self.stage.config, "k", None)
+        caps = [c for c in (self.cutoff, k if isinstance(k, int) and not isinstance(k, bool) else None) if c]
+        return min(caps) if caps else None
+
 
 def flatten(node: Node) -> list[Step]:
     """The steps of `node` in composition order (checked by `check`)."""

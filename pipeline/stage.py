@@ -14,6 +14,9 @@ A stage is any object with
 * `fingerprint()`: a hash of the config, the artefacts the stage reads and the code and library
   versions its results depend on: the core of the cache key.
 
+A stage whose config has an integer `k` returns at most `k` documents per query; reports use that
+limit to mark a metric that reads deeper than the stage can return as not applicable.
+
 Nothing else is required. `stagegraph.stages.base.StageBase` supplies the defaults and the
 composition operators (`>>`, `|`, `%`), so a concrete stage is short; `stagegraph.pipeline.compose`
 turns compositions into a `Pipeline`, which is itself a stage.
@@ -26,9 +29,9 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from stagegraph.corpora.types import Corpus, Queries
 from stagegraph.errors import StageError
@@ -44,11 +47,25 @@ class Arity(str, enum.Enum):
 
 
 class StageConfig(BaseModel):
-    """Base of every stage's settings: unknown fields are errors, not silently ignored."""
+    """Base of every stage's settings: unknown fields are errors, not silently ignored.
+
+    `retired` names settings a stage no longer has, each with what replaced it, so an old config
+    gets that sentence instead of a bare "extra field".
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    retired: ClassVar[dict[str, str]] = {}
 
     name: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_retired(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for field, why in cls.retired.items():
+                if field in data:
+                    raise ValueError(f"`{field}` is no longer a setting of this stage: {why}; remove it")
+        return data
 
 
 def default_work_dir() -> Path:

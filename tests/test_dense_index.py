@@ -113,12 +113,35 @@ def test_search_parameters_are_applied_per_call(vectors: np.ndarray) -> None:
     narrow = overlap_recall(ivf.search(queries, 50, nprobe=1)[1], truth)
     full = overlap_recall(ivf.search(queries, 50, nprobe=64)[1], truth)
     assert full == pytest.approx(1.0) and narrow < 0.9
-    assert faiss.extract_index_ivf(ivf.index).nprobe == 64
+    assert faiss.extract_index_ivf(ivf.index).nprobe == 1  # per-call parameters: the shared index is untouched
     hnsw = build(vectors, "HNSW32")
     assert hnsw.search_params(ef_search=16, k=100) == {"efSearch": 100}  # never below k
     assert hnsw.search_params(k=100) == {"efSearch": 256} and hnsw.search_params(k=300) == {"efSearch": 600}
-    hnsw.search(queries, 10, ef_search=200)
-    assert faiss.downcast_index(hnsw.index).hnsw.efSearch == 200
+    low = hnsw.search(queries, 10, ef_search=10)[1]
+    assert faiss.downcast_index(hnsw.index).hnsw.efSearch == 16  # FAISS's default, never overwritten
+    assert overlap_recall(low, exact_top(vectors, queries, 10)) < overlap_recall(hnsw.search(queries, 10, ef_search=400)[1], exact_top(vectors, queries, 10))
+
+
+def test_concurrent_searches_with_different_settings_each_use_their_own(vectors: np.ndarray) -> None:
+    import threading
+
+    ivf = build(vectors, "IVF64,Flat")
+    queries = unit(np.random.default_rng(3), 20, 32)
+    expected = {n: ivf.search(queries, 50, nprobe=n)[1] for n in (1, 64)}
+    assert overlap_recall(expected[1], expected[64]) < 0.9  # the two settings give different answers
+    wrong: list[int] = []
+
+    def worker(nprobe: int) -> None:
+        for _ in range(60):
+            if not np.array_equal(ivf.search(queries, 50, nprobe=nprobe)[1], expected[nprobe]):
+                wrong.append(nprobe)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in (1, 64, 1, 64)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wrong == []
 
 
 def test_default_nprobe_scans_enough_lists_for_k() -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from stagegraph.corpora.types import Corpus, Queries
 from stagegraph.indexes.dense import DenseIndex
@@ -101,7 +102,9 @@ def test_fingerprint_before_warm_up_and_what_changes_it(tiny_model: str, env: En
     before = base.fingerprint()
     base.warm_up(env)
     assert base.fingerprint() == before
-    assert stage(tiny_model, batch_size=7, threads=1, query_threads=2, search_threads=1).fingerprint() == before
+    assert stage(tiny_model, batch_size=7, device="cpu").fingerprint() == before
+    with pytest.raises(ValidationError, match="`query_threads` is no longer a setting.*executor sets torch and FAISS threads"):
+        stage(tiny_model, query_threads=2)
     assert stage(tiny_model, name="other").fingerprint() == before
     for changed in ({"k": 11}, {"index": "HNSW32"}, {"ef_search": 64}, {"max_seq_length": 32}):
         assert stage(tiny_model, **changed).fingerprint() != before, changed
@@ -263,3 +266,27 @@ def test_scifact_pin_and_approximate_indexes_keep_recall() -> None:
     assert flat["ndcg@10"] == pytest.approx(0.645, abs=0.01)  # the published MTEB figure
     for factory in ("HNSW32", "IVF1024,Flat"):
         assert figures[factory]["recall@100"] >= 0.98 * flat["recall@100"], (factory, figures)
+
+
+def test_two_dense_branches_with_different_settings_run_concurrently_with_their_own(tiny_model: str, tmp_path: Path) -> None:
+    from stagegraph.pipeline.compose import Pipeline
+    from stagegraph.stages.fusion import CandidatePool
+
+    rng = np.random.default_rng(1)
+    texts = [" ".join(rng.choice(WORDS, size=int(rng.integers(3, 12)))) for _ in range(500)]
+    env = Environment(Corpus([f"d{i}" for i in range(500)], [""] * 500, texts), work_dir=tmp_path, progress=False)
+    narrow = stage(tiny_model, index="IVF8,Flat", nprobe=1, k=20, name="narrow")
+    wide = stage(tiny_model, index="IVF8,Flat", nprobe=8, k=20, name="wide")
+    pipe = Pipeline((narrow | wide) >> CandidatePool("rrf", k=20, name="pool"))
+    queries = Queries([f"q{i}" for i in range(30)], [f"{WORDS[i % len(WORDS)]} {WORDS[(7 * i) % len(WORDS)]}" for i in range(30)])
+    alone = {s.name: s for s in (narrow, wide)}
+    for s in alone.values():
+        s.warm_up(env)
+    expected = {name: s.run(queries, []) for name, s in alone.items()}
+    differ = sum(not np.array_equal(a.doc_rows, b.doc_rows) for a, b in zip(expected["narrow"], expected["wide"]))
+    assert differ > 0  # the two settings rank differently, so a mix-up would show
+    for _ in range(3):
+        result = pipe.execute(queries, env=env, mode="online")
+        for name in alone:
+            for got, want in zip(result.stages[name].rankings, expected[name]):
+                np.testing.assert_array_equal(got.doc_rows, want.doc_rows)

@@ -5,7 +5,7 @@ import pytest
 from stubs import StubFuse, StubRerank, StubRetriever, tiny_corpus
 
 from stagegraph.corpora.types import Queries
-from stagegraph.errors import StageError
+from stagegraph.errors import InputError, StageError
 from stagegraph.pipeline.compose import Pipeline
 from stagegraph.pipeline.ranking import Ranking
 from stagegraph.pipeline.stage import Arity, Environment, StageConfig
@@ -97,3 +97,36 @@ def test_a_stage_returning_the_wrong_number_of_rankings_is_named():
 def test_unknown_mode_is_refused():
     with pytest.raises(ValueError, match="online' or 'batch"):
         _graph().execute(_queries(2), env=Environment(tiny_corpus()), mode="fast")
+
+
+class _SharedResource(StubRetriever):
+    """A branch that needs a resource its neighbour also holds (a core, a GIL, a lock) for 25 ms."""
+
+    lock = __import__("threading").Lock()
+
+    def run(self, queries, inputs):
+        import time
+
+        with self.lock:
+            time.sleep(0.025)
+        return super().run(queries, inputs)
+
+
+def test_a_branch_slowed_by_its_neighbour_is_reported_as_run_and_alone():
+    env = Environment(tiny_corpus(), progress=False)
+    pipe = (_SharedResource("a") | _SharedResource("b", seed=1)) >> StubFuse("pool")
+    result = pipe.execute(_queries(8), env=env, mode="online", timing="isolated")
+    a, b = result.stages["a"], result.stages["b"]
+    slower_as_run = np.maximum(a.latencies_ns, b.latencies_ns) / 1e6
+    slower_alone = np.maximum(a.isolated_ns, b.isolated_ns) / 1e6
+    # side by side, one branch waits for the other: ~50 ms as run; alone, each takes ~25 ms
+    assert (slower_as_run >= 49).all(), slower_as_run
+    assert np.median(slower_alone) < 40, slower_alone
+    assert np.median(result.end_to_end_ns) / 1e6 >= 49  # end to end stays the concurrent run
+    concurrent_only = pipe.execute(_queries(3), env=env, mode="online")
+    assert concurrent_only.stages["a"].isolated_ns is None
+
+
+def test_unknown_timing_is_refused():
+    with pytest.raises(InputError, match="timing must be 'concurrent' or 'isolated'"):
+        _graph().execute(_queries(2), env=Environment(tiny_corpus()), mode="online", timing="sequential")

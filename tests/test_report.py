@@ -141,3 +141,29 @@ def test_print_report_quiet_prints_only_the_table(report, capsys):
     print_report(report, quiet=False, console=Console(width=100))
     loud = capsys.readouterr().out
     assert "nDCG@10" in quiet and "warm-up" not in quiet and "warm-up" in loud
+
+
+def test_a_metric_deeper_than_a_stage_returns_is_not_applicable_everywhere(report, saved):
+    # the reranker keeps 10 (StubRerank k=10), the retrievers 30, the pool 40: only R@100 is out of reach
+    assert report.stages["rerank"].limit == 10 and report.stages["rerank"].not_applicable == ["recall@100"]
+    assert report.stages["pool"].limit == 40 and report.stages["pool"].not_applicable == ["recall@100"]
+    dense_only = json.loads((saved / "report.json").read_text())["stages"]["dense"]
+    assert dense_only["limit"] == 30 and dense_only["not_applicable"] == ["recall@100"]
+    text = render_report(report)
+    rerank_row = next(line for line in text.splitlines() if line.lstrip().startswith("rerank"))
+    assert rerank_row.split()[2] == "n/a"  # stage, R@10, R@100 columns
+    assert "n/a: the metric reads deeper than the stage returns" in text
+    html = render_html(report)
+    assert html.count(">n/a</td>") == 4 and "truncation, not loss" in html
+
+
+def test_isolated_timing_is_reported_beside_the_concurrent_one(dataset):
+    graph = (StubRetriever("a", k=20) | StubRetriever("b", k=20, seed=1)) >> CandidatePool("rrf", k=20, name="pool")
+    isolated = evaluate(graph, dataset, progress=False, timing="isolated")
+    assert isolated.timing == "isolated"
+    assert all(s.latency_alone_ms is not None and s.latency_alone_ms.n == s.latency_ms.n for s in isolated.stages.values())
+    text = render_report(isolated)
+    assert "latency alone" in text and "includes sharing the cores" not in text
+    plain = evaluate(graph, dataset, progress=False)
+    assert all(s.latency_alone_ms is None for s in plain.stages.values())
+    assert "includes sharing the cores with its neighbour" in render_report(plain)

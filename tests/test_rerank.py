@@ -172,7 +172,7 @@ def test_length_sorted_batches_cover_every_pair_and_pad_little(tiny_ce):
 
 def test_fingerprint_before_warm_up_ignores_speed_settings(tiny_ce):
     base = CrossEncoderReranker(str(tiny_ce), max_length=64)
-    assert base.fingerprint() == CrossEncoderReranker(str(tiny_ce), max_length=64, batch_size=3, threads=1).fingerprint()
+    assert base.fingerprint() == CrossEncoderReranker(str(tiny_ce), max_length=64, batch_size=3, device="cpu").fingerprint()
     assert base.fingerprint() != CrossEncoderReranker(str(tiny_ce), max_length=32).fingerprint()
     assert base.fingerprint() != CrossEncoderReranker(str(tiny_ce), max_length=64, depth=5).fingerprint()
     assert CrossEncoderReranker("no/such-model-anywhere").fingerprint()  # computable without the model

@@ -18,6 +18,8 @@ def register(sub) -> None:
                    help="online: one query at a time, timed per stage (default); batch: throughput")
     p.add_argument("--out", help="directory for report.json, report.html, per_query.csv and runs/")
     p.add_argument("--metrics", help="comma-separated, e.g. recall@10,recall@100,ndcg@10,mrr@10,map")
+    p.add_argument("--timing", choices=["concurrent", "isolated"], default="concurrent",
+                   help="online latencies: as run, branches side by side (default); isolated: also each stage alone")
     p.add_argument("--warmup", type=int, default=3, help="warm-up queries run first and left out of the figures (default 3)")
     p.add_argument("--no-cache", action="store_true", help="run every stage, ignoring cached outputs")
     p.set_defaults(func=handle)
@@ -35,7 +37,7 @@ def handle(args: argparse.Namespace) -> int:
     cache = None if args.no_cache else StageCache(work_dir(args) / "cache")
     report = evaluate(
         pipeline, dataset, split=args.split, metrics=metrics, mode=args.mode, env=environment(args, dataset),
-        cache=cache, warmup=args.warmup, progress=progress(args),
+        cache=cache, warmup=args.warmup, timing=args.timing, progress=progress(args),
     )
     out = Path(args.out) if args.out else None
     if out is not None:

@@ -1,10 +1,13 @@
 """The console view of a `Report`: one rich table, a row per stage, that fits 100 columns.
 
 Columns: the stage, each metric (short labels: R@100, nDCG@10, MRR@10, MAP) and the latency
-percentiles P50/P95/P99 in milliseconds (online mode) or the throughput in queries per second
-(batch mode), so the rerank stage's cost sits right under the retrievers' and the pool's. A cached
-stage shows "cached" instead of a latency: a cache hit is not a latency. Lines below the table give
-the end-to-end latency, warm-up queries, missing queries and what each branch added to a pool.
+percentiles P50/P95/P99 in milliseconds as run (online mode: parallel branches share the cores) or
+the throughput in queries per second (batch mode), so the rerank stage's cost sits right under the
+retrievers' and the pool's. A metric that reads deeper than a stage can return (R@100 of a reranker
+that keeps 10) shows "n/a": truncation is not loss. A cached stage shows "cached" instead of a
+latency: a cache hit is not a latency. With isolated timing a second table gives each stage's
+latency alone. Lines below give the end-to-end latency, warm-up queries, missing queries and what
+each branch added to a pool.
 """
 
 from __future__ import annotations
@@ -68,11 +71,17 @@ def build_table(report: Report, metrics: list[str] | None = None, cost: bool = T
             table.add_column(f"{p} ms", justify="right", no_wrap=True)
     else:
         table.add_column("q/s", justify="right", no_wrap=True)
-    best = {m: max(s.metrics.get(m, 0.0) for s in report.stages.values()) for m in metrics}
+    best = {
+        m: max((s.metrics.get(m, 0.0) for s in report.stages.values() if m not in s.not_applicable), default=0.0)
+        for m in metrics
+    }
     for name, stage in report.stages.items():
         cells = [name + (" *" if stage.missing else "")]
         for m in metrics:
             value = stage.metrics.get(m)
+            if m in stage.not_applicable:
+                cells.append("[dim]n/a[/dim]")
+                continue
             text = "-" if value is None else f"{value:.4f}"
             cells.append(f"[bold]{text}[/bold]" if value is not None and value == best[m] and value > 0 else text)
         if not cost:
@@ -95,14 +104,37 @@ def build_table(report: Report, metrics: list[str] | None = None, cost: bool = T
     return table
 
 
+def alone_table(report: Report) -> Table | None:
+    """Each stage's latency when it ran alone (timing="isolated"), beside its latency as run."""
+    rows = [(n, s) for n, s in report.stages.items() if s.latency_alone_ms is not None]
+    if not rows:
+        return None
+    table = Table(title="latency alone (each stage run by itself, branches one after another) vs as run",
+                  box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), title_justify="left")
+    for name in ("stage", "alone P50", "P95", "P99", "as run P50", "P95 ", "P99 "):
+        table.add_column(name, justify="left" if name == "stage" else "right", no_wrap=True)
+    for name, stage in rows:
+        alone, run = stage.latency_alone_ms, stage.latency_ms
+        table.add_row(name, _ms(alone.p50), _ms(alone.p95), _ms(alone.p99),
+                      _ms(run.p50 if run else None), _ms(run.p95 if run else None), _ms(run.p99 if run else None))
+    return table
+
+
 def notes(report: Report) -> list[str]:
     lines = []
     if report.mode == "online":
         lat = report.end_to_end.latency_ms
         lines.append(
-            f"Latency: per query, {report.warmup_queries} warm-up queries run first and left out"
+            f"Latency: per query as run (parallel branches share the cores), {report.warmup_queries} warm-up "
+            "queries run first and left out"
             + (f"; end to end mean {_ms(lat.mean)} ms, max {_ms(lat.max)} ms." if lat else ".")
         )
+        if report.timing != "isolated" and any(len(s.inputs) > 1 for s in report.stages.values()):
+            lines.append("Each branch's time includes sharing the cores with its neighbour; `--timing isolated` "
+                         "also times every stage alone.")
+    if any(s.not_applicable for s in report.stages.values()):
+        cut = [f"{n} keeps {s.limit}" for n, s in report.stages.items() if s.not_applicable]
+        lines.append(f"n/a: the metric reads deeper than the stage returns ({', '.join(cut)}).")
     if report.cache_hits:
         lines.append(f"{report.cache_hits} stage(s) read from the cache: their latency is not measured.")
     if report.missing_queries or any(s.missing for s in report.stages.values()):
@@ -121,8 +153,9 @@ def render_report(report: Report, width: int = WIDTH, color: bool = False) -> st
     """The table and notes as text, `width` columns wide at most."""
     buf = io.StringIO()
     console = Console(file=buf, width=width, force_terminal=color, color_system="standard" if color else None)
-    for table in build_tables(report, width):
-        console.print(table)
+    for table in [*build_tables(report, width), alone_table(report)]:
+        if table is not None:
+            console.print(table)
     for line in notes(report):
         console.print(line, highlight=False, markup=False)
     return buf.getvalue()
@@ -133,8 +166,9 @@ def print_report(report: Report, quiet: bool = False, console: Console | None = 
     if console is None:
         probe = Console()
         console = Console(width=min(WIDTH, probe.width) if probe.is_terminal else WIDTH)
-    for table in build_tables(report, console.width):
-        console.print(table)
+    for table in [*build_tables(report, console.width), alone_table(report)]:
+        if table is not None:
+            console.print(table)
     if not quiet:
         for line in notes(report):
             console.print(line, highlight=False, markup=False)

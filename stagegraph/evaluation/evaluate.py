@@ -21,7 +21,7 @@ from stagegraph.corpora.types import Corpus, Dataset, Qrels, Queries
 from stagegraph.errors import InputError
 from stagegraph.pipeline.cache import StageCache
 from stagegraph.pipeline.compose import Pipeline, as_pipeline
-from stagegraph.pipeline.executor import Mode, RunResult
+from stagegraph.pipeline.executor import Mode, RunResult, Timing
 from stagegraph.evaluation.report import (
     BranchContribution,
     EndToEnd,
@@ -51,7 +51,7 @@ def evaluate(
     cache: StageCache | None = None,
     warmup: int = 3,
     progress: bool = True,
-    threads: int | None = None,
+    timing: Timing = "concurrent",
 ) -> Report:
     """Run `pipeline` on the judged queries of `split` and report quality and cost per stage."""
     graph = as_pipeline(pipeline)
@@ -65,8 +65,8 @@ def evaluate(
             "Environment(corpus=dataset.corpus, ...) so indexes match the documents scored"
         )
     parsed = _metrics_for(graph, metrics)
-    result = graph.execute(queries, env=env, mode=mode, cache=cache, warmup=warmup, threads=threads)
-    return build_report(graph, dataset, split, queries, qrels, result, parsed)
+    result = graph.execute(queries, env=env, mode=mode, cache=cache, warmup=warmup, timing=timing)
+    return build_report(graph, dataset, split, queries, qrels, result, parsed, timing=timing)
 
 
 def _metrics_for(graph: Pipeline, metrics: Iterable[str | Metric] | str | None) -> list[Metric]:
@@ -97,6 +97,7 @@ def build_report(
     qrels: Qrels,
     result: RunResult,
     metrics: Sequence[Metric],
+    timing: str = "concurrent",
 ) -> Report:
     """Score every stage of `result` and gather the figures into a `Report`."""
     names = [str(m) for m in metrics]
@@ -107,7 +108,11 @@ def build_report(
         stage_run = result.stages[step.name]
         scores = score_run(stage_run.rankings, queries, qrels, dataset.corpus, metrics)
         latency = stage_run.latency
+        limit = step.limit
         stages[step.name] = StageReport(
+            limit=limit,
+            not_applicable=[str(m) for m in metrics if m.k is not None and limit is not None and m.k > limit],
+            latency_alone_ms=stage_run.latency_isolated,
             type=step.stage.type_name,
             inputs=list(step.inputs),
             cutoff=step.cutoff,
@@ -137,6 +142,7 @@ def build_report(
         dataset=dataset.name,
         split=split,
         mode=result.mode,
+        timing=timing,
         config=_graph_config(graph),
         output=output,
         metrics=names,

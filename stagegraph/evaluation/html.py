@@ -54,21 +54,30 @@ def _table(r: Report) -> str:
     online = r.mode == "online"
     head = "".join(f"<th>{escape(_label(m))}</th>" for m in r.metrics)
     head += "<th>P50 ms</th><th>P95 ms</th><th>P99 ms</th><th>mean ms</th><th>max ms</th>" if online else ""
+    alone = online and any(s.latency_alone_ms for s in r.stages.values())
+    head += "<th>alone P50</th><th>alone P95</th>" if alone else ""
     head += "<th>q/s</th><th>queries</th><th>missing</th>"
-    best = {m: max(s.metrics.get(m, 0.0) for s in r.stages.values()) for m in r.metrics}
+    best = {m: max((s.metrics.get(m, 0.0) for s in r.stages.values() if m not in s.not_applicable), default=0.0)
+            for m in r.metrics}
     rows = []
     for name, s in r.stages.items():
         cells = [f"<td>{escape(name)} <span class='muted'>{escape(s.type)}</span></td>"]
         for m in r.metrics:
             v = s.metrics.get(m)
+            if m in s.not_applicable:
+                cells.append(f"<td class='muted' title='the stage returns at most {s.limit}'>n/a</td>")
+                continue
             cls = " class='best'" if v is not None and v == best[m] and v > 0 else ""
             cells.append(f"<td{cls}>{'–' if v is None else f'{v:.4f}'}</td>")
         if online:
             lat = s.latency_ms
             if s.cache_hit or lat is None:
-                cells.append("<td colspan='5' class='muted'>cached: not timed</td>")
+                cells.append(f"<td colspan='{7 if alone else 5}' class='muted'>cached: not timed</td>")
             else:
                 cells += [f"<td>{_ms(x)}</td>" for x in (lat.p50, lat.p95, lat.p99, lat.mean, lat.max)]
+                if alone:
+                    a = s.latency_alone_ms
+                    cells += [f"<td>{_ms(a.p50) if a else '–'}</td>", f"<td>{_ms(a.p95) if a else '–'}</td>"]
         qps = f"{s.throughput_qps:,.1f}" if s.throughput_qps else "–"
         cells += [f"<td>{qps}</td>", f"<td>{s.queries}</td>", f"<td>{s.missing}</td>"]
         rows.append("<tr>" + "".join(cells) + "</tr>")
@@ -77,6 +86,7 @@ def _table(r: Report) -> str:
         lat = e2e.latency_ms
         blanks = "<td></td>" * len(r.metrics)
         cells = "".join(f"<td>{_ms(x)}</td>" for x in (lat.p50, lat.p95, lat.p99, lat.mean, lat.max))
+        cells += "<td></td><td></td>" if alone else ""
         qps = f"{e2e.throughput_qps:,.1f}" if e2e.throughput_qps else "–"
         rows.append(f"<tr class='muted'><td>end to end</td>{blanks}{cells}<td>{qps}</td><td></td><td></td></tr>")
     return f"<h2>Stages</h2><table><thead><tr><th>stage</th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
@@ -84,11 +94,12 @@ def _table(r: Report) -> str:
 
 def _funnel(r: Report) -> str:
     recall = [m for m in r.metrics if m.startswith("recall")] or list(r.metrics)
-    values = [[s.metrics.get(m, 0.0) for m in recall] for s in r.stages.values()]
+    values = [[None if m in s.not_applicable else s.metrics.get(m, 0.0) for m in recall] for s in r.stages.values()]
     chart = grouped_bars(list(r.stages), [_label(m) for m in recall], values, "Recall funnel: what each stage keeps")
     return (
         "<h2>Recall funnel</h2><p class='note'>The pool's recall@100 is the ceiling of any reranker "
-        f"placed after it.</p>{chart}"
+        "placed after it; n/a: the stage returns fewer documents than the cut-off (truncation, not loss).</p>"
+        f"{chart}"
     )
 
 

@@ -7,8 +7,10 @@
   `missing_queries`, `warmup_queries`, `cache_hits`, `end_to_end`, `versions`, `machine`, `created`;
 * `stages.<name>`: `metrics` (metric string -> mean over the judged queries), `latency_ms`
   (`n`, `p50`, `p95`, `p99`, `mean`, `max`; online mode, null on a cache hit), `throughput_qps`,
-  `queries` (how many it ranked), `missing`, `cache_hit`, and for a fusing stage whose rankings carry
-  per-branch features, `branches.<branch>` (what that branch alone contributed to the pool);
+  `latency_alone_ms` (with `timing: isolated`: the stage run alone, not beside its neighbour branch),
+  `queries` (how many it ranked), `missing`, `cache_hit`, `limit` (the most documents it returns)
+  and `not_applicable` (metrics reading deeper than `limit`), and for a fusing stage
+  `branches.<branch>` (what that branch alone contributed to the pool);
 * `per_query`: the judged query ids and, per stage, each metric's per-query values, plus the
   per-query latencies (for the paired tests of `stagegraph compare` and the HTML plots).
 
@@ -55,11 +57,16 @@ class StageReport(BaseModel):
     queries: int
     metrics: dict[str, float]
     missing: int = 0
-    latency_ms: LatencySummary | None = None
+    latency_ms: LatencySummary | None = None  # as run: parallel branches share the cores
+    latency_alone_ms: LatencySummary | None = None  # timing="isolated": the stage alone
     throughput_qps: float | None = None
     cache_hit: bool = False
     wall_ms: float = 0.0
     branches: dict[str, BranchContribution] = Field(default_factory=dict)
+    #: the most documents the stage returns per query (its `k` or cut-off), None: unlimited
+    limit: int | None = None
+    #: metrics whose cut-off reads deeper than `limit`: shown as n/a (truncation is not loss)
+    not_applicable: list[str] = Field(default_factory=list)
 
 
 class EndToEnd(BaseModel):
@@ -82,6 +89,7 @@ class Report(BaseModel):
     dataset: str
     split: str
     mode: str
+    timing: str = "concurrent"
     config: dict[str, Any] | None = None
     output: str
     metrics: list[str]

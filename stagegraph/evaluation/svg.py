@@ -55,7 +55,7 @@ def grouped_bars(
     max_value: float = 1.0,
     width: int = 720,
 ) -> str:
-    """`values[i][j]` is row i's value for series j; bars are labelled with the value."""
+    """`values[i][j]` is row i's value for series j; bars are labelled with the value ("n/a" for None)."""
     bar_h, gap, left, right, top = 14, 10, 150, 60, 40
     plot_w = width - left - right
     group_h = max(len(series), 1) * bar_h + gap
@@ -70,8 +70,11 @@ def grouped_bars(
         y0 = top + i * group_h + 4
         body.append(_text(left - 8, y0 + group_h / 2, row, "end"))
         for j, _ in enumerate(series):
-            v = float(values[i][j]) if values[i][j] is not None else 0.0
             y = y0 + j * bar_h
+            if values[i][j] is None:  # not applicable: no bar, a label that says so
+                body.append(_text(left + 4, y + bar_h - 4, "n/a", extra='font-size="11" fill="#888"'))
+                continue
+            v = float(values[i][j])
             w = max(v * scale, 0.0)
             body.append(
                 f'<rect x="{left}" y="{y:.1f}" width="{w:.1f}" height="{bar_h - 2}" '

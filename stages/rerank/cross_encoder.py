@@ -9,7 +9,8 @@ score (ties by corpus row). Where the time goes, and what it does about it:
 * an optional score cache keyed by (scorer identity, query text, document id), in memory or in
   SQLite under `work_dir/rerank_scores/`, so a re-run or a depth sweep never scores a pair twice
   (`score_cache: disk`); off by default, because a cached pair would make online latency lie;
-* `threads` sets torch's (or ONNX Runtime's) intra-op threads; `backend` picks torch fp32, ONNX
+* torch's threads are the executor's (`stagegraph.pipeline.threads`), ONNX Runtime sessions use every
+  core the process may run on (their own pool, without spinning); `backend` picks torch fp32, ONNX
   Runtime fp32 or ONNX int8 (dynamic quantisation, see `stagegraph.stages.rerank.onnx`); `device` (torch
   backend; default `auto`: a CUDA GPU when torch sees one, else the CPU) is where the model runs.
 * `blend` (see `stagegraph.stages.rerank.blend`) mixes in the upstream ranking; by default it is read from the
@@ -28,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field
@@ -38,6 +39,7 @@ from stagegraph.errors import StageError
 from stagegraph.hashing import stable_hash
 from stagegraph.pipeline.ranking import Ranking, StepTrace
 from stagegraph.pipeline.stage import Arity, Environment, StageConfig
+from stagegraph.pipeline.threads import usable_cores
 from stagegraph.stages.base import StageBase
 from stagegraph.pipeline.registry import register
 from stagegraph.stages.rerank.blend import BlendSpec, RerankerMetadata, blend_scores
@@ -46,16 +48,19 @@ from stagegraph.stages.rerank.model import DEFAULT_MODEL, load_cross_encoder, mo
 
 Backend = Literal["torch", "onnx", "onnx-int8"]
 #: Settings that change speed but never a score: left out of the fingerprint (the cache key).
-PERF_ONLY = {"name", "batch_size", "threads", "score_cache", "device"}
+PERF_ONLY = {"name", "batch_size", "score_cache", "device"}
 
 
 class CrossEncoderConfig(StageConfig):
+    retired: ClassVar[dict[str, str]] = {
+        "threads": "the executor sets torch's threads (stagegraph.pipeline.threads); ONNX sessions use every core"
+    }
+
     model: str = DEFAULT_MODEL
     max_length: int = Field(512, ge=8, le=8192)
     depth: int = Field(100, ge=1)
     k: int = Field(10, ge=1)
     batch_size: int = Field(16, ge=1)
-    threads: int | None = Field(None, ge=1)
     backend: Backend = "torch"
     #: torch backend: auto (a CUDA GPU when torch sees one, else MPS, else CPU), cpu, cuda, cuda:N, mps.
     #: The ONNX backends always run on the CPU.
@@ -94,7 +99,6 @@ class CrossEncoderReranker(StageBase):
         depth: int = 100,
         k: int = 10,
         batch_size: int = 16,
-        threads: int | None = None,
         backend: Backend = "torch",
         device: str = "auto",
         blend: float | None = None,
@@ -106,7 +110,7 @@ class CrossEncoderReranker(StageBase):
             raise ValueError(f"give the model once: model_name={model_name!r} and model={model!r} differ")
         self.config = CrossEncoderConfig(
             name=name, model=model_name or model or DEFAULT_MODEL, max_length=max_length, depth=depth, k=k,
-            batch_size=batch_size, threads=threads, backend=backend, device=device, blend=blend,
+            batch_size=batch_size, backend=backend, device=device, blend=blend,
             blend_upstream=blend_upstream, score_cache=score_cache,
         )
         self.stats = RerankStats()
@@ -161,7 +165,7 @@ class CrossEncoderReranker(StageBase):
             from stagegraph.stages.rerank.onnx import OnnxScorer
 
             scorer = OnnxScorer.build(
-                cross_encoder, c.max_length, c.batch_size, quantize=c.backend == "onnx-int8", threads=c.threads,
+                cross_encoder, c.max_length, c.batch_size, quantize=c.backend == "onnx-int8", threads=usable_cores(),
                 cache_dir=self._work_dir / "onnx" / model_fingerprint(c.model)[:16], progress=progress,
             )
         self._blend = self._resolve_blend()
@@ -181,11 +185,8 @@ class CrossEncoderReranker(StageBase):
         return self._blend or self._resolve_blend()
 
     def _score(self, queries: Sequence[str], docs: Sequence[str], progress: bool = False) -> np.ndarray:
-        from stagegraph.indexes.encoder import torch_threads
-
         scorer = self._load()
-        with torch_threads(self.config.threads if self.config.backend == "torch" else None):
-            return scorer.score(queries, docs, progress=progress)
+        return scorer.score(queries, docs, progress=progress)
 
     # -- graph stage ----------------------------------------------------------------------------
     def run(self, queries: Queries, inputs: Sequence[Sequence[Ranking]]) -> list[Ranking]:

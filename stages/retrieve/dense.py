@@ -9,17 +9,11 @@ index="Flat", ef_search=None, nprobe=None, max_seq_length=256, ...)`:
   `env.artefact_dir("dense", key)` (key: corpus, model identity, max_seq_length, factory), and
   otherwise builds it from the cached document embeddings (`stagegraph.indexes.embeddings`, under
   `env.work_dir/embeddings`), so changing only the factory string never re-encodes the corpus.
-* `fingerprint()` works before warm-up: the config (without the speed-only settings `batch_size`,
-  `threads`, `query_threads`, `search_threads`) plus the model's content identity, or the given
-  index' identity.
-* Threads: a batch is encoded with `threads` torch threads (also FAISS's while building the index)
-  and searched with `search_threads` FAISS threads (`None`: the library defaults, all cores). A
-  single query uses `query_threads` (default 1) for both. Measured by benchmarks/dense.py on the
-  shared 2-core machine: one Flat top-100 query over 100k vectors took 18.5 ms P50 on 1 FAISS thread
-  and 60 ms on 2 (idle OpenMP threads spin while other processes want the cores), HNSW32 the same on
-  1 or 2 (FAISS splits HNSW work by query), and a batch of 64 gained nothing from a second thread
-  (61 vs 58 queries/s); one MiniLM query encoding took 72 ms P50 on 1 torch thread and 682 ms on 2
-  under load (20 ms either way on a quiet machine).
+* `fingerprint()` works before warm-up: the config (without the speed-only settings `batch_size`
+  and `device`) plus the model's content identity, or the given index' identity.
+* Threads are not a stage setting: the executor's policy (`stagegraph.pipeline.threads`) sets torch's
+  and FAISS's counts per level of the pipeline (the old `threads`, `query_threads` and
+  `search_threads` fields are refused with that message).
 * `device` (default `auto`: a CUDA GPU when torch sees one, else the CPU) is where the encoder runs
   (`stagegraph.indexes.devices`); FAISS search stays on the CPU.
 * An empty (or whitespace) query gives an empty ranking and an `EmptyQueryWarning`.
@@ -32,7 +26,7 @@ import logging
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import Field
@@ -53,11 +47,14 @@ from stagegraph.pipeline.registry import register
 log = logging.getLogger(__name__)
 
 #: Settings that change speed only, never the ranking: left out of the fingerprint (cache key).
-SPEED_ONLY = {"name", "batch_size", "threads", "query_threads", "search_threads", "device"}
+SPEED_ONLY = {"name", "batch_size", "device"}
+THREADS_MOVED = "the executor sets torch and FAISS threads for every stage (stagegraph.pipeline.threads)"
 
 
 class DenseRetrieverConfig(StageConfig):
     """`k` documents per query from a FAISS `index` over `model` embeddings."""
+
+    retired: ClassVar[dict[str, str]] = dict.fromkeys(("threads", "query_threads", "search_threads"), THREADS_MOVED)
 
     k: int = Field(100, ge=1)
     model: str = DEFAULT_MODEL
@@ -67,9 +64,6 @@ class DenseRetrieverConfig(StageConfig):
     max_seq_length: int | None = Field(256, ge=1)  # document truncation, in tokens
     train_sample: int = Field(DEFAULT_TRAIN_SAMPLE, ge=1)  # vectors used to train IVF/PQ
     batch_size: int = Field(32, ge=1)
-    threads: int | None = Field(None, ge=1)  # torch threads encoding a batch, FAISS threads building
-    search_threads: int | None = Field(None, ge=1)  # FAISS threads when searching a batch
-    query_threads: int = Field(1, ge=1)  # torch and FAISS threads for a single query
     device: str = "auto"  # torch device of the encoder: auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N, mps
 
 
@@ -157,7 +151,6 @@ class DenseRetriever(StageBase):
                     cfg.model,
                     max_seq_length=cfg.max_seq_length,
                     batch_size=cfg.batch_size,
-                    threads=cfg.threads,
                     device=cfg.device,
                     progress=env.progress,
                 )
@@ -194,7 +187,6 @@ class DenseRetriever(StageBase):
                 model_identity=identity,
                 max_seq_length=self.encoder.max_seq_length,
                 train_sample=cfg.train_sample,
-                threads=cfg.threads,
                 progress=env.progress,
             )
         except ValueError as exc:
@@ -234,12 +226,10 @@ class DenseRetriever(StageBase):
         if not live:
             return out
         if len(live) == 1:
-            vectors = self.encoder.encode_query(queries.texts[live[0]], threads=cfg.query_threads)
-            threads = cfg.query_threads
+            vectors = self.encoder.encode_query(queries.texts[live[0]])
         else:
             vectors = self.encoder.encode([queries.texts[p] for p in live], progress=False)
-            threads = cfg.search_threads
-        scores, rows = self.index.search(vectors, cfg.k, ef_search=cfg.ef_search, nprobe=cfg.nprobe, threads=threads)
+        scores, rows = self.index.search(vectors, cfg.k, ef_search=cfg.ef_search, nprobe=cfg.nprobe)
         for i, pos in enumerate(live):
             found = rows[i] >= 0
             out[pos] = Ranking.from_scores(rows[i][found], scores[i][found], k=cfg.k)
