@@ -33,7 +33,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from stagegraph.corpora.types import Corpus
+from stagegraph.corpora.types import Corpus, DataError
 from stagegraph.indexes.bm25_reference import ReferenceSearcher
 from stagegraph.indexes.bm25_scoring import SparseScores, SparseSearcher, Variant, term_frequencies, top_k
 from stagegraph.atomic import atomic_dir
@@ -126,9 +126,20 @@ class BM25Index:
 
     @classmethod
     def from_tokens(cls, tokens: TokenizedCorpus, settings: BM25Settings, corpus_fingerprint: str) -> BM25Index:
-        """Index an already-analysed corpus (row `d` = document `d`); used by `build` and benchmarks."""
+        """Index an already-analysed corpus (row `d` = document `d`); used by `build` and benchmarks.
+
+        A corpus with no document, or none with a term after analysis, is bad input (`DataError`,
+        exit 2 on the command line), not a bug: the message says what to check."""
         if tokens.n_docs == 0:
-            raise ValueError("cannot build a BM25 index over an empty corpus")
+            raise DataError(
+                "cannot build a BM25 index over an empty corpus (0 documents); give the dataset at least one document."
+            )
+        if len(tokens.term_ids) == 0:
+            raise DataError(
+                f"cannot build a BM25 index: after analysis no document has any term (all {tokens.n_docs} are empty "
+                "or only stopwords, punctuation and one-letter words); check the corpus' title/text fields, or the "
+                "tokenizer settings (stopwords, pattern)."
+            )
         if settings.backend == "rank_bm25":
             return cls(settings, tokens.vocab, corpus_fingerprint, tokens=tokens)
         tf = term_frequencies(tokens.term_ids, tokens.offsets, len(tokens.vocab))

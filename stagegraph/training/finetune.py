@@ -17,8 +17,10 @@ label prior) shaped the recipe:
 * **a small, fast base**: the packaged all-MiniLM-L6-v2 weights cut to their first `layers`
   transformer layers (2 layers score ~3x faster than 6), with the word embeddings frozen (half the
   parameters; a few hundred queries cannot retrain them);
-* **a time budget** (`time_budget_s`): the first steps are timed and the plan (and its learning-rate
-  decay) shrunk to fit, so a first-use fine-tune takes the same time on a slow machine.
+* **a fixed number of steps** (`max_steps`), seeded: every machine trains the same model (up to
+  float noise), so its figures can be pinned; the learning-rate schedule decays over those steps.
+  Or **a time budget** (`time_budget_s`): the first steps are timed and the plan shrunk to fit, the
+  same time on a slow machine but a different model.
 
 The data preparation takes the first stage's rankings as input, so this module needs no pipeline:
 `stagegraph.training.train` runs the graph and calls `train_cross_encoder`, then `rerank_dev` checks
@@ -77,6 +79,9 @@ class TrainConfig(BaseModel):
     max_dev: int | None = Field(200, ge=1, description="at most this many dev queries")
     dev_depth: int | None = Field(None, ge=1, description="dev rerank depth (None: the pipeline reranker's)")
     max_pairs: int | None = Field(None, ge=1, description="cap on pairs per epoch")
+    max_steps: int | None = Field(
+        None, ge=1, description="stop after this many optimiser steps (the schedule decays over them): the same model on every machine"
+    )
     time_budget_s: float | None = Field(
         None, gt=0, description="fit the number of steps to this many seconds (measured on the first steps)"
     )
@@ -291,6 +296,8 @@ def train_cross_encoder(
     epochs = [groups_for_epoch(e) for e in range(cfg.epochs)]
     steps_per_epoch = [math.ceil(len(g) / cfg.batch_groups) for g in epochs]
     total = max(1, sum(steps_per_epoch))
+    if cfg.max_steps is not None:
+        total = min(total, cfg.max_steps)
     warm = max(1, int(cfg.warmup * total))
     optimiser = torch.optim.AdamW(_param_groups(model, cfg))
     base_lrs = [g["lr"] for g in optimiser.param_groups]

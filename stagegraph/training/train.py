@@ -242,8 +242,11 @@ def cached_reranker(
     if (out / METADATA_FILE).is_file():
         say(f"using the cross-encoder fine-tuned earlier on {dataset.name} {split}: {out}")
         return out, None
-    say(first_use or f"no pretrained cross-encoder is available offline: fine-tuning one on {dataset.name} {split} "
-        "(first use only)")
+    message = first_use if first_use is not None else (
+        f"no pretrained cross-encoder is available offline: fine-tuning one on {dataset.name} {split} (first use only)"
+    )
+    if message:
+        say(message)
     say(f"the fine-tuned cross-encoder will be cached in {out}")
     return out, train_reranker(graph, dataset, out, cfg, split=split, work_dir=work_dir, progress=progress, say=say)
 
