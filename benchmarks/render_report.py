@@ -38,7 +38,6 @@ def demo_report_dir(out: Path) -> Path:
     from stagegraph.corpora.types import Dataset, Qrels, Queries
     from stagegraph.evaluation.evaluate import evaluate
     from stagegraph.evaluation.writer import save_report
-    from stagegraph.pipeline.ranking import Ranking
     from stagegraph.stages.fusion import CandidatePool
     from stubs import StubRerank, StubRetriever, tiny_corpus
 

@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from stagegraph import atomic
 from stagegraph.errors import StageError
-from stagegraph.hashing import library_versions, sha256_file
+from stagegraph.hashing import sha256_file
 
 MANIFEST = "manifest.json"
 

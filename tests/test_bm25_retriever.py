@@ -4,8 +4,6 @@ YAML registration, and (when ../shared/datasets is present) the SciFact quality 
 from __future__ import annotations
 
 import logging
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +18,6 @@ from stagegraph.stages.retrieve.bm25 import BM25Retriever, EmptyQueryWarning, ar
 from stagegraph.pipeline.registry import stage_class
 from test_bm25_index import assert_same_top
 
-DATASETS = Path(os.environ.get("STAGEGRAPH_DATASETS") or Path(__file__).resolve().parents[2] / "shared" / "datasets")
 
 TEXTS = [
     ("Aspirin and the heart", "Low-dose aspirin lowers the risk of heart attacks."),
@@ -151,9 +148,9 @@ def test_runs_inside_a_yaml_graph(env):
 
 # ---------------------------------------------------------------------------- shared datasets
 def _load(name: str):
-    folder = DATASETS / name
-    if not (folder / "corpus.jsonl").is_file():
-        pytest.skip(f"dataset folder {folder} is absent (set STAGEGRAPH_DATASETS)")
+    from conftest import shared_dataset
+
+    folder = shared_dataset(name)
     from stagegraph.corpora.beir import load_beir
 
     return load_beir(folder, progress=False)

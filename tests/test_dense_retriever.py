@@ -213,10 +213,6 @@ def test_missing_model_fails_at_warm_up_naming_the_ways(env: Environment, monkey
 # ------------------------------------------------------------------ real model, real data (slow)
 
 
-def datasets_root() -> Path:
-    return Path(os.environ.get("STAGEGRAPH_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
-
-
 def _trec_scores(rankings, queries, qrels, corpus) -> dict[str, dict[str, float]]:
     import pytrec_eval
 
@@ -244,9 +240,9 @@ def test_scifact_pin_and_approximate_indexes_keep_recall() -> None:
 
     from stagegraph.corpora.beir import load_beir
 
-    folder = datasets_root() / "scifact"
-    if not folder.is_dir():
-        pytest.skip(f"SciFact not found at {folder}")
+    from conftest import shared_dataset
+
+    folder = shared_dataset("scifact")
     pins = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs/expectations/dense.yaml").read_text())
     pin = next(p for p in pins if p["id"] == "dense-scifact-test")["metrics"]
     dataset = load_beir(folder, progress=False)

@@ -9,8 +9,10 @@ import pytest
 
 from eval_fixtures import OracleRetriever, tiny_dataset
 from stagegraph.cli.app import main
+from conftest import shared_dataset
 from stagegraph.evaluation.expectations import (
     EXPECTATIONS_DIR,
+    dataset_available,
     ExpectationError,
     check,
     load_expectations,
@@ -142,6 +144,8 @@ def _param(entry):
 
 @pytest.mark.parametrize("entry", [_param(e) for e in REAL])
 def test_pinned_expectation(entry):
+    if not dataset_available(entry.dataset):
+        shared_dataset(entry.dataset)  # fails under CI=true, skips elsewhere
     reason = skip_reason(entry)
     if reason:
         pytest.skip(reason)

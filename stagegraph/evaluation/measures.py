@@ -32,8 +32,6 @@ import numpy as np
 from stagegraph.errors import InputError
 
 #: Metric names and what they mean; `k` says whether the cut-off is required, optional or refused.
-from stagegraph.pipeline.stage import Arity, StageConfig
-from stagegraph.stages.base import StageBase
 METRICS: dict[str, tuple[str, str]] = {
     "recall": ("required", "relevant retrieved in the top k / all relevant"),
     "ndcg": ("required", "nDCG with graded gains and log2 discount, cut at k"),

@@ -124,7 +124,7 @@ class DenseRetriever(StageBase):
         clash = {name: (asked[name], value) for name, value in built.items() if name in asked and asked[name] != value}
         if clash:
             raise StageError(
-                f"DenseRetriever settings differ from those the given index was built with: "
+                "DenseRetriever settings differ from those the given index was built with: "
                 + ", ".join(f"{n}={a!r} (index: {b!r})" for n, (a, b) in clash.items())
                 + "; pass no such settings with an index, or build a new index."
             )
