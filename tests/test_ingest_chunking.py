@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -52,7 +53,9 @@ def prose() -> str:
 
 
 def document(text: str, *, doc_id: str = "doc", title: str = "Doc", sections=(), ext: str = "txt") -> Document:
-    return Document(id=doc_id, title=title, text=text, metadata={"ext": ext}, sections=list(sections), content_hash=HASH)
+    return Document(
+        id=doc_id, title=title, text=text, metadata={"ext": ext}, sections=list(sections), content_hash=HASH
+    )
 
 
 def chunker(tokenizer, **config) -> Chunker:
@@ -75,7 +78,8 @@ def assert_offsets_and_limits(doc: Document, chunks: list[Chunk], plain, max_tok
 
 def hard_text() -> str:
     """A paragraph of 2,000 words without punctuation, a 3,000-letter word, and non-ASCII text."""
-    words = random.Random(7).choices(["retrieval", "pipeline", "token", "über", "naïve", "日本語", "rerank"], k=2000)
+    vocabulary = ["retrieval", "pipeline", "token", "über", "naïve", "日本語", "rerank"]
+    words = random.Random(7).choices(vocabulary, k=2000)
     return " ".join(words) + "\n\n" + "x" * 3000 + "\n\nCafé 🚀 crème. " * 40
 
 
@@ -89,16 +93,26 @@ def test_chunks_never_exceed_the_limit_and_their_offsets_hold(tokenizer, plain, 
         assert len(chunks) > count(plain, doc.text) / max_tokens  # the tokenizer's 128-token truncation was undone
 
 
-def test_recursive_chunks_overlap_by_the_configured_tokens(tokenizer, plain, prose):
+def overlaps(chunks: list[Chunk]) -> list[tuple[Chunk, Chunk]]:
+    return [(before, after) for before, after in pairwise(chunks) if after.start < before.end]
+
+
+def test_recursive_chunks_overlap_by_at_most_the_configured_tokens(tokenizer, plain, prose):
     doc = document(prose.replace("\n\n", " "))  # one long paragraph of real sentences
-    overlapping = chunker(tokenizer, max_tokens=120, overlap_tokens=30).chunk(doc)
-    pairs = list(zip(overlapping, overlapping[1:]))
-    assert len(pairs) > 20
-    for before, after in pairs:
-        assert before.start < after.start < before.end, "consecutive chunks share no text"
-        assert count(plain, doc.text[after.start : before.end]) <= 30
-    disjoint = chunker(tokenizer, max_tokens=120, overlap_tokens=0).chunk(doc)
-    assert all(after.start >= before.end for before, after in zip(disjoint, disjoint[1:]))
+    chunks = chunker(tokenizer, max_tokens=120, overlap_tokens=30).chunk(doc)
+    assert all(before.start < after.start for before, after in pairwise(chunks))
+    shared = overlaps(chunks)
+    # whole sentences overlap: where the last sentence has more than 30 tokens there is none
+    assert len(shared) >= 0.4 * (len(chunks) - 1) and len(chunks) > 20
+    assert all(count(plain, doc.text[after.start : before.end]) <= 30 for before, after in shared)
+    assert overlaps(chunker(tokenizer, max_tokens=120, overlap_tokens=0).chunk(doc)) == []
+
+
+def test_an_unpunctuated_paragraph_overlaps_at_every_cut(tokenizer, plain):
+    doc = document(" ".join(random.Random(3).choices(["dense", "sparse", "fusion", "rerank", "query"], k=1500)))
+    chunks = chunker(tokenizer, max_tokens=100, overlap_tokens=15).chunk(doc)
+    assert len(chunks) > 10 and len(overlaps(chunks)) == len(chunks) - 1
+    assert all(0 < count(plain, doc.text[after.start : before.end]) <= 15 for before, after in overlaps(chunks))
 
 
 def test_sentence_chunks_end_on_sentences_and_overlap_by_whole_sentences(tokenizer, plain):
@@ -107,12 +121,21 @@ def test_sentence_chunks_end_on_sentences_and_overlap_by_whole_sentences(tokeniz
     chunks = chunker(tokenizer, kind="sentence", max_tokens=60, overlap_tokens=20).chunk(doc)
     assert_offsets_and_limits(doc, chunks, plain, 60)
     sentence_starts = {doc.text.index(s) for s in sentences}
-    for before, after in zip(chunks, chunks[1:]):
+    for before, after in pairwise(chunks):
         assert after.text.startswith("Sentence number") and after.start in sentence_starts
         assert before.text.endswith("cross-encoder.")
         assert before.start < after.start < before.end  # the last sentence (15 tokens) fits the 20-token overlap
     no_overlap = chunker(tokenizer, kind="sentence", max_tokens=60, overlap_tokens=10).chunk(doc)
-    assert all(after.start > before.end for before, after in zip(no_overlap, no_overlap[1:]))  # 15 > 10: none fits
+    assert all(after.start > before.end for before, after in pairwise(no_overlap))  # 15 > 10: none fits
+
+
+def test_sentence_overlap_never_repeats_a_chunk_without_adding_text(tokenizer, plain):
+    short = "Dense retrieval works."
+    long = "A much longer sentence that keeps talking about reciprocal rank fusion of many ranked lists."
+    doc = document(" ".join([short, short, long] * 20))  # two shorts fit a chunk, a short and the long do not
+    chunks = chunker(tokenizer, kind="sentence", max_tokens=count(plain, long) + 3, overlap_tokens=12).chunk(doc)
+    assert_offsets_and_limits(doc, chunks, plain, count(plain, long) + 3)
+    assert all(after.end > before.end and after.start > before.start for before, after in pairwise(chunks))
 
 
 def test_none_keeps_the_document_whole(tokenizer, prose):
@@ -128,10 +151,11 @@ def test_markdown_headings_become_chunk_titles_and_section_metadata(tokenizer, p
     (doc,) = read_paths([tmp_path], progress=False)
     chunks = chunker(tokenizer, max_tokens=64, overlap_tokens=8).chunk(doc)
     assert_offsets_and_limits(doc, chunks, plain, 64)
+    assert chunks[0].text == "# Guide\n\nShort intro."  # a section is cut on its own
     assert chunks[0].title == "Guide" and chunks[0].metadata["section"] == "Guide"  # the H1 is not repeated
     install = [c for c in chunks if "Step 5 " in c.text or "Step 30 " in c.text]
     assert install and all(c.title == "Guide > Install" and c.metadata["section"] == "Install" for c in install)
-    assert chunks[-1].title == "Guide > Use" and chunks[-1].text.endswith("Run it.")
+    assert chunks[-1].text == "## Use\n\nRun it." and chunks[-1].title == "Guide > Use"
     assert all(c.metadata["ext"] == "md" and "page" not in c.metadata for c in chunks)
 
 

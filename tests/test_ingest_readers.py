@@ -56,7 +56,8 @@ def minimal_pdf(pages: list[list[str]], title: str | None = None) -> bytes:
     page_count = len(pages)
     objects = [
         b"<< /Type /Catalog /Pages 2 0 R >>",
-        b"<< /Type /Pages /Kids [" + b" ".join(b"%d 0 R" % (4 + 2 * i) for i in range(page_count)) + b"] /Count %d >>" % page_count,
+        b"<< /Type /Pages /Kids [%s] /Count %d >>"
+        % (b" ".join(b"%d 0 R" % (4 + 2 * i) for i in range(page_count)), page_count),
         b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
     ]
     for lines in pages:
@@ -281,7 +282,9 @@ def test_field_mapping_and_chosen_metadata_fields(tmp_path):
 def test_json_file_of_records_reports_positions(tmp_path):
     path = write(tmp_path / "list.json", json.dumps([{"id": "a", "text": "x"}, {"id": "a", "text": "y"}]))
     assert skips(read(path)) == {f"{path}:2": "duplicate record id 'a' (first at record 1)"}
-    assert only_skip(write(tmp_path / "bad.json", "{oops")) == "invalid JSON (Expecting property name enclosed in double quotes at line 1)"
+    assert only_skip(write(tmp_path / "bad.json", "{oops")) == (
+        "invalid JSON (Expecting property name enclosed in double quotes at line 1)"
+    )
 
 
 # --- skips ----------------------------------------------------------------------------------------------
@@ -370,9 +373,9 @@ def test_ids_stay_unique_across_files_and_paths(tmp_path):
     write(tmp_path / "one" / "r.jsonl", json.dumps({"id": "notes.txt", "text": "a record"}) + "\n")
     items = read(tmp_path / "one", tmp_path / "two")
     assert [d.text for d in documents(items).values()] == ["first"]
+    duplicate = f"duplicate document id 'notes.txt' (first from {tmp_path / 'one' / 'notes.txt'})"
     assert skips(items) == {
-        f"{tmp_path / 'one' / 'r.jsonl'}:1": f"duplicate document id 'notes.txt' (first from {tmp_path / 'one' / 'notes.txt'})",
-        str(tmp_path / "two" / "notes.txt"): f"duplicate document id 'notes.txt' (first from {tmp_path / 'one' / 'notes.txt'})",
+        f"{tmp_path / 'one' / 'r.jsonl'}:1": duplicate, str(tmp_path / "two" / "notes.txt"): duplicate,
     }
 
 
@@ -385,7 +388,9 @@ def test_summary_counts_files_bytes_documents_and_skips(tmp_path):
     assert summary.documents == 3 == len(documents(items))
     assert summary.files_read == 2
     assert summary.bytes_read == 5 + (tmp_path / "r.jsonl").stat().st_size
-    assert [str(s) for s in summary.skipped] == [f"{tmp_path / 'bin.txt'}: binary file", f"{tmp_path / 'r.jsonl'}:3: record without text"]
+    assert [str(s) for s in summary.skipped] == [
+        f"{tmp_path / 'bin.txt'}: binary file", f"{tmp_path / 'r.jsonl'}:3: record without text",
+    ]
 
 
 def test_missing_paths_and_bad_limits_are_refused_before_the_walk(tmp_path):

@@ -1,0 +1,56 @@
+"""The records ingestion hands on: a `Document` read from a user's file (or JSON record), the `Section`s
+that mark where its headings and pages begin, and a `Skipped` note for what could not be read.
+
+A document's `text` is what the reader kept (Markdown source without its front matter, the visible
+text of a page, the text of a PDF's pages...), with line endings normalised to `\\n`. Every offset
+(`Section.start`, and the chunks' `start`/`end` later on) is a *character* offset into that text.
+`content_hash` identifies the input, not the output: the SHA-256 of the file's bytes, or of the
+record's canonical JSON, so an incremental update can skip what did not change without parsing it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Section(BaseModel):
+    """Where a heading (`title`) or a PDF page (`page`, 1-based) begins: a character offset into the text."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    start: int = Field(ge=0)
+    title: str | None = None
+    page: int | None = Field(default=None, ge=1)
+
+
+class Document(BaseModel):
+    """One document: a file (id = its path relative to the root given, POSIX form) or a JSON record (id = its id).
+
+    `metadata` always holds `path` (the file as walked), and for files `ext` (lower case, no dot),
+    `size` (bytes) and `mtime` (ISO-8601, UTC); user fields (Markdown front matter, JSON record
+    fields) come on top, except that these facts of the file win over a user field of the same name.
+    `sections` are sorted by `start`.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(min_length=1)
+    title: str
+    text: str
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    sections: list[Section] = Field(default_factory=list)
+    content_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class Skipped(BaseModel):
+    """Something that gave no document: `source` is a path (or `path:line` for a record), `reason` one plain line."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.reason}"
