@@ -13,8 +13,8 @@ all candidates. Terms with idf 0 (all contributions 0) are skipped, so a slot of
 non-zero exactly when its document has been touched.
 
 numba is optional: `HAVE_NUMBA` says whether the compiled version is available; without it
-`stagegraph.indexes.bm25_scoring.SparseSearcher` uses an equivalent vectorised numpy path (2-3x slower on
-long posting lists). The plain Python function stays importable so tests can run it uncompiled.
+`stagegraph.indexes.bm25_scoring.SparseSearcher` uses an equivalent vectorised numpy path (slower on long
+posting lists: README, "Where the defaults come from"). The plain Python function stays importable so tests can run it uncompiled.
 """
 
 from __future__ import annotations

@@ -71,7 +71,7 @@ def term_frequencies(term_ids: np.ndarray, offsets: np.ndarray, vocab_size: int)
     ones = np.ones(len(term_ids), dtype=np.float32)
     doc_major = sp.csr_matrix((ones, term_ids, offsets), shape=(n_docs, vocab_size))
     # Transposing first keeps each column's rows in order, so repeats of a (doc, term) pair are
-    # adjacent and sum_duplicates is one linear pass (no per-row sort): ~3x faster at 1M docs.
+    # adjacent and sum_duplicates is one linear pass (no per-row sort), which matters at 1M docs.
     tf = doc_major.tocsc()
     del doc_major, ones
     tf.sum_duplicates()

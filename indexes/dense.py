@@ -3,14 +3,15 @@
 * Any FAISS factory string works (`Flat`, `HNSW32`, `IVF1024,Flat`, `IVF1024,PQ32`, ...), always with
   the inner-product metric: on L2-normalised vectors that is cosine similarity.
 * IVF and PQ are trained on a seeded random sample of the vectors (`train_sample` rows), without
-  FAISS's polysemous code training (only Hamming-filtered search uses it; it made training 10x slower). An IVF
+  FAISS's polysemous code training (only Hamming-filtered search uses it, and it is slow). An IVF
   list count the corpus cannot support (FAISS wants >= 39 training points per list) is lowered to
   `n // 39` with a warning, and PQ code bits likewise (2**bits centroids, 39 points each); the
   factory string actually built is recorded beside the one asked for.
 * Search parameters (`ef_search` for HNSW, `nprobe` for IVF) are per call, handed to FAISS as
   `SearchParameters` objects, never written into the shared index, so concurrent searches with
   different settings cannot see each other's: defaults chosen on real embeddings are efSearch
-  max(256, 2k) (128 lost 3% of recall@100 on CACM) and nprobe from `default_nprobe`. Thread counts
+  max(256, 2k) (128 lost recall@100 on CACM) and nprobe from `default_nprobe` (README, "Where the
+  defaults come from"). Thread counts
   are not this module's business: the executor's policy (`stagegraph.pipeline.threads`) sets them;
   `threads=` here is for benchmarks that call the index directly.
 * `save(dir)` / `DenseIndex.load(dir)` keep `index.faiss` with a manifest (corpus fingerprint, model
@@ -58,10 +59,10 @@ MIN_SCANNED_PER_K = 32  # IVF: probe lists holding at least 32 * k vectors (on a
 def default_nprobe(nlist: int, ntotal: int = 0, k: int = 100) -> int:
     """IVF lists probed when `nprobe` is not set.
 
-    At least 16 lists, an eighth of them, and enough lists to hold `32 * k` vectors on average. On
-    MiniLM embeddings of SciFact (132 lists), CACM (82) and Cranfield (35) this keeps recall@100 at
-    >= 0.99 of Flat's; an eighth alone lost up to 6% (benchmarks/dense.py, tests/test_dense_retriever.py).
-    On a small corpus that means most lists: IVF only pays off from ~100k vectors.
+    At least 16 lists, an eighth of them, and enough lists to hold `32 * k` vectors on average: on
+    MiniLM embeddings of SciFact, CACM and Cranfield this keeps recall@100 near Flat's where an
+    eighth alone did not (README, "Where the defaults come from"; tests/test_dense_retriever.py
+    checks it on SciFact). On a small corpus that means most lists: IVF pays off on large corpora.
     """
     by_k = math.ceil(MIN_SCANNED_PER_K * k * nlist / ntotal) if ntotal else 0
     return max(1, min(nlist, max(16, math.ceil(nlist / 8), by_k)))
@@ -331,7 +332,7 @@ class DenseIndex:
 
 def _skip_polysemous_training(index: faiss.Index) -> None:
     """FAISS's factory turns on polysemous training for `PQ` (not `PQ...np`): a slow code reordering
-    that only helps Hamming-filtered search, which this index never uses (training took 10x longer)."""
+    that only helps Hamming-filtered search, which this index never uses."""
     inner = faiss.downcast_index(index)
     while isinstance(inner, faiss.IndexPreTransform):
         inner = faiss.downcast_index(inner.index)

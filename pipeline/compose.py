@@ -20,6 +20,7 @@ is a valid pipeline to compose with, and an error to run. `evaluate(pipe, datase
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 from collections.abc import Iterable, Sequence
@@ -346,8 +347,8 @@ def environment_for(target: Any, *, work_dir: Any = None, progress: bool | None 
             "e.g. pipe.warm_up(load_dataset('sample'))"
         )
     if work_dir is not None:
-        env = Environment(corpus=env.corpus, work_dir=Path(work_dir), progress=env.progress)
+        env = dataclasses.replace(env, work_dir=Path(work_dir), artefacts=[])
     if progress is not None:
-        env = Environment(corpus=env.corpus, work_dir=env.work_dir, progress=progress)
+        env = dataclasses.replace(env, progress=progress)
     return env
 

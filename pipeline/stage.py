@@ -75,15 +75,37 @@ def default_work_dir() -> Path:
 
 @dataclass
 class Environment:
-    """What stages may need at warm-up: the corpus, a work directory for built artefacts, progress."""
+    """What stages may need at warm-up.
+
+    * `corpus`: the documents (rows) to index and rank;
+    * `work_dir`: where built artefacts live (`artefact_dir(kind, key)`; every directory handed out
+      is remembered in `artefacts`, so a collection knows which ones its generation uses);
+    * `progress`: whether long work shows progress bars;
+    * `text_cache`: a `stagegraph.indexes.text_cache.TextCache` of per-text work (embeddings, BM25
+      tokens) that builds reuse, so an index over a corpus that changed a little re-encodes only
+      what changed (collections set it; None: no per-text cache);
+    * `read_only`: stages must load their artefacts and never build or write one (a reader of a
+      collection, a server); a missing artefact is then a `StageError` naming the command that builds it.
+    """
 
     corpus: Corpus
     work_dir: Path = field(default_factory=default_work_dir)
     progress: bool = True
+    text_cache: Any = None
+    read_only: bool = False
+    artefacts: list[Path] = field(default_factory=list, compare=False, repr=False)
 
     def artefact_dir(self, kind: str, key: str) -> Path:
         """`work_dir/<kind>/<key>`: where a stage keeps an index or model it built for this corpus."""
-        return Path(self.work_dir) / kind / key
+        path = Path(self.work_dir) / kind / key
+        if path not in self.artefacts:
+            self.artefacts.append(path)
+        return path
+
+    def refuse_build(self, stage: str, what: str, hint: str) -> None:
+        """Raise the `StageError` a read-only environment gives instead of building `what`."""
+        if self.read_only:
+            raise StageError(f"stage {stage!r} has no {what} here and may not build one (read-only); {hint}")
 
 
 class Inputs(tuple):

@@ -15,7 +15,7 @@ label prior) shaped the recipe:
   point here; the default `head="cosine"` (`stagegraph.stages.rerank.pair_head`) scores the cosine of the query
   and passage segments' mean states, which ranks like a bi-encoder before any training;
 * **a small, fast base**: the packaged all-MiniLM-L6-v2 weights cut to their first `layers`
-  transformer layers (2 layers score ~3x faster than 6), with the word embeddings frozen (half the
+  transformer layers (2 layers score several times faster than 6), with the word embeddings frozen (half the
   parameters; a few hundred queries cannot retrain them);
 * **a fixed number of steps** (`max_steps`), seeded: every machine trains the same model (up to
   float noise), so its figures can be pinned; the learning-rate schedule decays over those steps.

@@ -9,8 +9,8 @@ when its transformer optimiser accepts the model; int8 is `quantize_dynamic` ove
 
 Files are cached under the given directory (`work_dir/onnx/<model identity>/`), written to a temp
 name and renamed, so a crash never leaves half a model behind. Sessions run with a fixed intra-op
-thread count and with spinning disabled: ONNX Runtime's threads otherwise busy-wait between calls,
-which slowed torch 8x when both ran in one process.
+thread count and with spinning disabled: ONNX Runtime's threads otherwise busy-wait between calls
+and starve torch when both run in one process.
 """
 
 from __future__ import annotations
@@ -105,10 +105,9 @@ def _optimise(path: Path, config: Any) -> None:
 def quantize_int8(source: Path, target: Path) -> Path:
     """Dynamic int8 quantisation of `source` (weights int8 per output channel, activations per batch), unless cached.
 
-    Per-channel weight scales matter: with one scale per tensor, the fine-tuned sample reranker's
-    scores correlated 0.979 with fp32 and its nDCG@10 fell by 0.032 on the sample's test split; per
-    channel they correlate 0.997 and nDCG@10 moves by +0.004, at the same speed (reduce_range, the
-    7-bit option for CPUs without VNNI, made it worse: 0.916).
+    Per-channel weight scales matter: one scale per tensor cost the fine-tuned sample reranker a
+    visible part of its nDCG@10, per channel kept it, at the same speed; `reduce_range` (the 7-bit
+    option for CPUs without VNNI) was worse still (README, "Reranking": the int8 quality table).
     """
     if target.is_file():
         return target
