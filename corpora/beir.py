@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from stagegraph.corpora.jsonl import read_corpus, read_queries
-from stagegraph.corpora.qrels import read_beir_qrels, resolve_qrels
+from stagegraph.corpora.qrels import BEIR_HEADER_TEXT, read_beir_qrels, resolve_qrels
 from stagegraph.corpora.types import DataError, Dataset, Qrels
 
 PathLike = str | os.PathLike
@@ -20,20 +20,33 @@ PathLike = str | os.PathLike
 def beir_files(path: PathLike) -> tuple[Path, Path, dict[str, Path]]:
     """The corpus, queries and `{split: qrels}` paths of a BEIR directory; `DataError` if one is missing."""
     root = Path(path)
+    layout = "the folder that holds corpus.jsonl, queries.jsonl and qrels/<split>.tsv"
     if not root.is_dir():
-        raise DataError(f"{root}: not a directory. Pass the folder that holds corpus.jsonl, queries.jsonl and qrels/.")
+        if root.exists():
+            raise DataError(f"{root}: is a file, not a directory. Pass {layout}.")
+        raise DataError(f"{root}: not a directory (no such folder). Pass {layout}.")
     corpus, queries, qrels_dir = root / "corpus.jsonl", root / "queries.jsonl", root / "qrels"
+    for entry in (corpus, queries):
+        if entry.is_dir():
+            raise DataError(f"{entry}: is a directory, not a file; {entry.name} must be a JSONL file (one JSON object per line).")
+    if qrels_dir.exists() and not qrels_dir.is_dir():
+        raise DataError(f"{qrels_dir}: is a file, not a folder; BEIR keeps judgments in qrels/<split>.tsv (e.g. qrels/test.tsv).")
     missing = [p.name for p in (corpus, queries) if not p.is_file()]
     if not qrels_dir.is_dir():
         missing.append("qrels/")
     if missing:
         raise DataError(
             f"{root}: not a BEIR directory, missing {', '.join(missing)} "
-            "(expected corpus.jsonl, queries.jsonl and qrels/<split>.tsv)."
+            "(expected corpus.jsonl, queries.jsonl and qrels/<split>.tsv); add them, or pass the folder that holds them."
         )
     splits = {p.stem: p for p in sorted(qrels_dir.glob("*.tsv")) if p.is_file()}
     if not splits:
-        raise DataError(f"{qrels_dir}: no <split>.tsv qrels files found (e.g. test.tsv).")
+        present = sorted(p.name + ("/" if p.is_dir() else "") for p in qrels_dir.iterdir())
+        found = f"it holds {', '.join(present[:5])}" if present else "it is empty"
+        raise DataError(
+            f"{qrels_dir}: no <split>.tsv qrels files ({found}); put the judgments in qrels/test.tsv "
+            f"(header {BEIR_HEADER_TEXT}, one row per judged pair)."
+        )
     return corpus, queries, splits
 
 
@@ -55,6 +68,7 @@ def load_beir(path: PathLike, name: str | None = None, *, progress: bool = True)
     corpus = read_corpus(corpus_path, id_keys=("_id",), progress=progress)
     queries = read_queries(queries_path, id_keys=("_id",))
     qrels: dict[str, Qrels] = {
-        split: resolve_qrels(read_beir_qrels(file), corpus, queries, source=file) for split, file in split_paths.items()
+        split: resolve_qrels(read_beir_qrels(file), corpus, queries, source=file, queries_source=queries_path)
+        for split, file in split_paths.items()
     }
     return Dataset(name or Path(path).resolve().name, corpus, queries, qrels)

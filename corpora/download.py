@@ -187,8 +187,14 @@ def download_beir(
     target = cached_path(name, cache_dir)
     if (target / "corpus.jsonl").is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_zip = tempfile.mkstemp(prefix=f".{name}.", suffix=".zip", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_zip = tempfile.mkstemp(prefix=f".{name}.", suffix=".zip", dir=target.parent)
+    except OSError as err:
+        raise DownloadError(
+            f"{target.parent}: cannot write the download cache ({err.strerror or err}); set $STAGEGRAPH_CACHE "
+            f"to a writable folder. {manual_hint(name, archive.url)}"
+        ) from None
     os.close(fd)
     try:
         _fetch(archive.url, Path(tmp_zip), timeout=timeout, opener=opener, progress=progress, name=name)

@@ -57,11 +57,17 @@ def dataset_dirs() -> list[Path]:
 
 
 def load_directory(path: PathLike, *, name: str | None = None, progress: bool = True) -> Dataset:
-    """A dataset folder: BEIR when its files are BEIR's, else the JSONL loader."""
+    """A dataset folder: BEIR when its files are BEIR's, else the JSONL loader.
+
+    A folder with a `qrels/` subfolder in which no loader finds a qrels file is refused with BEIR's
+    message (what `qrels/` holds and what it should); a folder with no qrels at all loads with no
+    split (it can be searched, and `Dataset.split` says how to add judgments).
+    """
     path = Path(path)
     if is_beir_dir(path):
         return load_beir(path, name=name, progress=progress)
-    if find_jsonl_files(path) is not None:
+    found = find_jsonl_files(path)
+    if found is not None and (found[2] or not (path / "qrels").exists()):
         return load_jsonl_dir(path, name=name, progress=progress)
     return load_beir(path, name=name, progress=progress)  # raises a DataError naming what is missing
 
@@ -80,8 +86,13 @@ def load_dataset(
     path = Path(text).expanduser()
     if path.is_dir():
         return load_directory(path, progress=progress)
-    tried: list[str] = [f"{path} (not a directory)"]
     looks_like_path = os.sep in text or (os.altsep and os.altsep in text) or text.startswith(".")
+    if looks_like_path and path.exists():
+        raise DataError(
+            f"{path}: is a file, not a dataset folder; pass the folder that holds corpus.jsonl, "
+            "queries.jsonl and qrels/<split>.tsv."
+        )
+    tried: list[str] = [f"{path} (not a directory)"]
     if not looks_like_path:
         tried = []
         for folder in dataset_dirs():
@@ -97,7 +108,7 @@ def load_dataset(
             if download:
                 return load_beir(download_beir(text, cache_dir, progress=progress), name=text, progress=progress)
             tried.append(
-                f"download: {text!r} is a public BEIR dataset; load_dataset({text!r}, download=True) fetches it "
+                f"download: {text!r} is a public BEIR dataset; --download (load_dataset({text!r}, download=True)) fetches it "
                 f"({KNOWN_ARCHIVES[text].url})"
             )
     if not os.environ.get("STAGEGRAPH_DATASETS"):

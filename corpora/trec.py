@@ -18,7 +18,7 @@ from typing import Protocol
 import numpy as np
 
 from stagegraph.atomic import atomic_file
-from stagegraph.corpora.qrels import read_trec_qrels
+from stagegraph.corpora.qrels import read_text_lines, read_trec_qrels, shown
 from stagegraph.corpora.types import Corpus, DataError, Queries
 
 __all__ = ["read_topics", "read_trec_qrels", "write_run", "read_run"]
@@ -102,15 +102,13 @@ def read_topics(path: PathLike, field: str = "title") -> Queries:
     For SGML topics, `field` picks the text: "title", "desc", "narr" or a "+"-joined mix such as
     "title+desc"; it is ignored for the tab-separated format.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: topics file not found.")
-    text = path.read_text(encoding="utf-8")
+    path, lines = read_text_lines(path, "topics")
+    text = "\n".join(lines)
     if re.search(r"<top>", text, re.IGNORECASE):
         fields = [f.strip().lower() for f in field.split("+")]
         bad = [f for f in fields if f not in TOPIC_FIELDS]
         if bad:
-            raise ValueError(f"unknown topic field(s) {bad}; choose from {', '.join(TOPIC_FIELDS)} joined by '+'.")
+            raise DataError(f"unknown topic field(s) {bad}; choose from {', '.join(TOPIC_FIELDS)} joined by '+'.")
         return _read_sgml_topics(path, text, fields)
     return _read_tab_topics(path, text)
 
@@ -134,18 +132,30 @@ def write_run(
     """Write `rankings` (aligned with `query_ids`) as a TREC run file; returns the path written.
 
     Each ranking's order is kept (ranks 1..n); `k` keeps only the first k per query. An empty
-    ranking writes no line for its query (trec_eval then scores it 0).
+    ranking writes no line for its query (trec_eval then scores it 0). A query or document id that
+    is empty or holds whitespace cannot be a column of the file: `DataError` naming it.
     """
     if not run_name or any(ch.isspace() for ch in run_name):
-        raise ValueError(f"run name {run_name!r} must be non-empty with no whitespace (it is the 6th column).")
+        raise DataError(f"run name {run_name!r} must be non-empty with no whitespace (it is the 6th column).")
     if len(query_ids) != len(rankings):
         raise ValueError(f"{len(query_ids)} query ids but {len(rankings)} rankings; they must be aligned.")
+    used = [np.asarray(r.doc_rows)[:k] for r in rankings]
+    for row in np.unique(np.concatenate(used)).astype(np.int64).tolist() if used else []:
+        doc_id = corpus.ids[row]
+        if not doc_id or any(ch.isspace() for ch in doc_id):
+            raise DataError(
+                f"document id {doc_id!r} is empty or contains whitespace and cannot be written to a TREC run; "
+                "rename it (in the corpus and the qrels)."
+            )
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     lines: list[str] = []
     for qid, ranking in zip(query_ids, rankings):
-        if any(ch.isspace() for ch in qid):
-            raise ValueError(f"query id {qid!r} contains whitespace and cannot be written to a TREC run.")
+        if not qid or any(ch.isspace() for ch in qid):
+            raise DataError(
+                f"query id {qid!r} is empty or contains whitespace and cannot be written to a TREC run; "
+                "rename it (in the queries and the qrels)."
+            )
         rows = np.asarray(ranking.doc_rows)[:k]
         scores = np.asarray(ranking.scores)[:k]
         for rank, (row, score) in enumerate(zip(rows.tolist(), scores.tolist()), start=1):
@@ -161,27 +171,26 @@ def read_run(path: PathLike) -> dict[str, dict[str, float]]:
     Queries keep their order of first appearance. A malformed line, a non-numeric rank or score,
     or a document listed twice for one query raises `DataError` with the file and line.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: run file not found.")
+    path, lines = read_text_lines(path, "run")
     entries: dict[str, list[tuple[int, str, float]]] = {}
     seen: dict[tuple[str, str], int] = {}
-    with open(path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            cols = line.split()
-            if not cols:
-                continue
-            if len(cols) != 6:
-                raise DataError(f"{path}:{line_no}: expected 6 columns 'qid Q0 docid rank score tag', got {line.rstrip()!r}.")
-            qid, _, docid, rank_s, score_s, _ = cols
-            try:
-                rank, score = int(rank_s), float(score_s)
-            except ValueError:
-                raise DataError(f"{path}:{line_no}: rank {rank_s!r} must be an integer and score {score_s!r} a number.") from None
-            if (qid, docid) in seen:
-                raise DataError(
-                    f"{path}:{line_no}: document {docid!r} listed twice for query {qid!r} (first on line {seen[qid, docid]})."
-                )
-            seen[qid, docid] = line_no
-            entries.setdefault(qid, []).append((rank, docid, score))
+    for line_no, line in enumerate(lines, start=1):
+        cols = line.split()
+        if not cols:
+            continue
+        if len(cols) != 6:
+            raise DataError(
+                f"{path}:{line_no}: expected 6 columns 'qid Q0 docid rank score tag', got {shown(line.rstrip())}."
+            )
+        qid, _, docid, rank_s, score_s, _ = cols
+        try:
+            rank, score = int(rank_s), float(score_s)
+        except ValueError:
+            raise DataError(f"{path}:{line_no}: rank {rank_s!r} must be an integer and score {score_s!r} a number.") from None
+        if (qid, docid) in seen:
+            raise DataError(
+                f"{path}:{line_no}: document {docid!r} listed twice for query {qid!r} (first on line {seen[qid, docid]})."
+            )
+        seen[qid, docid] = line_no
+        entries.setdefault(qid, []).append((rank, docid, score))
     return {qid: {d: s for _, d, s in sorted(rows, key=lambda r: r[0])} for qid, rows in entries.items()}

@@ -223,8 +223,14 @@ class Dataset:
     def split(self, split: str) -> tuple[Queries, Qrels]:
         """The judged queries of `split` (the queries evaluated, as BEIR does) and their qrels."""
         if split not in self.qrels:
+            if self.splits:
+                raise DataError(
+                    f"Dataset {self.name!r} has no split {split!r}; available: {', '.join(self.splits)}. Evaluate "
+                    f"one of those (--split {self.splits[0]}), or add the judgments as qrels/{split}.tsv in its folder."
+                )
             raise DataError(
-                f"Dataset {self.name!r} has no split {split!r}; available: {', '.join(self.splits) or 'none'}."
+                f"Dataset {self.name!r} has no qrels, so no split {split!r} to evaluate; put the judgments in its "
+                f"folder as qrels/{split}.tsv (header query-id<TAB>corpus-id<TAB>score, one row per judged pair)."
             )
         qrels = self.qrels[split]
         return self.queries.restrict_to(qrels.query_ids), qrels
