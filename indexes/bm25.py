@@ -136,9 +136,9 @@ class BM25Index:
             )
         if len(tokens.term_ids) == 0:
             raise DataError(
-                f"cannot build a BM25 index: after analysis no document has any term (all {tokens.n_docs} are empty "
-                "or only stopwords, punctuation and one-letter words); check the corpus' title/text fields, or the "
-                "tokenizer settings (stopwords, pattern)."
+                f"cannot build a BM25 index: after analysis no document has any term ({tokens.n_docs} "
+                f"document{'s' if tokens.n_docs != 1 else ''}, each empty or only stopwords, punctuation and "
+                "one-letter words); check the corpus' title/text fields, or the tokenizer settings (stopwords, pattern)."
             )
         if settings.backend == "rank_bm25":
             return cls(settings, tokens.vocab, corpus_fingerprint, tokens=tokens)
