@@ -5,6 +5,11 @@ then reports nDCG@10 and MRR@10 for the first stage, for the plain cross-encoder
 blend on a grid (alpha 0, 0.05, ..., 1 with the upstream signal as a rank prior or as the min-max
 score, see `stagegraph.stages.rerank.blend`). The best blend on dev is what `train-reranker` saves, so a weak
 model cannot lower the pool's nDCG@10 on those queries: alpha 0 is the first stage itself.
+
+From the same scores, and with no further model call, it also calibrates per-query depth (the
+margin of `stagegraph.stages.rerank.depth` with the smallest mean depth whose nDCG@10 stays within
+0.005 of the full depth, with the chosen blend) and cuts the calibration set that `backend: auto`
+measures backends on (`calibration_set`: up to 32 dev queries, their top 20 candidates).
 """
 
 from __future__ import annotations
@@ -13,16 +18,20 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from stagegraph.corpora.types import Corpus, Qrels, Queries
 from stagegraph.pipeline.ranking import Ranking
 from stagegraph.pipeline.stage import Environment
 from stagegraph.evaluation.scoring import score_run
 from stagegraph.stages.rerank.blend import BlendSpec, blend_scores
+from stagegraph.stages.rerank.calibration import CalibrationQuery, CalibrationSet
+from stagegraph.stages.rerank.depth import AdaptiveCalibration, AdaptiveDepth, calibrate
 
 METRICS = ("ndcg@10", "mrr@10")
 ALPHAS = tuple(round(a, 2) for a in np.linspace(0.0, 1.0, 21))
+CALIBRATION_QUERIES = 32  # dev queries in the backend calibration set
+CALIBRATION_DEPTH = 20  # candidates per calibration query
 
 
 class DevReport(BaseModel):
@@ -35,6 +44,9 @@ class DevReport(BaseModel):
     blended: dict[str, float]
     blend: BlendSpec
     pairs_per_s: float = 0.0
+    #: per-query depth calibrated on these queries (None when the depth is too shallow to vary)
+    adaptive: AdaptiveCalibration | None = None
+    query_ids: list[str] = Field(default_factory=list)
 
     @property
     def model_beats_first_stage(self) -> bool:
@@ -60,6 +72,7 @@ def rerank_dev(
     max_length: int = 512,
     work_dir: Path | None = None,
     progress: bool = True,
+    k: int = 10,
 ) -> DevReport:
     """Score the dev queries' candidates once, then evaluate the first stage, the model and each blend."""
     import time
@@ -98,7 +111,19 @@ def rerank_dev(
         Ranking.from_scores(p.doc_rows, blend_scores(ce, p.scores, spec), k=10)
         for p, ce in zip(pools, ce_in_pool_order)
     ]
+    adaptive = None
+    policy = AdaptiveDepth()
+    if max((len(p) for p in pools), default=0) > policy.min_depth + policy.block:
+
+        def quality_at(depths: list[int]) -> float:
+            cut = [Ranking.from_scores(p.doc_rows[:n], blend_scores(ce[:n], p.scores[:n], spec), k=k)
+                   for p, ce, n in zip(pools, ce_in_pool_order, depths)]
+            return score_run(cut, queries, qrels, corpus, ["ndcg@10"]).means["ndcg@10"]
+
+        adaptive = calibrate(ce_in_pool_order, quality_at, depth, k, policy)
     return DevReport(
+        adaptive=adaptive,
+        query_ids=list(queries.ids),
         queries=len(queries),
         depth=depth,
         first_stage=_means(pools, queries, qrels, corpus),
@@ -107,3 +132,24 @@ def rerank_dev(
         blend=spec,
         pairs_per_s=round(sum(len(p) for p in pools) / elapsed, 1) if elapsed > 0 else 0.0,
     )
+
+
+def calibration_set(
+    queries: Queries, qrels: Qrels, first_stage: Sequence[Ranking], corpus: Corpus, source: str = "",
+    n_queries: int = CALIBRATION_QUERIES, depth: int = CALIBRATION_DEPTH,
+) -> CalibrationSet:
+    """The held-out queries `backend: auto` compares backends on: texts, upstream scores and grades."""
+    out = []
+    for qid, text, ranking in zip(queries.ids, queries.texts, first_stage):
+        if len(out) >= n_queries:
+            break
+        top = ranking.top(depth)
+        if not len(top):
+            continue
+        judged = qrels.for_query(qid)
+        grades = [int(judged.get(corpus.ids[int(r)], 0)) for r in top.doc_rows]
+        out.append(CalibrationQuery(
+            text=text, docs=[corpus.doc_text(int(r)) for r in top.doc_rows], upstream=top.scores.tolist(),
+            grades=grades, judged=[int(g) for g in judged.values() if g > 0],
+        ))
+    return CalibrationSet(source=source, depth=depth, queries=out)

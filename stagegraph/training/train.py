@@ -33,7 +33,8 @@ from stagegraph.pipeline.ranking import Ranking
 from stagegraph.pipeline.stage import Environment
 from stagegraph.stages.rerank.blend import METADATA_FILE, BlendSpec, RerankerMetadata
 from stagegraph.training.finetune import TrainConfig, build_groups, load_base, save_model, split_train_dev, train_cross_encoder
-from stagegraph.training.heldout import DevReport, rerank_dev
+from stagegraph.stages.rerank.calibration import save_calibration
+from stagegraph.training.heldout import DevReport, calibration_set, rerank_dev
 
 
 class TrainResult(BaseModel):
@@ -162,6 +163,7 @@ def train_from_candidates(
             report = rerank_dev(tmp, dev, qrels, mined_dev, corpus, depth=depth, max_length=max_length,
                                 work_dir=Path(work_dir), progress=progress)
             timings["dev"] = time.perf_counter() - t2
+            save_calibration(tmp, calibration_set(dev, qrels, mined_dev, corpus, source=f"{dataset.name} {split} (dev)"))
         blend = report.blend if report is not None else BlendSpec()
         meta = RerankerMetadata(
             base_model=cfg.base, dataset=dataset.name, split=split, blend=blend,
@@ -172,6 +174,8 @@ def train_from_candidates(
             },
             train=cfg.model_dump(mode="json"), mined_by=first_stage, dev_queries=len(dev), fit_queries=len(fit),
             pairs=stats.pairs, epoch_loss=stats.epoch_loss,
+            adaptive_depth=None if report is None or report.adaptive is None else report.adaptive.model_dump(mode="json"),
+            dev_query_ids=[] if report is None else report.query_ids,
         )
         (tmp / METADATA_FILE).write_text(json.dumps(meta.model_dump(mode="json"), indent=2), encoding="utf-8")
     timings["total"] = time.perf_counter() - t0
@@ -266,6 +270,10 @@ def _verdict(report: DevReport | None, first: str) -> list[str]:
     else:
         lines.append(f"WARNING: the fine-tuned cross-encoder alone does NOT beat {first!r} on the held-out queries "
                      f"(nDCG@10 {r['ndcg@10']:.4f} <= {f['ndcg@10']:.4f}); the saved blend protects the ranking")
+    if report.adaptive is not None:
+        a = report.adaptive
+        lines.append(f"per-query depth (adaptive_depth, calibrated on dev): margin {a.margin:g}, mean depth {a.mean_depth:.1f} "
+                     f"of {a.max_depth}, nDCG@10 {a.ndcg:.4f} vs {a.full_ndcg:.4f} at the full depth")
     if not report.blend_beats_first_stage:
         lines.append(f"WARNING: even blended, reranking does NOT improve on {first!r} on the held-out queries "
                      f"(alpha {report.blend.alpha:.2f}: nDCG@10 {b['ndcg@10']:.4f} vs {f['ndcg@10']:.4f})")

@@ -15,6 +15,18 @@ score (ties by corpus row). Where the time goes, and what it does about it:
   backend; default `auto`: a CUDA GPU when torch sees one, else the CPU) is where the model runs.
 * `blend` (see `stagegraph.stages.rerank.blend`) mixes in the upstream ranking; by default it is read from the
   model directory, where `train-reranker` saves the alpha it chose on held-out queries.
+* `backend: torch-bf16` runs torch under bfloat16 autocast; `backend: auto` picks, at warm-up, the
+  fastest backend this CPU supports whose nDCG@10 on the model's held-out calibration queries is
+  within 0.005 of torch fp32's (`stagegraph.stages.rerank.calibration`); `backend_choice` says which
+  and why (also logged at warm-up).
+* `adaptive_depth` (off by default) chooses the depth per query: candidates are scored in blocks from
+  the top and scoring stops when the last block falls short of the top k
+  (`stagegraph.stages.rerank.depth`); `depth` is then the most it scores. `last_depths` holds the
+  depth each query of the last `run` got.
+
+Stages compose into cascades like any others: `pool >> CrossEncoderReranker(small, depth=100, k=30,
+name="small") >> CrossEncoderReranker(large, depth=30, k=10, name="large")`; each stage is timed and
+cached on its own, and the last one's provenance keeps both rerankers' traces.
 
 Outside a graph, the chapter's usage works unchanged::
 
@@ -26,6 +38,7 @@ Outside a graph, the chapter's usage works unchanged::
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,10 +56,17 @@ from stagegraph.pipeline.threads import usable_cores
 from stagegraph.stages.base import StageBase
 from stagegraph.pipeline.registry import register
 from stagegraph.stages.rerank.blend import BlendSpec, RerankerMetadata, blend_scores
+from stagegraph.stages.rerank.calibration import CANDIDATES, TOLERANCE, BackendChoice, choose_backend, load_calibration
+from stagegraph.stages.rerank.cpu import backend_support, cpu_features
+from stagegraph.stages.rerank.depth import AdaptiveCalibration, AdaptiveDepth, block_ends, should_stop
 from stagegraph.stages.rerank.score_cache import ScoreCache
-from stagegraph.stages.rerank.model import DEFAULT_MODEL, load_cross_encoder, model_fingerprint, read_stagegraph_metadata
+from stagegraph.stages.rerank.model import (
+    DEFAULT_MODEL, TRAIN_HINT, RerankerLoadError, load_cross_encoder, locate, model_fingerprint, read_stagegraph_metadata,
+)
 
-Backend = Literal["torch", "onnx", "onnx-int8"]
+log = logging.getLogger(__name__)
+
+Backend = Literal["torch", "torch-bf16", "onnx", "onnx-int8", "auto"]
 #: Settings that change speed but never a score: left out of the fingerprint (the cache key).
 PERF_ONLY = {"name", "batch_size", "score_cache", "device"}
 
@@ -71,6 +91,9 @@ class CrossEncoderConfig(StageConfig):
     #: Off by default: a pair served from the score cache costs nothing, so online latencies would
     #: no longer measure the model. Turn it on ("disk") for quality-only sweeps and re-runs.
     score_cache: Literal["disk", "memory", "off"] = "off"
+    #: Per-query depth (off by default): score blocks from the top, stop when the rest are unlikely
+    #: to enter the top k; `depth` is then the most scored (see stagegraph.stages.rerank.depth).
+    adaptive_depth: AdaptiveDepth | None = None
 
 
 @dataclass
@@ -104,6 +127,7 @@ class CrossEncoderReranker(StageBase):
         blend: float | None = None,
         blend_upstream: Literal["score", "rank"] | None = None,
         score_cache: Literal["disk", "memory", "off"] = "off",
+        adaptive_depth: AdaptiveDepth | dict[str, Any] | None = None,
         name: str | None = None,
     ):
         if model_name is not None and model is not None and model_name != model:
@@ -111,15 +135,22 @@ class CrossEncoderReranker(StageBase):
         self.config = CrossEncoderConfig(
             name=name, model=model_name or model or DEFAULT_MODEL, max_length=max_length, depth=depth, k=k,
             batch_size=batch_size, backend=backend, device=device, blend=blend,
-            blend_upstream=blend_upstream, score_cache=score_cache,
+            blend_upstream=blend_upstream, score_cache=score_cache, adaptive_depth=adaptive_depth,
         )
         self.stats = RerankStats()
+        #: What `backend: auto` chose at warm-up and why (None for a fixed backend).
+        self.backend_choice: BackendChoice | None = None
+        #: The depth each query of the last `run` was scored to.
+        self.last_depths: list[int] = []
+        self._backend: str | None = None
+        self._margin: float | None = None
         self._scorer: Any = None
         self._cache: ScoreCache | None = None
         self._corpus: Corpus | None = None
         self._blend: BlendSpec | None = None
         self._work_dir = Path(".stagegraph")
         self._progress = False
+        self._read_only = False
 
     @property
     def model_name(self) -> str:
@@ -127,18 +158,27 @@ class CrossEncoderReranker(StageBase):
 
     # -- identity -------------------------------------------------------------------------------
     def artefact_fingerprint(self) -> str:
-        return model_fingerprint(self.config.model)
+        identity = model_fingerprint(self.config.model)
+        if self.config.backend == "auto":  # what auto resolves to depends on the CPU it runs on
+            return stable_hash({"model": identity, "cpu": list(cpu_features().flags)})
+        return identity
+
+    @property
+    def backend(self) -> str:
+        """The backend in force: the configured one, or what `auto` resolved to at warm-up."""
+        return self._backend or self.config.backend
 
     def scorer_key(self) -> str:
         """Identity of the scores themselves: the model, the truncation and the numeric backend."""
         c = self.config
-        return stable_hash({"model": self.artefact_fingerprint(), "max_length": c.max_length, "backend": c.backend})
+        return stable_hash({"model": model_fingerprint(c.model), "max_length": c.max_length, "backend": self.backend})
 
     # -- loading --------------------------------------------------------------------------------
     def warm_up(self, env: Environment) -> None:
         self._corpus = env.corpus
         self._work_dir = Path(env.work_dir)
         self._progress = env.progress
+        self._read_only = env.read_only
         self._load(progress=env.progress)
         mode = self.config.score_cache
         if mode == "off":
@@ -155,22 +195,109 @@ class CrossEncoderReranker(StageBase):
         if self._scorer is not None:
             return self._scorer
         c = self.config
-        device = c.device if c.backend == "torch" else "cpu"
-        cross_encoder = load_cross_encoder(c.model, c.max_length, device=device, progress=progress)
-        if c.backend == "torch":
-            from stagegraph.stages.rerank.model import TorchScorer
-
-            scorer = TorchScorer(cross_encoder, c.max_length, c.batch_size)
-        else:
-            from stagegraph.stages.rerank.onnx import OnnxScorer
-
-            scorer = OnnxScorer.build(
-                cross_encoder, c.max_length, c.batch_size, quantize=c.backend == "onnx-int8", threads=usable_cores(),
-                cache_dir=self._work_dir / "onnx" / model_fingerprint(c.model)[:16], progress=progress,
-            )
         self._blend = self._resolve_blend()
+        self._margin = self._resolve_margin()
+        if c.backend == "auto":
+            scorer = self._choose_backend(progress)
+        else:
+            if c.backend == "torch-bf16" and not cpu_features().bf16:
+                log.warning("stage %r: backend torch-bf16 on a CPU without AVX-512 BF16 or AMX runs emulated bf16, "
+                            "slower than fp32; use backend: auto or torch", self.name)
+            scorer = self._build(c.backend, self._cross_encoder(c.backend, progress), progress)
         self._scorer = scorer
         return scorer
+
+    def _cross_encoder(self, backend: str, progress: bool) -> Any:
+        c = self.config
+        device = c.device if backend in ("torch", "torch-bf16") else "cpu"
+        return load_cross_encoder(c.model, c.max_length, device=device, progress=progress)
+
+    def _build(self, backend: str, cross_encoder: Any, progress: bool) -> Any:
+        c = self.config
+        if backend in ("torch", "torch-bf16"):
+            from stagegraph.stages.rerank.model import TorchScorer
+
+            return TorchScorer(cross_encoder, c.max_length, c.batch_size, bf16=backend == "torch-bf16")
+        from stagegraph.stages.rerank.onnx import OnnxScorer
+
+        return OnnxScorer.build(
+            cross_encoder, c.max_length, c.batch_size, quantize=backend == "onnx-int8", threads=usable_cores(),
+            cache_dir=self._work_dir / "onnx" / model_fingerprint(c.model)[:16], progress=progress,
+        )
+
+    def _choose_backend(self, progress: bool) -> Any:
+        """Resolve `backend: auto` (see `stagegraph.stages.rerank.calibration`); returns the chosen scorer."""
+        import importlib.util
+
+        from stagegraph.hashing import library_versions
+
+        c = self.config
+        features = cpu_features()
+        calibration = load_calibration(locate(c.model))
+        cross_encoder = self._cross_encoder("torch", progress)
+        on_cpu = str(next(cross_encoder.model.parameters()).device) == "cpu"
+        if calibration is None or not calibration.queries or not on_cpu:
+            why = ("the model has no calibration set (train-reranker writes one beside the model)" if on_cpu
+                   else "auto chooses among CPU backends and this model runs on a GPU")
+            self.backend_choice = BackendChoice(chosen="torch", reason=f"kept torch fp32: {why}", cpu=features.summary())
+            self._backend = "torch"
+            log.info("stage %r: %s", self.name, self.backend_choice.line())
+            return self._build("torch", cross_encoder, progress)
+        key = stable_hash({
+            "model": model_fingerprint(c.model), "max_length": c.max_length, "batch_size": c.batch_size,
+            "blend": self._blend.model_dump(), "cpu": list(features.flags), "tolerance": TOLERANCE,
+            "libraries": library_versions(("torch", "onnxruntime", "transformers")),
+        })
+        record = self._work_dir / "rerank_backend" / f"{key[:20]}.json"
+        choice = None
+        if record.is_file():
+            try:
+                choice = BackendChoice.model_validate_json(record.read_text(encoding="utf-8"))
+                choice.cached = True
+            except (OSError, ValueError):
+                choice = None
+        if choice is None:
+            has_onnx = importlib.util.find_spec("onnxruntime") is not None
+            supported = []
+            for backend in CANDIDATES:
+                ok, why = backend_support(backend, features)
+                if backend.startswith("onnx") and not has_onnx:
+                    ok, why = False, "ONNX Runtime is not installed (pip install onnxruntime onnx)"
+                supported.append((backend, ok, why))
+            built: dict[str, Any] = {}
+
+            def build(backend: str) -> Any:
+                if backend not in built:
+                    built[backend] = self._build(backend, cross_encoder, progress)
+                return built[backend]
+
+            choice, _ = choose_backend(build, supported, calibration, self._blend, cpu=features.summary())
+            if not self._read_only:
+                from stagegraph.atomic import write_text
+
+                write_text(record, choice.model_dump_json(indent=2))
+            scorer = built[choice.chosen]
+        else:
+            scorer = self._build(choice.chosen, cross_encoder, progress)
+        self.backend_choice = choice
+        self._backend = choice.chosen
+        log.info("stage %r: %s%s", self.name, choice.line(), " (decided at an earlier warm-up on this machine)" if choice.cached else "")
+        return scorer
+
+    def _resolve_margin(self) -> float | None:
+        policy = self.config.adaptive_depth
+        if policy is None:
+            return None
+        if policy.margin != "calibrated":
+            return float(policy.margin)
+        saved = read_stagegraph_metadata(self.config.model).get("adaptive_depth")
+        if not saved:
+            raise RerankerLoadError(
+                f"stage {self.name!r}: adaptive_depth margin 'calibrated' needs a model trained by train-reranker "
+                f"(it calibrates the margin on held-out queries), and {self.config.model!r} has none; "
+                f"set adaptive_depth.margin to a number or retrain: `{TRAIN_HINT}`"
+            )
+        return AdaptiveCalibration.model_validate(saved).margin
 
     def _resolve_blend(self) -> BlendSpec:
         c = self.config
@@ -194,40 +321,78 @@ class CrossEncoderReranker(StageBase):
             raise StageError(f"stage {self.name!r} reranks one candidate list per query, got {len(inputs)} inputs")
         if self._corpus is None:
             raise StageError(f"stage {self.name!r} needs warm_up(env) before run(): it reads passages from env.corpus")
-        corpus, depth = self._corpus, self.config.depth
-        rankings = inputs[0]
-        pools = [r.top(depth) for r in rankings]
+        self._load()
+        corpus, depth, k = self._corpus, self.config.depth, self.config.k
+        pools = [r.top(depth) for r in inputs[0]]
         ids = [[corpus.ids[int(r)] for r in p.doc_rows] for p in pools]
-        known = [
-            self._cache.lookup(q, d) if self._cache is not None else np.full(len(d), np.nan, dtype=np.float32)
-            for q, d in zip(queries.texts, ids)
-        ]
-        # Unscored pairs of every query, each distinct (query text, doc) once, scored together.
+        scores = [np.full(len(p), np.nan, dtype=np.float32) for p in pools]
+        texts = queries.texts
+        policy = self.config.adaptive_depth
+        if policy is None:
+            used = [len(p) for p in pools]
+            self._fill(texts, pools, ids, scores, [(i, 0, n) for i, n in enumerate(used)])
+        else:  # block by block, every query still going scored together (all of them in batch mode)
+            ends = [block_ends(len(p), policy.block, policy.min_depth) for p in pools]
+            used = [e[0] for e in ends]
+            self._fill(texts, pools, ids, scores, [(i, 0, n) for i, n in enumerate(used)])
+            active = [i for i, e in enumerate(ends) if len(e) > 1]
+            j = 1
+            while active:
+                self._fill(texts, pools, ids, scores, [(i, ends[i][j - 1], ends[i][j]) for i in active])
+                going = []
+                for i in active:
+                    used[i] = ends[i][j]
+                    if not should_stop(scores[i], ends[i][j - 1], ends[i][j], k, self._margin) and j + 1 < len(ends[i]):
+                        going.append(i)
+                active, j = going, j + 1
+        self.last_depths = list(used)
+        blend = self.blend
+        return [finish(pool.top(n), s[:n], blend, k, self.name) for pool, s, n in zip(pools, scores, used)]
+
+    def _fill(self, texts, pools, ids, scores, requests) -> None:
+        """Score positions [lo, hi) of query i's pool for every (i, lo, hi), from the cache where it has them."""
+        corpus = self._corpus
         todo: dict[tuple[str, int], int] = {}
-        for q, pool, scores in zip(queries.texts, pools, known):
-            for j in np.flatnonzero(np.isnan(scores)).tolist():
-                todo.setdefault((q, int(pool.doc_rows[j])), len(todo))
+        asked = 0
+        for i, lo, hi in requests:
+            if hi <= lo:
+                continue
+            asked += hi - lo
+            if self._cache is not None:
+                scores[i][lo:hi] = self._cache.lookup(texts[i], ids[i][lo:hi])
+            for j in range(lo, hi):
+                if np.isnan(scores[i][j]):
+                    todo.setdefault((texts[i], int(pools[i].doc_rows[j])), len(todo))
         pairs = list(todo)
-        new = self._score([q for q, _ in pairs], [corpus.doc_text(r) for _, r in pairs], progress=self._progress and len(queries) > 1)
+        new = self._score([q for q, _ in pairs], [corpus.doc_text(r) for _, r in pairs],
+                          progress=self._progress and len(requests) > 1)
         if self._cache is not None and pairs:
             self._cache.store([q for q, _ in pairs], [corpus.ids[r] for _, r in pairs], new)
-        n_pairs = sum(len(p) for p in pools)
-        self.stats.pairs += n_pairs
+        missing = 0
+        for i, lo, hi in requests:
+            for j in range(lo, hi):
+                if np.isnan(scores[i][j]):
+                    missing += 1
+                    scores[i][j] = new[todo[(texts[i], int(pools[i].doc_rows[j]))]]
+        self.stats.pairs += asked
         self.stats.scored += len(pairs)
-        self.stats.cached += n_pairs - int(sum(np.isnan(s).sum() for s in known))
-        blend = self.blend
-        out = []
-        for q, pool, scores in zip(queries.texts, pools, known):
-            missing = np.isnan(scores)
-            if missing.any():
-                scores = scores.copy()
-                scores[missing] = [new[todo[(q, int(r))]] for r in pool.doc_rows[missing]]
-            final = blend_scores(scores, pool.scores, blend)
-            order = Ranking.order(pool.doc_rows, final, self.config.k)
-            # The stage's own trace: its final scores, the model's own and the upstream ones it blended with.
-            own = StepTrace.of(final[order], model_score=scores[order], blended_with=pool.scores[order])
-            out.append(Ranking(pool.doc_rows[order], final[order], {self.name: own}))
-        return out
+        self.stats.cached += asked - missing
+
+    def score_rows(self, query: str, rows: Sequence[int]) -> np.ndarray:
+        """Model scores of corpus `rows` (title + text) for one query: no cache, no blend (for tuning)."""
+        if self._corpus is None:
+            raise StageError(f"stage {self.name!r} needs warm_up(env) before score_rows(): it reads passages from env.corpus")
+        rows = [int(r) for r in rows]
+        return self._score([query] * len(rows), [self._corpus.doc_text(r) for r in rows])
+
+    def pair_lengths(self, query: str, rows: Sequence[int]) -> np.ndarray:
+        """Token count of each (query, row) pair as the scorer truncates it (for pricing a subset of a batch)."""
+        from stagegraph.stages.rerank.model import tokenize_pairs
+
+        scorer = self._load()
+        texts = [self._corpus.doc_text(int(r)) for r in rows]
+        encoded = tokenize_pairs(scorer.tokenizer, [query] * len(texts), texts, scorer.max_length)
+        return np.fromiter((len(x) for x in encoded["input_ids"]), dtype=np.int64, count=len(texts))
 
     # -- the chapter's interface ----------------------------------------------------------------
     def rerank(self, query: str, candidates: Sequence[Mapping[str, Any]], top_k: int | None = 10) -> list[dict[str, Any]]:
@@ -248,6 +413,16 @@ class CrossEncoderReranker(StageBase):
     def predict(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
         """Scores of (query, passage) pairs, the values `CrossEncoder.predict` gives, faster."""
         return self._score([p[0] for p in pairs], [p[1] for p in pairs])
+
+
+def finish(pool: Ranking, model_scores: np.ndarray, blend: BlendSpec, k: int, name: str) -> Ranking:
+    """The stage's output for one query: `pool`'s candidates with their model scores (pool order),
+    blended, the best `k`, with the stage's own trace (final, model and upstream scores)."""
+    scores = np.asarray(model_scores, dtype=np.float32)
+    final = blend_scores(scores, pool.scores, blend)
+    order = Ranking.order(pool.doc_rows, final, k)
+    own = StepTrace.of(final[order], model_score=scores[order], blended_with=pool.scores[order])
+    return Ranking(pool.doc_rows[order], final[order], {name: own})
 
 
 def _candidate_text(index: int, candidate: Any) -> str:

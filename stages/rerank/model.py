@@ -10,7 +10,10 @@
 * `TorchScorer.score(queries, docs)` scores pairs exactly as `CrossEncoder.predict` does (same
   tokenizer call, truncation `longest_first` to `max_length`, same activation), but tokenises all
   pairs once, sorts them by *token* length so that each batch pads little, and pads with numpy.
-  `pad_batches` is shared with the ONNX backend (`stagegraph.stages.rerank.onnx`).
+  `pad_batches` is shared with the ONNX backend (`stagegraph.stages.rerank.onnx`). With
+  `bf16=True` the forward pass runs under bfloat16 autocast (`torch.autocast`: matmuls in bf16,
+  reductions such as softmax and LayerNorm kept in fp32), the `torch-bf16` backend; the scores come
+  back as float32.
 """
 
 from __future__ import annotations
@@ -201,12 +204,14 @@ def pad_batches(
 
 
 class TorchScorer:
-    """Scores (query, document) pairs with a loaded `CrossEncoder`'s transformer, fp32, on its device."""
+    """Scores (query, document) pairs with a loaded `CrossEncoder`'s transformer on its device: fp32,
+    or under bfloat16 autocast (`bf16=True`)."""
 
-    backend = "torch"
-
-    def __init__(self, cross_encoder: Any, max_length: int, batch_size: int = 16):
+    def __init__(self, cross_encoder: Any, max_length: int, batch_size: int = 16, *, bf16: bool = False):
         import torch
+
+        self.bf16 = bool(bf16)
+        self.backend = "torch-bf16" if self.bf16 else "torch"
 
         self.cross_encoder = cross_encoder
         self.model = cross_encoder.model
@@ -221,8 +226,9 @@ class TorchScorer:
     def logits(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
         torch = self._torch
         feats = {k: torch.from_numpy(v).to(self.device) for k, v in arrays.items()}
-        with torch.inference_mode():
-            out = self.model(**feats).logits
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+        with torch.inference_mode(), autocast:
+            out = self.model(**feats).logits.float()
             if self.activation is not None:
                 out = self.activation(out)
         return out.reshape(len(out), -1)[:, 0].float().cpu().numpy()
