@@ -39,6 +39,7 @@ from stagegraph.indexes.bm25_scoring import SparseScores, SparseSearcher, Varian
 from stagegraph.atomic import atomic_dir
 from stagegraph.hashing import library_versions, stable_hash
 from stagegraph.indexes.manifest import IndexLoadError, Manifest, read_manifest, write_manifest
+from stagegraph.indexes.text_cache import TextCache
 from stagegraph.indexes.tokenize import TokenizedCorpus, Tokenizer
 
 KIND = "bm25"
@@ -114,14 +115,26 @@ class BM25Index:
     # ------------------------------------------------------------------ build
     @classmethod
     def build(
-        cls, corpus: Corpus, settings: BM25Settings | None = None, *, progress: bool = False, **overrides
+        cls,
+        corpus: Corpus,
+        settings: BM25Settings | None = None,
+        *,
+        progress: bool = False,
+        text_cache: TextCache | None = None,
+        **overrides,
     ) -> BM25Index:
-        """Index `corpus` (title + text of every row); keyword `overrides` update `settings`."""
+        """Index `corpus` (title + text of every row); keyword `overrides` update `settings`.
+
+        With a `text_cache`, each text's analysis is read from it and only new texts are analysed
+        (the statistics are still computed over exactly this corpus)."""
         settings = settings or BM25Settings()
         if overrides:
             settings = BM25Settings.model_validate({**settings.model_dump(), **overrides})
-        texts = (corpus.doc_text(row) for row in range(len(corpus)))
-        tokens = settings.tokenizer.tokenize_corpus(texts, progress=progress, total=len(corpus))
+        if text_cache is None:
+            texts = (corpus.doc_text(row) for row in range(len(corpus)))
+            tokens = settings.tokenizer.tokenize_corpus(texts, progress=progress, total=len(corpus))
+        else:
+            tokens = TokenizedCorpus.from_token_lists(cached_analysis(corpus.doc_texts(), settings.tokenizer, text_cache))
         return cls.from_tokens(tokens, settings, corpus_fingerprint=corpus.fingerprint)
 
     @classmethod
@@ -269,3 +282,16 @@ class BM25Index:
             raise IndexLoadError(f"The {where} holds {index.n_docs} documents but its manifest says "
                                  f"{manifest.params.get('n_docs')}; {REBUILD_HINT}.")
         return index
+
+
+def cached_analysis(texts: list[str], tokenizer: Tokenizer, cache: TextCache) -> list[list[str]]:
+    """Every text's terms, read from `cache` where it has them; the rest analysed and stored."""
+    namespace = "bm25-terms:" + stable_hash(tokenizer.model_dump(mode="json"))
+    terms = cache.tokens(namespace, texts)
+    todo = [i for i, t in enumerate(terms) if t is None]
+    if todo:
+        fresh = [tokenizer.analyze(texts[i]) for i in todo]
+        for i, t in zip(todo, fresh):
+            terms[i] = t
+        cache.put_tokens(namespace, [texts[i] for i in todo], fresh)
+    return terms  # type: ignore[return-value]

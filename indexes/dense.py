@@ -110,6 +110,11 @@ def adapt_factory(factory: str, n: int, dim: int) -> str:
     def clamp_pq(match: re.Match[str]) -> str:
         prefix, m, nbits = match.group(1), match.group(2), int(match.group(4) or 8)
         limit = max(1, min(nbits, int(math.floor(math.log2(max(n / MIN_POINTS_PER_LIST, 2))))))
+        if n < 2 ** limit:
+            raise ValueError(
+                f"Cannot train the PQ codes of {factory!r} on {n} vector(s) (even {limit}-bit codes need "
+                f"{2 ** limit}); use index 'Flat' for a corpus this small."
+            )
         if nbits <= limit:
             return match.group(0)
         notes.append(

@@ -20,6 +20,7 @@ from stagegraph.corpora.types import Corpus
 from stagegraph.atomic import atomic_dir
 from stagegraph.hashing import library_versions, stable_hash
 from stagegraph.indexes.manifest import IndexLoadError, Manifest, read_manifest, write_manifest
+from stagegraph.indexes.text_cache import TextCache
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ class DocumentEncoder(Protocol):
     model_name: str
     identity: str
     max_seq_length: int | None
+    dim: int
 
     def encode(self, texts: list[str], *, progress: bool | None = None, desc: str = ...) -> np.ndarray: ...
 
@@ -146,3 +148,21 @@ def cached_embeddings(
         max_seq_length=encoder.max_seq_length,
     )
     return array, directory, False
+
+
+def text_embeddings(encoder: DocumentEncoder, texts: list[str], cache: TextCache, *, progress: bool = True) -> tuple[np.ndarray, int]:
+    """Embeddings of `texts` from a per-text cache, encoding only the texts it lacks; (array, encoded).
+
+    The namespace names the model's content identity and the truncation, so a vector is never
+    served for another model or another `max_seq_length`.
+    """
+    namespace = f"embedding:{encoder.identity}:{encoder.max_seq_length}"
+    dim = encoder.dim
+    array, hit = cache.vectors(namespace, texts, dim)
+    todo = np.flatnonzero(~hit)
+    if len(todo):
+        missing = [texts[i] for i in todo]
+        fresh = encoder.encode(missing, progress=progress, desc=f"Encoding {len(missing)} new texts")
+        array[todo] = fresh
+        cache.put_vectors(namespace, missing, fresh)
+    return array, int(len(todo))

@@ -23,6 +23,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -272,9 +273,7 @@ class Encoder:
         self.last_docs_per_s: float | None = None
         self._dim: int | None = None
         self.device = resolve_device(device)
-        self._model = _load_sentence_transformer(self.resolved, self.device, progress)
-        if max_seq_length is not None:
-            self._model.max_seq_length = int(max_seq_length)
+        self._model = shared_model(self.resolved, self.identity, self.device, max_seq_length, progress)
         self.max_seq_length: int | None = self._model.max_seq_length
 
     @property
@@ -338,6 +337,30 @@ class Encoder:
         with torch_threads(threads or self.threads):
             vector = self._model.encode([text], batch_size=1, show_progress_bar=False, convert_to_numpy=True)
         return l2_normalise(vector)
+
+
+_MODELS: dict[tuple[str, str, int | None], object] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def shared_model(
+    resolved: ResolvedModel, identity: str, device: str, max_seq_length: int | None, progress: bool = False
+) -> object:
+    """One loaded model per (content identity, device, truncation) in this process.
+
+    Encoders of the same model share it (inference only, so sharing between threads is safe), so a
+    pipeline rebuilt for a new collection generation, or a second stage of the same model, does not
+    load the weights again.
+    """
+    key = (identity, device, None if max_seq_length is None else int(max_seq_length))
+    with _MODELS_LOCK:
+        model = _MODELS.get(key)
+        if model is None:
+            model = _load_sentence_transformer(resolved, device, progress)
+            if max_seq_length is not None:
+                model.max_seq_length = int(max_seq_length)
+            _MODELS[key] = model
+        return model
 
 
 def _load_sentence_transformer(resolved: ResolvedModel, device: str, progress: bool) -> object:

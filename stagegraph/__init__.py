@@ -56,6 +56,10 @@ _EXPORTS: dict[str, str] = {
     "save_report": "stagegraph.evaluation.writer",
     "Metric": "stagegraph.evaluation.measures",
     "score_run": "stagegraph.evaluation.scoring",
+    # collections: a user's own documents
+    "open": "stagegraph.collection.stack",
+    "Collection": "stagegraph.collection.collection",
+    "ingest": "stagegraph.collection.ingest",
     # errors
     "StagegraphError": "stagegraph.errors",
     "InputError": "stagegraph.errors",
@@ -69,7 +73,7 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'stagegraph' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    value = getattr(importlib.import_module(module), "open_stack" if name == "open" else name)
     globals()[name] = value
     return value
 
@@ -79,6 +83,9 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
+    from stagegraph.collection.collection import Collection
+    from stagegraph.collection.ingest import ingest
+    from stagegraph.collection.stack import open_stack as open
     from stagegraph.corpora.registry import load_dataset
     from stagegraph.corpora.types import Corpus, Dataset, Qrels, Queries
     from stagegraph.errors import InputError, StageError, StagegraphError

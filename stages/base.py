@@ -5,7 +5,8 @@ Concrete stages subclass it, set `type_name`, `Config` and `arity`, keep their s
 
 * `version`: bump it when a change to the stage's code changes its results;
 * `libraries`: the distributions whose versions can change its results (faiss-cpu, torch, ...);
-* `speed_only`: settings that change speed but never a result (threads, batch size, device);
+* `speed_only`: settings that change speed but never a result (batch size, device);
+* `indexes_corpus`: whether its warm-up builds artefacts from the corpus (an index);
 * `artefact_fingerprint()`: the identity of what it reads (an index, a model).
 
 `fingerprint()` hashes all of these, so the stage cache (`stagegraph.pipeline.cache`) can never
@@ -40,6 +41,9 @@ class StageBase(Composable):
     libraries: ClassVar[tuple[str, ...]] = ()
     #: Settings that change speed only, never a ranking: left out of the fingerprint.
     speed_only: ClassVar[frozenset[str]] = frozenset()
+    #: True for a stage that builds artefacts from the corpus at warm-up (an index): a collection's
+    #: writer warms these when it publishes a generation, its readers then only load them.
+    indexes_corpus: ClassVar[bool] = False
     config: StageConfig
 
     @property

@@ -140,3 +140,26 @@ def test_an_unexpected_error_is_one_line_with_a_hint_and_debug_shows_the_traceba
     assert "unexpected KeyError" in err and "--debug" in err and "Traceback" not in err
     with pytest.raises(KeyError):
         main(["--debug", *args])
+
+
+def test_warnings_are_one_line_each_and_repeats_are_counted(tmp_path, capsys):
+    root = tmp_path / "ds"
+    (root / "qrels").mkdir(parents=True)
+    (root / "corpus.jsonl").write_text("\n".join(json.dumps({"_id": f"d{i}", "title": "", "text": f"heat flow {i} wing"})
+                                                 for i in range(5)) + "\n")
+    (root / "queries.jsonl").write_text("\n".join(json.dumps({"_id": f"q{i}", "text": "the of and"}) for i in range(8)) + "\n")
+    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\td0\t1\n" for i in range(8)))
+    import subprocess
+    import sys
+
+    done = subprocess.run(  # a real process: pytest would capture the warnings itself
+        [sys.executable, "-c", "import sys; from stagegraph.cli import main; sys.exit(main())",
+         "--work-dir", str(tmp_path / "w"), "eval", "bm25", "--dataset", str(root), "--quiet", "--mode", "batch"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == Exit.OK, done.stderr
+    warning_lines = [line for line in done.stderr.splitlines() if line.startswith("warning:")]
+    assert len(done.stderr.splitlines()) == len(warning_lines)  # nothing else: no source lines, no tracebacks
+    assert len(warning_lines) == 6, warning_lines  # five shown, then the count
+    assert all("has no terms after analysis" in line for line in warning_lines[:5])
+    assert warning_lines[5] == "warning: ... and 3 more EmptyQueryWarning warnings like these"

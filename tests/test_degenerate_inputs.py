@@ -317,7 +317,7 @@ def test_a_corpus_of_stopwords_cannot_be_indexed_by_bm25(capsys, tmp_path):
     code, _, err = run_eval(capsys, tmp_path, root)
     assert code == 2
     assert the_error(err) == (
-        "cannot build a BM25 index: after analysis no document has any term (1 document, each empty or only "
+        "stage 'bm25': cannot build a BM25 index: after analysis no document has any term (1 document, each empty or only "
         "stopwords, punctuation and one-letter words); check the corpus' title/text fields, or the tokenizer "
         "settings (stopwords, pattern)."
     )
@@ -417,18 +417,14 @@ def test_dense_path_on_one_document_and_on_stopword_queries(capsys, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "indexes/dense.py adapt_factory lowers 'IVF1024,PQ32' on 1 vector to IVF1,PQ32x1, which FAISS cannot train "
-    "(2 centroids, 1 point): a RuntimeError, exit 4. Proposed: refuse (StageError, exit 3) or fall back to Flat "
-    "when n < 2 ** nbits; see the issue 13 report."))
 def test_a_trained_faiss_index_on_one_document_is_a_stage_error(capsys, tmp_path):
     config = tmp_path / "ivfpq.yaml"
     config.write_text("pipeline:\n  - {type: dense, name: dense, k: 10, index: 'IVF1024,PQ32'}\n")
     root = make_dataset(tmp_path / "ds", corpus=jsonl(DOCS[:1]), qrels={"test": (HEADER + "q1\td0\t1\n").encode()})
-    with pytest.warns(UserWarning):
-        code, _, err = run_eval(capsys, tmp_path, root, str(config))
-    assert code in (2, 3), err
-    assert "FAISS" in the_error(err)
+    code, _, err = run_eval(capsys, tmp_path, root, str(config))
+    assert code == 3, err
+    assert "cannot build the FAISS index 'IVF1024,PQ32' over 1 documents" in the_error(err)
+    assert "use index 'Flat' for a corpus this small" in the_error(err)
 
 
 # -- loaders directly: what the command line does not reach --------------------------------------------

@@ -120,8 +120,9 @@ def test_a_branch_slowed_by_its_neighbour_is_reported_as_run_and_alone():
     slower_as_run = np.maximum(a.latencies_ns, b.latencies_ns) / 1e6
     slower_alone = np.maximum(a.isolated_ns, b.isolated_ns) / 1e6
     # side by side, one branch waits for the other: ~50 ms as run; alone, each takes ~25 ms
-    assert (slower_as_run >= 49).all(), slower_as_run
-    assert np.median(slower_alone) < 40, slower_alone
+    # (medians: on a loaded machine a thread may start so late that it finds the resource free)
+    assert np.median(slower_as_run) >= 49, slower_as_run
+    assert np.median(slower_alone) < np.median(slower_as_run) - 15, (slower_alone, slower_as_run)
     assert np.median(result.end_to_end_ns) / 1e6 >= 49  # end to end stays the concurrent run
     concurrent_only = pipe.execute(_queries(3), env=env, mode="online")
     assert concurrent_only.stages["a"].isolated_ns is None

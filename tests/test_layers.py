@@ -8,6 +8,7 @@ layer or a lower one. From the ground up:
     indexes     BM25 and FAISS indexes
     pipeline    the engine: stage contract, Pipeline, executor, cache, YAML codec, registry
     stages      retrievers, pool, reranker (built on the engine's contract)
+    collection  a user's documents as chunks and indexes, in atomic generations; stagegraph.open
     evaluation  measures, scoring, reports, compare, sweep, expectations
     training    fine-tuning rerankers (uses evaluation's scoring)
     apps        stagegraph.demo, stagegraph.cli
@@ -35,6 +36,7 @@ LAYERS = [
     ("indexes", ["stagegraph.indexes"]),
     ("pipeline", ["stagegraph.pipeline"]),
     ("stages", ["stagegraph.stages"]),
+    ("collection", ["stagegraph.collection"]),
     ("evaluation", ["stagegraph.evaluation"]),
     ("training", ["stagegraph.training"]),
     ("apps", ["stagegraph.demo", "stagegraph.cli"]),

@@ -22,6 +22,7 @@ import importlib
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,8 @@ COMMANDS = (
     "stagegraph.cli.evaluate",
     "stagegraph.cli.index",
     "stagegraph.cli.search",
+    "stagegraph.cli.ingest",
+    "stagegraph.cli.collection",
     "stagegraph.cli.compare",
     "stagegraph.cli.sweep",
     "stagegraph.cli.expectations",
@@ -159,6 +162,24 @@ def exit_code(error: BaseException) -> Exit:
     return Exit.INTERNAL
 
 
+class WarningLines:
+    """Warnings as one `warning:` line each on stderr; after `limit` of one kind, only a count."""
+
+    def __init__(self, limit: int = 5):
+        self.limit = limit
+        self.seen: dict[str, int] = {}
+
+    def format(self, message, category, filename, lineno, line=None) -> str:  # noqa: ARG002 - warnings' signature
+        kind = category.__name__
+        self.seen[kind] = self.seen.get(kind, 0) + 1
+        return f"warning: {' '.join(str(message).split())}\n" if self.seen[kind] <= self.limit else ""
+
+    def summary(self) -> None:
+        for kind, n in self.seen.items():
+            if n > self.limit:
+                print(f"warning: ... and {n - self.limit} more {kind} warnings like these", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(hoist_global_flags(sys.argv[1:] if argv is None else list(argv)))
@@ -168,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     if args.quiet:
         os.environ.setdefault("TQDM_DISABLE", "1")
+    lines = WarningLines()
+    formatted, warnings.formatwarning = warnings.formatwarning, lines.format
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
@@ -182,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
             message = f"unexpected {type(exc).__name__}: {message} (a bug: run with --debug for the traceback and report it)"
         print(f"error: {message}", file=sys.stderr)
         return code
+    finally:
+        warnings.formatwarning = formatted
+        lines.summary()
 
 
 if __name__ == "__main__":

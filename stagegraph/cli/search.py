@@ -1,4 +1,5 @@
-"""`stagegraph search CONFIG "query" --dataset D`: one query, each stage's ranks, scores and time."""
+"""`stagegraph search CONFIG "query" --dataset D` (or `--collection DIR`): one query, each stage's
+ranks, scores and time."""
 
 from __future__ import annotations
 
@@ -12,7 +13,11 @@ def register(sub) -> None:
     p = sub.add_parser("search", help="run one query and show each stage's results, scores and time")
     add_config_arg(p)
     p.add_argument("query")
-    add_dataset_args(p)
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--dataset", help="a BEIR-layout directory or a registered name such as `sample`")
+    where.add_argument("--collection", help="a collection directory (`stagegraph ingest`)")
+    p.add_argument("--download", action="store_true", help="fetch a public BEIR dataset by name when it is not found locally")
+    p.add_argument("--reranker", help="model for every cross-encoder stage (HF id or local path; or $STAGEGRAPH_RERANKER)")
     p.add_argument("--top", type=int, default=10, help="results to show (default 10)")
     p.add_argument("--warm", action="store_true", help="run the query once untimed first")
     p.set_defaults(func=handle)
@@ -26,6 +31,15 @@ def handle(args: argparse.Namespace) -> int:
     if args.top < 1:
         raise InputError(f"--top must be a positive number of results, got {args.top}")
     pipeline = load_pipeline(args)
+    if args.collection:
+        from stagegraph.collection import Stack
+        from stagegraph.collection.collection import Collection
+
+        with Stack(pipeline, Collection.open(args.collection)) as stack:
+            if args.warm:
+                stack.search(args.query, k=args.top)
+            print_search(stack.search(args.query, k=args.top), stack.pipeline)
+        return Exit.OK
     dataset = load_dataset(args)
     pipeline.warm_up(environment(args, dataset))
     if args.warm:

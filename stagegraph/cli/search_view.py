@@ -30,7 +30,7 @@ def print_search(result: SearchResult, pipeline: Pipeline, console: Console | No
     for name in pipeline.names:
         table.add_column(name, justify="right")
     for hit in result.hits:
-        cells = [str(hit.rank), hit.id, f"{hit.title} {hit.text}".strip()]
+        cells = [str(hit.rank), hit.id, " ".join(f"{hit.title} {hit.text}".split())]
         for name in pipeline.names:
             pos = hit.stages.get(name)
             cells.append("-" if pos is None or pos.rank is None else f"#{pos.rank} {pos.score:.3g}")

@@ -24,7 +24,7 @@ from typing import Any
 
 from pydantic import Field
 
-from stagegraph.corpora.types import Queries
+from stagegraph.corpora.types import DataError, Queries
 from stagegraph.indexes.bm25 import FORMAT_VERSION, BM25Index, BM25Settings
 from stagegraph.indexes.manifest import IndexLoadError
 from stagegraph.errors import StageError
@@ -35,6 +35,7 @@ from stagegraph.stages.base import EmptyQueryWarning, StageBase
 from stagegraph.pipeline.registry import register
 
 log = logging.getLogger(__name__)
+READ_ONLY_HINT = "build it with the writer: `stagegraph ingest ... --collection DIR` (or `stagegraph index CONFIG --dataset D`)"
 
 
 class BM25RetrieverConfig(StageConfig, BM25Settings):
@@ -59,6 +60,7 @@ class BM25Retriever(StageBase):
     type_name = "bm25"
     Config = BM25RetrieverConfig
     arity = Arity.NONE
+    indexes_corpus = True
     libraries = ("PyStemmer", "rank-bm25")
     config: BM25RetrieverConfig
 
@@ -94,9 +96,13 @@ class BM25Retriever(StageBase):
         try:
             self.index = BM25Index.load(directory, corpus_fingerprint=fingerprint)
         except IndexLoadError as exc:
+            env.refuse_build(self.name, f"usable BM25 index at {directory} ({exc})", READ_ONLY_HINT)
             if directory.exists():
                 log.warning("Rebuilding the BM25 index of stage %r: %s", self.name, exc)
-            self.index = BM25Index.build(env.corpus, settings, progress=env.progress)
+            try:
+                self.index = BM25Index.build(env.corpus, settings, progress=env.progress, text_cache=env.text_cache)
+            except DataError as exc:
+                raise DataError(f"stage {self.name!r}: {exc}") from None
             self.index.save(directory)
         self.index.warm_up()
 

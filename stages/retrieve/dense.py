@@ -33,7 +33,7 @@ from pydantic import Field
 
 from stagegraph.corpora.types import Queries
 from stagegraph.indexes.dense import DEFAULT_TRAIN_SAMPLE, FORMAT_VERSION, DenseIndex
-from stagegraph.indexes.embeddings import cached_embeddings
+from stagegraph.indexes.embeddings import cached_embeddings, text_embeddings
 from stagegraph.indexes.devices import DeviceError
 from stagegraph.indexes.encoder import DEFAULT_MODEL, Encoder, ModelNotFoundError, locate_model, model_identity
 from stagegraph.indexes.manifest import IndexLoadError
@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 #: Settings that change speed only, never the ranking: left out of the fingerprint (cache key).
 SPEED_ONLY = {"name", "batch_size", "device"}
+READ_ONLY_HINT = "build it with the writer: `stagegraph ingest ... --collection DIR` (or `stagegraph index CONFIG --dataset D`)"
 THREADS_MOVED = "the executor sets torch and FAISS threads for every stage (stagegraph.pipeline.threads)"
 
 
@@ -87,6 +88,7 @@ class DenseRetriever(StageBase):
     type_name = "dense"
     Config = DenseRetrieverConfig
     arity = Arity.NONE
+    indexes_corpus = True
     libraries = ("faiss-cpu", "torch", "sentence-transformers", "transformers")
     speed_only = frozenset(SPEED_ONLY)
     config: DenseRetrieverConfig
@@ -164,6 +166,8 @@ class DenseRetriever(StageBase):
             return
         identity = self.encoder.identity
         directory = env.artefact_dir("dense", artefact_key(fingerprint, identity, cfg))
+        if env.read_only and not directory.is_dir():
+            env.refuse_build(self.name, f"dense index at {directory}", READ_ONLY_HINT)
         try:
             self.index = DenseIndex.load(
                 directory,
@@ -176,8 +180,13 @@ class DenseRetriever(StageBase):
         except IndexLoadError as exc:
             if directory.exists():
                 log.warning("Rebuilding the dense index of stage %r: %s", self.name, exc)
-        embeddings, _, hit = cached_embeddings(self.encoder, env.corpus, Path(env.work_dir) / "embeddings", progress=env.progress)
-        log.info("dense stage %r: embeddings %s", self.name, "from cache" if hit else "encoded")
+        env.refuse_build(self.name, f"usable dense index at {directory}", READ_ONLY_HINT)
+        if env.text_cache is not None:  # a collection: encode only the texts the cache lacks
+            embeddings, encoded = text_embeddings(self.encoder, env.corpus.doc_texts(), env.text_cache, progress=env.progress)
+            log.info("dense stage %r: %d of %d texts encoded, the rest cached", self.name, encoded, len(env.corpus))
+        else:
+            embeddings, _, hit = cached_embeddings(self.encoder, env.corpus, Path(env.work_dir) / "embeddings", progress=env.progress)
+            log.info("dense stage %r: embeddings %s", self.name, "from cache" if hit else "encoded")
         try:
             self.index = DenseIndex.build(
                 embeddings,
@@ -189,8 +198,12 @@ class DenseRetriever(StageBase):
                 train_sample=cfg.train_sample,
                 progress=env.progress,
             )
-        except ValueError as exc:
-            raise StageError(f"Stage {self.name!r}: {exc}") from exc
+        except (ValueError, RuntimeError) as exc:  # RuntimeError: FAISS itself refused to train
+            first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            raise StageError(
+                f"Stage {self.name!r} cannot build the FAISS index {cfg.index!r} over {len(env.corpus)} documents: "
+                f"{first}{'' if isinstance(exc, ValueError) else '; use index: Flat, or a smaller IVF/PQ'}"
+            ) from exc
         self.index.save(directory)
 
     def _check_given(self, corpus_fingerprint: str) -> None:
@@ -223,16 +236,14 @@ class DenseRetriever(StageBase):
                 warnings.warn(
                     f"Dense query {qid!r} is empty; returning an empty ranking.", EmptyQueryWarning, stacklevel=2
                 )
-        if not live:
-            return out
-        if len(live) == 1:
-            vectors = self.encoder.encode_query(queries.texts[live[0]])
-        else:
-            vectors = self.encoder.encode([queries.texts[p] for p in live], progress=False)
-        scores, rows = self.index.search(vectors, cfg.k, ef_search=cfg.ef_search, nprobe=cfg.nprobe)
-        for i, pos in enumerate(live):
-            found = rows[i] >= 0
-            out[pos] = Ranking.from_scores(rows[i][found], scores[i][found], k=cfg.k)
+        # Each query is encoded and searched on its own, in batch mode too: a padded batch of queries
+        # and a many-vector FAISS search round scores differently in the last float bit, which flips
+        # exact ties, and online and batch runs must give the same rankings.
+        for pos in live:
+            vector = self.encoder.encode_query(queries.texts[pos])
+            scores, rows = self.index.search(vector, cfg.k, ef_search=cfg.ef_search, nprobe=cfg.nprobe)
+            found = rows[0] >= 0
+            out[pos] = Ranking.from_scores(rows[0][found], scores[0][found], k=cfg.k)
         return out
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:

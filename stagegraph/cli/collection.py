@@ -1,0 +1,51 @@
+"""`stagegraph collection info DIR` (what a collection holds) and `stagegraph collection repair DIR`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from stagegraph.cli.app import Exit, say
+
+
+def register(sub) -> None:
+    p = sub.add_parser("collection", help="inspect or repair a collection")
+    verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
+    info = verbs.add_parser("info", help="what the collection holds: generation, documents, chunks, settings")
+    info.add_argument("collection")
+    info.add_argument("--json", action="store_true", help="print the whole description as JSON")
+    info.set_defaults(func=handle_info)
+    fix = verbs.add_parser("repair", help="point the collection at its newest intact generation and clear debris")
+    fix.add_argument("collection")
+    fix.set_defaults(func=handle_repair)
+
+
+def handle_info(args: argparse.Namespace) -> int:
+    from stagegraph.collection import Collection
+
+    with Collection.open(args.collection) as collection:
+        info = collection.info()
+    if args.json:
+        print(json.dumps(info, indent=2, sort_keys=True))
+        return Exit.OK
+    chunker = info["chunker"]
+    changes = ", ".join(f"{k} {v}" for k, v in info["changes"].items()) or "-"
+    print(f"collection {info['collection']}: generation {info['generation']} ({info['created']})")
+    print(f"  {info['documents']} documents, {info['chunks']} chunks; last change: {changes}")
+    print(f"  chunker {chunker['kind']}, {chunker['max_tokens']} tokens, overlap {chunker['overlap_tokens']} "
+          f"({info['chunk_tokenizer']})")
+    print(f"  stages: {', '.join(info['stages']) or '-'}; artefacts: {len(info['artefacts'])}")
+    return Exit.OK
+
+
+def handle_repair(args: argparse.Namespace) -> int:
+    from stagegraph.collection import repair
+    from stagegraph.collection.layout import CollectionDamaged
+
+    number = repair(args.collection)
+    if number == 0:
+        raise CollectionDamaged(
+            f"no intact generation in {args.collection}: rebuild it with `stagegraph ingest PATH --collection NEW_DIR`"
+        )
+    say(args, f"{args.collection}: generation {number} is current and intact")
+    return Exit.OK

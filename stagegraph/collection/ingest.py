@@ -1,0 +1,131 @@
+"""`ingest(paths, collection_dir)`: files and folders into a collection, as one new generation.
+
+Files are read by `stagegraph.corpora.ingest.read_paths` (recursively; each unreadable, binary,
+empty, encrypted, oversized or undecodable file, each duplicate or textless record, is skipped with
+one line saying why). Documents whose content hash is unchanged are kept as they are (never
+re-chunked, re-analysed or re-encoded); new and changed ones are chunked; with `sync`, documents
+no longer found are deleted; `delete` removes ids. Everything lands in one generation, published
+atomically. Nothing ingestible at all (no document read, nothing to delete) is an `InputError`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from stagegraph.collection.collection import Collection
+from stagegraph.collection.layout import CollectionError, Layout
+from stagegraph.corpora.ingest import ChunkerConfig, Document, IngestSummary, RecordFields, Skipped, read_paths
+from stagegraph.corpora.ingest.sources import DEFAULT_MAX_FILE_BYTES
+
+
+class IngestReport(BaseModel):
+    """What one ingest did: the summary printed at the end."""
+
+    collection: str
+    generation: int
+    published: bool
+    files_read: int
+    documents_read: int
+    skipped: list[str] = Field(default_factory=list)
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    new_chunks: int = 0
+    new_tokens: int = 0
+    chunks: int = 0
+    seconds: float = 0.0
+
+    def lines(self) -> list[str]:
+        verb = f"published generation {self.generation}" if self.published else f"nothing changed: generation {self.generation} stays"
+        return [
+            f"{self.files_read} files read, {self.documents_read} documents, {len(self.skipped)} skipped",
+            f"{self.added} added, {self.updated} updated, {self.unchanged} unchanged, {self.deleted} deleted; "
+            f"{self.new_chunks} new chunks ({self.new_tokens} tokens); {self.chunks} chunks in all",
+            f"{verb} in {self.seconds:.1f} s",
+        ]
+
+
+def ingest(
+    paths: Sequence[str | Path],
+    collection: str | Path,
+    *,
+    pipeline: dict[str, Any] | None = None,
+    chunker: ChunkerConfig | None = None,
+    records: RecordFields | None = None,
+    sync: bool = False,
+    delete: Sequence[str] = (),
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    lock_timeout: float = 60.0,
+    progress: bool = True,
+    warn: Callable[[str], None] = print,
+) -> IngestReport:
+    """Ingest `paths` into the collection at `collection` (created with `pipeline` when new)."""
+    started = time.perf_counter()
+    layout = Layout(collection)
+    fields = records or (Collection.open(collection).settings.records if layout.exists() else RecordFields())
+    summary = IngestSummary()
+    documents: list[Document] = []
+    if paths:
+        for item in read_paths([Path(p) for p in paths], fields=fields, max_file_bytes=max_file_bytes,
+                               progress=progress, summary=summary):
+            if isinstance(item, Skipped):
+                warn(f"skipped {item}")
+            else:
+                documents.append(item)
+    if not documents and not delete and not (sync and paths and layout.exists()):
+        raise CollectionError(
+            f"nothing to ingest from {', '.join(map(str, paths)) or 'no path'}: no document could be read "
+            f"({len(summary.skipped)} skipped, see above); give files of a supported type (.txt .md .rst .html .pdf .json .jsonl)"
+        )
+    store = _collection(collection, pipeline, chunker, records, progress)  # created only now, with something to hold
+    try:
+        with store.writer(timeout=lock_timeout) as w:
+            w.upsert(documents)
+            if sync:
+                w.keep_only(d.id for d in documents)
+            if delete:
+                w.delete(delete)
+            generation = w.commit()
+            new_tokens = sum(w.chunker.count_tokens(c.text) for c in w.new_chunks) if w.new_chunks else 0
+            report = IngestReport(
+                collection=str(store.layout.root), generation=generation.number, published=w.changed,
+                files_read=summary.files_read, documents_read=len(documents), skipped=[str(s) for s in summary.skipped],
+                new_chunks=len(w.new_chunks), new_tokens=new_tokens, chunks=generation.manifest.chunks, **w.changes,
+            )
+    finally:
+        store.close()
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _collection(root, pipeline, chunker, records, progress) -> Collection:
+    if Layout(root).exists():
+        store = Collection.open(root, progress=progress)
+        if pipeline is not None or chunker is not None or records is not None:
+            from stagegraph.collection.layout import CollectionSettings
+
+            wanted = CollectionSettings(
+                pipeline=pipeline if pipeline is not None else store.settings.pipeline,
+                chunker=chunker or store.settings.chunker,
+                chunk_tokenizer=store.settings.chunk_tokenizer if pipeline is None else _tokenizer(pipeline),
+                records=records or store.settings.records,
+            )
+            store.check_same_build(wanted)
+        return store
+    if pipeline is None:
+        from stagegraph.pipeline.config import load_config
+
+        pipeline = load_config("hybrid")
+    return Collection.create(root, pipeline, chunker=chunker, records=records, progress=progress)
+
+
+def _tokenizer(pipeline: dict[str, Any]) -> str:
+    from stagegraph.collection.collection import chunk_tokenizer_of
+
+    return chunk_tokenizer_of(pipeline)

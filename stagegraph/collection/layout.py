@@ -1,0 +1,142 @@
+"""What a collection directory holds, and the records that describe it.
+
+```
+COLLECTION/
+  collection.json            CollectionSettings: the pipeline config, the chunker, record fields (fixed at creation)
+  CURRENT                    the published generation's number: replaced in one atomic, fsync'ed rename
+  generations/00000007/      one generation, immutable once published:
+      manifest.json          GenerationManifest: counts, checksums, the artefacts it uses, model identities
+      documents.jsonl        one DocumentEntry per document (id, title, metadata, content hash, chunk count)
+      chunks.jsonl           one Chunk per line, sorted by (document id, chunk index)
+  artefacts/<kind>/<key>/    the indexes stages built for a generation's chunks (shared by generations
+                             whose chunks are identical), each with its own manifest
+  cache.sqlite               per-text work (embeddings, BM25 terms) by text hash: only new text is encoded
+  readers/<pid>-<id>.lease   the generation each open reader uses, so the writer never removes it
+  writer.lock                one writer at a time (a file lock)
+```
+
+A generation is written beside the current one (`generations/.building-*`), completely (tables,
+then every index its pipeline needs, then the manifest with the tables' checksums), renamed into
+place, and only then published by replacing `CURRENT`. A crash at any point leaves `CURRENT`
+naming an intact generation; the debris is removed by the next writer.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from stagegraph.corpora.ingest import ChunkerConfig, RecordFields
+from stagegraph.errors import InputError, StageError
+
+FORMAT_VERSION = 1
+SETTINGS_FILE = "collection.json"
+CURRENT_FILE = "CURRENT"
+MANIFEST_FILE = "manifest.json"
+DOCUMENTS_FILE = "documents.jsonl"
+CHUNKS_FILE = "chunks.jsonl"
+CACHE_FILE = "cache.sqlite"
+LOCK_FILE = "writer.lock"
+
+
+class CollectionError(InputError):
+    """A collection directory is missing, damaged or used the wrong way; the message names the fix."""
+
+
+class CollectionDamaged(StageError):
+    """A collection's published state cannot be read; the message names the command that repairs it."""
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class CollectionSettings(BaseModel):
+    """How a collection is built; fixed when it is created (changing it means a rebuild)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format_version: int = FORMAT_VERSION
+    created: str = Field(default_factory=now)
+    pipeline: dict[str, Any]
+    chunker: ChunkerConfig = ChunkerConfig()
+    chunk_tokenizer: str = Field(description="the model whose tokenizer measures chunks (the dense model's)")
+    records: RecordFields = RecordFields()
+
+    def build_identity(self) -> dict[str, Any]:
+        """The settings that decide the chunks: a different one needs a rebuild, never a mix."""
+        return {"chunker": self.chunker.model_dump(mode="json"), "chunk_tokenizer": self.chunk_tokenizer,
+                "records": self.records.model_dump(mode="json")}
+
+
+class DocumentEntry(BaseModel):
+    """A document of a generation: what an update compares (`content_hash`) and what hits show."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str
+    title: str
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    content_hash: str
+    chunks: int
+
+
+class GenerationManifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    format_version: int = FORMAT_VERSION
+    generation: int
+    parent: int | None = None
+    created: str = Field(default_factory=now)
+    documents: int
+    chunks: int
+    tokens: int = 0
+    corpus_fingerprint: str
+    files: dict[str, str] = Field(default_factory=dict)  # table file -> sha256
+    artefacts: list[str] = Field(default_factory=list)  # directories under artefacts/, relative
+    stages: dict[str, str] = Field(default_factory=dict)  # stage name -> fingerprint (model identities included)
+    changes: dict[str, int] = Field(default_factory=dict)  # added, updated, deleted, unchanged documents
+
+
+class Layout:
+    """The paths of one collection directory."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    @property
+    def settings(self) -> Path:
+        return self.root / SETTINGS_FILE
+
+    @property
+    def current(self) -> Path:
+        return self.root / CURRENT_FILE
+
+    @property
+    def generations(self) -> Path:
+        return self.root / "generations"
+
+    def generation(self, number: int) -> Path:
+        return self.generations / f"{number:08d}"
+
+    @property
+    def artefacts(self) -> Path:
+        return self.root / "artefacts"
+
+    @property
+    def cache(self) -> Path:
+        return self.root / CACHE_FILE
+
+    @property
+    def readers(self) -> Path:
+        return self.root / "readers"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / LOCK_FILE
+
+    def exists(self) -> bool:
+        return self.settings.is_file()

@@ -1,0 +1,367 @@
+"""Collections: incremental updates with exact statistics, atomic generations, one writer, many readers."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tiny_models import WORDS, make_tiny_sentence_transformer
+
+import stagegraph as sg
+from stagegraph.collection import Collection, CollectionDamaged, CollectionError, ingest, repair
+from stagegraph.corpora.ingest import ChunkerConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> str:
+    return str(make_tiny_sentence_transformer(tmp_path_factory.mktemp("models") / "tiny-st"))
+
+
+def hybrid(model: str, index: str = "Flat") -> dict:
+    return {"pipeline": [
+        {"parallel": [{"type": "bm25", "name": "bm25", "k": 20},
+                      {"type": "dense", "name": "dense", "k": 20, "model": model, "index": index}]},
+        {"type": "pool", "name": "pool", "k": 20},
+    ]}
+
+
+BM25_ONLY = {"pipeline": [{"type": "bm25", "name": "bm25", "k": 100}]}
+SMALL_CHUNKS = ChunkerConfig(max_tokens=24, overlap_tokens=4)
+
+
+def text(rng: random.Random, words: int = 40) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(words)) + "."
+
+
+def doc(i: int, rng: random.Random) -> dict:
+    return {"id": f"doc{i:03d}", "title": f"title {rng.choice(WORDS)}", "text": text(rng, rng.randint(5, 80)),
+            "metadata": {"n": i}}
+
+
+QUERIES = ["protein cancer cell", "heat flow wing pressure", "dense vector rank fusion", "query document index"]
+
+
+def rankings(root: Path, config: dict) -> dict[str, dict[str, list[tuple[str, float]]]]:
+    """Every stage's ranking of every query: stage -> query -> [(chunk id, score)]."""
+    out: dict[str, dict[str, list[tuple[str, float]]]] = {}
+    with sg.open(config, collection=root) as stack:
+        result = stack.pipeline.execute(QUERIES, mode="batch")
+        corpus = stack.collection.corpus
+        for name, run in result.stages.items():
+            out[name] = {q: [(corpus.ids[int(r)], float(s)) for r, s in zip(rk.doc_rows, rk.scores)]
+                         for q, rk in zip(QUERIES, run.rankings)}
+    return out
+
+
+def assert_same(a, b, tol=1e-5):
+    for stage in a:
+        for q in a[stage]:
+            ids_a, ids_b = [i for i, _ in a[stage][q]], [i for i, _ in b[stage][q]]
+            assert ids_a == ids_b, (stage, q)
+            np.testing.assert_allclose([s for _, s in a[stage][q]], [s for _, s in b[stage][q]], rtol=0, atol=tol)
+
+
+def test_any_sequence_of_changes_equals_a_fresh_build_of_the_final_documents(tmp_path, tiny_model):
+    """Property-style: random adds, updates and deletes; after each batch, BM25 (N, avgdl and document
+    frequencies over live chunks only) and exact dense search equal a collection built from scratch."""
+    config = hybrid(tiny_model)
+    rng = random.Random(7)
+    live: dict[str, dict] = {}
+    store = Collection.create(tmp_path / "live", config, chunker=SMALL_CHUNKS)
+    next_id = 0
+    for step in range(6):
+        with store.writer() as w:
+            for _ in range(rng.randint(1, 6)):  # additions
+                d = doc(next_id, rng)
+                next_id += 1
+                live[d["id"]] = d
+                w.upsert([d])
+            for doc_id in rng.sample(sorted(live), k=min(len(live), rng.randint(0, 3))):  # updates
+                live[doc_id] = {**live[doc_id], "text": text(rng, rng.randint(5, 60))}
+                w.upsert([live[doc_id]])
+            for doc_id in rng.sample(sorted(live), k=min(max(len(live) - 3, 0), rng.randint(0, 2))):  # deletions
+                del live[doc_id]
+                w.delete([doc_id])
+            w.commit()
+        fresh = Collection.create(tmp_path / f"fresh{step}", config, chunker=SMALL_CHUNKS)
+        fresh.upsert(list(live.values()))
+        assert_same(rankings(tmp_path / "live", config), rankings(tmp_path / f"fresh{step}", config))
+        fresh.close()
+    store.close()
+
+
+def test_approximate_dense_index_after_updates_keeps_recall_of_a_fresh_build(tmp_path, tiny_model):
+    config = hybrid(tiny_model, index="HNSW32")
+    rng = random.Random(3)
+    final = {d["id"]: d for d in (doc(i, rng) for i in range(60))}
+    live = Collection.create(tmp_path / "live", config, chunker=SMALL_CHUNKS)
+    live.upsert(list(final.values())[:40])
+    for doc_id in list(final)[:10]:
+        final[doc_id] = {**final[doc_id], "text": text(rng)}
+    live.upsert([final[d] for d in list(final)[:10]] + list(final.values())[40:])
+    gone = list(final)[20:25]
+    live.delete(gone)
+    for doc_id in gone:
+        del final[doc_id]
+    fresh = Collection.create(tmp_path / "fresh", config, chunker=SMALL_CHUNKS)
+    fresh.upsert(list(final.values()))
+    a, b = rankings(tmp_path / "live", config)["dense"], rankings(tmp_path / "fresh", config)["dense"]
+    recall = np.mean([len({i for i, _ in a[q]} & {i for i, _ in b[q]}) / len(b[q]) for q in QUERIES])
+    assert recall >= 0.99
+    live.close(), fresh.close()
+
+
+# -- ingesting files -----------------------------------------------------------------------------
+def _write_notes(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "gguf.md").write_text("---\ntags: [gpu, llama]\nyear: 2024\n---\n# GGUF files\n\n"
+                                    "GGUF is the file format llama.cpp loads: weights and tokenizer in one file.\n")
+    (folder / "faiss.txt").write_text("FAISS HNSW indexes trade memory for fast approximate nearest neighbour search.")
+    (folder / "sub").mkdir(exist_ok=True)
+    (folder / "sub" / "rerank.html").write_text("<html><head><title>Rerankers</title><script>x=1</script></head>"
+                                                "<body><p>A cross-encoder reranks the candidate pool.</p></body></html>")
+    (folder / "blob.txt").write_bytes(b"\x00\x01binary")
+
+
+def test_ingest_reads_folders_incrementally_and_sync_deletes(tmp_path, capsys):
+    from stagegraph.cli.app import main
+
+    notes = tmp_path / "notes"
+    _write_notes(notes)
+    coll = tmp_path / "coll"
+    assert main(["ingest", str(notes), "--collection", str(coll), "--config", "bm25", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert err.strip() == f"warning: skipped {notes / 'blob.txt'}: binary file"
+    with Collection.open(coll) as c:
+        assert sorted(d.id for d in c.generation.documents) == ["faiss.txt", "gguf.md", "sub/rerank.html"]
+        assert c.generation.number == 1
+        md = c.generation.by_id["gguf.md"]
+        assert md.metadata["tags"] == ["gpu", "llama"] and md.metadata["ext"] == "md" and md.title == "GGUF files"
+    report = ingest([notes], coll, progress=False, warn=lambda line: None)  # nothing changed
+    assert (report.published, report.unchanged, report.new_chunks) == (False, 3, 0)
+    (notes / "faiss.txt").write_text("FAISS IVF indexes probe a few lists of vectors.")
+    (notes / "sub" / "rerank.html").unlink()
+    (notes / "new.txt").write_text("A new note about int8 quantisation.")
+    report = ingest([notes], coll, sync=True, progress=False, warn=lambda line: None)
+    assert (report.added, report.updated, report.unchanged, report.deleted) == (1, 1, 1, 1)
+    assert report.new_chunks == 2 and report.generation == 2 and report.published
+    assert main(["search", "bm25", "IVF lists", "--collection", str(coll), "--quiet"]) == 0
+    assert "faiss.txt#0" in capsys.readouterr().out
+    assert main(["ingest", "--delete", "new.txt", "--collection", str(coll), "--quiet"]) == 0
+    with Collection.open(coll) as c:
+        assert sorted(d.id for d in c.generation.documents) == ["faiss.txt", "gguf.md"] and c.generation.number == 3
+    assert main(["collection", "info", str(coll)]) == 0
+    out = capsys.readouterr().out
+    assert "generation 3" in out and "2 documents, 2 chunks" in out
+
+
+def test_nothing_ingestible_is_exit_2_and_other_settings_are_refused(tmp_path, capsys):
+    from stagegraph.cli.app import main
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "x.bin").write_bytes(b"\x00")
+    assert main(["ingest", str(empty), "--collection", str(tmp_path / "c")]) == 2
+    assert "nothing to ingest" in capsys.readouterr().err
+    notes = tmp_path / "notes"
+    _write_notes(notes)
+    assert main(["ingest", str(notes), "--collection", str(tmp_path / "c"), "--config", "bm25", "-q"]) == 0
+    capsys.readouterr()
+    assert main(["ingest", str(notes), "--collection", str(tmp_path / "c"), "--max-tokens", "64", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "was built with another chunker" in err and "rebuild into a new directory" in err
+    assert main(["ingest", str(notes), "--collection", str(tmp_path / "c"), "--config", "hybrid", "-q"]) == 2
+    assert "another chunk tokenizer" not in capsys.readouterr().err  # same tokenizer: only the pipeline differs
+
+
+def test_a_hit_feeds_the_chapters_reranker_unchanged(tmp_path):
+    from tiny_models import make_tiny_cross_encoder
+
+    notes = tmp_path / "notes"
+    _write_notes(notes)
+    ingest([notes], tmp_path / "c", pipeline=BM25_ONLY, progress=False, warn=lambda line: None)
+    with sg.open(collection=tmp_path / "c") as stack:
+        hits = stack.search("gguf file format search indexes", k=3).hits
+    candidates = [h.as_candidate() for h in hits]
+    assert candidates[0]["doc_id"] == "gguf.md" and candidates[0]["tags"] == ["gpu", "llama"]
+    reranker = sg.CrossEncoderReranker(str(make_tiny_cross_encoder(tmp_path / "ce")), max_length=64)
+    top = reranker.rerank("gguf file format search indexes", candidates, top_k=2)
+    assert len(top) == 2 and all("cross_encoder_score" in c and c["doc_id"] for c in top)
+
+
+# -- one writer, many readers, crashes ------------------------------------------------------------
+def test_a_second_writer_waits_then_fails_with_the_fix(tmp_path):
+    store = Collection.create(tmp_path / "c", BM25_ONLY)
+    with store.writer():
+        other = Collection.open(tmp_path / "c")
+        started = time.perf_counter()
+        with pytest.raises(CollectionError, match=r"another writer holds .*writer.lock \(waited 0.5 s\)"):
+            with other.writer(timeout=0.5):
+                pass
+        assert time.perf_counter() - started >= 0.5
+        other.close()
+    store.close()
+
+
+def test_readers_keep_their_generation_until_refresh_and_old_ones_are_collected(tmp_path):
+    store = Collection.create(tmp_path / "c", BM25_ONLY)
+    store.upsert([{"id": "a", "text": "alpha heat flow"}])
+    reader = sg.open(collection=tmp_path / "c")
+    assert [h.doc_id for h in reader.search("heat").hits] == ["a"]
+    store.upsert([{"id": "b", "text": "beta heat shock wave"}])
+    assert reader.generation == 1 and [h.doc_id for h in reader.search("heat").hits] == ["a"]
+    assert (tmp_path / "c" / "generations" / "00000001").is_dir()  # leased by the reader: kept
+    assert reader.refresh() and reader.generation == 2
+    assert sorted(h.doc_id for h in reader.search("heat").hits) == ["a", "b"]
+    store.upsert([{"id": "c", "text": "gamma"}])  # the writer now collects generation 1
+    assert sorted(p.name for p in (tmp_path / "c" / "generations").iterdir()) == ["00000002", "00000003"]
+    reader.close()
+    store.close()
+
+
+def test_many_threads_search_while_a_writer_publishes(tmp_path):
+    store = Collection.create(tmp_path / "c", BM25_ONLY)
+    store.upsert([{"id": f"d{i}", "text": f"heat flow note {i}"} for i in range(20)])
+    stack = sg.open(collection=tmp_path / "c")
+    errors, seen = [], set()
+    stop = threading.Event()
+
+    def search() -> None:
+        try:
+            while not stop.is_set():
+                hits = stack.search("heat flow", k=50).hits
+                seen.add(len(hits))
+                assert all(h.id.startswith(h.doc_id + "#") for h in hits)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=search) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for i in range(20, 26):
+        stack.upsert([{"id": f"d{i}", "text": f"heat flow note {i}"}])
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert stack.generation == 7 and len(stack.search("heat flow", k=50).hits) == 26
+    assert seen <= set(range(20, 27))  # every response came from one whole generation
+    stack.close()
+    store.close()
+
+
+CRASHING_WRITER = textwrap.dedent("""
+    import sys
+    from stagegraph.collection import Collection
+    store = Collection.open(sys.argv[1])
+    for i in range(int(sys.argv[2]), 10_000):
+        store.upsert([{"id": f"d{i}", "text": f"note {i} about heat flow and pressure " * 3}])
+        print(f"ack {i}", flush=True)
+""")
+
+
+def test_a_writer_killed_at_random_moments_never_loses_an_acknowledged_update(tmp_path):
+    root = tmp_path / "c"
+    Collection.create(root, BM25_ONLY).close()
+    rng = random.Random(11)
+    acked: set[int] = set()
+    start = 0
+    env = {**os.environ, "PYTHONPATH": ""}
+    for trial in range(10):
+        proc = subprocess.Popen([sys.executable, "-c", CRASHING_WRITER, str(root), str(start)],
+                                stdout=subprocess.PIPE, text=True, env=env)
+        time.sleep(rng.uniform(1.2, 3.0))
+        proc.send_signal(signal.SIGKILL)
+        out, _ = proc.communicate()
+        acked |= {int(line.split()[1]) for line in out.splitlines() if line.startswith("ack ")}
+        with Collection.open(root) as store:  # loads, at the previous or the new generation
+            ids = {d.id for d in store.generation.documents}
+            start = max(int(i[1:]) for i in ids) + 1 if ids else 0
+        assert {f"d{i}" for i in acked} <= ids, trial
+    assert len(acked) >= 10  # the kills landed between and inside commits, not before the first
+    with sg.open(collection=root) as stack:  # the survivor is searchable, its indexes whole
+        assert len(stack.search("heat flow pressure", k=100).hits) == min(100, len(stack.collection.generation.documents))
+        assert len(stack.collection.generation.documents) >= len(acked)
+
+
+def test_a_damaged_collection_is_refused_with_the_repair_command_and_repair_recovers(tmp_path, capsys):
+    from stagegraph.cli.app import main
+
+    store = Collection.create(tmp_path / "c", BM25_ONLY)
+    store.upsert([{"id": "a", "text": "alpha"}])
+    store.upsert([{"id": "b", "text": "beta"}])
+    store.close()
+    generations = tmp_path / "c" / "generations"
+    (generations / "00000002" / "chunks.jsonl").write_text("garbage\n")
+    with pytest.raises(CollectionDamaged, match="damaged \\(checksum mismatch\\).*stagegraph collection repair"):
+        Collection.open(tmp_path / "c")
+    assert main(["search", "bm25", "alpha", "--collection", str(tmp_path / "c")]) == 3
+    assert "stagegraph collection repair" in capsys.readouterr().err
+    assert main(["collection", "repair", str(tmp_path / "c")]) == 0
+    with Collection.open(tmp_path / "c") as back:
+        assert back.generation.number == 1 and [d.id for d in back.generation.documents] == ["a"]
+    assert not (generations / "00000002").exists()  # the damaged one is gone, generation 1 is current
+    (generations / "00000001" / "manifest.json").write_text("{")
+    assert main(["collection", "repair", str(tmp_path / "c")]) == 3
+    assert "no intact generation" in capsys.readouterr().err
+    (tmp_path / "c" / "CURRENT").write_text("not a number")
+    with pytest.raises(CollectionDamaged, match="not a generation number"):
+        Collection.open(tmp_path / "c")
+
+
+def test_repair_goes_back_to_the_newest_intact_generation(tmp_path):
+    store = Collection.create(tmp_path / "c", BM25_ONLY)
+    store.upsert([{"id": "a", "text": "alpha"}])
+    reader = Collection.open(tmp_path / "c")  # holds generation 1
+    store.upsert([{"id": "b", "text": "beta"}])
+    (tmp_path / "c" / "generations" / "00000002" / "manifest.json").unlink()
+    assert repair(tmp_path / "c") == 1
+    with Collection.open(tmp_path / "c") as again:
+        assert [d.id for d in again.generation.documents] == ["a"]
+    reader.close()
+    store.close()
+
+
+READER = textwrap.dedent("""
+    import sys, time
+    import stagegraph as sg
+    stack = sg.open(collection=sys.argv[1])
+    deadline, sizes = time.time() + float(sys.argv[2]), set()
+    while time.time() < deadline:
+        sizes.add(len(stack.search("heat flow", k=100).hits))
+        stack.refresh()
+    print(sorted(sizes), stack.generation, flush=True)
+    stack.close()
+""")
+
+
+def test_readers_in_other_processes_keep_searching_while_a_writer_publishes(tmp_path):
+    store = Collection.create(tmp_path / "c", BM25_ONLY)
+    store.upsert([{"id": "d0", "text": "heat flow"}])
+    env = {**os.environ, "PYTHONPATH": ""}
+    readers = [subprocess.Popen([sys.executable, "-c", READER, str(tmp_path / "c"), "6"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    time.sleep(2.5)  # let them open and start searching
+    for i in range(1, 6):
+        store.upsert([{"id": f"d{i}", "text": f"heat flow {i} more"}])
+    outputs = [r.communicate(timeout=120) for r in readers]
+    for (out, err), reader in zip(outputs, readers):
+        assert reader.returncode == 0, err[-2000:]
+        sizes, generation = out.rsplit(" ", 1)
+        assert int(generation) == 6  # refresh moved them to the newest generation
+        assert json.loads(sizes)[-1] == 6 and set(json.loads(sizes)) <= set(range(1, 7))
+    leases = [p.name for p in (tmp_path / "c" / "readers").glob("*.lease")]
+    assert not any(name.startswith(f"{r.pid}-") for r in readers for name in leases)  # closed readers hold nothing
+    store.close()
