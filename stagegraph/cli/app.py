@@ -54,6 +54,7 @@ COMMANDS = (
     "stagegraph.cli.collection",
     "stagegraph.cli.compare",
     "stagegraph.cli.sweep",
+    "stagegraph.cli.tune_rerank",
     "stagegraph.cli.expectations",
     "stagegraph.cli.train",
     "stagegraph.cli.demo",

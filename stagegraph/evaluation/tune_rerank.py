@@ -1,0 +1,971 @@
+"""`tune_rerank`: which reranker configuration gives the best quality within a latency budget.
+
+One run evaluates, on one split, every combination that can be had from the pipeline's candidate
+pool and the given cross-encoders: fixed depths (10, 20, 30, 50, 100 by default) x models x numeric
+backends (torch fp32, torch bf16 autocast, ONNX fp32, ONNX int8, as this CPU supports them:
+`stagegraph.stages.rerank.cpu`), per-query depth (`adaptive_depth`, over a grid of margins and the
+one calibrated with each model), and two-stage cascades (a faster model's top `k1` of its top `d1`
+reranked by a slower one). For each it reports nDCG@10 of the final top 10 and the mean and P95
+rerank time per query in online mode, draws the quality-vs-P95 frontier, marks the Pareto points
+and the "90% of the maximum gain" point, recommends the best configuration whose P95 fits the
+budget, and writes it as a YAML pipeline.
+
+How it stays cheap, and what is measured:
+
+* **every pair is scored once per scorer** (model x backend x max_length): the pool's top
+  `max(depths)` of each query, in blocks of `block` from the top, one query at a time, every
+  scorer taking its turn on the same query (in a rotating order, so that load from other
+  processes on a shared machine falls on all of them alike). Each block is one call of the stage's
+  own scorer (`CrossEncoderReranker.score_rows`), timed with `perf_counter_ns`, with the thread
+  count the executor gives a stage alone. Scores go to the stage's score cache (SQLite, keyed by
+  scorer, query and document), timings to the tuning store beside it: a run stopped by its time
+  limit, or interrupted, resumes where it stopped.
+* **every configuration's ranking is exact**: rebuilt from the cached scores with the stage's own
+  code (`finish`, `stop_depth`), so it is the ranking the stage would return.
+* **its cost is the measured cost of the blocks it scores**: depth d costs the first d/block
+  blocks; an adaptive run the blocks its rule scored; a cascade's second stage its candidates'
+  share of the measured blocks, in proportion to their token counts. `verify` re-runs chosen
+  configurations as real pipelines (the executor, online) and reports measured against estimated.
+* **backends are chosen on evidence** (`prune`): after the first `calibration_queries` queries,
+  each model keeps torch fp32 (the reference) and the fastest backend whose nDCG@10 on those
+  queries is within `tolerance` of fp32's (the rule of `backend: auto`); the others are reported
+  on those queries and not carried further.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from html import escape
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+from tqdm.auto import tqdm
+
+from stagegraph import atomic
+from stagegraph.corpora.types import Dataset, Queries
+from stagegraph.errors import InputError
+from stagegraph.evaluation.scoring import score_run
+from stagegraph.evaluation.svg import PALETTE, nice_ticks, standalone
+from stagegraph.hashing import stable_hash
+from stagegraph.pipeline import threads as thread_policy
+from stagegraph.pipeline.cache import StageCache
+from stagegraph.pipeline.compose import Pipeline
+from stagegraph.pipeline.graph import Step
+from stagegraph.pipeline.ranking import Ranking
+from stagegraph.pipeline.stage import Environment
+from stagegraph.stages.rerank.calibration import CANDIDATES, TOLERANCE
+from stagegraph.stages.rerank.cpu import backend_support, cpu_features
+from stagegraph.stages.rerank.cross_encoder import CrossEncoderReranker, finish
+from stagegraph.stages.rerank.depth import MARGINS, AdaptiveCalibration, AdaptiveDepth, stop_depth
+from stagegraph.stages.rerank.model import read_stagegraph_metadata
+from stagegraph.stages.rerank.score_cache import ScoreCache
+
+DEPTHS = (10, 20, 30, 50, 100)
+K = 10
+
+
+class TuneError(InputError):
+    """A tuning run that cannot start: no cross-encoder, a depth the pool cannot give, a bad budget."""
+
+
+class TuneSettings(BaseModel):
+    """Everything `tune_rerank` varies, and its limits."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    budget_ms: float = Field(200.0, gt=0, description="P95 rerank time per query the recommendation must fit")
+    depths: tuple[int, ...] = DEPTHS
+    block: int = Field(10, ge=1, description="candidates per timed call; every depth must be a multiple")
+    models: tuple[str, ...] = ()  # besides the config's cross-encoders
+    backends: tuple[str, ...] | None = None  # None: every backend this CPU supports
+    margins: tuple[float, ...] = MARGINS
+    cascade_depths: tuple[int, ...] = (50, 100)
+    cascade_ks: tuple[int, ...] = (20, 30)
+    k: int = K
+    tolerance: float = TOLERANCE
+    calibration_queries: int = Field(20, ge=1)
+    prune: bool = True
+    warmup: int = Field(2, ge=0, description="queries scored once untimed per scorer before the timed pass")
+    max_queries: int | None = Field(None, ge=1)
+    time_limit_s: float | None = Field(None, gt=0)
+
+
+class RerankStep(BaseModel):
+    """One cross-encoder stage of a configuration."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model: str
+    label: str  # the model's short name
+    backend: str
+    depth: int
+    k: int
+    margin: float | None = None  # adaptive_depth's margin; None: fixed depth
+
+
+class TunePoint(BaseModel):
+    """One configuration: its stages, quality and cost on the tuned queries."""
+
+    label: str
+    kind: Literal["pool", "fixed", "adaptive", "cascade"]
+    steps: list[RerankStep] = Field(default_factory=list)
+    ndcg: float
+    mean_ms: float
+    p95_ms: float
+    pairs: float = 0.0  # pairs scored per query, mean
+    calibrated: bool = False  # an adaptive point with the margin train-reranker calibrated
+    pareto: bool = False
+
+
+class BackendRow(BaseModel):
+    """One model x backend, measured on the calibration queries (the evidence for pruning)."""
+
+    model: str
+    backend: str
+    supported: bool
+    reason: str
+    kept: bool = False
+    ndcg: float | None = None  # at the deepest depth, on the calibration queries
+    delta: float | None = None
+    ms_per_query: float | None = None
+
+
+class DepthVerdict(BaseModel):
+    """Per-query depth against fixed depth for one scorer, at the same mean cost."""
+
+    scorer: str
+    margin: float
+    calibrated: bool
+    adaptive_ndcg: float
+    adaptive_mean_ms: float
+    fixed_ndcg_same_cost: float  # fixed depths interpolated to the adaptive point's mean cost
+    best_fixed_label: str  # the best fixed depth that costs no more on average
+    best_fixed_ndcg: float
+    gain: float  # adaptive - interpolated fixed
+
+
+class Verification(BaseModel):
+    """A configuration re-run as a real pipeline: measured against estimated cost."""
+
+    label: str
+    queries: int
+    ndcg_estimated: float
+    ndcg_measured: float
+    mean_ms_estimated: float
+    mean_ms_measured: float
+    p95_ms_estimated: float
+    p95_ms_measured: float
+
+
+class TuneResult(BaseModel):
+    dataset: str
+    split: str
+    queries: int  # tuned queries (complete for every scorer carried to the end)
+    queries_total: int
+    stopped_early: bool = False
+    budget_ms: float
+    k: int
+    cpu: str
+    machine: str = ""
+    settings: TuneSettings
+    pool: str
+    pool_ndcg: float
+    backends: list[BackendRow] = Field(default_factory=list)
+    points: list[TunePoint] = Field(default_factory=list)
+    recommended: str | None = None
+    ninety: str | None = None  # cheapest point reaching 90% of the maximum gain over the pool
+    naive: str | None = None  # the slowest model, torch fp32, the deepest depth
+    auto_picks: dict[str, str] = Field(default_factory=dict)  # model -> what the auto rule chose here
+    depth_verdicts: list[DepthVerdict] = Field(default_factory=list)
+    verifications: list[Verification] = Field(default_factory=list)
+    recommended_yaml: str = ""
+    seconds: float = 0.0
+    lines: list[str] = Field(default_factory=list)
+
+    def point(self, label: str | None) -> TunePoint | None:
+        return next((p for p in self.points if p.label == label), None)
+
+    # -- output -------------------------------------------------------------------------------
+    def to_csv(self) -> str:
+        head = "label,kind,ndcg@10,mean_ms,p95_ms,pairs_per_query,pareto,calibrated,stages"
+        rows = [head]
+        for p in self.points:
+            stages = " >> ".join(_step_text(s) for s in p.steps) or "pool only"
+            rows.append(f"{json.dumps(p.label)},{p.kind},{p.ndcg:.6f},{p.mean_ms:.3f},{p.p95_ms:.3f},{p.pairs:.2f},"
+                        f"{int(p.pareto)},{int(p.calibrated)},{json.dumps(stages)}")
+        return "\n".join(rows) + "\n"
+
+    def frontier_svg(self, width: int = 760, height: int = 440) -> str:
+        return frontier_svg(self, width, height)
+
+    def to_html(self) -> str:
+        css = ("body{font:14px system-ui,sans-serif;margin:24px auto;max-width:980px}table{border-collapse:collapse}"
+               "th,td{padding:3px 9px;border-bottom:1px solid #eee;text-align:right}th{background:#f6f6f6}"
+               "td:first-child,th:first-child{text-align:left}pre{background:#f6f6f6;padding:8px}")
+        rows = "".join(
+            f"<tr><td>{'<b>' if p.pareto else ''}{escape(p.label)}{'</b>' if p.pareto else ''}</td><td>{p.ndcg:.4f}</td>"
+            f"<td>{p.mean_ms:.1f}</td><td>{p.p95_ms:.1f}</td><td>{p.pairs:.1f}</td></tr>"
+            for p in sorted(self.points, key=lambda p: p.p95_ms)
+        )
+        back = "".join(
+            f"<tr><td>{escape(b.model)} {escape(b.backend)}</td><td>{'yes' if b.supported else 'no'}</td>"
+            f"<td>{'' if b.ms_per_query is None else f'{b.ms_per_query:.0f}'}</td>"
+            f"<td>{'' if b.ndcg is None else f'{b.ndcg:.4f}'}</td><td>{'' if b.delta is None else f'{b.delta:+.4f}'}</td>"
+            f"<td>{'kept' if b.kept else ''}</td><td style='text-align:left'>{escape(b.reason)}</td></tr>"
+            for b in self.backends
+        )
+        lines = "".join(f"<li>{escape(line)}</li>" for line in self.lines)
+        return (
+            f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>tune-rerank {escape(self.dataset)}</title>"
+            f"<style>{css}</style></head><body><h1>Reranker configurations under a {self.budget_ms:g} ms P95 budget</h1>"
+            f"<p>{escape(self.dataset)} / {escape(self.split)}, {self.queries} queries, online; CPU: {escape(self.cpu)}</p>"
+            f"<ul>{lines}</ul>{self.frontier_svg()}"
+            "<h2>Backends (calibration queries)</h2><table><thead><tr><th>model, backend</th><th>supported</th><th>ms/query</th>"
+            f"<th>nDCG@10</th><th>vs fp32</th><th></th><th>why</th></tr></thead><tbody>{back}</tbody></table>"
+            "<h2>Every configuration</h2><table><thead><tr><th>configuration (Pareto in bold)</th><th>nDCG@10</th>"
+            f"<th>mean ms</th><th>P95 ms</th><th>pairs/query</th></tr></thead><tbody>{rows}</tbody></table>"
+            f"<h2>Recommended pipeline</h2><pre>{escape(self.recommended_yaml)}</pre></body></html>\n"
+        )
+
+    def save(self, out: str | os.PathLike[str]) -> Path:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(out / "tune.json", self.model_dump_json(indent=2))
+        atomic.write_text(out / "tune.csv", self.to_csv())
+        atomic.write_text(out / "frontier.svg", standalone(self.frontier_svg()))
+        atomic.write_text(out / "tune.html", self.to_html())
+        if self.recommended_yaml:
+            atomic.write_text(out / "recommended.yaml", self.recommended_yaml)
+        return out
+
+
+def _step_text(s: RerankStep) -> str:
+    depth = f"adaptive<= {s.depth} m={s.margin:g}" if s.margin is not None else f"depth {s.depth}"
+    return f"{s.label} {s.backend} {depth} -> {s.k}"
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+class TimingStore:
+    """Per (scorer, query, candidates) the measured time of every block and the token count of every pair."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS timings (scorer TEXT NOT NULL, query TEXT NOT NULL, block_ns TEXT NOT NULL,"
+            " tokens TEXT NOT NULL, PRIMARY KEY (scorer, query)) WITHOUT ROWID"
+        )
+        self._db.commit()
+        self._lock = threading.Lock()
+
+    def get(self, scorer: str, query: str) -> tuple[np.ndarray, np.ndarray] | None:
+        with self._lock:
+            row = self._db.execute("SELECT block_ns, tokens FROM timings WHERE scorer = ? AND query = ?", (scorer, query)).fetchone()
+        if row is None:
+            return None
+        return np.array(json.loads(row[0]), dtype=np.int64), np.array(json.loads(row[1]), dtype=np.int64)
+
+    def put(self, scorer: str, query: str, block_ns: Sequence[int], tokens: Sequence[int]) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO timings VALUES (?, ?, ?, ?)",
+                             (scorer, query, json.dumps([int(x) for x in block_ns]), json.dumps([int(x) for x in tokens])))
+            self._db.commit()
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class Scorer:
+    """One model x backend: its stage (warmed up), its score cache and its key."""
+
+    def __init__(self, label: str, model: str, backend: str, stage: CrossEncoderReranker, cache: ScoreCache):
+        self.label, self.model, self.backend, self.stage, self.cache = label, model, backend, stage, cache
+        self.key = stage.scorer_key()
+        self.blend = stage.blend
+        meta = read_stagegraph_metadata(model).get("adaptive_depth")
+        self.calibration = AdaptiveCalibration.model_validate(meta) if meta else None
+
+    @property
+    def name(self) -> str:
+        return f"{self.label} {self.backend}"
+
+
+def _query_key(text: str, ids: Sequence[str]) -> str:
+    return stable_hash({"query": text, "candidates": list(ids)})
+
+
+def measure_query(scorer: Scorer, text: str, rows: np.ndarray, ids: list[str], block: int) -> tuple[np.ndarray, np.ndarray]:
+    """Score one query's candidates block by block, timing each block; scores go to the score cache."""
+    block_ns, scores = [], []
+    for lo in range(0, len(rows), block):
+        part = rows[lo: lo + block]
+        t0 = time.perf_counter_ns()
+        values = scorer.stage.score_rows(text, part)
+        block_ns.append(time.perf_counter_ns() - t0)
+        scores.append(values)
+    all_scores = np.concatenate(scores) if scores else np.empty(0, np.float32)
+    scorer.cache.store([text] * len(ids), ids, all_scores)
+    return np.array(block_ns, dtype=np.int64), scorer.stage.pair_lengths(text, rows)
+
+
+# --------------------------------------------------------------------------- configurations
+
+
+def _cost_prefix(block_ns: np.ndarray, depth: int, block: int) -> float:
+    """ms to score the first `depth` candidates: the blocks that cover them (depth a block multiple,
+    or the last block counted in proportion)."""
+    full, part = divmod(depth, block)
+    ns = float(block_ns[:full].sum())
+    if part and full < len(block_ns):
+        ns += float(block_ns[full]) * part / block
+    return ns / 1e6
+
+
+def _cost_subset(block_ns: np.ndarray, tokens: np.ndarray, positions: np.ndarray, block: int) -> float:
+    """ms to score the candidates at `positions` (of the pool): each its token share of its block's time."""
+    ns = 0.0
+    for p in positions.tolist():
+        b = p // block
+        lo, hi = b * block, min((b + 1) * block, len(tokens))
+        share = tokens[p] / max(int(tokens[lo:hi].sum()), 1)
+        ns += float(block_ns[b]) * share
+    return ns / 1e6
+
+
+class _Evaluator:
+    """Builds every configuration's rankings from the cached scores and prices them from the timings."""
+
+    def __init__(self, queries: Queries, qrels, corpus, pools: list[Ranking], k: int, block: int):
+        self.queries, self.qrels, self.corpus, self.pools, self.k, self.block = queries, qrels, corpus, pools, k, block
+        self.scores: dict[str, list[np.ndarray]] = {}
+        self.timings: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+        self.scorers: dict[str, Scorer] = {}
+        self.costs: dict[str, np.ndarray] = {}  # point label -> per-query ms
+        self.rankings: dict[str, list[Ranking]] = {}
+
+    def add(self, scorer: Scorer, scores: list[np.ndarray], timings: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        self.scorers[scorer.name], self.scores[scorer.name], self.timings[scorer.name] = scorer, scores, timings
+
+    def ndcg(self, rankings: list[Ranking]) -> float:
+        return self.ndcg_of(rankings, self.queries, self.qrels)
+
+    def ndcg_of(self, rankings: list[Ranking], queries: Queries, qrels) -> float:
+        return float(score_run(rankings, queries, qrels, self.corpus, ["ndcg@10"]).means["ndcg@10"])
+
+    def _point(self, label, kind, steps, rankings, costs, pairs, calibrated=False) -> TunePoint:
+        costs = np.asarray(costs, dtype=np.float64)
+        self.costs[label], self.rankings[label] = costs, rankings
+        return TunePoint(
+            label=label, kind=kind, steps=steps, ndcg=round(self.ndcg(rankings), 4),
+            mean_ms=round(float(costs.mean()), 2) if costs.size else 0.0,
+            p95_ms=round(float(np.percentile(costs, 95)), 2) if costs.size else 0.0,
+            pairs=round(float(np.mean(pairs)), 2) if len(pairs) else 0.0, calibrated=calibrated,
+        )
+
+    def pool_point(self) -> TunePoint:
+        rankings = [p.top(self.k) for p in self.pools]
+        return self._point("no rerank (pool)", "pool", [], rankings, np.zeros(len(self.pools)), [])
+
+    def fixed(self, name: str, depth: int) -> TunePoint:
+        s = self.scorers[name]
+        rankings, costs, pairs = [], [], []
+        for pool, scores, (block_ns, _) in zip(self.pools, self.scores[name], self.timings[name]):
+            n = min(depth, len(pool))
+            rankings.append(finish(pool.top(n), scores[:n], s.blend, self.k, "rerank"))
+            costs.append(_cost_prefix(block_ns, n, self.block))
+            pairs.append(n)
+        step = RerankStep(model=s.model, label=s.label, backend=s.backend, depth=depth, k=self.k)
+        return self._point(f"{name} depth {depth}", "fixed", [step], rankings, costs, pairs)
+
+    def adaptive(self, name: str, depth: int, margin: float, calibrated: bool = False) -> TunePoint:
+        s = self.scorers[name]
+        policy = AdaptiveDepth(block=self.block, min_depth=self.block, margin=margin)
+        rankings, costs, pairs = [], [], []
+        for pool, scores, (block_ns, _) in zip(self.pools, self.scores[name], self.timings[name]):
+            n = stop_depth(scores[:depth], min(depth, len(pool)), self.k, policy, margin)
+            rankings.append(finish(pool.top(n), scores[:n], s.blend, self.k, "rerank"))
+            costs.append(_cost_prefix(block_ns, n, self.block))
+            pairs.append(n)
+        step = RerankStep(model=s.model, label=s.label, backend=s.backend, depth=depth, k=self.k, margin=margin)
+        tag = " (calibrated)" if calibrated else ""
+        return self._point(f"{name} adaptive <= {depth} margin {margin:g}{tag}", "adaptive", [step], rankings, costs,
+                           pairs, calibrated=calibrated)
+
+    def cascade(self, small: str, large: str, depth: int, k1: int) -> TunePoint:
+        a, b = self.scorers[small], self.scorers[large]
+        rankings, costs, pairs = [], [], []
+        for i, pool in enumerate(self.pools):
+            n = min(depth, len(pool))
+            first = finish(pool.top(n), self.scores[small][i][:n], a.blend, k1, "small")
+            positions = pool.positions_of(first.doc_rows)
+            large_scores = self.scores[large][i][positions]
+            rankings.append(finish(first, large_scores, b.blend, self.k, "large"))
+            block_ns, tokens = self.timings[large][i]
+            costs.append(_cost_prefix(self.timings[small][i][0], n, self.block)
+                         + _cost_subset(block_ns, tokens, positions, self.block))
+            pairs.append(n + len(first))
+        steps = [RerankStep(model=a.model, label=a.label, backend=a.backend, depth=depth, k=k1),
+                 RerankStep(model=b.model, label=b.label, backend=b.backend, depth=k1, k=self.k)]
+        return self._point(f"{small} depth {depth} -> {k1} >> {large} -> {self.k}", "cascade", steps, rankings, costs, pairs)
+
+
+def pareto(points: Sequence[TunePoint]) -> list[TunePoint]:
+    """The points no other point beats on both P95 (lower) and nDCG@10 (higher)."""
+    ordered = sorted(points, key=lambda p: (p.p95_ms, -p.ndcg))
+    front, best = [], -math.inf
+    for p in ordered:
+        if p.ndcg > best + 1e-12:
+            front.append(p)
+            best = p.ndcg
+    return front
+
+
+def ninety_point(points: Sequence[TunePoint], base: float, share: float = 0.9) -> TunePoint | None:
+    """The cheapest (P95) point whose gain over `base` reaches `share` of the largest gain."""
+    gains = [p.ndcg - base for p in points]
+    top = max(gains, default=0.0)
+    if top <= 0:
+        return None
+    fit = [p for p, g in zip(points, gains) if g >= share * top - 1e-12]
+    return min(fit, key=lambda p: (p.p95_ms, -p.ndcg))
+
+
+def recommend(points: Sequence[TunePoint], budget_ms: float) -> TunePoint | None:
+    """The best nDCG@10 whose P95 fits the budget (ties: the lower mean time)."""
+    fit = [p for p in points if p.p95_ms <= budget_ms]
+    return max(fit, key=lambda p: (p.ndcg, -p.mean_ms)) if fit else None
+
+
+def depth_verdicts(points: Sequence[TunePoint]) -> list[DepthVerdict]:
+    """Each adaptive point against the same scorer's fixed depths at its mean cost."""
+    out = []
+    for a in (p for p in points if p.kind == "adaptive"):
+        scorer = a.label.split(" adaptive")[0]
+        fixed = sorted((p for p in points if p.kind == "fixed" and p.label.startswith(scorer + " depth")), key=lambda p: p.mean_ms)
+        if len(fixed) < 2:
+            continue
+        xs, ys = [p.mean_ms for p in fixed], [p.ndcg for p in fixed]
+        same = float(np.interp(a.mean_ms, xs, ys))
+        cheaper = [p for p in fixed if p.mean_ms <= a.mean_ms + 1e-9]
+        best = max(cheaper, key=lambda p: p.ndcg) if cheaper else fixed[0]
+        out.append(DepthVerdict(
+            scorer=scorer, margin=a.steps[0].margin or 0.0, calibrated=a.calibrated, adaptive_ndcg=a.ndcg,
+            adaptive_mean_ms=a.mean_ms, fixed_ndcg_same_cost=round(same, 4), best_fixed_label=best.label,
+            best_fixed_ndcg=best.ndcg, gain=round(a.ndcg - same, 4),
+        ))
+    return out
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def reranker_steps(graph: Pipeline) -> list[Step]:
+    return [s for s in graph.steps if s.stage.type_name == "cross_encoder"]
+
+
+def first_stage(graph: Pipeline) -> Pipeline:
+    """The part of `graph` that feeds its first cross-encoder: the candidate pool."""
+    rerankers = reranker_steps(graph)
+    if not rerankers:
+        raise TuneError(f"the pipeline {graph.name!r} has no cross_encoder stage to tune; add one after the pool")
+    by_name = {s.name: s for s in graph.steps}
+    keep: set[str] = set()
+    todo = list(rerankers[0].inputs)
+    while todo:
+        name = todo.pop()
+        if name not in keep:
+            keep.add(name)
+            todo.extend(by_name[name].inputs)
+    return Pipeline([s for s in graph.steps if s.name in keep])
+
+
+def model_label(model: str, taken: Iterable[str] = ()) -> str:
+    """A short name for a model: its directory's name (or the last part of a hub id), made unique."""
+    base = Path(model.rstrip("/")).name or model
+    label, n = base, 2
+    while label in set(taken):
+        label, n = f"{base}-{n}", n + 1
+    return label
+
+
+def build_pipeline(graph: Pipeline, point: TunePoint, template: CrossEncoderReranker) -> Pipeline:
+    """`graph`'s candidate pool followed by `point`'s reranker stage(s), as a pipeline (for YAML)."""
+    pool = first_stage(graph)
+    c = template.config
+    stages = []
+    names = ["rerank"] if len(point.steps) == 1 else ["small", "large"]
+    for name, step in zip(names, point.steps):
+        adaptive = None if step.margin is None else AdaptiveDepth(block=c.adaptive_depth.block if c.adaptive_depth else 10,
+                                                                   min_depth=10, margin=step.margin)
+        stages.append(CrossEncoderReranker(
+            step.model, max_length=c.max_length, depth=step.depth, k=step.k, batch_size=c.batch_size,
+            backend=step.backend, device=c.device, blend=c.blend, blend_upstream=c.blend_upstream,
+            adaptive_depth=adaptive, name=name,
+        ))
+    if not stages:
+        return pool
+    try:
+        node = pool.node
+    except InputError:
+        steps = list(pool.steps)
+        upstream = pool.output
+        for stage in stages:
+            steps.append(Step(stage.name, stage, (upstream,)))
+            upstream = stage.name
+        return Pipeline(steps)
+    pipe = Pipeline(node)
+    for stage in stages:
+        pipe = pipe >> stage
+    return pipe
+
+
+def tune_rerank(
+    graph: Pipeline,
+    dataset: Dataset,
+    *,
+    split: str = "train",
+    settings: TuneSettings = TuneSettings(),
+    env: Environment | None = None,
+    query_ids: Sequence[str] | None = None,
+    out: str | os.PathLike[str] | None = None,
+    verify: int = 0,
+    progress: bool = True,
+    say: Callable[[str], None] = print,
+) -> TuneResult:
+    """Measure every configuration on `split` (see the module docstring) and recommend one under the budget."""
+    started = time.perf_counter()
+    s = settings
+    if any(d % s.block for d in s.depths) or any(d % s.block for d in s.cascade_depths):
+        raise TuneError(f"depths {list(s.depths)} and cascade depths {list(s.cascade_depths)} must be multiples of the block ({s.block})")
+    rerankers = reranker_steps(graph)
+    pool_graph = first_stage(graph)
+    template: CrossEncoderReranker = rerankers[0].stage
+    env = env or Environment(dataset.corpus, progress=progress)
+    corpus = dataset.corpus
+    queries, qrels = dataset.split(split)
+    if query_ids is not None:
+        wanted = [q for q in query_ids if q in set(queries.ids)]
+        if not wanted:
+            raise TuneError(f"none of the {len(query_ids)} given query ids is a judged {split} query of {dataset.name!r}")
+        queries = queries.restrict_to(wanted)
+    judged = [i for i, q in enumerate(queries.ids) if q in qrels]
+    queries = queries.select(judged)
+    if s.max_queries is not None and len(queries) > s.max_queries:
+        queries = queries.select(range(s.max_queries))
+    if not len(queries):
+        raise TuneError(f"the {split} split of {dataset.name!r} has no judged queries to tune on")
+    max_depth = max(s.depths)
+
+    # the candidate pool, once (batch mode, from the stage cache when it has it)
+    pools_all = pool_graph.execute(queries, env=env, mode="batch", cache=StageCache(Path(env.work_dir) / "cache"),
+                                   progress=progress).final
+    pools = [p.top(max_depth) for p in pools_all]
+    if max(len(p) for p in pools) < max_depth:
+        say(f"note: the pool returns at most {max(len(p) for p in pools)} candidates; deeper settings score what there is")
+    ids = [[corpus.ids[int(r)] for r in p.doc_rows] for p in pools]
+
+    # the scorers: every model x supported backend
+    features = cpu_features()
+    models: list[str] = []
+    for m in [st.stage.config.model for st in rerankers] + list(s.models):
+        if m not in models:
+            models.append(m)
+    labels: dict[str, str] = {}
+    for m in models:
+        labels[m] = model_label(m, labels.values())
+    wanted_backends = list(s.backends) if s.backends else list(CANDIDATES)
+    unknown = [b for b in wanted_backends if b not in CANDIDATES]
+    if unknown:
+        raise TuneError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(CANDIDATES)}")
+    if "torch" not in wanted_backends:
+        wanted_backends.insert(0, "torch")  # the reference every other backend is judged against
+    import importlib.util
+
+    has_onnx = importlib.util.find_spec("onnxruntime") is not None
+    rows: list[BackendRow] = []
+    scorers: list[Scorer] = []
+    base_dir = Path(env.work_dir) / "tune_rerank"
+    c = template.config
+    for m in models:
+        for b in wanted_backends:
+            ok, why = backend_support(b, features)
+            if b.startswith("onnx") and not has_onnx:
+                ok, why = False, "ONNX Runtime is not installed (pip install onnxruntime onnx)"
+            row = BackendRow(model=labels[m], backend=b, supported=ok, reason=why)
+            rows.append(row)
+            if not ok:
+                continue
+            stage = CrossEncoderReranker(m, max_length=c.max_length, depth=max_depth, k=s.k, batch_size=max(c.batch_size, s.block),
+                                         backend=b, device="cpu", blend=c.blend, blend_upstream=c.blend_upstream,
+                                         name=f"{labels[m]}-{b}")
+            try:
+                stage.warm_up(env)
+            except Exception as exc:  # noqa: BLE001 - a backend that cannot load is reported, not fatal
+                row.supported, row.reason = False, f"could not load: {' '.join(str(exc).split())[:160]}"
+                continue
+            key = stage.scorer_key()
+            cache = ScoreCache(base_dir / "scores" / f"{key[:16]}-{corpus.fingerprint[:12]}.sqlite")
+            scorers.append(Scorer(labels[m], m, b, stage, cache))
+    if not scorers:
+        raise TuneError("no reranker could be loaded; check the models (--models) and backends (--backends)")
+    store = TimingStore(base_dir / "timings.sqlite")
+    say(f"tune-rerank: {len(queries)} {split} queries of {dataset.name}, pool {pool_graph.output!r} top {max_depth}, "
+        f"{len(scorers)} scorers ({', '.join(x.name for x in scorers)}), blocks of {s.block}; CPU: {features.summary()}")
+
+    # the measuring loop: query by query, scorers in turn, resumable
+    qkeys = [_query_key(t, d) for t, d in zip(queries.texts, ids)]
+    records: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = {x.name: {} for x in scorers}
+    for x in scorers:
+        for i, qk in enumerate(qkeys):
+            got = store.get(x.key, qk)
+            if got is not None and len(got[1]) == len(pools[i]):
+                known = x.cache.lookup(queries.texts[i], ids[i])
+                if not np.isnan(known).any():
+                    records[x.name][i] = got
+    active = list(scorers)
+    pruned = False
+    stopped = False
+    with thread_policy.run_in_flight():
+        thread_policy.apply(thread_policy.threads_for(1))
+        for x in active:  # warm-up: first queries once, untimed (their scores are kept)
+            for i in range(min(s.warmup, len(queries))):
+                if i not in records[x.name]:
+                    x.stage.score_rows(queries.texts[i], pools[i].doc_rows)
+        bar = tqdm(total=len(queries), desc="tune-rerank (online)", unit="q", disable=not progress)
+        for i in range(len(queries)):
+            if i and s.time_limit_s is not None and time.perf_counter() - started > s.time_limit_s:
+                stopped = True  # checked between queries: the query under way when it passed completes
+                break
+            turn = active[i % len(active):] + active[: i % len(active)]
+            for x in turn:
+                if i in records[x.name]:
+                    continue
+                thread_policy.apply(thread_policy.threads_for(1))
+                block_ns, tokens = measure_query(x, queries.texts[i], pools[i].doc_rows, ids[i], s.block)
+                store.put(x.key, qkeys[i], block_ns, tokens)
+                records[x.name][i] = (block_ns, tokens)
+            bar.update(1)
+            if s.prune and not pruned and i + 1 >= min(s.calibration_queries, len(queries)):
+                active = _prune(active, rows, records, queries, qrels, corpus, pools, ids, s, list(range(i + 1)))
+                pruned = True
+        bar.close()
+    store.close()
+    done = [i for i in range(len(queries)) if all(i in records[x.name] for x in active)]
+    if not pruned and done:  # too few queries to prune on: every backend is reported on what there is
+        _prune(active, rows, records, queries, qrels, corpus, pools, ids, s, done[: s.calibration_queries], drop=False)
+    sub = queries.select(done)
+    ev = _Evaluator(sub, qrels, corpus, [pools[i] for i in done], s.k, s.block)
+    for x in active:
+        scores = [x.cache.lookup(queries.texts[i], ids[i]) for i in done]
+        ev.add(x, scores, [records[x.name][i] for i in done])
+
+    points = [ev.pool_point()]
+    for x in active:
+        for d in s.depths:
+            points.append(ev.fixed(x.name, d))
+        for margin in s.margins:
+            points.append(ev.adaptive(x.name, max_depth, margin))
+        if x.calibration is not None and x.calibration.margin not in s.margins:
+            points.append(ev.adaptive(x.name, max_depth, x.calibration.margin, calibrated=True))
+        elif x.calibration is not None:
+            for p in points:
+                if p.kind == "adaptive" and p.label == f"{x.name} adaptive <= {max_depth} margin {x.calibration.margin:g}":
+                    p.calibrated = True
+                    p.label += " (calibrated)"
+    # cascades: a faster model first, a slower one second
+    speed = {x.name: float(np.mean([t[0].sum() for t in ev.timings[x.name]])) for x in active}
+    for a, b in itertools.permutations(active, 2):
+        if a.model == b.model or _model_speed(active, speed, a.model) >= _model_speed(active, speed, b.model):
+            continue
+        for d, k1 in itertools.product(s.cascade_depths, s.cascade_ks):
+            if d <= max_depth and k1 < d and k1 >= s.k:
+                points.append(ev.cascade(a.name, b.name, d, k1))
+    for p in pareto(points):
+        p.pareto = True
+    pool_ndcg = points[0].ndcg
+    best = recommend(points, s.budget_ms)
+    ninety = ninety_point(points, pool_ndcg)
+    slowest = max(active, key=lambda x: _model_speed(active, speed, x.model))
+    naive = next((p for p in points if p.kind == "fixed" and p.label == f"{slowest.label} torch depth {max_depth}"), None)
+    result = TuneResult(
+        dataset=dataset.name, split=split, queries=len(done), queries_total=len(queries), stopped_early=stopped,
+        budget_ms=s.budget_ms, k=s.k, cpu=features.summary(), machine=_machine(), settings=s, pool=pool_graph.output,
+        pool_ndcg=pool_ndcg, backends=rows, points=points, recommended=best.label if best else None,
+        ninety=ninety.label if ninety else None, naive=naive.label if naive else None,
+        auto_picks=_auto_picks(rows), depth_verdicts=depth_verdicts(points),
+    )
+    if best is not None:
+        result.recommended_yaml = _yaml(graph, best, template, result)
+    if verify:
+        targets = {p.label: p for p in (best, naive) if p is not None and p.kind != "pool"}
+        for p in targets.values():
+            result.verifications.append(_verify(graph, p, template, dataset, split, ev, verify, env, progress))
+    result.lines = _lines(result)
+    result.seconds = round(time.perf_counter() - started, 1)
+    for line in result.lines:
+        say(line)
+    if out is not None:
+        result.save(out)
+    for x in scorers:
+        x.cache.close()
+    return result
+
+
+def _model_speed(active: Sequence[Scorer], speed: dict[str, float], model: str) -> float:
+    """A model's time on the reference backend (torch fp32), else its fastest measured."""
+    own = [speed[x.name] for x in active if x.model == model]
+    ref = [speed[x.name] for x in active if x.model == model and x.backend == "torch"]
+    return ref[0] if ref else min(own)
+
+
+def _prune(active, rows, records, queries, qrels, corpus, pools, ids, s: TuneSettings, on: list[int], drop: bool = True):
+    """Measure each model x backend on the calibration queries; keep fp32 and the fastest within tolerance."""
+    sub = queries.select(on)
+    ev = _Evaluator(sub, qrels, corpus, [pools[i] for i in on], s.k, s.block)
+    stats: dict[str, tuple[float, float]] = {}
+    for x in active:
+        scores = [x.cache.lookup(queries.texts[i], ids[i]) for i in on]
+        ev.add(x, scores, [records[x.name][i] for i in on])
+        p = ev.fixed(x.name, max(s.depths))
+        stats[x.name] = (p.ndcg, p.mean_ms)
+    keep: list[Scorer] = []
+    for model in dict.fromkeys(x.model for x in active):
+        mine = [x for x in active if x.model == model]
+        ref = next((x for x in mine if x.backend == "torch"), mine[0])
+        base = stats[ref.name][0]
+        good = [x for x in mine if stats[x.name][0] >= base - s.tolerance - 1e-12]
+        fastest = min(good, key=lambda x: stats[x.name][1])
+        for x in mine:
+            row = next(r for r in rows if r.model == x.label and r.backend == x.backend)
+            row.ndcg, row.ms_per_query = stats[x.name]
+            row.delta = round(stats[x.name][0] - base, 4)
+            row.kept = (x is ref or x is fastest) or not drop
+            if x is fastest and x is not ref:
+                row.reason += f"; auto's pick: the fastest within {s.tolerance} of fp32"
+            elif x is fastest:
+                row.reason += "; auto's pick: fp32 was the fastest within tolerance"
+            elif row.ndcg < base - s.tolerance:
+                row.reason += f"; rejected: nDCG@10 {row.delta:+.4f} vs fp32"
+            elif drop and x is not ref:
+                row.reason += "; within tolerance but slower than the pick"
+            if row.kept:
+                keep.append(x)
+    return keep if drop else list(active)
+
+
+def _auto_picks(rows: Sequence[BackendRow]) -> dict[str, str]:
+    out = {}
+    for r in rows:
+        if "auto's pick" in r.reason:
+            out[r.model] = r.backend
+    return out
+
+
+def _machine() -> str:
+    cores = thread_policy.usable_cores()
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.lower().startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {cores} usable cores"
+
+
+def _yaml(graph: Pipeline, point: TunePoint, template: CrossEncoderReranker, result: TuneResult) -> str:
+    pipe = build_pipeline(graph, point, template)
+    header = (f"# recommended by stagegraph tune-rerank for a {result.budget_ms:g} ms P95 rerank budget on "
+              f"{result.dataset} {result.split} ({result.queries} queries, {result.machine}):\n"
+              f"# {point.label}: nDCG@10 {point.ndcg:.4f}, rerank mean {point.mean_ms:.1f} ms, P95 {point.p95_ms:.1f} ms\n")
+    return header + pipe.to_yaml()
+
+
+def _verify(graph: Pipeline, point: TunePoint, template: CrossEncoderReranker, dataset: Dataset, split: str,
+            ev: _Evaluator, n: int, env: Environment, progress: bool) -> Verification:
+    """Run `point` as a real pipeline (the executor, online, no score cache) on the first `n` tuned
+    queries: its measured nDCG@10 and rerank time against the estimate for the same queries."""
+    from stagegraph.corpora.types import Qrels
+    from stagegraph.evaluation.evaluate import evaluate
+    from stagegraph.evaluation.sweep import UpstreamOnlyCache
+
+    pipe = build_pipeline(graph, point, template)
+    qids = ev.queries.ids[: max(1, n)]
+    _, qrels = dataset.split(split)
+    sub = Dataset(dataset.name, dataset.corpus, ev.queries.restrict_to(qids), {split: Qrels({q: qrels.for_query(q) for q in qids})})
+    first_rerank = reranker_steps(pipe)[0].name
+    cache = UpstreamOnlyCache.for_graph(StageCache(Path(env.work_dir) / "cache"), pipe, first_rerank, sub.split(split)[0], env)
+    report = evaluate(pipe, sub, split=split, metrics=["ndcg@10"], mode="online", env=env, cache=cache, warmup=2,
+                      progress=progress)
+    names = [st.name for st in reranker_steps(pipe)]
+    measured = np.sum([np.asarray(report.per_query.latency_ms[nm], dtype=np.float64) for nm in names], axis=0)
+    costs = ev.costs[point.label][: len(qids)]
+    estimated_ndcg = ev.ndcg_of(ev.rankings[point.label][: len(qids)], sub.split(split)[0], sub.split(split)[1])
+    return Verification(
+        label=point.label, queries=len(qids), ndcg_estimated=round(estimated_ndcg, 4),
+        ndcg_measured=round(report.stages[pipe.output].metrics["ndcg@10"], 4),
+        mean_ms_estimated=round(float(np.mean(costs)), 2), mean_ms_measured=round(float(measured.mean()), 2),
+        p95_ms_estimated=round(float(np.percentile(costs, 95)), 2), p95_ms_measured=round(float(np.percentile(measured, 95)), 2),
+    )
+
+
+def _lines(r: TuneResult) -> list[str]:
+    """The run's findings in plain words."""
+    lines = [f"{r.dataset} {r.split}: {r.queries} queries measured online on {r.machine}"
+             + (f" (stopped at the time limit: {r.queries} of {r.queries_total}; rerun to continue from the cache)" if r.stopped_early else "")]
+    lines.append(f"pool ({r.pool}) alone: nDCG@10 {r.pool_ndcg:.4f}")
+    for model, backend in r.auto_picks.items():
+        row = next(b for b in r.backends if b.model == model and b.backend == backend)
+        lines.append(f"backend for {model}: the auto rule picks {backend} on this CPU "
+                     f"({row.ms_per_query:.0f} ms/query at depth {max(r.settings.depths)}, nDCG@10 {row.delta:+.4f} vs fp32 "
+                     f"on {min(r.settings.calibration_queries, r.queries)} calibration queries)")
+    naive = r.point(r.naive)
+    if naive is not None:
+        lines.append(f"naive: {naive.label}: nDCG@10 {naive.ndcg:.4f}, mean {naive.mean_ms:.0f} ms, P95 {naive.p95_ms:.0f} ms")
+        cheap = [p for p in r.points if p.ndcg >= naive.ndcg - 0.005 and p.mean_ms <= 0.25 * naive.mean_ms]
+        if cheap:
+            c = min(cheap, key=lambda p: p.mean_ms)
+            lines.append(f"within 0.005 nDCG@10 of naive at <= 25% of its mean time: {c.label}: nDCG@10 {c.ndcg:.4f}, "
+                         f"mean {c.mean_ms:.0f} ms ({c.mean_ms / max(naive.mean_ms, 1e-9):.0%} of naive), P95 {c.p95_ms:.0f} ms")
+        else:
+            lines.append("no configuration is within 0.005 nDCG@10 of naive at <= 25% of its mean time")
+    ninety = r.point(r.ninety)
+    if ninety is not None:
+        lines.append(f"90% of the maximum gain over the pool: {ninety.label}: nDCG@10 {ninety.ndcg:.4f}, P95 {ninety.p95_ms:.0f} ms")
+    best = r.point(r.recommended)
+    if best is None:
+        lines.append(f"no configuration fits a P95 of {r.budget_ms:g} ms, not even the pool alone")
+    else:
+        lines.append(f"recommended for a {r.budget_ms:g} ms P95 budget: {best.label}: nDCG@10 {best.ndcg:.4f}, "
+                     f"mean {best.mean_ms:.0f} ms, P95 {best.p95_ms:.0f} ms")
+    verdicts = r.depth_verdicts
+    if verdicts:
+        top = max(verdicts, key=lambda v: v.gain)
+        wins = [v for v in verdicts if v.gain > 0.005]
+        cal = [v for v in verdicts if v.calibrated]
+        text = (f"per-query depth vs fixed depth at the same mean cost: best gain {top.gain:+.4f} ({top.scorer}, margin {top.margin:g}); "
+                f"{len(wins)} of {len(verdicts)} adaptive points beat fixed depth by more than 0.005")
+        if cal:
+            text += "; calibrated margins: " + ", ".join(f"{v.scorer} {v.gain:+.4f}" for v in cal)
+        lines.append(text + (" (adaptive_depth stays off by default)" if not wins else ""))
+    for v in r.verifications:
+        lines.append(f"verified as a pipeline on {v.queries} queries: {v.label}: nDCG@10 {v.ndcg_measured:.4f} "
+                     f"(estimated {v.ndcg_estimated:.4f}), mean {v.mean_ms_measured:.0f} ms (estimated {v.mean_ms_estimated:.0f}), "
+                     f"P95 {v.p95_ms_measured:.0f} ms (estimated {v.p95_ms_estimated:.0f})")
+    return lines
+
+
+# --------------------------------------------------------------------------- the picture
+
+
+def _log_ticks(lo: float, hi: float) -> list[float]:
+    ticks = []
+    for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1):
+        for m in (1, 2, 5):
+            t = m * 10.0**e
+            if lo <= t <= hi:
+                ticks.append(t)
+    return ticks
+
+
+def _tick_ms(v: float) -> str:
+    return f"{v / 1000:g} s" if v >= 1000 else f"{v:g} ms"
+
+
+def frontier_svg(r: TuneResult, width: int = 760, height: int = 440) -> str:
+    """nDCG@10 against P95 rerank time (log scale): every configuration, the Pareto front joined,
+    the 90%-of-maximum-gain point, the recommendation and the budget marked."""
+    left, right, top, bottom = 64, 190, 44, 48
+    pw, ph = width - left - right, height - top - bottom
+    pts = [p for p in r.points if p.kind != "pool"]
+    xs = [max(p.p95_ms, 1e-3) for p in pts] + [r.budget_ms]
+    lo = 10 ** math.floor(math.log10(min(xs)))
+    hi = 10 ** math.ceil(math.log10(max(xs) * 1.05))
+    ys = [p.ndcg for p in r.points]
+    ypad = (max(ys) - min(ys)) * 0.08 or 0.01
+    yt = nice_ticks(min(ys) - ypad, max(ys) + ypad)
+    y0, y1 = min(yt[0], min(ys) - ypad), max(yt[-1], max(ys) + ypad)
+
+    def px(x: float) -> float:
+        return left + pw * (math.log10(max(x, lo)) - math.log10(lo)) / (math.log10(hi) - math.log10(lo))
+
+    def py(y: float) -> float:
+        return top + ph * (1 - (y - y0) / (y1 - y0))
+
+    def text(x: float, y: float, s: str, anchor: str = "start", extra: str = "") -> str:
+        return f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}" {extra}>{escape(s)}</text>'
+
+    title = f"nDCG@10 vs P95 rerank time: {r.dataset} {r.split}, {r.queries} queries, online"
+    body = [text(8, 18, title, extra='font-weight="600" font-size="14"'),
+            text(8, 34, r.machine, extra='font-size="11" fill="#555"')]
+    for t in yt:
+        body.append(f'<line x1="{left}" y1="{py(t):.1f}" x2="{left + pw}" y2="{py(t):.1f}" stroke="#eee"/>')
+        body.append(text(left - 6, py(t) + 4, f"{t:g}", "end", 'font-size="10"'))
+    for t in _log_ticks(lo, hi):
+        body.append(f'<line x1="{px(t):.1f}" y1="{top}" x2="{px(t):.1f}" y2="{top + ph}" stroke="#f3f3f3"/>')
+        body.append(text(px(t), top + ph + 14, _tick_ms(t), "middle", 'font-size="10"'))
+    body.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>')
+    body.append(text(left + pw / 2, height - 10, "P95 rerank time per query (log scale)", "middle"))
+    body.append(text(14, top + ph / 2, "nDCG@10", "middle", f'transform="rotate(-90 14 {top + ph / 2:.1f})"'))
+    bx = px(r.budget_ms)
+    body.append(f'<line x1="{bx:.1f}" y1="{top}" x2="{bx:.1f}" y2="{top + ph}" stroke="#C44E52" stroke-dasharray="5,4"/>')
+    body.append(text(bx + 4, top + 12, f"budget {r.budget_ms:g} ms", extra='font-size="11" fill="#C44E52"'))
+    body.append(f'<line x1="{left}" y1="{py(r.pool_ndcg):.1f}" x2="{left + pw}" y2="{py(r.pool_ndcg):.1f}" stroke="#888" stroke-dasharray="2,3"/>')
+    body.append(text(left + 4, py(r.pool_ndcg) - 4, f"pool alone {r.pool_ndcg:.3f}", extra='font-size="10" fill="#666"'))
+    kinds = {"fixed": PALETTE[0], "adaptive": PALETTE[2], "cascade": PALETTE[4]}
+    for p in pts:
+        color = kinds[p.kind]
+        body.append(f'<circle cx="{px(p.p95_ms):.1f}" cy="{py(p.ndcg):.1f}" r="{4 if p.pareto else 2.6}" fill="{color}" '
+                    f'fill-opacity="{0.95 if p.pareto else 0.35}"><title>{escape(p.label)}: nDCG@10 {p.ndcg:.4f}, '
+                    f'P95 {p.p95_ms:.1f} ms, mean {p.mean_ms:.1f} ms</title></circle>')
+    front = sorted((p for p in pts if p.pareto), key=lambda p: p.p95_ms)
+    if front:
+        path = []
+        for a, b in zip(front, front[1:]):
+            path += [f"{px(a.p95_ms):.1f},{py(a.ndcg):.1f}", f"{px(b.p95_ms):.1f},{py(a.ndcg):.1f}"]
+        path.append(f"{px(front[-1].p95_ms):.1f},{py(front[-1].ndcg):.1f}")
+        body.append(f'<polyline points="{" ".join(path)}" fill="none" stroke="#222" stroke-width="1.2"/>')
+    marks = [(r.point(r.ninety), "90% of max gain", "#DD8452"), (r.point(r.recommended), "recommended", "#C44E52"),
+             (r.point(r.naive), "naive", "#222")]
+    for i, (p, name, color) in enumerate(marks):
+        if p is None or p.kind == "pool":
+            continue
+        x, y = px(p.p95_ms), py(p.ndcg)
+        body.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="8" fill="none" stroke="{color}" stroke-width="2"/>')
+        lx, ly = left + pw + 12, top + 20 + 46 * i
+        body.append(f'<line x1="{x:.1f}" y1="{y:.1f}" x2="{lx - 4:.1f}" y2="{ly - 4:.1f}" stroke="{color}" stroke-width="0.8"/>')
+        body.append(text(lx, ly, name, extra=f'font-size="11" font-weight="600" fill="{color}"'))
+        for j, part in enumerate(_wrap(p.label, 30)[:2]):
+            body.append(text(lx, ly + 13 + 12 * j, part, extra='font-size="10"'))
+    ly = top + 20 + 46 * 3 + 10
+    for j, (kind, color) in enumerate(kinds.items()):
+        body.append(f'<circle cx="{left + pw + 16}" cy="{ly + 16 * j - 4}" r="4" fill="{color}"/>')
+        body.append(text(left + pw + 26, ly + 16 * j, {"fixed": "fixed depth", "adaptive": "per-query depth",
+                                                        "cascade": "cascade"}[kind], extra='font-size="11"'))
+    body.append(text(left + pw + 12, ly + 16 * 3 + 4, "large dots: Pareto front", extra='font-size="10" fill="#555"'))
+    return (f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}" '
+            'font-family="system-ui, -apple-system, Segoe UI, sans-serif" font-size="12">' + "".join(body) + "</svg>")
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    lines, line = [], ""
+    for word in text.split():
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return lines + ([line] if line else [])
