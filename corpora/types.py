@@ -7,6 +7,7 @@ fingerprint that indexes and caches record, and nothing else.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +32,7 @@ class Corpus:
     neither (each row is its own document, with no metadata).
     """
 
-    __slots__ = ("ids", "titles", "texts", "doc_ids", "metadata", "_row_of", "_fingerprint")
+    __slots__ = ("ids", "titles", "texts", "doc_ids", "metadata", "_row_of", "_fingerprint", "_metadata_index")
 
     def __init__(
         self,
@@ -61,6 +62,7 @@ class Corpus:
         self.metadata = list(metadata) if metadata is not None else None
         self._row_of = row_of
         self._fingerprint: str | None = None
+        self._metadata_index = None  # stagegraph.corpora.filters.MetadataIndex, built on first use
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -109,13 +111,16 @@ class Corpus:
 
 
 class Queries:
-    """An ordered batch of queries: parallel lists of ids and texts."""
+    """An ordered batch of queries: parallel lists of ids and texts, and optionally a metadata
+    filter per query (`stagegraph.corpora.filters`; None: no filter), which every retriever applies."""
 
-    __slots__ = ("ids", "texts")
+    __slots__ = ("ids", "texts", "filters")
 
-    def __init__(self, ids: list[str], texts: list[str]):
+    def __init__(self, ids: list[str], texts: list[str], filters: list[dict[str, Any] | None] | None = None):
         if len(ids) != len(texts):
             raise DataError(f"Queries need one text per id ({len(ids)} ids, {len(texts)} texts).")
+        if filters is not None and len(filters) != len(ids):
+            raise DataError(f"Queries need one filter (or None) per id ({len(ids)} ids, {len(filters)} filters).")
         seen: set[str] = set()
         for qid in ids:
             if qid in seen:
@@ -123,10 +128,18 @@ class Queries:
             seen.add(qid)
         self.ids = list(ids)
         self.texts = list(texts)
+        self.filters = list(filters) if filters is not None and any(filters) else None
 
     @classmethod
-    def single(cls, text: str, qid: str = "q") -> Queries:
-        return cls([qid], [text])
+    def single(cls, text: str, qid: str = "q", filter: dict[str, Any] | None = None) -> Queries:
+        return cls([qid], [text], [filter] if filter else None)
+
+    def filter_of(self, position: int) -> dict[str, Any] | None:
+        return self.filters[position] if self.filters is not None else None
+
+    def with_filter(self, filter: dict[str, Any] | None) -> Queries:
+        """These queries, each with `filter` (None: without filters)."""
+        return Queries(self.ids, self.texts, [filter] * len(self) if filter else None)
 
     @classmethod
     def from_mapping(cls, queries: Mapping[str, str]) -> Queries:
@@ -143,7 +156,8 @@ class Queries:
 
     def select(self, positions: Iterable[int]) -> Queries:
         positions = list(positions)
-        return Queries([self.ids[i] for i in positions], [self.texts[i] for i in positions])
+        filters = [self.filters[i] for i in positions] if self.filters is not None else None
+        return Queries([self.ids[i] for i in positions], [self.texts[i] for i in positions], filters)
 
     def restrict_to(self, qids: Iterable[str]) -> Queries:
         """The queries whose id is in `qids`, in this batch's order."""
@@ -151,7 +165,10 @@ class Queries:
         return self.select(i for i, qid in enumerate(self.ids) if qid in wanted)
 
     def fingerprint(self) -> str:
-        return _hash_strings(s for pair in zip(self.ids, self.texts) for s in pair)
+        parts = [s for pair in zip(self.ids, self.texts) for s in pair]
+        if self.filters is not None:  # a filtered query is another query: never the unfiltered ranking
+            parts += [json.dumps(f, sort_keys=True, default=str) for f in self.filters]
+        return _hash_strings(parts)
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from stagegraph.corpora.types import Corpus, DataError
 from stagegraph.indexes.bm25_reference import ReferenceSearcher
-from stagegraph.indexes.bm25_scoring import SparseScores, SparseSearcher, Variant, term_frequencies, top_k
+from stagegraph.indexes.bm25_scoring import SparseScores, SparseSearcher, Variant, keep_allowed, term_frequencies, top_k
 from stagegraph.atomic import atomic_dir
 from stagegraph.hashing import library_versions, stable_hash
 from stagegraph.indexes.manifest import IndexLoadError, Manifest, read_manifest, write_manifest
@@ -185,11 +185,17 @@ class BM25Index:
                    "format": FORMAT_VERSION}
         return stable_hash(payload)
 
-    def search_terms(self, terms: list[str], k: int = 100) -> Hits:
-        """Top-`k` for already-analysed query terms (repeats count twice); unknown terms are ignored."""
+    def search_terms(self, terms: list[str], k: int = 100, allowed: np.ndarray | None = None) -> Hits:
+        """Top-`k` for already-analysed query terms (repeats count twice); unknown terms are ignored.
+
+        `allowed` (a bool per document) is a filter applied before the selection: the best `k` among
+        allowed documents, scored with the whole index's statistics (as Lucene filters do: a filter
+        selects, it does not rescore)."""
+        if allowed is not None and not np.any(allowed):
+            return _empty_hits()
         if self._reference is not None:
             rows, scores = self._reference.score(terms)
-            return Hits(*top_k(rows, scores, k))
+            return Hits(*top_k(*keep_allowed(rows, scores, allowed), k))
         ids: dict[int, int] = {}
         for term in terms:
             tid = self.term_of.get(term)
@@ -199,7 +205,7 @@ class BM25Index:
             return _empty_hits()
         term_ids = np.fromiter(ids.keys(), dtype=np.int64, count=len(ids))
         weights = np.fromiter(ids.values(), dtype=np.float32, count=len(ids))
-        return Hits(*self._sparse.top(term_ids, weights, k))
+        return Hits(*self._sparse.top(term_ids, weights, k, allowed))
 
     def search(self, text: str, k: int = 100) -> Hits:
         """Analyse `text` with the index's tokenizer and return its top-`k` documents."""

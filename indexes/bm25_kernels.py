@@ -1,6 +1,6 @@
 """Compiled inner loop of the sparse BM25 backend (numba, when it is installed).
 
-`top_k_postings(indptr, indices, data, terms, weights, acc, touched, k)` answers one query:
+`top_k_postings(indptr, indices, data, terms, weights, acc, touched, k, allowed)` answers one query:
 
 1. adds the postings of the query terms (times their weights), longest list first, into the
    dense accumulator `acc`, remembering each document in `touched` the first time it gets a score;
@@ -15,6 +15,9 @@ non-zero exactly when its document has been touched.
 numba is optional: `HAVE_NUMBA` says whether the compiled version is available; without it
 `stagegraph.indexes.bm25_scoring.SparseSearcher` uses an equivalent vectorised numpy path (slower on long
 posting lists: README, "Where the defaults come from"). The plain Python function stays importable so tests can run it uncompiled.
+
+`allowed` (a uint8 array over the documents, empty for no filter) keeps disallowed documents out of
+the heap, so a filter costs nothing extra and the top k is the best k among allowed documents.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ def top_k_postings_py(
     acc: np.ndarray,
     touched: np.ndarray,
     k: int,
+    allowed: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     # Longest posting list first: its documents are all new, so it skips the "seen before?" test.
     order = np.argsort(indptr[terms] - indptr[terms + 1], kind="mergesort")
@@ -81,10 +85,13 @@ def top_k_postings_py(
     hs = np.empty(cap, dtype=np.float32)
     hr = np.empty(cap, dtype=np.int64)
     size = 0
+    masked = len(allowed) > 0  # a filter: only allowed documents compete for the top k
     for i in range(n):
         d = touched[i]
         s = acc[d]
         acc[d] = 0.0
+        if masked and not allowed[d]:
+            continue
         if size < cap:  # push, sift up
             pos = size
             hs[pos] = s

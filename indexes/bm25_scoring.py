@@ -146,22 +146,26 @@ class SparseSearcher:
         if self.use_numba:
             acc, touched = self._buffers()
             top_k_postings(self._indptr, self._indices, self._data, np.empty(0, dtype=np.int64),
-                           np.empty(0, dtype=np.float32), acc, touched, 1)
+                           np.empty(0, dtype=np.float32), acc, touched, 1, _NO_MASK)
 
     def postings(self, term: int) -> tuple[np.ndarray, np.ndarray]:
         start, end = self._indptr[term], self._indptr[term + 1]
         return self._indices[start:end], self._data[start:end]
 
-    def top(self, terms: np.ndarray, weights: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def top(
+        self, terms: np.ndarray, weights: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The best `k` documents for distinct term ids `terms` with query counts `weights`:
-        (rows int64, scores float32), score descending, ties by row ascending; only scores > 0."""
+        (rows int64, scores float32), score descending, ties by row ascending; only scores > 0;
+        with `allowed` (a bool per document), the best `k` among the allowed ones."""
         terms = np.asarray(terms, dtype=np.int64)
         weights = np.asarray(weights, dtype=np.float32)
         if not self.use_numba or len(terms) == 0:
-            return top_k(*self.score(terms, weights), k)
+            return top_k(*keep_allowed(*self.score(terms, weights), allowed), k)
         acc, touched = self._buffers()
+        mask = _NO_MASK if allowed is None else np.ascontiguousarray(allowed, dtype=np.uint8)
         try:
-            return top_k_postings(self._indptr, self._indices, self._data, terms, weights, acc, touched, max(k, 0))
+            return top_k_postings(self._indptr, self._indices, self._data, terms, weights, acc, touched, max(k, 0), mask)
         except BaseException:
             acc[:] = 0.0  # never leave a dirty accumulator behind
             raise
@@ -205,6 +209,17 @@ class SparseSearcher:
             out_rows.append(rows[keep])
             out_vals.append(got[keep])
         return np.concatenate(out_rows).astype(np.int64), np.concatenate(out_vals)
+
+
+_NO_MASK = np.empty(0, dtype=np.uint8)
+
+
+def keep_allowed(rows: np.ndarray, scores: np.ndarray, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Only the (rows, scores) whose row `allowed` marks (everything when None)."""
+    if allowed is None:
+        return rows, scores
+    keep = np.asarray(allowed, dtype=bool)[rows]
+    return rows[keep], scores[keep]
 
 
 def top_k(rows: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

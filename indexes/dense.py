@@ -54,6 +54,17 @@ ADD_CHUNK = 65_536
 
 
 MIN_SCANNED_PER_K = 32  # IVF: probe lists holding at least 32 * k vectors (on average)
+#: A filter allowing at most this many rows is searched exactly over them (see `DenseIndex.search`).
+BRUTE_FORCE_MAX = 20_000
+MAX_EF_SEARCH = 4096
+
+
+def _raised(name: str, value: int, share: float, index: DenseIndex) -> int:
+    """efSearch / nprobe scaled by 1 / (share of rows allowed), within their limits."""
+    scaled = int(math.ceil(value / max(share, 1e-9)))
+    if name == "nprobe":
+        return min(index.nlist() or value, scaled)
+    return min(MAX_EF_SEARCH, scaled)
 
 
 def default_nprobe(nlist: int, ntotal: int = 0, k: int = 100) -> int:
@@ -141,6 +152,7 @@ class DenseIndex:
         self.index = index
         self.info = dict(info)
         self.corpus_fingerprint = corpus_fingerprint
+        self._storage_view: Any = None
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -234,32 +246,96 @@ class DenseIndex:
         ef_search: int | None = None,
         nprobe: int | None = None,
         threads: int | None = None,
+        allowed: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-`k` (scores float32, rows int64) per query vector; missing slots hold row -1."""
+        """Top-`k` (scores float32, rows int64) per query vector; missing slots hold row -1.
+
+        `allowed` (a bool per row) filters before the top k, so the result is the best `k` among
+        allowed rows and never a disallowed one. Few allowed rows (at most `BRUTE_FORCE_MAX`):
+        exact inner products over exactly those rows, whatever the index type (FAISS's graph and
+        list searches lose recall when most of what they visit is filtered out). More: FAISS's
+        `IDSelectorBitmap` in the per-call parameters, with HNSW's efSearch and IVF's nprobe raised
+        by the inverse of the share allowed so that as many allowed candidates are visited.
+        """
         queries = np.ascontiguousarray(vectors, dtype=np.float32)
         if queries.ndim == 1:
             queries = queries[None, :]
         if queries.shape[1] != self.dim:
             raise ValueError(f"query vectors have {queries.shape[1]} dimensions, the index {self.dim}")
-        k = max(1, min(k, self.ntotal)) if self.ntotal else 0
+        n_allowed = self.ntotal if allowed is None else int(np.count_nonzero(allowed))
+        k = max(1, min(k, n_allowed)) if n_allowed else 0
         if k == 0 or len(queries) == 0:
             empty = (len(queries), 0)
             return np.empty(empty, dtype=np.float32), np.empty(empty, dtype=np.int64)
-        params = self.faiss_parameters(self.search_params(ef_search, nprobe, k))
+        if allowed is not None and n_allowed < self.ntotal and (n_allowed <= BRUTE_FORCE_MAX or not self._selects()):
+            return self._exact_over(queries, np.flatnonzero(allowed), k)
+        values = self.search_params(ef_search, nprobe, k)
+        bitmap = None
+        if allowed is not None and n_allowed < self.ntotal:
+            share = n_allowed / max(self.ntotal, 1)
+            values = {name: _raised(name, v, share, self) for name, v in values.items()}
+            bitmap = np.packbits(np.asarray(allowed, dtype=bool), bitorder="little")
+        params = self.faiss_parameters(values, bitmap)
         with faiss_threads(threads):
             scores, rows = self.index.search(queries, k, params=params)
         return scores, rows.astype(np.int64, copy=False)
 
-    def faiss_parameters(self, values: dict[str, int]) -> Any:
-        """The per-call `faiss.SearchParameters` for `search_params` values (None: the index takes none)."""
-        params: Any = None
+    def faiss_parameters(self, values: dict[str, int], bitmap: np.ndarray | None = None) -> Any:
+        """The per-call `faiss.SearchParameters` for `search_params` values and an optional row
+        bitmap (None: the index takes no parameters)."""
+        selector = None if bitmap is None else faiss.IDSelectorBitmap(self.ntotal, faiss.swig_ptr(bitmap))
         if "nprobe" in values:
-            params = faiss.SearchParametersIVF(nprobe=values["nprobe"])
+            params: Any = faiss.SearchParametersIVF(nprobe=values["nprobe"])
         elif "efSearch" in values:
             params = faiss.SearchParametersHNSW(efSearch=values["efSearch"])
-        if params is not None and isinstance(self.index, faiss.IndexPreTransform):
-            params = faiss.SearchParametersPreTransform(index_params=params)
+        elif selector is not None:
+            params = faiss.SearchParameters()
+        else:
+            return None
+        if selector is not None:
+            params.sel = selector
+            params._bitmap, params._selector = bitmap, selector  # keep both alive for the call
+        if isinstance(self.index, faiss.IndexPreTransform):
+            outer = faiss.SearchParametersPreTransform(index_params=params)
+            outer._inner = params
+            return outer
         return params
+
+    def _selects(self) -> bool:
+        """Whether FAISS honours a selector on this index (flat, HNSW and IVF indexes do)."""
+        inner = self.index
+        while isinstance(inner, faiss.IndexPreTransform):
+            inner = faiss.downcast_index(inner.index)
+        inner = faiss.downcast_index(inner)
+        return isinstance(inner, (faiss.IndexFlat, faiss.IndexHNSW, faiss.IndexIVF))
+
+    def _exact_over(self, queries: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The top `k` among `rows` by exact inner product with the stored (or decoded) vectors."""
+        vectors = self.vectors_of(rows)
+        scores = queries @ vectors.T
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]  # rows ascend, so ties keep row order
+        return np.take_along_axis(scores, top, axis=1).astype(np.float32), rows[top].astype(np.int64)
+
+    def vectors_of(self, rows: np.ndarray) -> np.ndarray:
+        """The stored vectors of `rows` (decoded for compressed indexes)."""
+        flat = self._flat_storage()
+        if flat is not None:
+            return flat[rows]
+        ivf = _ivf_of(self.index)
+        if ivf is not None and not ivf.direct_map.type:
+            ivf.make_direct_map()
+        return self.index.reconstruct_batch(np.asarray(rows, dtype=np.int64))
+
+    def _flat_storage(self) -> np.ndarray | None:
+        """A zero-copy (ntotal, dim) view of the vectors of a flat or HNSW-flat index, else None."""
+        if self._storage_view is None:
+            inner = faiss.downcast_index(self.index)
+            storage = faiss.downcast_index(inner.storage) if isinstance(inner, faiss.IndexHNSW) else inner
+            if isinstance(storage, faiss.IndexFlat) and not isinstance(self.index, faiss.IndexPreTransform):
+                self._storage_view = faiss.rev_swig_ptr(storage.get_xb(), self.ntotal * self.dim).reshape(self.ntotal, self.dim)
+            else:
+                self._storage_view = False
+        return None if self._storage_view is False else self._storage_view
 
     # ------------------------------------------------------------------ persistence
     def save(self, directory: str | Path) -> None:

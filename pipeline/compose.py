@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar
 
+from stagegraph.corpora.filters import MetadataIndex, combine
 from stagegraph.corpora.types import Corpus, Queries
 from stagegraph.errors import InputError
 from stagegraph.hashing import stable_hash
@@ -100,7 +101,7 @@ class Pipeline(Composable):
     type_name: ClassVar[str] = "pipeline"
     Config: ClassVar[type[StageConfig]] = StageConfig
 
-    def __init__(self, pipeline: Any, *, name: str | None = None):
+    def __init__(self, pipeline: Any, *, name: str | None = None, filter: dict[str, Any] | None = None):
         self.root: Node | None
         if isinstance(pipeline, Pipeline):
             self.root, steps = pipeline.root, list(pipeline.steps)
@@ -114,6 +115,8 @@ class Pipeline(Composable):
         except PipelineError:
             self.steps = check(steps)
         self.config = StageConfig(name=name)
+        #: a metadata filter every query of this pipeline gets (and-ed with the query's own)
+        self.filter = filter if filter is not None else (pipeline.filter if isinstance(pipeline, Pipeline) else None)
         self.arity = entry_arity(self.steps)
         self._env: Environment | None = None
         self._pool: ThreadPoolExecutor | None = None
@@ -233,21 +236,30 @@ class Pipeline(Composable):
         """Run every step over `queries`: each step's rankings and timings (see `stagegraph.pipeline.executor`)."""
         self.require_complete()
         env = env or self.environment
+        queries = as_queries(queries)
+        if self.filter:
+            queries = Queries(queries.ids, queries.texts,
+                              [combine(self.filter, queries.filter_of(i)) for i in range(len(queries))])
         return execute(
-            self.steps, as_queries(queries), env, mode=mode, cache=cache, warmup=warmup, timing=timing,
+            self.steps, queries, env, mode=mode, cache=cache, warmup=warmup, timing=timing,
             progress=progress, pool=self._branch_pool(),
         )
 
-    def search(self, query: str, k: int = 10) -> SearchResult:
-        """The top `k` hits for one query, each with its rank and score at every step, and the timings."""
+    def search(self, query: str, k: int = 10, filter: dict[str, Any] | None = None) -> SearchResult:
+        """The top `k` hits for one query, each with its rank and score at every step, and the timings.
+
+        `filter` (`stagegraph.corpora.filters`) is checked against the corpus' metadata now (an
+        unknown field or an operator that does not fit is an `InputError` naming the fields that
+        exist) and applied inside every retriever before its top k."""
         if not isinstance(query, str) or not query.strip():
             raise InputError("the query is empty; give a question or keywords")
         if k < 1:
             raise InputError(f"k must be a positive number of hits, got {k}")
-        result = self.execute(Queries.single(query), mode="online", progress=False)
+        self.check_filter(filter)
+        result = self.execute(Queries.single(query, filter=filter), mode="online", progress=False)
         return search_results(result, self.steps, self.environment.corpus, k)[0]
 
-    def search_batch(self, queries: Iterable[str], k: int = 10) -> list[SearchResult]:
+    def search_batch(self, queries: Iterable[str], k: int = 10, filter: dict[str, Any] | None = None) -> list[SearchResult]:
         """`search` for many queries at once (batch mode: stage times are shared by the batch)."""
         texts = list(queries)
         empty = [i for i, q in enumerate(texts) if not isinstance(q, str) or not q.strip()]
@@ -255,8 +267,15 @@ class Pipeline(Composable):
             raise InputError(f"queries {empty[:5]} are empty; give a question or keywords for each")
         if k < 1:
             raise InputError(f"k must be a positive number of hits, got {k}")
-        result = self.execute(as_queries(texts), mode="batch", progress=False)
+        self.check_filter(filter)
+        result = self.execute(as_queries(texts).with_filter(filter), mode="batch", progress=False)
         return search_results(result, self.steps, self.environment.corpus, k)
+
+    def check_filter(self, filter: dict[str, Any] | None) -> None:
+        """Raise the `FilterError` of a filter that does not fit this pipeline's corpus."""
+        expression = combine(self.filter, filter)
+        if expression:
+            MetadataIndex.of(self.environment.corpus).mask(expression)
 
     def _branch_pool(self) -> ThreadPoolExecutor | None:
         """One thread pool per pipeline for parallel branches, made on first use."""
@@ -287,7 +306,8 @@ class Pipeline(Composable):
 
     # -- as data --------------------------------------------------------------------------------
     def to_config(self) -> dict[str, Any]:
-        return codec.to_config(self.root, self.steps)
+        config = codec.to_config(self.root, self.steps)
+        return {"filter": self.filter, **config} if self.filter else config
 
     def to_yaml(self) -> str:
         return codec.dump_yaml(self.to_config())
@@ -299,7 +319,7 @@ class Pipeline(Composable):
     def from_config(cls, config: Any, source: str = "<config>") -> Pipeline:
         root, steps = codec.from_config(config, source=source)
         try:
-            pipe = cls(root if root is not None else steps)
+            pipe = cls(root if root is not None else steps, filter=config.get("filter") if isinstance(config, dict) else None)
             pipe.require_complete()
         except PipelineError as exc:
             raise codec.ConfigError(f"{source}: {exc}") from None

@@ -139,7 +139,9 @@ def from_config(config: Any, source: str = "<config>") -> tuple[Node | None, lis
         config = {"pipeline": config}
     if not isinstance(config, Mapping):
         raise ConfigError(f"{source}: a pipeline config is a mapping with a `pipeline:` or `steps:` list")
-    known = {"name", "description", "pipeline", "steps"}
+    known = {"name", "description", "pipeline", "steps", "filter"}
+    if "filter" in config and not isinstance(config["filter"], (Mapping, type(None))):
+        raise ConfigError(f"{source}: `filter:` is a mapping such as {{ext: md, year: {{$gte: 2024}}}}")
     extra = set(config) - known
     if extra:
         raise ConfigError(f"{source}: unknown top-level field(s) {', '.join(sorted(extra))}; allowed: {', '.join(sorted(known))}")

@@ -142,7 +142,7 @@ def _kernel_paths(scores):
     def uncompiled(terms, weights, k):
         acc, touched = np.zeros(scores.n_docs, np.float32), np.empty(scores.n_docs, np.int32)
         out = top_k_postings_py(scores.indptr, scores.indices, scores.data, np.asarray(terms, np.int64),
-                                np.asarray(weights, np.float32), acc, touched, k)
+                                np.asarray(weights, np.float32), acc, touched, k, np.empty(0, np.uint8))
         assert not acc.any()  # the accumulator is left clean
         return out
 

@@ -19,6 +19,8 @@ def register(sub) -> None:
     p.add_argument("--download", action="store_true", help="fetch a public BEIR dataset by name when it is not found locally")
     p.add_argument("--reranker", help="model for every cross-encoder stage (HF id or local path; or $STAGEGRAPH_RERANKER)")
     p.add_argument("--top", type=int, default=10, help="results to show (default 10)")
+    p.add_argument("--filter", action="append", default=[], metavar="EXPR",
+                   help="metadata filter, repeatable and and-ed: ext=md, year>=2024, 'tags in gpu,cuda', or JSON")
     p.add_argument("--warm", action="store_true", help="run the query once untimed first")
     p.set_defaults(func=handle)
 
@@ -30,6 +32,9 @@ def handle(args: argparse.Namespace) -> int:
         raise InputError("the query is empty; give a question or keywords")
     if args.top < 1:
         raise InputError(f"--top must be a positive number of results, got {args.top}")
+    from stagegraph.corpora.filters import parse_cli
+
+    query_filter = parse_cli(args.filter)
     pipeline = load_pipeline(args)
     if args.collection:
         from stagegraph.collection import Stack
@@ -37,12 +42,12 @@ def handle(args: argparse.Namespace) -> int:
 
         with Stack(pipeline, Collection.open(args.collection)) as stack:
             if args.warm:
-                stack.search(args.query, k=args.top)
-            print_search(stack.search(args.query, k=args.top), stack.pipeline)
+                stack.search(args.query, k=args.top, filter=query_filter)
+            print_search(stack.search(args.query, k=args.top, filter=query_filter), stack.pipeline)
         return Exit.OK
     dataset = load_dataset(args)
     pipeline.warm_up(environment(args, dataset))
     if args.warm:
-        pipeline.search(args.query, k=args.top)
-    print_search(pipeline.search(args.query, k=args.top), pipeline)
+        pipeline.search(args.query, k=args.top, filter=query_filter)
+    print_search(pipeline.search(args.query, k=args.top, filter=query_filter), pipeline)
     return Exit.OK

@@ -77,25 +77,27 @@ class Stack:
         if done:
             live.pipeline.close()
 
-    def search(self, query: str, k: int = 10) -> SearchResult:
-        """The top `k` hits for `query` in the current generation (an empty collection: no hits)."""
+    def search(self, query: str, k: int = 10, filter: dict[str, Any] | None = None) -> SearchResult:
+        """The top `k` hits for `query` in the current generation, among the chunks `filter` allows
+        (`stagegraph.corpora.filters`; checked against the collection's metadata); an empty
+        collection has no hits."""
         live = self._acquire()
         try:
             if not len(live.generation.corpus):
                 if not isinstance(query, str) or not query.strip():
                     raise InputError("the query is empty; give a question or keywords")
                 return SearchResult(query=query, hits=[])
-            return live.pipeline.search(query, k=k)
+            return live.pipeline.search(query, k=k, filter=filter)
         finally:
             self._release(live)
 
-    def search_batch(self, queries: Iterable[str], k: int = 10) -> list[SearchResult]:
+    def search_batch(self, queries: Iterable[str], k: int = 10, filter: dict[str, Any] | None = None) -> list[SearchResult]:
         live = self._acquire()
         try:
             texts = list(queries)
             if not len(live.generation.corpus):
                 return [SearchResult(query=q, hits=[]) for q in texts]
-            return live.pipeline.search_batch(texts, k=k)
+            return live.pipeline.search_batch(texts, k=k, filter=filter)
         finally:
             self._release(live)
 

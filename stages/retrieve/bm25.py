@@ -32,6 +32,7 @@ from stagegraph.hashing import stable_hash
 from stagegraph.pipeline.ranking import Ranking
 from stagegraph.pipeline.stage import Arity, Environment, StageConfig
 from stagegraph.stages.base import EmptyQueryWarning, StageBase
+from stagegraph.stages.retrieve.filtering import RowFilter
 from stagegraph.pipeline.registry import register
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,8 @@ class BM25RetrieverConfig(StageConfig, BM25Settings):
     """`k` documents per query, plus the index settings (defaults: Lucene, k1=0.9, b=0.4)."""
 
     k: int = Field(100, ge=1)
+    #: metadata filter applied to every query, before the top k (`stagegraph.corpora.filters`)
+    filter: dict[str, Any] | None = None
 
     def index_settings(self) -> BM25Settings:
         return BM25Settings.model_validate(self.model_dump(include=set(BM25Settings.model_fields)))
@@ -64,7 +67,14 @@ class BM25Retriever(StageBase):
     libraries = ("PyStemmer", "rank-bm25")
     config: BM25RetrieverConfig
 
-    def __init__(self, index: BM25Index | None = None, k: int = 100, name: str | None = None, **settings: Any):
+    def __init__(
+        self,
+        index: BM25Index | None = None,
+        k: int = 100,
+        name: str | None = None,
+        filter: dict[str, Any] | None = None,
+        **settings: Any,
+    ):
         if index is not None:
             merged = BM25Settings.model_validate({**index.settings.model_dump(), **settings})
             if merged != index.settings:
@@ -73,14 +83,17 @@ class BM25Retriever(StageBase):
                     f"({index.settings.model_dump(mode='json')}); pass no settings with an index, or build a new index."
                 )
             settings = index.settings.model_dump()
-        self.config = BM25RetrieverConfig(name=name, k=k, **settings)
+        self.config = BM25RetrieverConfig(name=name, k=k, filter=filter, **settings)
         self.index = index
         self._given_index = index is not None
+        self._filter = RowFilter(self.config.filter)
+        self._corpus: Any = None
 
     def artefact_fingerprint(self) -> str:
         return self.index.identity if self._given_index else ""
 
     def warm_up(self, env: Environment) -> None:
+        self._corpus = env.corpus
         fingerprint = env.corpus.fingerprint
         if self.index is not None and self.index.corpus_fingerprint == fingerprint:
             self.index.warm_up()
@@ -109,9 +122,10 @@ class BM25Retriever(StageBase):
     def run(self, queries: Queries, inputs: Sequence[Sequence[Ranking]] = ()) -> list[Ranking]:
         if self.index is None:
             raise StageError(f"Stage {self.name!r} has no BM25 index yet: call warm_up(env) before run().")
-        index, k = self.index, self.config.k
+        index, k, corpus = self.index, self.config.k, self._corpus
         out: list[Ranking] = []
-        for qid, text in queries:
+        for position, (qid, text) in enumerate(queries):
+            allowed = self._filter.allowed(corpus, queries.filter_of(position)) if corpus is not None else None
             terms = index.tokenizer.analyze(text)
             if not terms:
                 warnings.warn(
@@ -122,6 +136,6 @@ class BM25Retriever(StageBase):
                 )
                 out.append(Ranking.empty())
                 continue
-            hits = index.search_terms(terms, k)
+            hits = index.search_terms(terms, k, allowed=allowed)
             out.append(Ranking(hits.rows, hits.scores))
         return out

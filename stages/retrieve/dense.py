@@ -42,6 +42,7 @@ from stagegraph.hashing import stable_hash
 from stagegraph.pipeline.ranking import Ranking
 from stagegraph.pipeline.stage import Arity, Environment, StageConfig
 from stagegraph.stages.base import EmptyQueryWarning, StageBase
+from stagegraph.stages.retrieve.filtering import RowFilter
 from stagegraph.pipeline.registry import register
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,9 @@ class DenseRetrieverConfig(StageConfig):
     max_seq_length: int | None = Field(256, ge=1)  # document truncation, in tokens
     train_sample: int = Field(DEFAULT_TRAIN_SAMPLE, ge=1)  # vectors used to train IVF/PQ
     batch_size: int = Field(32, ge=1)
-    device: str = "auto"  # torch device of the encoder: auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N, mps
+    device: str = "auto"
+    #: metadata filter applied to every query, before the top k (`stagegraph.corpora.filters`)
+    filter: dict[str, Any] | None = None  # torch device of the encoder: auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N, mps
 
 
 def artefact_key(corpus_fingerprint: str, identity: str, config: DenseRetrieverConfig) -> str:
@@ -114,6 +117,8 @@ class DenseRetriever(StageBase):
         self.index: DenseIndex | None = given
         self.encoder: Encoder | None = None
         self._given_index = given is not None
+        self._filter = RowFilter(self.config.filter)
+        self._corpus: Any = None
 
     @staticmethod
     def _settings_from_index(index: DenseIndex, factory: str | None, settings: dict[str, Any]) -> str:
@@ -146,6 +151,7 @@ class DenseRetriever(StageBase):
 
     # ------------------------------------------------------------------ warm-up
     def warm_up(self, env: Environment) -> None:
+        self._corpus = env.corpus
         cfg = self.config
         if self.encoder is None:
             try:
@@ -240,8 +246,11 @@ class DenseRetriever(StageBase):
         # and a many-vector FAISS search round scores differently in the last float bit, which flips
         # exact ties, and online and batch runs must give the same rankings.
         for pos in live:
+            allowed = self._filter.allowed(self._corpus, queries.filter_of(pos)) if self._corpus is not None else None
+            if allowed is not None and not allowed.any():
+                continue  # nothing is allowed: an empty ranking, not an error
             vector = self.encoder.encode_query(queries.texts[pos])
-            scores, rows = self.index.search(vector, cfg.k, ef_search=cfg.ef_search, nprobe=cfg.nprobe)
+            scores, rows = self.index.search(vector, cfg.k, ef_search=cfg.ef_search, nprobe=cfg.nprobe, allowed=allowed)
             found = rows[0] >= 0
             out[pos] = Ranking.from_scores(rows[0][found], scores[0][found], k=cfg.k)
         return out
