@@ -1,10 +1,16 @@
-"""`stagegraph eval CONFIG --dataset D [--out DIR]`: quality and latency of every stage on a dataset."""
+"""`stagegraph eval CONFIG --dataset D [--out DIR]`: quality and latency of every stage on a dataset.
+
+Or on a collection of one's own: `stagegraph eval CONFIG --collection DIR --queries Q.jsonl --qrels
+QRELS.tsv [--aggregate maxp|firstp|sum]`: the qrels name documents, the collection holds chunks, and
+each stage's chunk ranking is scored as a document ranking (`stagegraph.evaluation.aggregate`).
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from stagegraph.errors import InputError
 from stagegraph.cli.app import Exit, add_config_arg, add_dataset_args, environment, load_dataset, load_pipeline, progress, say, work_dir
 from stagegraph.evaluation.writer import save_report
 
@@ -12,7 +18,15 @@ from stagegraph.evaluation.writer import save_report
 def register(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a pipeline on a dataset: quality and latency per stage")
     add_config_arg(p)
-    add_dataset_args(p)
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--dataset", help="a BEIR-layout directory or a registered name such as `sample`")
+    where.add_argument("--collection", help="a collection directory (`stagegraph ingest`); give --queries and --qrels")
+    p.add_argument("--download", action="store_true", help="fetch a public BEIR dataset by name when it is not found locally (needs network)")
+    p.add_argument("--reranker", help="model for every cross-encoder stage (HF id or local path; or $STAGEGRAPH_RERANKER)")
+    p.add_argument("--queries", help="with --collection: queries JSONL ({_id or id, text} per line)")
+    p.add_argument("--qrels", help="with --collection: judgments naming documents (BEIR TSV or TREC qrels)")
+    p.add_argument("--aggregate", choices=["maxp", "firstp", "sum"],
+                   help="with --collection: how a document scores from its chunks (default maxp)")
     p.add_argument("--split", default="test", help="qrels split to evaluate (default test)")
     p.add_argument("--mode", choices=["online", "batch"], default="online",
                    help="online: one query at a time, timed per stage (default); batch: throughput")
@@ -33,12 +47,24 @@ def handle(args: argparse.Namespace) -> int:
 
     metrics = parse_metrics(args.metrics) if args.metrics else None  # a bad metric fails before any work
     pipeline = load_pipeline(args)
-    dataset = load_dataset(args)
-    cache = None if args.no_cache else StageCache(work_dir(args) / "cache")
-    report = evaluate(
-        pipeline, dataset, split=args.split, metrics=metrics, mode=args.mode, env=environment(args, dataset),
-        cache=cache, warmup=args.warmup, timing=args.timing, progress=progress(args),
-    )
+    aggregate = None
+    if args.collection:
+        dataset, env, close = collection_dataset(args)
+        aggregate, cache = args.aggregate or "maxp", None  # a collection changes: its generations are the cache
+    else:
+        if args.queries or args.qrels or args.aggregate:
+            raise InputError("--queries, --qrels and --aggregate go with --collection DIR")
+        dataset = load_dataset(args)
+        env, close = environment(args, dataset), None
+        cache = None if args.no_cache else StageCache(work_dir(args) / "cache")
+    try:
+        report = evaluate(
+            pipeline, dataset, split=args.split if not args.collection else "test", metrics=metrics, mode=args.mode,
+            env=env, cache=cache, warmup=args.warmup, timing=args.timing, progress=progress(args), aggregate=aggregate,
+        )
+    finally:
+        if close is not None:
+            close()
     out = Path(args.out) if args.out else None
     if out is not None:
         save_report(report, out)
@@ -46,3 +72,22 @@ def handle(args: argparse.Namespace) -> int:
     if out is not None:
         say(args, f"Report written to {out}/ (report.json, report.html, per_query.csv, runs/*.trec)")
     return Exit.OK
+
+
+def collection_dataset(args: argparse.Namespace):
+    """(dataset of the collection's chunks with the given queries and document qrels, its read-only
+    environment, a function that closes the collection)."""
+    from stagegraph.collection.collection import Collection
+    from stagegraph.corpora.jsonl import read_queries
+    from stagegraph.corpora.qrels import read_qrels, resolve_qrels
+    from stagegraph.corpora.types import Dataset
+    from stagegraph.evaluation.aggregate import document_corpus
+
+    if not args.queries or not args.qrels:
+        raise InputError("evaluating a collection needs --queries Q.jsonl and --qrels QRELS.tsv (judgments naming documents)")
+    collection = Collection.open(args.collection, progress=progress(args))
+    queries = read_queries(args.queries)
+    documents, _ = document_corpus(collection.corpus) if len(collection.corpus) else (collection.corpus, None)
+    qrels = resolve_qrels(read_qrels(args.qrels), documents, queries, source=args.qrels, queries_source=args.queries)
+    dataset = Dataset(Path(args.collection).name, collection.corpus, queries, {"test": qrels})
+    return dataset, collection.environment(), collection.close

@@ -132,6 +132,9 @@ def notes(report: Report) -> list[str]:
         if report.timing != "isolated" and any(len(s.inputs) > 1 for s in report.stages.values()):
             lines.append("Each branch's time includes sharing the cores with its neighbour; `--timing isolated` "
                          "also times every stage alone.")
+    if report.aggregate:
+        per_doc = ", ".join(f"{n} {s.chunks_per_document:.2f}" for n, s in report.stages.items() if s.chunks_per_document)
+        lines.append(f"Chunks scored as documents by {report.aggregate}; chunks per retrieved document: {per_doc}.")
     if any(s.not_applicable for s in report.stages.values()):
         cut = [f"{n} keeps {s.limit}" for n, s in report.stages.items() if s.not_applicable]
         lines.append(f"n/a: the metric reads deeper than the stage returns ({', '.join(cut)}).")

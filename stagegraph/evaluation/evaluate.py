@@ -35,6 +35,7 @@ from stagegraph.pipeline.timing import LatencySummary
 from stagegraph.pipeline.ranking import Ranking
 from stagegraph.pipeline.stage import Environment
 from stagegraph.evaluation.measures import DEFAULT_METRICS, Metric, parse_metrics
+from stagegraph.evaluation.aggregate import Aggregation, document_corpus, to_documents
 from stagegraph.evaluation.metrics_stage import MetricsStage
 from stagegraph.evaluation.scoring import score_run
 
@@ -52,8 +53,13 @@ def evaluate(
     warmup: int = 3,
     progress: bool = True,
     timing: Timing = "concurrent",
+    aggregate: Aggregation | None = None,
 ) -> Report:
-    """Run `pipeline` on the judged queries of `split` and report quality and cost per stage."""
+    """Run `pipeline` on the judged queries of `split` and report quality and cost per stage.
+
+    On a chunked corpus (a collection) whose qrels name documents, `aggregate` (`maxp`, `firstp`,
+    `sum`; `stagegraph.evaluation.aggregate`) turns every stage's chunk ranking into a document
+    ranking before it is scored; a chunked corpus is aggregated by `maxp` unless told otherwise."""
     graph = as_pipeline(pipeline)
     graph.require_complete()
     queries, qrels = dataset.split(split)
@@ -66,7 +72,9 @@ def evaluate(
         )
     parsed = _metrics_for(graph, metrics)
     result = graph.execute(queries, env=env, mode=mode, cache=cache, warmup=warmup, timing=timing)
-    return build_report(graph, dataset, split, queries, qrels, result, parsed, timing=timing)
+    if aggregate is None and dataset.corpus.doc_ids is not None:
+        aggregate = "maxp"
+    return build_report(graph, dataset, split, queries, qrels, result, parsed, timing=timing, aggregate=aggregate)
 
 
 def _metrics_for(graph: Pipeline, metrics: Iterable[str | Metric] | str | None) -> list[Metric]:
@@ -98,15 +106,22 @@ def build_report(
     result: RunResult,
     metrics: Sequence[Metric],
     timing: str = "concurrent",
+    aggregate: Aggregation | None = None,
 ) -> Report:
     """Score every stage of `result` and gather the figures into a `Report`."""
     names = [str(m) for m in metrics]
     stages: dict[str, StageReport] = {}
     per_query = PerQuery(qids=qrels.query_ids, latency_qids=list(queries.ids))
     runs: dict[str, list[Ranking]] = {}
+    judged_corpus = dataset.corpus
+    documents = document_corpus(dataset.corpus) if aggregate else None
     for step in _reported_steps(graph):
         stage_run = result.stages[step.name]
-        scores = score_run(stage_run.rankings, queries, qrels, dataset.corpus, metrics)
+        rankings, per_doc = stage_run.rankings, None
+        if documents is not None:
+            doc_runs = to_documents(rankings, dataset.corpus, aggregate, documents)
+            rankings, per_doc, judged_corpus = doc_runs.rankings, doc_runs.chunks_per_document, doc_runs.documents
+        scores = score_run(rankings, queries, qrels, judged_corpus, metrics)
         latency = stage_run.latency
         limit = step.limit
         stages[step.name] = StageReport(
@@ -123,12 +138,13 @@ def build_report(
             throughput_qps=_throughput(stage_run.rankings, stage_run.latencies_ns, stage_run.wall_ns, stage_run.cache_hit),
             cache_hit=stage_run.cache_hit,
             wall_ms=stage_run.wall_ns / 1e6,
-            branches=branch_contributions(step.inputs, stage_run.rankings, queries, qrels, dataset.corpus),
+            branches={} if documents is not None else branch_contributions(step.inputs, stage_run.rankings, queries, qrels, dataset.corpus),
+            chunks_per_document=per_doc,
         )
         per_query.metrics[step.name] = {m: v.tolist() for m, v in scores.per_query.items()}
         if stage_run.latencies_ns is not None:
             per_query.latency_ms[step.name] = (np.asarray(stage_run.latencies_ns) / 1e6).tolist()
-        runs[step.name] = stage_run.rankings
+        runs[step.name] = rankings
     # End to end covers the stages that ran; when every stage came from the cache nothing was timed.
     e2e = EndToEnd(wall_ms=result.wall_ns / 1e6)
     ran = not all(s.cache_hit for s in stages.values())
@@ -143,6 +159,7 @@ def build_report(
         split=split,
         mode=result.mode,
         timing=timing,
+        aggregate=aggregate,
         config=_graph_config(graph),
         output=output,
         metrics=names,
@@ -159,7 +176,7 @@ def build_report(
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         per_query=per_query,
     )
-    report.attach_runs(queries.ids, runs, dataset.corpus)
+    report.attach_runs(queries.ids, runs, judged_corpus)
     return report
 
 

@@ -67,6 +67,8 @@ class StageReport(BaseModel):
     limit: int | None = None
     #: metrics whose cut-off reads deeper than `limit`: shown as n/a (truncation is not loss)
     not_applicable: list[str] = Field(default_factory=list)
+    #: a chunked collection judged per document: the chunks per retrieved document, on average
+    chunks_per_document: float | None = None
 
 
 class EndToEnd(BaseModel):
@@ -90,6 +92,8 @@ class Report(BaseModel):
     split: str
     mode: str
     timing: str = "concurrent"
+    #: chunk rankings scored as document rankings by this rule (maxp, firstp, sum), or None
+    aggregate: str | None = None
     config: dict[str, Any] | None = None
     output: str
     metrics: list[str]
