@@ -51,7 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from stagegraph import atomic
-from stagegraph.corpora.types import Dataset, Queries
+from stagegraph.corpora.types import Dataset, Qrels, Queries
 from stagegraph.errors import InputError
 from stagegraph.evaluation.scoring import score_run
 from stagegraph.evaluation.svg import PALETTE, nice_ticks, standalone
@@ -348,7 +348,8 @@ class _Evaluator:
     """Builds every configuration's rankings from the cached scores and prices them from the timings."""
 
     def __init__(self, queries: Queries, qrels, corpus, pools: list[Ranking], k: int, block: int):
-        self.queries, self.qrels, self.corpus, self.pools, self.k, self.block = queries, qrels, corpus, pools, k, block
+        self.queries, self.corpus, self.pools, self.k, self.block = queries, corpus, pools, k, block
+        self.qrels = Qrels({q: qrels.for_query(q) for q in queries.ids})  # these queries only, as evaluate does
         self.scores: dict[str, list[np.ndarray]] = {}
         self.timings: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
         self.scorers: dict[str, Scorer] = {}

@@ -12,8 +12,8 @@
   pairs once, sorts them by *token* length so that each batch pads little, and pads with numpy.
   `pad_batches` is shared with the ONNX backend (`stagegraph.stages.rerank.onnx`). With
   `bf16=True` the forward pass runs under bfloat16 autocast (`torch.autocast`: matmuls in bf16,
-  reductions such as softmax and LayerNorm kept in fp32), the `torch-bf16` backend; the scores come
-  back as float32.
+  reductions such as softmax and LayerNorm kept in fp32) on a copy of the model whose Linear weights
+  are stored in bf16, the `torch-bf16` backend; the scores come back as float32.
 """
 
 from __future__ import annotations
@@ -212,9 +212,18 @@ class TorchScorer:
 
         self.bf16 = bool(bf16)
         self.backend = "torch-bf16" if self.bf16 else "torch"
-
         self.cross_encoder = cross_encoder
         self.model = cross_encoder.model
+        if self.bf16:
+            # A copy whose Linear weights are bf16 once, so autocast does not re-cast them on every
+            # call (with blocks of a few pairs that cast cost more than the bf16 matmuls saved);
+            # autocast still runs LayerNorm and softmax in fp32, so the scores are autocast's.
+            import copy
+
+            self.model = copy.deepcopy(self.model)
+            for module in self.model.modules():
+                if isinstance(module, torch.nn.Linear):
+                    module.to(torch.bfloat16)
         self.model.eval()
         self.tokenizer = cross_encoder.tokenizer
         self.activation = cross_encoder.activation_fn

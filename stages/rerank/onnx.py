@@ -15,8 +15,9 @@ and starve torch when both run in one process.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -96,10 +97,26 @@ def _optimise(path: Path, config: Any) -> None:
         heads = int(getattr(config, "num_attention_heads", 0))
         hidden = int(getattr(config, "hidden_size", 0))
         model_type = "bert" if config.model_type in {"roberta", "xlm-roberta", "electra", "stagegraph_pair_bert"} else config.model_type
-        optimised = optimize_model(str(path), model_type=model_type, num_heads=heads, hidden_size=hidden, opt_level=1)
-        optimised.save_model_to_file(str(path))
+        with _quiet_loggers("onnxruntime", "onnx_model", "fusion_base", "fusion_utils", "onnx_model_bert"):
+            optimised = optimize_model(str(path), model_type=model_type, num_heads=heads, hidden_size=hidden, opt_level=1)
+            optimised.save_model_to_file(str(path))
     except Exception as exc:  # noqa: BLE001 - the unfused graph is still correct, only slower
         log.info("ONNX Runtime's transformer optimiser did not apply (%s); using the plain export", exc)
+
+
+@contextlib.contextmanager
+def _quiet_loggers(*names: str) -> Iterator[None]:
+    """ONNX Runtime's optimiser and quantiser log every fusion and tensor at INFO (the quantiser on
+    the root logger, ""); keep them to warnings while they run."""
+    loggers = [logging.getLogger(n) if n else logging.getLogger() for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def quantize_int8(source: Path, target: Path) -> Path:
@@ -116,7 +133,7 @@ def quantize_int8(source: Path, target: Path) -> Path:
 
     import onnx
 
-    with atomic_path(target) as tmp:
+    with atomic_path(target) as tmp, _quiet_loggers("onnxruntime", "onnxruntime.quantization", ""):
         quantize_dynamic(
             str(source), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
             # fused contrib ops (Attention, SkipLayerNorm) defeat ONNX shape inference: say they are float
