@@ -90,9 +90,11 @@ def top_k_postings_py(
         d = touched[i]
         s = acc[d]
         acc[d] = 0.0
-        if masked and not allowed[d]:
-            continue
+        if masked:  # branch-free: a disallowed document sinks below any score, so it never replaces one
+            s = s - (1 - allowed[d]) * 3.0e38
         if size < cap:  # push, sift up
+            if s < -1.0e38:  # ... and is never pushed while the heap fills
+                continue
             pos = size
             hs[pos] = s
             hr[pos] = d

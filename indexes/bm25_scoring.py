@@ -163,7 +163,7 @@ class SparseSearcher:
         if not self.use_numba or len(terms) == 0:
             return top_k(*keep_allowed(*self.score(terms, weights), allowed), k)
         acc, touched = self._buffers()
-        mask = _NO_MASK if allowed is None else np.ascontiguousarray(allowed, dtype=np.uint8)
+        mask = _NO_MASK if allowed is None else _as_bytes(allowed)
         try:
             return top_k_postings(self._indptr, self._indices, self._data, terms, weights, acc, touched, max(k, 0), mask)
         except BaseException:
@@ -212,6 +212,14 @@ class SparseSearcher:
 
 
 _NO_MASK = np.empty(0, dtype=np.uint8)
+
+
+def _as_bytes(allowed: np.ndarray) -> np.ndarray:
+    """The mask as uint8 for the kernel: a zero-copy view of a contiguous bool array."""
+    allowed = np.asarray(allowed)
+    if allowed.dtype == np.bool_ and allowed.flags.c_contiguous:
+        return allowed.view(np.uint8)
+    return np.ascontiguousarray(allowed, dtype=np.uint8)
 
 
 def keep_allowed(rows: np.ndarray, scores: np.ndarray, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:

@@ -54,8 +54,9 @@ ADD_CHUNK = 65_536
 
 
 MIN_SCANNED_PER_K = 32  # IVF: probe lists holding at least 32 * k vectors (on average)
-#: A filter allowing at most this many rows is searched exactly over them (see `DenseIndex.search`).
+#: A filter allowing at most this many rows, or under this share, is searched exhaustively (`DenseIndex.search`).
 BRUTE_FORCE_MAX = 20_000
+EXHAUSTIVE_SHARE = 0.05
 MAX_EF_SEARCH = 4096
 
 
@@ -251,11 +252,17 @@ class DenseIndex:
         """Top-`k` (scores float32, rows int64) per query vector; missing slots hold row -1.
 
         `allowed` (a bool per row) filters before the top k, so the result is the best `k` among
-        allowed rows and never a disallowed one. Few allowed rows (at most `BRUTE_FORCE_MAX`):
-        exact inner products over exactly those rows, whatever the index type (FAISS's graph and
-        list searches lose recall when most of what they visit is filtered out). More: FAISS's
-        `IDSelectorBitmap` in the per-call parameters, with HNSW's efSearch and IVF's nprobe raised
-        by the inverse of the share allowed so that as many allowed candidates are visited.
+        allowed rows and never a disallowed one. FAISS's `IDSelectorBitmap` goes into the per-call
+        parameters; how the allowed rows are searched depends on how many there are:
+
+        * a flat index scans them exactly (FAISS skips the others);
+        * HNSW and IVF, with few allowed rows (at most `BRUTE_FORCE_MAX`, or under `EXHAUSTIVE_SHARE`
+          of the index): exhaustively, so exactly (HNSW: its flat storage; IVF: every list), because
+          a graph or list search loses recall when most of what it visits is filtered out;
+        * otherwise the index's own search with efSearch / nprobe raised by the inverse of the share
+          allowed, so that about as many allowed candidates are visited as without a filter.
+
+        An index type FAISS cannot filter is searched exactly over the allowed rows' vectors.
         """
         queries = np.ascontiguousarray(vectors, dtype=np.float32)
         if queries.ndim == 1:
@@ -267,17 +274,24 @@ class DenseIndex:
         if k == 0 or len(queries) == 0:
             empty = (len(queries), 0)
             return np.empty(empty, dtype=np.float32), np.empty(empty, dtype=np.int64)
-        if allowed is not None and n_allowed < self.ntotal and (n_allowed <= BRUTE_FORCE_MAX or not self._selects()):
+        filtered = allowed is not None and n_allowed < self.ntotal
+        if filtered and not self._selects():
             return self._exact_over(queries, np.flatnonzero(allowed), k)
         values = self.search_params(ef_search, nprobe, k)
-        bitmap = None
-        if allowed is not None and n_allowed < self.ntotal:
+        index, bitmap = self.index, None
+        if filtered:
             share = n_allowed / max(self.ntotal, 1)
-            values = {name: _raised(name, v, share, self) for name, v in values.items()}
             bitmap = np.packbits(np.asarray(allowed, dtype=bool), bitorder="little")
+            exhaustive = n_allowed <= BRUTE_FORCE_MAX or share < EXHAUSTIVE_SHARE
+            if exhaustive and self.is_hnsw() and not isinstance(self.index, faiss.IndexPreTransform):
+                index, values = faiss.downcast_index(faiss.downcast_index(self.index).storage), {}
+            elif exhaustive and "nprobe" in values:
+                values = {**values, "nprobe": self.nlist() or values["nprobe"]}
+            else:
+                values = {name: _raised(name, v, share, self) for name, v in values.items()}
         params = self.faiss_parameters(values, bitmap)
         with faiss_threads(threads):
-            scores, rows = self.index.search(queries, k, params=params)
+            scores, rows = index.search(queries, k, params=params)
         return scores, rows.astype(np.int64, copy=False)
 
     def faiss_parameters(self, values: dict[str, int], bitmap: np.ndarray | None = None) -> Any:

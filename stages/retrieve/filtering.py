@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from stagegraph.corpora.filters import MetadataIndex, combine, filter_key
+from stagegraph.corpora.filters import MetadataIndex, combine
 from stagegraph.corpora.types import Corpus
 
 _CACHE_SIZE = 64
@@ -33,7 +33,7 @@ class RowFilter:
         expression = combine(self.stage_filter, query_filter)
         if expression is None:
             return None
-        key = (corpus.fingerprint, filter_key(expression))
+        key = (corpus.fingerprint, repr(expression))  # cheap; an equal filter written in another order only misses
         with self._lock:
             mask = self._masks.get(key)
             if mask is not None:
