@@ -10,7 +10,8 @@
 * **batch**: each stage runs once over all queries, for throughput.
 
 Thread counts are the policy's (`stagegraph.pipeline.threads`): set before each level, while none of
-this run's stages is running, never inside a stage.
+this run's stages is running, never inside a stage. Before each level (each step in batch mode) a
+`stagegraph.pipeline.cancel.checkpoint` lets a caller that gave up drop the rest of the run.
 
 After every step the executor gives each ranking its provenance (`stagegraph.pipeline.ranking.with_provenance`):
 the score and rank every earlier step gave its documents. With a `StageCache`, a step whose key is
@@ -36,6 +37,7 @@ from stagegraph.pipeline.graph import Step, levels
 from stagegraph.pipeline.ranking import Ranking, with_provenance
 from stagegraph.pipeline.stage import Environment, Inputs
 from stagegraph.pipeline import threads as thread_policy
+from stagegraph.pipeline.cancel import checkpoint
 from stagegraph.pipeline.timing import LatencySummary
 
 Mode = Literal["online", "batch"]
@@ -170,6 +172,7 @@ def _call(step: Step, queries: Queries, inputs: Inputs) -> list[Ranking]:
 
 def _run_batch(todo, queries, outputs, result, keys, show) -> None:
     for step in tqdm(todo, desc="stages", unit="stage", disable=not show or len(todo) < 2):
+        checkpoint()
         thread_policy.apply(thread_policy.threads_for(1))
         inputs = Inputs([outputs[i] for i in step.inputs], step.inputs)
         t0 = time.perf_counter_ns()
@@ -205,6 +208,7 @@ def _run_online(steps, todo, queries, outputs, result, keys, show, warmup, timin
         results: dict[str, Ranking] = {}
         times: dict[str, int] = {}
         for group in groups:
+            checkpoint()
             side_by_side = concurrent and pool is not None and len(group) > 1
             thread_policy.apply(thread_policy.threads_for(len(group) if side_by_side else 1))
             if side_by_side:

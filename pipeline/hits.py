@@ -58,6 +58,8 @@ class SearchResult(BaseModel):
     total_ms: float = 0.0
     #: per_query: this query's own times (online); batch: the batch's stage times divided by its size.
     timing: Literal["per_query", "batch_share"] = "per_query"
+    #: the collection generation that was searched (set by a collection's `Stack`; None otherwise)
+    generation: int | None = None
 
 
 def _value(values: np.ndarray | None, i: int) -> float | None:

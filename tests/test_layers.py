@@ -37,6 +37,7 @@ LAYERS = [
     ("pipeline", ["stagegraph.pipeline"]),
     ("stages", ["stagegraph.stages"]),
     ("collection", ["stagegraph.collection"]),
+    ("serve", ["stagegraph.serve"]),
     ("evaluation", ["stagegraph.evaluation"]),
     ("training", ["stagegraph.training"]),
     ("apps", ["stagegraph.demo", "stagegraph.cli"]),

@@ -52,6 +52,7 @@ COMMANDS = (
     "stagegraph.cli.search",
     "stagegraph.cli.ingest",
     "stagegraph.cli.collection",
+    "stagegraph.cli.serve",
     "stagegraph.cli.compare",
     "stagegraph.cli.sweep",
     "stagegraph.cli.tune_rerank",

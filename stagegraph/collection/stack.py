@@ -11,13 +11,15 @@ The stack is one `Pipeline` warmed up on one generation of a `Collection`. `sear
 any number of threads. `refresh()` builds a second pipeline on the new generation beside the one
 in use (models are shared, so only the indexes load), then swaps it in; searches in flight finish
 on the generation they started on, and the old pipeline is closed when the last of them is done.
-A search therefore always sees one generation's chunks and indexes, never a mix.
+A search therefore always sees one generation's chunks and indexes, never a mix, and its
+`SearchResult.generation` says which. `prepare` (optional) is called with each newly warmed pipeline
+before it is swapped in (a server wraps its reranker's scorer there).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +44,10 @@ class _Live:
 class Stack:
     """A pipeline over a collection: search, write, refresh (see the module docstring)."""
 
-    def __init__(self, config: Any, collection: Collection):
+    def __init__(self, config: Any, collection: Collection, *, prepare: Callable[[Pipeline], None] | None = None):
         self.collection = collection
         self._config = config
+        self._prepare = prepare
         self._lock = threading.Lock()
         self._live = self._warm()
 
@@ -53,6 +56,8 @@ class Stack:
         pipeline = _pipeline_of(self._config, self.collection)
         if len(generation.corpus):
             pipeline.warm_up(self.collection.environment())
+        if self._prepare is not None:
+            self._prepare(pipeline)
         return _Live(pipeline, generation)
 
     @property
@@ -86,8 +91,10 @@ class Stack:
             if not len(live.generation.corpus):
                 if not isinstance(query, str) or not query.strip():
                     raise InputError("the query is empty; give a question or keywords")
-                return SearchResult(query=query, hits=[])
-            return live.pipeline.search(query, k=k, filter=filter)
+                return SearchResult(query=query, hits=[], generation=live.generation.number)
+            result = live.pipeline.search(query, k=k, filter=filter)
+            result.generation = live.generation.number
+            return result
         finally:
             self._release(live)
 
@@ -96,8 +103,11 @@ class Stack:
         try:
             texts = list(queries)
             if not len(live.generation.corpus):
-                return [SearchResult(query=q, hits=[]) for q in texts]
-            return live.pipeline.search_batch(texts, k=k, filter=filter)
+                return [SearchResult(query=q, hits=[], generation=live.generation.number) for q in texts]
+            results = live.pipeline.search_batch(texts, k=k, filter=filter)
+            for result in results:
+                result.generation = live.generation.number
+            return results
         finally:
             self._release(live)
 

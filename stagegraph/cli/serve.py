@@ -1,0 +1,91 @@
+"""`stagegraph serve CONFIG --collection DIR`: the pipeline over a collection behind an HTTP API.
+
+Loads every index and model, then prints where it listens (127.0.0.1:8000 unless told otherwise);
+SIGTERM or Ctrl-C drains it and closes the collection. The API key comes from $STAGEGRAPH_API_KEY
+(or the variable `--api-key-env` names), never from an argument. See docs/serving.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from stagegraph.cli.app import Exit, load_pipeline
+
+
+def register(sub) -> None:
+    p = sub.add_parser("serve", help="serve a pipeline over a collection as an HTTP API (search, rerank, documents)",
+                       description=__doc__.splitlines()[0], allow_abbrev=False)
+    p.add_argument("config", help="pipeline YAML: a path, or a bundled config such as hybrid-rerank")
+    p.add_argument("--collection", required=True, help="the collection directory (`stagegraph ingest`)")
+    p.add_argument("--reranker", help="model for every cross-encoder stage (HF id or local path; or $STAGEGRAPH_RERANKER)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any free port, printed)")
+    p.add_argument("--workers", type=int, help="concurrent computations (default: the usable cores); "
+                   "torch/FAISS threads = cores // workers")
+    p.add_argument("--queue", type=int, default=64, help="requests that may wait for a worker; beyond, 503 (default 64)")
+    p.add_argument("--deadline-ms", type=float, default=10_000.0,
+                   help="a search or rerank unanswered after this is dropped with 504 (default 10000)")
+    p.add_argument("--write-timeout", type=float, default=120.0, help="seconds a write may wait to start (default 120)")
+    p.add_argument("--lock-timeout", type=float, default=60.0, help="seconds to wait for another writer (default 60)")
+    p.add_argument("--shutdown-timeout", type=float, default=30.0,
+                   help="seconds in-flight requests get to finish after SIGTERM (default 30)")
+    p.add_argument("--batching", choices=["on", "off"], default="on",
+                   help="micro-batch cross-encoder pairs of concurrent requests (default on)")
+    p.add_argument("--batch-tokens", type=int, default=8192, help="token budget of one batched model call (default 8192)")
+    p.add_argument("--batch-wait-ms", type=float, default=2.0, help="most a request waits for company (default 2)")
+    p.add_argument("--max-body-kb", type=int, default=1024, help="request body limit (default 1024 KiB)")
+    p.add_argument("--max-query-chars", type=int, default=2048, help="longest query (default 2048)")
+    p.add_argument("--max-k", type=int, default=100, help="largest k (default 100)")
+    p.add_argument("--max-batch-queries", type=int, default=32, help="queries per /v1/search/batch (default 32)")
+    p.add_argument("--max-rerank-documents", type=int, default=256, help="documents per /v1/rerank (default 256)")
+    p.add_argument("--max-document-chars", type=int, default=20_000, help="longest rerank document (default 20000)")
+    p.add_argument("--max-write-documents", type=int, default=1000, help="documents per PUT (default 1000)")
+    p.add_argument("--read-only", action="store_true", help="refuse every write (PUT and DELETE answer 403)")
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="let browsers call from this origin (repeatable; default: no CORS)")
+    p.add_argument("--api-key-env", default="STAGEGRAPH_API_KEY", metavar="NAME",
+                   help="the environment variable holding the API key (default STAGEGRAPH_API_KEY)")
+    p.add_argument("--api-key", help=argparse.SUPPRESS)  # refused with the reason, see handle()
+    p.set_defaults(func=handle)
+
+
+def settings_of(args: argparse.Namespace):
+    from pydantic import ValidationError
+
+    from stagegraph.errors import InputError
+    from stagegraph.serve.settings import Batching, Limits, ServeSettings
+
+    try:
+        return ServeSettings(
+            host=args.host, port=args.port, workers=args.workers, queue=args.queue, deadline_ms=args.deadline_ms,
+            write_timeout_s=args.write_timeout, lock_timeout_s=args.lock_timeout, shutdown_timeout_s=args.shutdown_timeout,
+            read_only=args.read_only, cors_origins=args.cors_origin, api_key_env=args.api_key_env,
+            batching=Batching(enabled=args.batching == "on", max_tokens=args.batch_tokens, max_wait_ms=args.batch_wait_ms),
+            limits=Limits(max_body_bytes=args.max_body_kb * 1024, max_query_chars=args.max_query_chars, max_k=args.max_k,
+                          max_batch_queries=args.max_batch_queries, max_rerank_documents=args.max_rerank_documents,
+                          max_document_chars=args.max_document_chars, max_write_documents=args.max_write_documents),
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise InputError(f"invalid serve setting {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+
+
+def handle(args: argparse.Namespace) -> int:
+    from stagegraph.errors import InputError
+    from stagegraph.serve.security import exposure_warning, read_api_key
+    from stagegraph.serve.server import run
+    from stagegraph.serve.service import Service
+
+    if args.api_key is not None:
+        raise InputError(f"--api-key is refused: command lines are visible to every user (ps); put the key in "
+                         f"${args.api_key_env} instead")
+    settings = settings_of(args)
+    key = read_api_key(settings.api_key_env)
+    warning = exposure_warning(settings.host, key is not None, settings.read_only)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    pipeline = load_pipeline(args)
+    service = Service.open(pipeline, args.collection, settings)
+    run(service, api_key=key)
+    return Exit.OK

@@ -1,0 +1,196 @@
+"""The HTTP API's records: one pydantic model per request and per response body.
+
+Requests are strict (a number is not a string, `"10"` is not an int) and refuse unknown fields, so a
+misspelt field is an error instead of a silently ignored option. Limits that the operator sets by
+flag (`stagegraph.serve.settings.Limits`) are checked by the routes against these models, with the
+same error shape (`ErrorBody`). The rerank call follows the Cohere / TEI shape that rerank APIs
+share: `{query, documents: [str | {text, ...}], top_n?, return_documents?}` ->
+`{results: [{index, relevance_score, document?}]}`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
+
+STRICT = ConfigDict(extra="forbid", strict=True)
+
+
+# -- errors -----------------------------------------------------------------------------------------
+class ErrorDetail(BaseModel):
+    code: str = Field(description="a stable, machine-readable name: invalid_json, unknown_field, k_out_of_range, ...")
+    message: str = Field(description="one line: what is wrong and how to fix it")
+    field: str | None = Field(None, description="the request field at fault (documents[3].text), when one is")
+    request_id: str | None = Field(None, description="on a 500: quote it to the operator, whose log has the traceback")
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+# -- search -----------------------------------------------------------------------------------------
+class SearchRequest(BaseModel):
+    model_config = STRICT
+
+    query: str = Field(description="a question or keywords (non-empty; at most --max-query-chars characters)")
+    k: int = Field(10, description="hits to return, 1 to --max-k")
+    filter: dict[str, Any] | None = Field(
+        None, description='a metadata filter: {"ext": "md", "year": {"$gte": 2024}} (see stagegraph.corpora.filters)')
+    explain: bool = Field(False, description="add each stage's rank and score to every hit")
+
+
+class SearchBatchRequest(BaseModel):
+    model_config = STRICT
+
+    queries: list[str] = Field(description="at most --max-batch-queries queries, each as in /v1/search")
+    k: int = 10
+    filter: dict[str, Any] | None = None
+    explain: bool = False
+
+
+class StageRank(BaseModel):
+    rank: int | None = None
+    score: float | None = None
+
+
+class HitOut(BaseModel):
+    id: str = Field(description="the chunk id (doc_id#index)")
+    doc_id: str
+    rank: int
+    score: float
+    title: str = ""
+    text: str = ""
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    cross_encoder_score: float | None = None
+    stages: dict[str, StageRank] | None = Field(None, description="with explain: each stage's rank and score (null: not returned there)")
+
+
+class SearchResponse(BaseModel):
+    query: str
+    generation: int | None = Field(description="the collection generation that was searched")
+    hits: list[HitOut]
+    timings_ms: dict[str, float] = Field(description="time in each stage")
+    total_ms: float = Field(description="the pipeline, end to end")
+    queue_ms: float = Field(description="time the request waited for a worker")
+
+
+class SearchBatchResponse(BaseModel):
+    generation: int | None
+    results: list[SearchResponse]
+    timings_ms: dict[str, float] = Field(description="each stage's time for the whole batch")
+    total_ms: float
+    queue_ms: float
+
+
+# -- rerank -----------------------------------------------------------------------------------------
+class RerankDocument(BaseModel):
+    """A document as an object: `text`, plus any fields of the caller's (returned as given)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    text: str
+
+
+class RerankRequest(BaseModel):
+    model_config = STRICT
+
+    query: str
+    documents: list[str | RerankDocument] = Field(
+        description="strings or objects with a 'text' field; at most --max-rerank-documents, each at most "
+                    "--max-document-chars characters (longer pairs are truncated to the model's max_length tokens)")
+    top_n: int | None = Field(None, description="return the best top_n (default: all)")
+    return_documents: bool = False
+    model: str | None = Field(None, description="accepted for Cohere clients; the server's own cross-encoder is used and named")
+
+    @field_validator("documents", mode="before")
+    @classmethod
+    def _documents(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            for i, item in enumerate(value):
+                if not (isinstance(item, str) or (isinstance(item, dict) and isinstance(item.get("text"), str))):
+                    raise PydanticCustomError(
+                        "document_type", "documents[{index}] is a {kind}; each document is a string or an object "
+                        "with a string 'text' field", {"index": i, "kind": type(item).__name__})
+        return value
+
+
+class RerankResult(BaseModel):
+    index: int = Field(description="position of the document in the request")
+    relevance_score: float = Field(description="the cross-encoder's score (its activation, as CrossEncoder.predict gives it)")
+    document: dict[str, Any] | None = Field(None, description="with return_documents: the document as sent ({text} for a string)")
+
+
+class RerankResponse(BaseModel):
+    id: str = Field(description="the request id")
+    model: str = Field(description="the cross-encoder that scored the pairs")
+    results: list[RerankResult]
+    timings_ms: dict[str, float]
+
+
+# -- documents --------------------------------------------------------------------------------------
+class DocumentIn(BaseModel):
+    model_config = STRICT
+
+    id: str = Field(min_length=1, max_length=1024, description="the document id (a key, never a file path)")
+    text: str = Field(min_length=1)
+    title: str = ""
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class UpsertRequest(BaseModel):
+    model_config = STRICT
+
+    documents: list[DocumentIn] = Field(min_length=1, description="at most --max-write-documents; chunked as ingest does")
+
+
+class WriteResponse(BaseModel):
+    generation: int = Field(description="the generation that holds the change (durable when this answer comes)")
+    published: bool = Field(description="false when nothing changed (every document was already there as given)")
+    searchable: bool = Field(description="true once searches see the change (always, with ?wait=true)")
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+
+
+class ChunkOut(BaseModel):
+    id: str
+    index: int
+    text: str
+
+
+class DocumentOut(BaseModel):
+    id: str
+    title: str
+    metadata: dict[str, Any]
+    generation: int
+    chunks: list[ChunkOut]
+
+
+# -- operations -------------------------------------------------------------------------------------
+class Health(BaseModel):
+    status: str = "ok"
+
+
+class Ready(BaseModel):
+    ready: bool
+    generation: int | None = None
+    reason: str | None = None
+
+
+class Info(BaseModel):
+    version: str
+    pipeline: dict[str, Any] = Field(description="the pipeline config being served")
+    stages: list[dict[str, Any]] = Field(description="each stage: name, type, model and fingerprint where it has them")
+    collection: dict[str, Any] = Field(description="name, generation, documents, chunks, created")
+    read_only: bool
+    workers: int
+    threads_per_worker: int
+    in_progress: int
+    queue: int
+    deadline_ms: float
+    batching: dict[str, Any]
+    limits: dict[str, Any]
+    versions: dict[str, str]

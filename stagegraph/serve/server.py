@@ -1,0 +1,73 @@
+"""Running the app under uvicorn: bind, say where, serve until SIGTERM/SIGINT, drain, close.
+
+`run(service, api_key=...)` binds the socket itself (so `--port 0` gets an ephemeral port and the
+line it prints names the real one), prints `stagegraph serve: listening on http://HOST:PORT` only
+after every model and index is loaded (the service was opened before), and serves. On SIGTERM or
+SIGINT uvicorn stops accepting connections, lets requests in flight finish for up to
+`shutdown_timeout_s` (then cancels them), the app's lifespan drains the workers, and `run` closes
+the stack, which releases the collection's reader lease. The signal is taken over for the
+duration, so the process then returns normally (exit 0) instead of dying by it.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from stagegraph.serve.service import Service
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on `host:port` (IPv4 or IPv6, as `host` reads)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    sock.bind(address)
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}"
+
+
+def run(service: Service, *, api_key: str | None = None, say: Callable[[str], None] = print) -> int:
+    import uvicorn
+
+    from stagegraph.serve.app import create_app
+
+    settings = service.settings
+    app = create_app(service, api_key=api_key)
+    sock = bind(settings.host, settings.port)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", server_header=False,
+                            timeout_graceful_shutdown=settings.shutdown_timeout_s, timeout_keep_alive=5)
+    server = uvicorn.Server(config)
+    caught: list[int] = []
+
+    def remember(signum: int, frame: Any) -> None:  # uvicorn re-raises the signal it handled: absorb it
+        caught.append(signum)
+
+    previous = {sig: signal.signal(sig, remember) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        say(f"stagegraph serve: listening on {url_of(sock)} (generation {service.stack.generation}, "
+            f"{settings.worker_count} workers x {settings.threads} threads, queue {settings.queue}, "
+            f"micro-batching {'on' if settings.batching.enabled else 'off'}"
+            f"{', read-only' if settings.read_only else ''}{', API key required' if api_key else ''})")
+        sys.stdout.flush()
+        server.run(sockets=[sock])
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        sock.close()
+        service.close()
+    say("stagegraph serve: stopped; collection closed")
+    return 0
