@@ -189,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return Exit.BAD_INPUT
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    for chatty in ("faiss.loader", "sentence_transformers", "httpx", "urllib3"):  # their INFO lines are not ours
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     if args.quiet:
         os.environ.setdefault("TQDM_DISABLE", "1")
     lines = WarningLines()
