@@ -55,10 +55,12 @@ def field_path(loc: Sequence[Any]) -> str | None:
 
 
 def validation_error(errors: Sequence[dict[str, Any]]) -> ApiError:
-    """The first of FastAPI's validation errors as an `ApiError` (400 for bad JSON, else 422)."""
+    """One of FastAPI's validation errors as an `ApiError` (400 for bad JSON, else 422): bad JSON first,
+    then an unknown field, then the first of the rest."""
     if not errors:
         return ApiError(422, "invalid_request", "the request does not match the API; see /docs")
-    e = errors[0]
+    rank = {"json_invalid": 0, "extra_forbidden": 1}  # a misspelt field explains the "missing" one after it
+    e = min(errors, key=lambda err: rank.get(err.get("type", ""), 2))
     kind, loc = e.get("type", ""), tuple(e.get("loc", ()))
     field = field_path(loc)
     more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""

@@ -118,6 +118,7 @@ class Service:
             reranker.predict([("warm up", "warm up")])
 
     def start(self) -> None:
+        self.draining = False
         self.search_pool.start()
         self.write_pool.start()
 
