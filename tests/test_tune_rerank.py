@@ -71,12 +71,12 @@ def _graph(small, large):
     return StubRetriever("first", k=40) >> CrossEncoderReranker(small, max_length=64, depth=30, k=10, blend=1.0, name="rerank")
 
 
-def _run(models, dataset, tmp_path, **extra):
+def _run(models, dataset, tmp_path, verify=0, **extra):
     small, large = models
     settings = TuneSettings(**{**SETTINGS, "models": (large,), **extra})
     env = Environment(dataset.corpus, work_dir=tmp_path / "work", progress=False)
     return tune_rerank(_graph(small, large), dataset, split="train", settings=settings, env=env, progress=False,
-                       say=lambda _: None)
+                       say=lambda _: None, verify=verify)
 
 
 def _as_pipeline(point, small, large):
@@ -101,7 +101,7 @@ def test_every_kind_of_configuration_ranks_exactly_as_its_pipeline(models, datas
     env = Environment(dataset.corpus, work_dir=tmp_path / "work", progress=False)
     checked = [p for p in result.points if p.kind != "pool"]
     one_of_each = [next(p for p in checked if p.kind == kind and p.label.startswith(model))
-                   for kind, model in (("fixed", "large"), ("adaptive", "small"), ("cascade", "small"))]
+                   for kind, model in (("fixed", "large"), ("cascade", "small"))]
     shallowest = min((p for p in checked if p.kind == "adaptive"), key=lambda p: p.pairs)
     assert shallowest.pairs < 30  # the rule did stop early somewhere
     one_of_each.append(shallowest)
@@ -148,8 +148,12 @@ def test_the_recommendation_fits_the_budget_and_is_written_as_a_pipeline(models,
     result = _run(models, dataset, tmp_path)
     ordered = sorted(p.p95_ms for p in result.points if p.kind != "pool")
     budget = ordered[len(ordered) // 2]
-    tight = _run(models, dataset, tmp_path, budget_ms=budget)
+    tight = _run(models, dataset, tmp_path, budget_ms=budget, verify=4)
     best = tight.point(tight.recommended)
+    # re-run as real pipelines on 4 queries: the same rankings, and a measured time of its own
+    assert {v.label for v in tight.verifications} == {best.label, tight.naive}
+    for v in tight.verifications:
+        assert v.queries == 4 and v.ndcg_measured == pytest.approx(v.ndcg_estimated, abs=1e-4) and v.mean_ms_measured > 0
     assert best.kind != "pool" and best.ndcg > tight.pool_ndcg
     assert best.p95_ms <= budget
     assert best.ndcg == max(p.ndcg for p in tight.points if p.p95_ms <= budget)
@@ -206,7 +210,7 @@ def test_the_command_writes_the_report_and_a_loadable_recommendation(models, dat
                       f"  - {{type: cross_encoder, name: rerank, model: {small}, depth: 30, k: 10, max_length: 64, blend: 1.0}}\n")
     out = tmp_path / "out"
     code = main(["--quiet", "--work-dir", str(tmp_path / "w"), "tune-rerank", str(config), "--dataset", str(root),
-                 "--budget-ms", "1000", "--depths", "10,20,30", "--backends", "torch", "--models", large, "--out", str(out)])
+                 "--budget-ms", "1000", "--depths", "10,20", "--backends", "torch", "--models", large, "--out", str(out)])
     assert code == 0
     for name in ("tune.json", "tune.csv", "tune.html", "frontier.svg", "recommended.yaml"):
         assert (out / name).is_file(), name

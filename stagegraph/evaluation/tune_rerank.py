@@ -501,15 +501,15 @@ def model_label(model: str, taken: Iterable[str] = ()) -> str:
     return label
 
 
-def build_pipeline(graph: Pipeline, point: TunePoint, template: CrossEncoderReranker) -> Pipeline:
-    """`graph`'s candidate pool followed by `point`'s reranker stage(s), as a pipeline (for YAML)."""
+def build_pipeline(graph: Pipeline, point: TunePoint, template: CrossEncoderReranker, block: int = 10) -> Pipeline:
+    """`graph`'s candidate pool followed by `point`'s reranker stage(s), as a pipeline (for YAML);
+    an adaptive step scores blocks of `block` (the tuning run's), from a first block of that size."""
     pool = first_stage(graph)
     c = template.config
     stages = []
     names = ["rerank"] if len(point.steps) == 1 else ["small", "large"]
     for name, step in zip(names, point.steps):
-        adaptive = None if step.margin is None else AdaptiveDepth(block=c.adaptive_depth.block if c.adaptive_depth else 10,
-                                                                   min_depth=10, margin=step.margin)
+        adaptive = None if step.margin is None else AdaptiveDepth(block=block, min_depth=block, margin=step.margin)
         stages.append(CrossEncoderReranker(
             step.model, max_length=c.max_length, depth=step.depth, k=step.k, batch_size=c.batch_size,
             backend=step.backend, device=c.device, blend=c.blend, blend_upstream=c.blend_upstream,
@@ -788,7 +788,7 @@ def _machine() -> str:
 
 
 def _yaml(graph: Pipeline, point: TunePoint, template: CrossEncoderReranker, result: TuneResult) -> str:
-    pipe = build_pipeline(graph, point, template)
+    pipe = build_pipeline(graph, point, template, result.settings.block)
     header = (f"# recommended by stagegraph tune-rerank for a {result.budget_ms:g} ms P95 rerank budget on "
               f"{result.dataset} {result.split} ({result.queries} queries, {result.machine}):\n"
               f"# {point.label}: nDCG@10 {point.ndcg:.4f}, rerank mean {point.mean_ms:.1f} ms, P95 {point.p95_ms:.1f} ms\n")
@@ -803,7 +803,7 @@ def _verify(graph: Pipeline, point: TunePoint, template: CrossEncoderReranker, d
     from stagegraph.evaluation.evaluate import evaluate
     from stagegraph.evaluation.sweep import UpstreamOnlyCache
 
-    pipe = build_pipeline(graph, point, template)
+    pipe = build_pipeline(graph, point, template, ev.block)
     qids = ev.queries.ids[: max(1, n)]
     _, qrels = dataset.split(split)
     sub = Dataset(dataset.name, dataset.corpus, ev.queries.restrict_to(qids), {split: Qrels({q: qrels.for_query(q) for q in qids})})
@@ -893,8 +893,7 @@ def frontier_svg(r: TuneResult, width: int = 760, height: int = 440) -> str:
     pw, ph = width - left - right, height - top - bottom
     pts = [p for p in r.points if p.kind != "pool"]
     xs = [max(p.p95_ms, 1e-3) for p in pts] + [r.budget_ms]
-    lo = 10 ** math.floor(math.log10(min(xs)))
-    hi = 10 ** math.ceil(math.log10(max(xs) * 1.05))
+    lo, hi = min(xs) / 1.5, max(xs) * 1.5
     ys = [p.ndcg for p in r.points]
     ypad = (max(ys) - min(ys)) * 0.08 or 0.01
     yt = nice_ticks(min(ys) - ypad, max(ys) + ypad)
