@@ -152,9 +152,10 @@ def create_app(service: Service, *, api_key: str | None = None) -> FastAPI:
             job = pool.submit(fn, timeout)
         except Overloaded as exc:
             service.metrics.rejected.labels("overloaded").inc()
-            return error_response(503, "overloaded", f"the server is at capacity ({pool.queue_size} requests "
-                                  f"queued, --queue); retry after {exc.retry_after} s",
-                                  headers={"Retry-After": str(exc.retry_after)})
+            return error_response(503, "overloaded", f"the server is at capacity (at most {pool.queue_size} requests "
+                                  f"wait, --queue, and none past its deadline); retry after {exc.retry_after} s",
+                                  headers={"Retry-After": str(exc.retry_after),
+                                           "Server-Timing": server_timing({"total": (time.perf_counter() - started) * 1000.0})})
         except Draining:
             service.metrics.rejected.labels("draining").inc()
             return error_response(503, "shutting_down", "the server is shutting down; retry on another instance",

@@ -6,8 +6,9 @@
   thread knows whether it holds a slot, and gives it back while it only waits (`yielded`): a request
   whose pairs wait for a shared cross-encoder call (`stagegraph.serve.batching`) holds no core.
 * `Runtime`: a pool of threads fed by a queue. `submit` (on the event loop) admits a job or raises
-  `Overloaded` at once when `queue` jobs already wait, with a Retry-After estimated from the recent
-  compute time; `result` awaits it until its deadline (`DeadlineExceeded`) or until the client
+  `Overloaded` at once when `queue` jobs already wait, or when those waiting would keep it past its
+  deadline at the recent compute time (so above saturation the answer is a fast 503, not a slow
+  504), with a Retry-After from the same estimate; `result` awaits it until its deadline (`DeadlineExceeded`) or until the client
   disconnects (`ClientGone`), and on either cancels it: a job still queued is dropped when a thread
   reaches it, a running search stops at its next stage boundary (`stagegraph.pipeline.cancel`) and
   its pairs leave the batcher. Nothing cancelled is finished in the background. A write runtime
@@ -53,15 +54,36 @@ class Draining(Exception):
 
 
 class Slots:
-    """A counting semaphore of compute slots that knows which threads hold one."""
+    """Compute slots handed out first come, first served, that know which threads hold one.
+
+    FIFO matters: with more requests in progress than slots (micro-batching), a plain semaphore wakes
+    an arbitrary waiter and a request can starve behind later ones."""
 
     def __init__(self, n: int):
         self.n = int(n)
-        self._sem = threading.Semaphore(self.n)
+        self._free = self.n
+        self._lock = threading.Lock()
+        self._waiters: collections.deque[threading.Event] = collections.deque()
         self._local = threading.local()
 
     def held(self) -> bool:
         return bool(getattr(self._local, "held", False))
+
+    def _acquire(self) -> None:
+        with self._lock:
+            if self._free > 0 and not self._waiters:
+                self._free -= 1
+                return
+            turn = threading.Event()
+            self._waiters.append(turn)
+        turn.wait()  # the releasing thread hands its slot straight to the oldest waiter
+
+    def _release(self) -> None:
+        with self._lock:
+            if self._waiters:
+                self._waiters.popleft().set()
+            else:
+                self._free += 1
 
     @contextlib.contextmanager
     def hold(self) -> Iterator[None]:
@@ -69,13 +91,13 @@ class Slots:
         if self.held():
             yield
             return
-        self._sem.acquire()
+        self._acquire()
         self._local.held = True
         try:
             yield
         finally:
             self._local.held = False
-            self._sem.release()
+            self._release()
 
     @contextlib.contextmanager
     def yielded(self) -> Iterator[None]:
@@ -84,11 +106,11 @@ class Slots:
             yield
             return
         self._local.held = False
-        self._sem.release()
+        self._release()
         try:
             yield
         finally:
-            self._sem.acquire()
+            self._acquire()
             self._local.held = True
 
 
@@ -217,9 +239,12 @@ class Runtime:
         """Jobs that have started and not finished (computing, or waiting inside, e.g. in the batcher)."""
         return self._running
 
+    def expected_wait(self) -> float:
+        """Seconds a job admitted now would wait: the jobs ahead of it, per slot, at the recent compute time."""
+        return self._waiting / max(1, self.slots.n) * self._compute_ewma
+
     def retry_after(self) -> int:
-        per_worker = (self._waiting + 1) / max(1, self.slots.n)
-        return max(1, math.ceil(per_worker * self._compute_ewma))
+        return max(1, math.ceil(self.expected_wait() + self._compute_ewma))
 
     def submit(self, fn: Callable[[Job], Any], timeout_s: float) -> Job:
         """Admit `fn` with a deadline `timeout_s` from now, or raise `Overloaded` / `Draining` at once."""
@@ -229,7 +254,9 @@ class Runtime:
         with self._cond:
             if self._stopping:
                 raise Draining()
-            if self._waiting >= self.queue_size:
+            # full: `queue` jobs wait, or those waiting would keep this one past its deadline anyway
+            if self._waiting >= self.queue_size or (
+                    self._waiting >= self.slots.n and self.expected_wait() + self._compute_ewma > timeout_s):
                 raise Overloaded(self.retry_after())
             self._queue.append(job)
             self._waiting += 1

@@ -92,6 +92,8 @@ class Service:
         except BaseException:
             service.stack.close()
             raise
+        if service.reranker() is None and service.settings.in_progress is None:
+            service.search_pool.thread_count = service.settings.worker_count  # no pairs to batch: no extra threads
         if pin_threads:
             threads.pin(service.settings.threads)
             service._pinned = True
@@ -320,7 +322,7 @@ class Service:
                         "newest_generation": manifest.generation, "documents": manifest.documents,
                         "chunks": manifest.chunks, "created": manifest.created},
             read_only=s.read_only, workers=s.worker_count, threads_per_worker=s.threads,
-            in_progress=s.in_progress_count, queue=s.queue, deadline_ms=s.deadline_ms,
+            in_progress=self.search_pool.thread_count, queue=s.queue, deadline_ms=s.deadline_ms,
             batching=s.batching.model_dump(), limits=s.limits.model_dump(),
             versions={"python": platform.python_version(), **{n: v for n in VERSIONED if (v := _version(n))}},
         )
