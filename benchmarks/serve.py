@@ -276,6 +276,8 @@ async def closed_loop(host: str, port: int, payloads: list[bytes], clients: int,
             t0 = time.perf_counter()
             status, timing = await pool.send(payloads[i % len(payloads)])
             tally.add(status, (time.perf_counter() - t0) * 1000.0, timing)
+            if status == 503:  # a polite client: back off as Retry-After (>= 1 s) says, instead of spinning
+                await asyncio.sleep(1.0)
 
     started = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(clients)))

@@ -26,7 +26,7 @@ from stagegraph.serve.app import create_app
 from stagegraph.serve.batching import BatchingScorer
 from stagegraph.serve.runtime import Slots
 from stagegraph.serve.service import Service
-from stagegraph.serve.settings import Limits, ServeSettings
+from stagegraph.serve.settings import Batching, Limits, ServeSettings
 
 QUERY = "protein cancer cell risk"
 
@@ -44,7 +44,8 @@ def collection(tmp_path_factory, models):
 
 @pytest.fixture(scope="module")
 def service(collection, models):
-    svc = Service.open(rerank_config(*models), collection, ServeSettings(limits=Limits(max_k=50)))
+    svc = Service.open(rerank_config(*models), collection,
+                       ServeSettings(limits=Limits(max_k=50), batching=Batching(enabled=True)))
     yield svc
     svc.close()
 

@@ -30,8 +30,8 @@ def register(sub) -> None:
     p.add_argument("--lock-timeout", type=float, default=60.0, help="seconds to wait for another writer (default 60)")
     p.add_argument("--shutdown-timeout", type=float, default=30.0,
                    help="seconds in-flight requests get to finish after SIGTERM (default 30)")
-    p.add_argument("--batching", choices=["on", "off"], default="on",
-                   help="micro-batch cross-encoder pairs of concurrent requests (default on)")
+    p.add_argument("--batching", choices=["on", "off"], default="off",
+                   help="micro-batch cross-encoder pairs of concurrent requests (default off)")
     p.add_argument("--batch-tokens", type=int, default=8192, help="token budget of one batched model call (default 8192)")
     p.add_argument("--batch-wait-ms", type=float, default=2.0, help="most a request waits for company (default 2)")
     p.add_argument("--max-body-kb", type=int, default=1024, help="request body limit (default 1024 KiB)")

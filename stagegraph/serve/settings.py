@@ -38,7 +38,9 @@ class Batching(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    enabled: bool = True
+    #: off by default: on this project's 2-core machine it did not beat scoring each request's pairs
+    #: on their own (docs/serving.md, `benchmarks/serve.py`); a machine with more cores or a GPU may differ
+    enabled: bool = False
     #: a model call takes pairs until their (estimated) tokens reach this budget
     max_tokens: int = Field(8192, ge=1)
     #: the first request of a batch waits at most this long for others (less when none can come)
