@@ -35,6 +35,11 @@ from stagegraph.pipeline.cancel import Cancelled, cancellable
 log = logging.getLogger(__name__)
 
 
+#: admit a job only if its expected wait plus compute fits in this share of its deadline (the rest is
+#: margin for an estimate made from recent averages on a shared machine)
+ADMIT_SHARE = 0.8
+
+
 class Overloaded(Exception):
     def __init__(self, retry_after: int):
         super().__init__(f"the queue is full; retry after {retry_after} s")
@@ -240,8 +245,10 @@ class Runtime:
         return self._running
 
     def expected_wait(self) -> float:
-        """Seconds a job admitted now would wait: the jobs ahead of it, per slot, at the recent compute time."""
-        return self._waiting / max(1, self.slots.n) * self._compute_ewma
+        """Seconds a job admitted now would wait, at the recent compute time: the jobs ahead of it per
+        slot, plus one more round when every slot is busy (counted whole: an estimate that errs long)."""
+        busy = 1 if self._running >= self.slots.n else 0
+        return (self._waiting / max(1, self.slots.n) + busy) * self._compute_ewma
 
     def retry_after(self) -> int:
         return max(1, math.ceil(self.expected_wait() + self._compute_ewma))
@@ -256,7 +263,7 @@ class Runtime:
                 raise Draining()
             # full: `queue` jobs wait, or those waiting would keep this one past its deadline anyway
             if self._waiting >= self.queue_size or (
-                    self._waiting >= self.slots.n and self.expected_wait() + self._compute_ewma > timeout_s):
+                    self._waiting >= 1 and self.expected_wait() + self._compute_ewma > ADMIT_SHARE * timeout_s):
                 raise Overloaded(self.retry_after())
             self._queue.append(job)
             self._waiting += 1

@@ -48,9 +48,9 @@ def run(service: Service, *, api_key: str | None = None, say: Callable[[str], No
     settings = service.settings
     app = create_app(service, api_key=api_key)
     sock = bind(settings.host, settings.port)
-    # uvicorn's own cap on open connections and tasks (its 503 comes before any parsing): room for every
-    # request the runtimes may hold, plus probes and metrics scrapes
-    limit = settings.in_progress_count + settings.queue + settings.write_queue + 64
+    # uvicorn's own cap on open connections and tasks (its 503 comes before any parsing): a guard for the
+    # process's file descriptors, well above what the runtimes admit (admission is theirs: --queue)
+    limit = 1024 + settings.in_progress_count + settings.queue + settings.write_queue
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", server_header=False,
                             timeout_graceful_shutdown=settings.shutdown_timeout_s, timeout_keep_alive=5,
                             limit_concurrency=limit)
