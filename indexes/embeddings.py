@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -118,6 +118,7 @@ def cached_embeddings(
     root: str | Path,
     *,
     progress: bool = True,
+    encode: Any = None,
 ) -> tuple[np.ndarray, Path, bool]:
     """The corpus' embeddings under `root/<key>`: read when valid, else encoded and saved.
 
@@ -138,7 +139,11 @@ def cached_embeddings(
             return array, directory, True
         except IndexLoadError as exc:
             log.warning("cached embeddings unusable, re-encoding: %s", exc)
-    array = encoder.encode(corpus.doc_texts(), progress=progress, desc=f"Encoding {len(corpus)} documents")
+    texts = corpus.doc_texts()
+    if encode is not None:  # e.g. sharded over a cluster
+        array = np.ascontiguousarray(encode(encoder, texts), dtype=np.float32)
+    else:
+        array = encoder.encode(texts, progress=progress, desc=f"Encoding {len(corpus)} documents")
     save_embeddings(
         directory,
         array,
@@ -150,7 +155,9 @@ def cached_embeddings(
     return array, directory, False
 
 
-def text_embeddings(encoder: DocumentEncoder, texts: list[str], cache: TextCache, *, progress: bool = True) -> tuple[np.ndarray, int]:
+def text_embeddings(
+    encoder: DocumentEncoder, texts: list[str], cache: TextCache, *, progress: bool = True, encode: Any = None
+) -> tuple[np.ndarray, int]:
     """Embeddings of `texts` from a per-text cache, encoding only the texts it lacks; (array, encoded).
 
     The namespace names the model's content identity and the truncation, so a vector is never
@@ -162,7 +169,8 @@ def text_embeddings(encoder: DocumentEncoder, texts: list[str], cache: TextCache
     todo = np.flatnonzero(~hit)
     if len(todo):
         missing = [texts[i] for i in todo]
-        fresh = encoder.encode(missing, progress=progress, desc=f"Encoding {len(missing)} new texts")
+        fresh = (np.ascontiguousarray(encode(encoder, missing), dtype=np.float32) if encode is not None
+                 else encoder.encode(missing, progress=progress, desc=f"Encoding {len(missing)} new texts"))
         array[todo] = fresh
         cache.put_vectors(namespace, missing, fresh)
     return array, int(len(todo))

@@ -34,7 +34,7 @@ from stagegraph.errors import InputError
 from stagegraph.hashing import stable_hash
 from stagegraph.pipeline import config as codec
 from stagegraph.pipeline.cache import StageCache
-from stagegraph.pipeline.executor import Mode, RunResult, Timing, execute
+from stagegraph.pipeline.executor import ExecutorConfig, Mode, RunResult, Timing, execute
 from stagegraph.pipeline.graph import (
     Cutoff,
     Node,
@@ -101,7 +101,8 @@ class Pipeline(Composable):
     type_name: ClassVar[str] = "pipeline"
     Config: ClassVar[type[StageConfig]] = StageConfig
 
-    def __init__(self, pipeline: Any, *, name: str | None = None, filter: dict[str, Any] | None = None):
+    def __init__(self, pipeline: Any, *, name: str | None = None, filter: dict[str, Any] | None = None,
+                 executor: Any = None):
         self.root: Node | None
         if isinstance(pipeline, Pipeline):
             self.root, steps = pipeline.root, list(pipeline.steps)
@@ -117,6 +118,9 @@ class Pipeline(Composable):
         self.config = StageConfig(name=name)
         #: a metadata filter every query of this pipeline gets (and-ed with the query's own)
         self.filter = filter if filter is not None else (pipeline.filter if isinstance(pipeline, Pipeline) else None)
+        #: where batch runs and index builds run (`local`, or `ray` through `stagegraph.scale`)
+        self.executor = ExecutorConfig.of(executor if executor is not None else
+                                          (pipeline.executor if isinstance(pipeline, Pipeline) else None))
         self.arity = entry_arity(self.steps)
         self._env: Environment | None = None
         self._pool: ThreadPoolExecutor | None = None
@@ -232,14 +236,23 @@ class Pipeline(Composable):
         warmup: int = 0,
         timing: Timing = "concurrent",
         progress: bool | None = None,
+        executor: Any = None,
     ) -> RunResult:
-        """Run every step over `queries`: each step's rankings and timings (see `stagegraph.pipeline.executor`)."""
+        """Run every step over `queries`: each step's rankings and timings (see `stagegraph.pipeline.executor`).
+
+        `executor`: a distributed executor object (`stagegraph.scale.RayExecutor`) that runs the
+        batch instead of this process; configs name one (`executor: ray`), `evaluate` opens it."""
         self.require_complete()
         env = env or self.environment
         queries = as_queries(queries)
         if self.filter:
             queries = Queries(queries.ids, queries.texts,
                               [combine(self.filter, queries.filter_of(i)) for i in range(len(queries))])
+        if executor is not None:
+            if not hasattr(executor, "execute"):
+                raise InputError(f"executor must be an executor object such as stagegraph.scale.RayExecutor, not {executor!r}; "
+                                 "to name one (`ray`), give it to evaluate() or the pipeline's `executor:`")
+            return executor.execute(self, queries, env, mode=mode, cache=cache, progress=progress)
         return execute(
             self.steps, queries, env, mode=mode, cache=cache, warmup=warmup, timing=timing,
             progress=progress, pool=self._branch_pool(),
@@ -307,6 +320,8 @@ class Pipeline(Composable):
     # -- as data --------------------------------------------------------------------------------
     def to_config(self) -> dict[str, Any]:
         config = codec.to_config(self.root, self.steps)
+        if self.executor.distributed:
+            config = {"executor": self.executor.model_dump(exclude_defaults=True) | {"type": self.executor.type}, **config}
         return {"filter": self.filter, **config} if self.filter else config
 
     def to_yaml(self) -> str:
@@ -319,9 +334,10 @@ class Pipeline(Composable):
     def from_config(cls, config: Any, source: str = "<config>") -> Pipeline:
         root, steps = codec.from_config(config, source=source)
         try:
-            pipe = cls(root if root is not None else steps, filter=config.get("filter") if isinstance(config, dict) else None)
+            extras = config if isinstance(config, dict) else {}
+            pipe = cls(root if root is not None else steps, filter=extras.get("filter"), executor=extras.get("executor"))
             pipe.require_complete()
-        except PipelineError as exc:
+        except (PipelineError, InputError) as exc:
             raise codec.ConfigError(f"{source}: {exc}") from None
         return pipe
 

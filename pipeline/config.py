@@ -139,7 +139,7 @@ def from_config(config: Any, source: str = "<config>") -> tuple[Node | None, lis
         config = {"pipeline": config}
     if not isinstance(config, Mapping):
         raise ConfigError(f"{source}: a pipeline config is a mapping with a `pipeline:` or `steps:` list")
-    known = {"name", "description", "pipeline", "steps", "filter"}
+    known = {"name", "description", "pipeline", "steps", "filter", "executor"}
     if "filter" in config and not isinstance(config["filter"], (Mapping, type(None))):
         raise ConfigError(f"{source}: `filter:` is a mapping such as {{ext: md, year: {{$gte: 2024}}}}")
     extra = set(config) - known

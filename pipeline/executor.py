@@ -22,12 +22,13 @@ latency. Every stage that runs is warmed up (models and indexes loaded) before a
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tqdm.auto import tqdm
 
 from stagegraph.corpora.types import Queries
@@ -42,6 +43,53 @@ from stagegraph.pipeline.timing import LatencySummary
 
 Mode = Literal["online", "batch"]
 Timing = Literal["concurrent", "isolated"]
+
+
+class ExecutorConfig(BaseModel):
+    """Where a batch run and an index build run: `local` (this process, the default) or `ray`
+    (sharded over a Ray cluster by `stagegraph.scale`). `address`: an existing cluster's HOST:PORT
+    (else `$RAY_ADDRESS`, else a local cluster started and stopped by this process); `workers`:
+    how many actors (default one per CPU of the cluster). Written `executor: ray` or
+    `executor: {type: ray, address: ..., workers: N}` in YAML, `executor="ray"` in Python."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["local", "ray"] = "local"
+    address: str | None = None
+    workers: int | None = Field(default=None, ge=1)
+
+    @classmethod
+    def of(cls, value: Any) -> ExecutorConfig:
+        """`value` (None, "local", "ray", a mapping or an `ExecutorConfig`) as a checked config."""
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        try:
+            if isinstance(value, str):
+                return cls(type=value)
+            if isinstance(value, Mapping):
+                return cls.model_validate(dict(value))
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'executor'}: {e['msg']}" for e in exc.errors())
+            raise InputError(f"executor is invalid ({problems}); write `executor: ray` or "
+                             "`executor: {type: ray, address: HOST:PORT, workers: N}`") from None
+        raise InputError(f"executor must be 'local', 'ray' or a mapping, not {type(value).__name__}")
+
+    @property
+    def distributed(self) -> bool:
+        return self.type != "local"
+
+
+class WorkerShare(BaseModel):
+    """What one worker of a distributed run did: its queries, shards and time."""
+
+    worker: int
+    pid: int
+    node: str = ""
+    queries: int
+    shards: int
+    seconds: float
 
 
 @dataclass
@@ -80,6 +128,8 @@ class RunResult:
     end_to_end_ns: np.ndarray | None = None
     warmup_queries: int = 0
     wall_ns: int = 0
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    workers: list[WorkerShare] = field(default_factory=list)  # a distributed run's split, by worker
 
     @property
     def final(self) -> list[Ranking]:

@@ -85,7 +85,10 @@ class Environment:
       tokens) that builds reuse, so an index over a corpus that changed a little re-encodes only
       what changed (collections set it; None: no per-text cache);
     * `read_only`: stages must load their artefacts and never build or write one (a reader of a
-      collection, a server); a missing artefact is then a `StageError` naming the command that builds it.
+      collection, a server); a missing artefact is then a `StageError` naming the command that builds it;
+    * `encode`: how a stage encodes many texts at warm-up, `encode(encoder, texts) -> float32 array`
+      (None: the encoder itself, here); a distributed executor (`stagegraph.scale`) sets it to shard
+      the work over a cluster with the model loaded once per worker.
     """
 
     corpus: Corpus
@@ -93,6 +96,7 @@ class Environment:
     progress: bool = True
     text_cache: Any = None
     read_only: bool = False
+    encode: Any = None
     artefacts: list[Path] = field(default_factory=list, compare=False, repr=False)
 
     def artefact_dir(self, kind: str, key: str) -> Path:

@@ -9,6 +9,8 @@ layer or a lower one. From the ground up:
     pipeline    the engine: stage contract, Pipeline, executor, cache, YAML codec, registry
     stages      retrievers, pool, reranker (built on the engine's contract)
     collection  a user's documents as chunks and indexes, in atomic generations; stagegraph.open
+    serve       the HTTP API over a collection's stack
+    scale       Ray: evaluation sharded by query, encoding by document
     evaluation  measures, scoring, reports, compare, sweep, expectations
     training    fine-tuning rerankers (uses evaluation's scoring)
     apps        stagegraph.demo, stagegraph.cli
@@ -38,6 +40,7 @@ LAYERS = [
     ("stages", ["stagegraph.stages"]),
     ("collection", ["stagegraph.collection"]),
     ("serve", ["stagegraph.serve"]),
+    ("scale", ["stagegraph.scale"]),
     ("evaluation", ["stagegraph.evaluation"]),
     ("training", ["stagegraph.training"]),
     ("apps", ["stagegraph.demo", "stagegraph.cli"]),

@@ -17,6 +17,7 @@ place and prints one line, never a traceback (`--debug` shows it):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import enum
 import importlib
 import logging
@@ -110,6 +111,37 @@ def environment(args: argparse.Namespace, dataset: Any) -> Any:
     from stagegraph.pipeline.stage import Environment
 
     return Environment(corpus=dataset.corpus, work_dir=work_dir(args), progress=progress(args))
+
+
+def add_executor_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--executor", choices=["local", "ray"],
+                   help="run here (default, or the config's `executor:`) or on a Ray cluster (pip install \"stagegraph[ray]\")")
+    p.add_argument("--ray-address", help="with --executor ray: HOST:PORT of a running cluster (default $RAY_ADDRESS; none: start a local one)")
+    p.add_argument("--workers", type=int, help="with --executor ray: worker actors (default one per CPU of the cluster)")
+
+
+def executor_config(args: argparse.Namespace, pipeline: Any = None) -> Any:
+    """The `ExecutorConfig` of the command line over the pipeline's own `executor:`."""
+    from stagegraph.pipeline.executor import ExecutorConfig
+
+    base = pipeline.executor if pipeline is not None else ExecutorConfig()
+    if (args.executor or base.type) == "local":
+        if args.ray_address or args.workers:
+            raise InputError("--ray-address and --workers go with --executor ray")
+        return ExecutorConfig()
+    return ExecutorConfig.of({"type": "ray", "address": args.ray_address or base.address, "workers": args.workers or base.workers})
+
+
+@contextlib.contextmanager
+def opened_executor(args: argparse.Namespace, config: Any):
+    """A `stagegraph.scale.RayExecutor` for a distributed `config` (closed after), else None."""
+    if not config.distributed:
+        yield None
+        return
+    from stagegraph.scale import session
+
+    with session(config, progress=progress(args)) as executor:
+        yield executor
 
 
 def say(args: argparse.Namespace, text: str) -> None:

@@ -3,6 +3,9 @@
 Or on a collection of one's own: `stagegraph eval CONFIG --collection DIR --queries Q.jsonl --qrels
 QRELS.tsv [--aggregate maxp|firstp|sum]`: the qrels name documents, the collection holds chunks, and
 each stage's chunk ranking is scored as a document ranking (`stagegraph.evaluation.aggregate`).
+
+`--executor ray --mode batch` shards the queries over a Ray cluster (`stagegraph.scale`): the same
+report and run files, plus the per-worker split; the stage cache is not used there.
 """
 
 from __future__ import annotations
@@ -11,7 +14,19 @@ import argparse
 from pathlib import Path
 
 from stagegraph.errors import InputError
-from stagegraph.cli.app import Exit, add_config_arg, add_dataset_args, environment, load_dataset, load_pipeline, progress, say, work_dir
+from stagegraph.cli.app import (
+    Exit,
+    add_config_arg,
+    add_executor_args,
+    environment,
+    executor_config,
+    load_dataset,
+    load_pipeline,
+    opened_executor,
+    progress,
+    say,
+    work_dir,
+)
 from stagegraph.evaluation.writer import save_report
 
 
@@ -36,6 +51,7 @@ def register(sub) -> None:
                    help="online latencies: as run, branches side by side (default); isolated: also each stage alone")
     p.add_argument("--warmup", type=int, default=3, help="warm-up queries run first and left out of the figures (default 3)")
     p.add_argument("--no-cache", action="store_true", help="run every stage, ignoring cached outputs")
+    add_executor_args(p)
     p.set_defaults(func=handle)
 
 
@@ -47,6 +63,9 @@ def handle(args: argparse.Namespace) -> int:
 
     metrics = parse_metrics(args.metrics) if args.metrics else None  # a bad metric fails before any work
     pipeline = load_pipeline(args)
+    distributed = executor_config(args, pipeline)
+    if distributed.distributed and args.mode != "batch":
+        raise InputError(f"--executor {distributed.type} runs batch mode: add --mode batch")
     aggregate = None
     if args.collection:
         dataset, env, close = collection_dataset(args)
@@ -56,12 +75,14 @@ def handle(args: argparse.Namespace) -> int:
             raise InputError("--queries, --qrels and --aggregate go with --collection DIR")
         dataset = load_dataset(args)
         env, close = environment(args, dataset), None
-        cache = None if args.no_cache else StageCache(work_dir(args) / "cache")
+        cache = None if args.no_cache or distributed.distributed else StageCache(work_dir(args) / "cache")
     try:
-        report = evaluate(
-            pipeline, dataset, split=args.split if not args.collection else "test", metrics=metrics, mode=args.mode,
-            env=env, cache=cache, warmup=args.warmup, timing=args.timing, progress=progress(args), aggregate=aggregate,
-        )
+        with opened_executor(args, distributed) as executor:
+            report = evaluate(
+                pipeline, dataset, split=args.split if not args.collection else "test", metrics=metrics, mode=args.mode,
+                env=env, cache=cache, warmup=args.warmup, timing=args.timing, progress=progress(args), aggregate=aggregate,
+                executor=executor or "local",
+            )
     finally:
         if close is not None:
             close()

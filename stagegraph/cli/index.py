@@ -1,27 +1,46 @@
-"""`stagegraph index CONFIG --dataset D`: build (or check) every index and model a pipeline needs."""
+"""`stagegraph index CONFIG --dataset D`: build (or check) every index and model a pipeline needs.
+
+With `--executor ray` the dense encoding runs on a Ray cluster (`stagegraph.scale.encode`); the
+index and the embedding cache it writes are the ones a local build writes."""
 
 from __future__ import annotations
 
 import argparse
 import time
 
-from stagegraph.cli.app import Exit, add_config_arg, add_dataset_args, environment, load_dataset, load_pipeline, say
+from stagegraph.cli.app import (
+    Exit,
+    add_config_arg,
+    add_dataset_args,
+    add_executor_args,
+    environment,
+    executor_config,
+    load_dataset,
+    load_pipeline,
+    opened_executor,
+    say,
+)
 
 
 def register(sub) -> None:
     p = sub.add_parser("index", help="build (or check) every index and model a pipeline needs")
     add_config_arg(p)
     add_dataset_args(p)
+    add_executor_args(p)
     p.set_defaults(func=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
     pipeline = load_pipeline(args)
+    config = executor_config(args, pipeline)
     dataset = load_dataset(args)
     env = environment(args, dataset)
-    for step in pipeline.steps:
-        t0 = time.perf_counter()
-        step.stage.warm_up(env)
-        say(args, f"{step.name}: ready in {time.perf_counter() - t0:.1f} s")
+    with opened_executor(args, config) as executor:
+        if executor is not None:  # dense encoding sharded over the cluster
+            env.encode = executor.encoder()
+        for step in pipeline.steps:
+            t0 = time.perf_counter()
+            step.stage.warm_up(env)
+            say(args, f"{step.name}: ready in {time.perf_counter() - t0:.1f} s")
     say(args, f"Artefacts are under {env.work_dir}/; `stagegraph eval` and `search` reuse them.")
     return Exit.OK

@@ -4,13 +4,14 @@ Re-running it on a changed folder re-reads everything but re-chunks, re-analyses
 documents whose content changed; `--sync` also deletes documents no longer found, `--delete ID`
 removes one. The collection is created on first use with `--config` (default: the bundled `hybrid`
 pipeline) and the chunker options; later runs must use the same ones (or rebuild into a new folder).
+`--executor ray` encodes the new chunks on a Ray cluster; the generation written is the same.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from stagegraph.cli.app import Exit, progress, say
+from stagegraph.cli.app import Exit, add_executor_args, executor_config, opened_executor, progress, say
 
 
 def register(sub) -> None:
@@ -29,6 +30,7 @@ def register(sub) -> None:
     p.add_argument("--title-field", help="JSON/JSONL records: the title field (default title)")
     p.add_argument("--max-file-mb", type=float, default=50.0, help="skip files larger than this (default 50)")
     p.add_argument("--lock-timeout", type=float, default=60.0, help="seconds to wait for another writer (default 60)")
+    add_executor_args(p)
     p.set_defaults(func=handle)
 
 
@@ -38,6 +40,7 @@ def handle(args: argparse.Namespace) -> int:
     from stagegraph.collection.ingest import ingest
     from stagegraph.corpora.ingest import ChunkerConfig, RecordFields
     from stagegraph.errors import InputError
+    from stagegraph.pipeline.compose import Pipeline
     from stagegraph.pipeline.config import load_config
 
     if not args.paths and not args.delete:
@@ -53,11 +56,15 @@ def handle(args: argparse.Namespace) -> int:
     if args.id_field or args.text_field or args.title_field:
         fields = {"id": args.id_field, "text": args.text_field, "title": args.title_field}
         records = RecordFields(**{k: v for k, v in fields.items() if v})
-    report = ingest(
-        args.paths, args.collection, pipeline=load_config(args.config) if args.config else None, chunker=chunker,
-        records=records, sync=args.sync, delete=args.delete, max_file_bytes=int(args.max_file_mb * 1024 * 1024),
-        lock_timeout=args.lock_timeout, progress=progress(args), warn=lambda line: print(f"warning: {line}", file=sys.stderr),
-    )
+    pipeline = load_config(args.config) if args.config else None
+    distributed = executor_config(args, Pipeline.from_config(pipeline) if pipeline else None)
+    with opened_executor(args, distributed) as executor:
+        report = ingest(
+            args.paths, args.collection, pipeline=pipeline, chunker=chunker,
+            records=records, sync=args.sync, delete=args.delete, max_file_bytes=int(args.max_file_mb * 1024 * 1024),
+            lock_timeout=args.lock_timeout, progress=progress(args), warn=lambda line: print(f"warning: {line}", file=sys.stderr),
+            encode=executor.encoder() if executor is not None else None,
+        )
     for line in report.lines():
         say(args, line)
     return Exit.OK

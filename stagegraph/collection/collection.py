@@ -178,8 +178,10 @@ class Collection:
         return Chunker(self.settings.chunker, Tokenizer.from_file(str(found)))
 
     # -- writing --------------------------------------------------------------------------------
-    def writer(self, *, timeout: float = DEFAULT_LOCK_TIMEOUT_S, say: Callable[[str], None] | None = None) -> Writer:
-        return Writer(self, timeout=timeout, progress=self.progress, say=say)
+    def writer(self, *, timeout: float = DEFAULT_LOCK_TIMEOUT_S, say: Callable[[str], None] | None = None,
+               encode: Callable[[Any, list[str]], Any] | None = None) -> Writer:
+        """The one writer (a file lock); `encode` embeds new chunks (`Environment.encode`, e.g. on Ray)."""
+        return Writer(self, timeout=timeout, progress=self.progress, say=say, encode=encode)
 
     def _write(self, change: Callable[[Writer], Any]) -> Generation:
         with self.writer() as w:

@@ -64,8 +64,14 @@ def ingest(
     lock_timeout: float = 60.0,
     progress: bool = True,
     warn: Callable[[str], None] = print,
+    encode: Callable[[Any, list[str]], Any] | None = None,
 ) -> IngestReport:
-    """Ingest `paths` into the collection at `collection` (created with `pipeline` when new)."""
+    """Ingest `paths` into the collection at `collection` (created with `pipeline` when new).
+
+    `encode`: how new chunks are embedded (`Environment.encode`; `stagegraph.scale` passes a Ray
+    encoder); the pipeline's `executor:` is where it runs, not part of how the collection is built."""
+    if pipeline is not None:
+        pipeline = {k: v for k, v in pipeline.items() if k != "executor"}
     started = time.perf_counter()
     layout = Layout(collection)
     fields = records or (Collection.open(collection).settings.records if layout.exists() else RecordFields())
@@ -85,7 +91,7 @@ def ingest(
         )
     store = _collection(collection, pipeline, chunker, records, progress)  # created only now, with something to hold
     try:
-        with store.writer(timeout=lock_timeout) as w:
+        with store.writer(timeout=lock_timeout, encode=encode) as w:
             w.upsert(documents)
             if sync:
                 w.keep_only(d.id for d in documents)

@@ -61,8 +61,9 @@ class Writer:
     """Stages changes to a collection and publishes them as one generation (see the module docstring)."""
 
     def __init__(self, collection: Collection, *, timeout: float = DEFAULT_LOCK_TIMEOUT_S, progress: bool = False,
-                 say: Callable[[str], None] | None = None):
+                 say: Callable[[str], None] | None = None, encode: Callable[[Any, list[str]], Any] | None = None):
         self.collection = collection
+        self.encode = encode
         self.layout: Layout = collection.layout
         self.timeout = timeout
         self.progress = progress
@@ -189,7 +190,7 @@ class Writer:
         corpus = corpus_of(chunks)
         pipeline = Pipeline.from_config(self.collection.settings.pipeline, source=str(self.layout.settings))
         env = Environment(corpus, work_dir=self.layout.artefacts, progress=self.progress,
-                          text_cache=self.collection.text_cache())
+                          text_cache=self.collection.text_cache(), encode=self.encode)
         if len(corpus):
             for step in pipeline.steps:
                 if getattr(step.stage, "indexes_corpus", False):

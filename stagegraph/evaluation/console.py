@@ -132,6 +132,11 @@ def notes(report: Report) -> list[str]:
         if report.timing != "isolated" and any(len(s.inputs) > 1 for s in report.stages.values()):
             lines.append("Each branch's time includes sharing the cores with its neighbour; `--timing isolated` "
                          "also times every stage alone.")
+    if report.executor != "local" and report.workers:
+        split = "; ".join(f"worker {w.worker} ({w.node}, pid {w.pid}): {w.queries} queries in {w.shards} shards, {w.seconds:.2f} s"
+                          for w in report.workers)
+        lines.append(f"Run on {report.executor} with {len(report.workers)} workers, stage throughput over the busiest "
+                     f"worker's time: {split}.")
     if report.aggregate:
         per_doc = ", ".join(f"{n} {s.chunks_per_document:.2f}" for n, s in report.stages.items() if s.chunks_per_document)
         lines.append(f"Chunks scored as documents by {report.aggregate}; chunks per retrieved document: {per_doc}.")

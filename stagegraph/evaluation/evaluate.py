@@ -21,7 +21,7 @@ from stagegraph.corpora.types import Corpus, Dataset, Qrels, Queries
 from stagegraph.errors import InputError
 from stagegraph.pipeline.cache import StageCache
 from stagegraph.pipeline.compose import Pipeline, as_pipeline
-from stagegraph.pipeline.executor import Mode, RunResult, Timing
+from stagegraph.pipeline.executor import ExecutorConfig, Mode, RunResult, Timing
 from stagegraph.evaluation.report import (
     BranchContribution,
     EndToEnd,
@@ -54,8 +54,14 @@ def evaluate(
     progress: bool = True,
     timing: Timing = "concurrent",
     aggregate: Aggregation | None = None,
+    executor: object = None,
 ) -> Report:
     """Run `pipeline` on the judged queries of `split` and report quality and cost per stage.
+
+    `executor`: where a batch run runs, `"local"` or `"ray"` (or `{type: ray, address, workers}`,
+    an `ExecutorConfig`, or an open `stagegraph.scale.RayExecutor`); default the pipeline's own
+    `executor:` (local). On Ray the queries are sharded over the workers and the report equals a
+    local batch run's, plus the per-worker split.
 
     On a chunked corpus (a collection) whose qrels name documents, `aggregate` (`maxp`, `firstp`,
     `sum`; `stagegraph.evaluation.aggregate`) turns every stage's chunk ranking into a document
@@ -71,10 +77,25 @@ def evaluate(
             "Environment(corpus=dataset.corpus, ...) so indexes match the documents scored"
         )
     parsed = _metrics_for(graph, metrics)
-    result = graph.execute(queries, env=env, mode=mode, cache=cache, warmup=warmup, timing=timing)
+    result = _run(graph, queries, env, mode, cache, warmup, timing, progress, executor)
     if aggregate is None and dataset.corpus.doc_ids is not None:
         aggregate = "maxp"
     return build_report(graph, dataset, split, queries, qrels, result, parsed, timing=timing, aggregate=aggregate)
+
+
+def _run(graph: Pipeline, queries: Queries, env: Environment, mode, cache, warmup, timing, progress, executor) -> RunResult:
+    """The pipeline's run here, or on the executor named (a cluster named is opened and closed here)."""
+    if executor is not None and hasattr(executor, "execute"):
+        return graph.execute(queries, env=env, mode=mode, cache=cache, executor=executor, progress=progress)
+    config = ExecutorConfig.of(executor) if executor is not None else graph.executor
+    if not config.distributed:
+        return graph.execute(queries, env=env, mode=mode, cache=cache, warmup=warmup, timing=timing)
+    if mode != "batch":
+        raise InputError(f"the {config.type} executor runs batch mode only: pass mode='batch' (--mode batch)")
+    from stagegraph.scale import session
+
+    with session(config, progress=progress) as open_executor:
+        return graph.execute(queries, env=env, mode=mode, cache=cache, executor=open_executor, progress=progress)
 
 
 def _metrics_for(graph: Pipeline, metrics: Iterable[str | Metric] | str | None) -> list[Metric]:
@@ -170,6 +191,8 @@ def build_report(
         warmup_queries=result.warmup_queries,
         cache_hits=sum(s.cache_hit for s in stages.values()),
         end_to_end=e2e,
+        executor=result.executor.type,
+        workers=list(result.workers),
         stages=stages,
         versions=library_versions(),
         machine=machine_info(),

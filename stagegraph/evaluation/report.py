@@ -34,6 +34,7 @@ from pydantic import BaseModel, Field, PrivateAttr
 from stagegraph.errors import InputError
 from stagegraph.hashing import library_versions as versions
 from stagegraph.pipeline.timing import LatencySummary
+from stagegraph.pipeline.executor import WorkerShare
 
 FORMAT_VERSION = 1
 LIBRARIES = (
@@ -104,6 +105,9 @@ class Report(BaseModel):
     warmup_queries: int = 0
     cache_hits: int = 0
     end_to_end: EndToEnd = Field(default_factory=EndToEnd)
+    #: where the run ran (`local`, `ray`) and, distributed, what each worker did
+    executor: str = "local"
+    workers: list[WorkerShare] = Field(default_factory=list)
     stages: dict[str, StageReport]
     versions: dict[str, str] = Field(default_factory=dict)
     machine: dict[str, Any] = Field(default_factory=dict)

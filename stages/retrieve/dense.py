@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 #: Settings that change speed only, never the ranking: left out of the fingerprint (cache key).
 SPEED_ONLY = {"name", "batch_size", "device"}
 READ_ONLY_HINT = "build it with the writer: `stagegraph ingest ... --collection DIR` (or `stagegraph index CONFIG --dataset D`)"
+#: torch threads for one query's encoding (see `run`: scores independent of the core count)
+QUERY_THREADS = 1
 THREADS_MOVED = "the executor sets torch and FAISS threads for every stage (stagegraph.pipeline.threads)"
 
 
@@ -188,10 +190,12 @@ class DenseRetriever(StageBase):
                 log.warning("Rebuilding the dense index of stage %r: %s", self.name, exc)
         env.refuse_build(self.name, f"usable dense index at {directory}", READ_ONLY_HINT)
         if env.text_cache is not None:  # a collection: encode only the texts the cache lacks
-            embeddings, encoded = text_embeddings(self.encoder, env.corpus.doc_texts(), env.text_cache, progress=env.progress)
+            embeddings, encoded = text_embeddings(self.encoder, env.corpus.doc_texts(), env.text_cache,
+                                                  progress=env.progress, encode=env.encode)
             log.info("dense stage %r: %d of %d texts encoded, the rest cached", self.name, encoded, len(env.corpus))
         else:
-            embeddings, _, hit = cached_embeddings(self.encoder, env.corpus, Path(env.work_dir) / "embeddings", progress=env.progress)
+            embeddings, _, hit = cached_embeddings(self.encoder, env.corpus, Path(env.work_dir) / "embeddings",
+                                                   progress=env.progress, encode=env.encode)
             log.info("dense stage %r: embeddings %s", self.name, "from cache" if hit else "encoded")
         try:
             self.index = DenseIndex.build(
@@ -244,12 +248,14 @@ class DenseRetriever(StageBase):
                 )
         # Each query is encoded and searched on its own, in batch mode too: a padded batch of queries
         # and a many-vector FAISS search round scores differently in the last float bit, which flips
-        # exact ties, and online and batch runs must give the same rankings.
+        # exact ties, and online and batch runs must give the same rankings. One intra-op thread, for
+        # the same reason: torch splits a one-row matmul by thread count (scores move ~1e-7), and a
+        # query's score must not depend on how many cores this process, or a Ray worker, was given.
         for pos in live:
             allowed = self._filter.allowed(self._corpus, queries.filter_of(pos)) if self._corpus is not None else None
             if allowed is not None and not allowed.any():
                 continue  # nothing is allowed: an empty ranking, not an error
-            vector = self.encoder.encode_query(queries.texts[pos])
+            vector = self.encoder.encode_query(queries.texts[pos], threads=QUERY_THREADS)
             scores, rows = self.index.search(vector, cfg.k, ef_search=cfg.ef_search, nprobe=cfg.nprobe, allowed=allowed)
             found = rows[0] >= 0
             out[pos] = Ranking.from_scores(rows[0][found], scores[0][found], k=cfg.k)
