@@ -2,7 +2,7 @@
 
 Loads every index and model, then prints where it listens (127.0.0.1:8000 unless told otherwise);
 SIGTERM or Ctrl-C drains it and closes the collection. The API key comes from $STAGEGRAPH_API_KEY
-(or the variable `--api-key-env` names), never from an argument. See docs/serving.md.
+(or the variable `--api-key-env` names), never from an argument. See the README, "Serving over HTTP".
 """
 
 from __future__ import annotations
