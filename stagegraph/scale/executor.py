@@ -100,11 +100,10 @@ class RayExecutor:
 
     def build(self, pipeline: Any, env: Environment) -> None:
         """Build (or find) every index of `pipeline` once on the driver, encoding on the cluster."""
-        build_env = dataclasses.replace(env, encode=env.encode or self.encoder(env.progress))
+        build_env = dataclasses.replace(env, encode=env.encode or self.encoder(env.progress))  # shares env.artefacts
         for step in pipeline.steps:
             if getattr(step.stage, "indexes_corpus", False):
                 step.stage.warm_up(build_env)
-        env.artefacts.extend(p for p in build_env.artefacts if p not in env.artefacts)
 
     def actors(self, pipeline: Any, env: Environment) -> list[Any]:
         """The workers, started (and warmed) on first use and kept for the next run of the same pipeline."""
