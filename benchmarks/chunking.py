@@ -23,6 +23,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from tables import print_markdown  # benchmarks/tables.py (scripts run with benchmarks/ on sys.path)
+
 
 def run(args: list[str]) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
@@ -63,10 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
     head = ["dataset", "chunking", "chunks", "chunks/doc", "pool nDCG@10", "pool R@100", "bm25 nDCG@10", "dense nDCG@10"]
-    print("| " + " | ".join(head) + " |")
-    print("|" + "---|" * len(head))
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+    print_markdown(head, rows)
     return 0
 
 

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tables import print_markdown  # benchmarks/tables.py (scripts run with benchmarks/ on sys.path)
+
 ROOT = Path(__file__).resolve().parents[1]
 BM25 = {"pipeline": [{"type": "bm25", "name": "bm25", "k": 100}]}
 HYBRID = {"pipeline": [
@@ -142,10 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end; chunker none (one chunk per document)")
     head = ["pipeline", "chunks", "build s", "peak GB", "chunks/s", "update docs", "update s", "update / build",
             "update peak GB", "search P50/P95 ms before", "after"]
-    print("| " + " | ".join(head) + " |")
-    print("|" + "---|" * len(head))
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+    print_markdown(head, rows)
     return 0
 
 

@@ -35,6 +35,8 @@ from stagegraph.indexes.tokenize import TokenizedCorpus  # noqa: E402
 from stagegraph.pipeline import threads  # noqa: E402
 from stagegraph.stages.retrieve.filtering import RowFilter  # noqa: E402
 
+from tables import print_markdown  # noqa: E402 - benchmarks/tables.py (scripts run with benchmarks/ on sys.path)
+
 K = 100
 SELECTIVITY = {"none": None, "50%": 500, "10%": 100, "1%": 10, "0.1%": 1}
 
@@ -111,10 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             assert all(allowed[r[r >= 0]].all() for r in exact)
         rows.append(line)
     head = ["allowed", "BM25 P50", "P95", "vs none", "Flat P50", "P95", "vs none", "HNSW P50", "P95", "vs none", "HNSW R@100"]
-    print("| " + " | ".join(head) + " |")
-    print("|" + "---|" * len(head))
-    for line in rows:
-        print("| " + " | ".join(line) + " |")
+    print_markdown(head, rows)
     worst_bm25 = max(float(r[3][:-1]) for r in rows[1:])
     worst_recall = min(float(r[10]) for r in rows[1:])  # the filtered rows: what the target is about
     print(f"BM25 filtered P50 at most {worst_bm25:.2f}x unfiltered (target <= 1.2x): {'met' if worst_bm25 <= 1.2 else 'NOT met'}; "
