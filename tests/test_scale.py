@@ -123,8 +123,12 @@ def test_ray_evaluation_reports_the_local_metrics_and_each_workers_share(sample_
     assert len({w.pid for w in shares}) == 2 and os.getpid() not in {w.pid for w in shares}
     assert not local.workers
     from stagegraph.evaluation.console import render_report
+    from stagegraph.evaluation.html import render_html
 
     assert "Run on ray with 2 workers" in render_report(distributed, width=200)
+    page = render_html(distributed)
+    assert "Workers (ray)" in page and f"<td>{shares[1].pid}</td>" in page
+    assert "Workers" not in render_html(local)
 
 
 class KillingExecutor(RayExecutor):

@@ -138,6 +138,21 @@ def _branches(r: Report) -> str:
     )
 
 
+def _workers(r: Report) -> str:
+    if not r.workers:
+        return ""
+    rows = "".join(
+        f"<tr><td>{w.worker}</td><td>{escape(w.node)}</td><td>{w.pid}</td><td>{w.queries}</td><td>{w.shards}</td>"
+        f"<td>{w.seconds:.2f}</td></tr>" for w in r.workers
+    )
+    return (
+        f"<h2>Workers ({escape(r.executor)})</h2><p class='note'>The queries were sharded over {len(r.workers)} workers; "
+        "a stage's throughput is over the busiest worker's time in it.</p>"
+        "<table><thead><tr><th>worker</th><th>node</th><th>pid</th><th>queries</th><th>shards</th><th>seconds</th>"
+        f"</tr></thead><tbody>{rows}</tbody></table>"
+    )
+
+
 def _config(r: Report) -> str:
     config = json.dumps(r.config, indent=2) if r.config is not None else "(not recorded)"
     versions = ", ".join(f"{k} {v}" for k, v in r.versions.items() if v != "not installed")
@@ -148,7 +163,7 @@ def _config(r: Report) -> str:
 
 
 def render_html(report: Report) -> str:
-    body = "".join([_summary(report), _table(report), _funnel(report), _latency(report), _branches(report), _config(report)])
+    body = "".join([_summary(report), _table(report), _funnel(report), _latency(report), _branches(report), _workers(report), _config(report)])
     title = escape(f"stagegraph · {report.dataset} · {report.split}")
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
