@@ -67,6 +67,12 @@ def dataset(models):
     return Dataset("toy", corpus, queries, {"train": Qrels(judged)})
 
 
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """One work directory for the tests that may reuse each other's measurements (the cache is tested apart)."""
+    return tmp_path_factory.mktemp("shared-work")
+
+
 def _graph(small, large):
     return StubRetriever("first", k=40) >> CrossEncoderReranker(small, max_length=64, depth=30, k=10, blend=1.0, name="rerank")
 
@@ -89,16 +95,16 @@ def _as_pipeline(point, small, large):
     return Pipeline(pipe)
 
 
-def test_every_kind_of_configuration_ranks_exactly_as_its_pipeline(models, dataset, tmp_path):
+def test_every_kind_of_configuration_ranks_exactly_as_its_pipeline(models, dataset, shared):
     from stagegraph.evaluation.evaluate import evaluate
 
     small, large = models
-    result = _run(models, dataset, tmp_path)
+    result = _run(models, dataset, shared)
     kinds = {p.kind for p in result.points}
     assert kinds == {"pool", "fixed", "adaptive", "cascade"}
     labels = {p.label for p in result.points}
     assert {"small torch depth 10", "large torch depth 30", "small torch depth 30 -> 20 >> large torch -> 10"} <= labels
-    env = Environment(dataset.corpus, work_dir=tmp_path / "work", progress=False)
+    env = Environment(dataset.corpus, work_dir=shared / "work", progress=False)
     checked = [p for p in result.points if p.kind != "pool"]
     one_of_each = [next(p for p in checked if p.kind == kind and p.label.startswith(model))
                    for kind, model in (("fixed", "large"), ("cascade", "small"))]
@@ -143,12 +149,12 @@ def test_each_pair_is_scored_once_per_scorer_and_a_stopped_run_resumes(models, d
     assert [(p.label, p.ndcg, p.mean_ms) for p in again.points] == [(p.label, p.ndcg, p.mean_ms) for p in full.points]
 
 
-def test_the_recommendation_fits_the_budget_and_is_written_as_a_pipeline(models, dataset, tmp_path):
+def test_the_recommendation_fits_the_budget_and_is_written_as_a_pipeline(models, dataset, shared, tmp_path):
     register_stubs()
-    result = _run(models, dataset, tmp_path)
+    result = _run(models, dataset, shared)
     ordered = sorted(p.p95_ms for p in result.points if p.kind != "pool")
     budget = ordered[len(ordered) // 2]
-    tight = _run(models, dataset, tmp_path, budget_ms=budget, verify=4)
+    tight = _run(models, dataset, shared, budget_ms=budget, verify=4)
     best = tight.point(tight.recommended)
     # re-run as real pipelines on 4 queries: the same rankings, and a measured time of its own
     assert {v.label for v in tight.verifications} == {best.label, tight.naive}
@@ -191,7 +197,7 @@ def test_bad_settings_are_one_line_errors(models, dataset, tmp_path):
         tune_rerank(Pipeline(StubRetriever("first", k=40)), dataset, split="train", env=env, progress=False, say=lambda _: None)
 
 
-def test_the_command_writes_the_report_and_a_loadable_recommendation(models, dataset, tmp_path, capsys):
+def test_the_command_writes_the_report_and_a_loadable_recommendation(models, dataset, shared, tmp_path, capsys):
     from stagegraph.cli.app import main
 
     register_stubs()
@@ -209,8 +215,8 @@ def test_the_command_writes_the_report_and_a_loadable_recommendation(models, dat
     config.write_text("pipeline:\n  - {type: stub_retriever, name: first, k: 40}\n"
                       f"  - {{type: cross_encoder, name: rerank, model: {small}, depth: 30, k: 10, max_length: 64, blend: 1.0}}\n")
     out = tmp_path / "out"
-    code = main(["--quiet", "--work-dir", str(tmp_path / "w"), "tune-rerank", str(config), "--dataset", str(root),
-                 "--budget-ms", "1000", "--depths", "10,20", "--backends", "torch", "--models", large, "--out", str(out)])
+    code = main(["--quiet", "--work-dir", str(shared / "work"), "tune-rerank", str(config), "--dataset", str(root),
+                 "--budget-ms", "1000", "--depths", "10,20,30", "--backends", "torch", "--models", large, "--out", str(out)])
     assert code == 0
     for name in ("tune.json", "tune.csv", "tune.html", "frontier.svg", "recommended.yaml"):
         assert (out / name).is_file(), name
