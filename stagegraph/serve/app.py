@@ -107,7 +107,7 @@ def create_app(service: Service, *, api_key: str | None = None) -> FastAPI:
     middleware += [Middleware(ApiKeyAuth, key=api_key), Middleware(BodyLimit, max_body_bytes=settings.limits.max_body_bytes)]
     app = FastAPI(title="stagegraph", version=__version__, lifespan=lifespan, middleware=middleware,
                   docs_url="/docs", redoc_url=None,
-                  description="Retrieval pipeline over a collection: search, rerank, documents. See the README, "Serving over HTTP".")
+                  description="Retrieval pipeline over a collection: search, rerank, documents. See the README, section Serving over HTTP.")
 
     # -- errors ---------------------------------------------------------------------------------
     @app.exception_handler(RequestValidationError)
