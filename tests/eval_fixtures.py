@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import zlib
 
 import numpy as np
 
@@ -54,7 +55,7 @@ class OracleRetriever(StageBase):
         out = []
         n = len(self.corpus)
         for qid in queries.ids:
-            rng = np.random.default_rng(abs(hash((self.config.seed, qid))) % 2**32)
+            rng = np.random.default_rng(zlib.crc32(f"{self.config.seed}\x00{qid}".encode()))
             scores = rng.random(n) * self.config.noise
             if self.qrels is not None:
                 j = self.qrels.as_rows(qid, self.corpus)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -42,7 +43,7 @@ class StubRetriever(StageBase):
             time.sleep(self.config.sleep_ms / 1000)
         out = []
         for text in queries.texts:
-            rng = np.random.default_rng(abs(hash((self.config.seed, text))) % (2**32))
+            rng = np.random.default_rng(zlib.crc32(f"{self.config.seed}\x00{text}".encode()))
             scores = rng.random(self.n_docs).astype(np.float32)
             out.append(Ranking.from_scores(np.arange(self.n_docs), scores, k=self.config.k))
         return out

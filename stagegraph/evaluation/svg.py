@@ -85,7 +85,8 @@ def grouped_bars(
     return _svg(width, height, body, title)
 
 
-def _log_ticks(lo: float, hi: float) -> list[float]:
+def log_ticks(lo: float, hi: float) -> list[float]:
+    """Ticks 1, 2, 5 x 10^e between lo and hi, for a log axis."""
     ticks = []
     for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1):
         for m in (1, 2, 5):
@@ -121,7 +122,7 @@ def latency_strips(rows: Sequence[str], samples: Sequence[Sequence[float]], titl
 
     body = [_text(8, 18, title, extra='font-weight="600" font-size="14"')]
     axis_y = top + len(rows) * row_h
-    for t in _log_ticks(lo, hi):
+    for t in log_ticks(lo, hi):
         x = x_of(t)
         body.append(f'<line x1="{x:.1f}" y1="{top - 4}" x2="{x:.1f}" y2="{axis_y}" stroke="#eee"/>')
         body.append(_text(x, axis_y + 14, _fmt_ms(t), "middle", 'font-size="10" fill="#555"'))

@@ -44,7 +44,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from html import escape
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -53,8 +53,9 @@ from tqdm.auto import tqdm
 from stagegraph import atomic
 from stagegraph.corpora.types import Dataset, Qrels, Queries
 from stagegraph.errors import InputError
+from stagegraph.evaluation.report import machine_info
 from stagegraph.evaluation.scoring import score_run
-from stagegraph.evaluation.svg import PALETTE, nice_ticks, standalone
+from stagegraph.evaluation.svg import PALETTE, log_ticks, nice_ticks, standalone
 from stagegraph.hashing import stable_hash
 from stagegraph.pipeline import threads as thread_policy
 from stagegraph.pipeline.cache import StageCache
@@ -65,7 +66,12 @@ from stagegraph.pipeline.stage import Environment
 from stagegraph.stages.rerank.calibration import CANDIDATES, TOLERANCE
 from stagegraph.stages.rerank.cpu import backend_support, cpu_features
 from stagegraph.stages.rerank.cross_encoder import CrossEncoderReranker, finish
-from stagegraph.stages.rerank.depth import MARGINS, AdaptiveCalibration, AdaptiveDepth, stop_depth
+from stagegraph.stages.rerank.depth import (
+    MARGINS,
+    AdaptiveCalibration,
+    AdaptiveDepth,
+    stop_depth,
+)
 from stagegraph.stages.rerank.model import read_stagegraph_metadata
 from stagegraph.stages.rerank.score_cache import ScoreCache
 
@@ -702,7 +708,7 @@ def tune_rerank(
     naive = next((p for p in points if p.kind == "fixed" and p.label == f"{slowest.label} torch depth {max_depth}"), None)
     result = TuneResult(
         dataset=dataset.name, split=split, queries=len(done), queries_total=len(queries), stopped_early=stopped,
-        budget_ms=s.budget_ms, k=s.k, cpu=features.summary(), machine=_machine(), settings=s, pool=pool_graph.output,
+        budget_ms=s.budget_ms, k=s.k, cpu=features.summary(), machine=f"{machine_info()['cpu_model']}, {thread_policy.usable_cores()} usable cores", settings=s, pool=pool_graph.output,
         pool_ndcg=pool_ndcg, backends=rows, points=points, recommended=best.label if best else None,
         ninety=ninety.label if ninety else None, naive=naive.label if naive else None,
         auto_picks=_auto_picks(rows), depth_verdicts=depth_verdicts(points),
@@ -772,19 +778,6 @@ def _auto_picks(rows: Sequence[BackendRow]) -> dict[str, str]:
         if "auto's pick" in r.reason:
             out[r.model] = r.backend
     return out
-
-
-def _machine() -> str:
-    cores = thread_policy.usable_cores()
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.lower().startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {cores} usable cores"
 
 
 def _yaml(graph: Pipeline, point: TunePoint, template: CrossEncoderReranker, result: TuneResult) -> str:
@@ -872,16 +865,6 @@ def _lines(r: TuneResult) -> list[str]:
 # --------------------------------------------------------------------------- the picture
 
 
-def _log_ticks(lo: float, hi: float) -> list[float]:
-    ticks = []
-    for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1):
-        for m in (1, 2, 5):
-            t = m * 10.0**e
-            if lo <= t <= hi:
-                ticks.append(t)
-    return ticks
-
-
 def _tick_ms(v: float) -> str:
     return f"{v / 1000:g} s" if v >= 1000 else f"{v:g} ms"
 
@@ -914,7 +897,7 @@ def frontier_svg(r: TuneResult, width: int = 760, height: int = 440) -> str:
     for t in yt:
         body.append(f'<line x1="{left}" y1="{py(t):.1f}" x2="{left + pw}" y2="{py(t):.1f}" stroke="#eee"/>')
         body.append(text(left - 6, py(t) + 4, f"{t:g}", "end", 'font-size="10"'))
-    for t in _log_ticks(lo, hi):
+    for t in log_ticks(lo, hi):
         body.append(f'<line x1="{px(t):.1f}" y1="{top}" x2="{px(t):.1f}" y2="{top + ph}" stroke="#f3f3f3"/>')
         body.append(text(px(t), top + ph + 14, _tick_ms(t), "middle", 'font-size="10"'))
     body.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>')
