@@ -155,9 +155,8 @@ def main() -> None:
     print(row(["---"] * 6))
     print(row(["naive", *point_cells(test, test.naive, naive_mean)]))
     if naive is not None:
-        cheap = [p for p in test.points if p.ndcg >= naive.ndcg - 0.005 and p.mean_ms <= 0.25 * naive.mean_ms]
-        target = min(cheap, key=lambda p: p.mean_ms) if cheap else None
-        front = [p for p in cheap if p.pareto]
+        target = test.near_naive()
+        front = [p for p in test.points if p.pareto and p.ndcg >= naive.ndcg - 0.005 and p.mean_ms <= 0.25 * naive.mean_ms]
         print(row(["target: cheapest within 0.005 at <= 25%", *point_cells(test, target.label if target else "none", naive_mean)]))
         if front and (target is None or front[0].label != target.label):
             print(row(["  (on the Pareto front)", *point_cells(test, front[0].label, naive_mean)]))
