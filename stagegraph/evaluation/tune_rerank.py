@@ -560,9 +560,6 @@ def tune_rerank(
         raise TuneError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(CANDIDATES)}")
     if "torch" not in wanted_backends:
         wanted_backends.insert(0, "torch")  # the reference every other backend is judged against
-    import importlib.util
-
-    has_onnx = importlib.util.find_spec("onnxruntime") is not None
     rows: list[BackendRow] = []
     scorers: list[Scorer] = []
     base_dir = Path(env.work_dir) / "tune_rerank"
@@ -570,8 +567,6 @@ def tune_rerank(
     for m in models:
         for b in wanted_backends:
             ok, why = backend_support(b, features)
-            if b.startswith("onnx") and not has_onnx:
-                ok, why = False, "ONNX Runtime is not installed (pip install onnxruntime onnx)"
             row = BackendRow(model=labels[m], backend=b, supported=ok, reason=why)
             rows.append(row)
             if not ok:

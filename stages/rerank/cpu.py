@@ -9,7 +9,8 @@ need from them:
 * `onnx-int8` (ONNX Runtime's dynamic int8 MatMuls) uses VNNI (`avx512_vnni` or `avx_vnni`) or AMX
   int8 where present; without them it runs on AVX2 byte multiplies (correct, with less speed-up).
 
-`backend_support(backend, features)` says whether `backend: auto` may try a backend here, and why.
+`backend_support(backend, features)` says whether `backend: auto` may try a backend here, and why
+(the ONNX backends also need ONNX Runtime installed).
 On a machine whose flags cannot be read (not Linux), bf16 is not offered: nothing is assumed.
 """
 
@@ -78,8 +79,17 @@ def cpu_features() -> CpuFeatures:
     return CpuFeatures(flags=flags, torch_capability=capability, source=source)
 
 
+@functools.cache
+def _onnx_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
 def backend_support(backend: str, features: CpuFeatures) -> tuple[bool, str]:
     """(may `auto` try it here, why), for one of the concrete backends."""
+    if backend.startswith("onnx") and not _onnx_installed():
+        return False, "ONNX Runtime is not installed (pip install onnxruntime onnx)"
     if backend in ("torch", "onnx"):
         return True, "fp32 runs everywhere"
     if backend == "torch-bf16":
