@@ -156,7 +156,7 @@ def test_auto_resolves_at_warm_up_says_why_and_remembers_the_decision(tiny_ce, c
     assert stage.scorer_key() == CrossEncoderReranker(str(model), max_length=64, backend=choice.chosen).scorer_key()
     assert len(stage.run(Queries(["q"], ["dense protein"]), [[Ranking.from_scores(np.arange(10), np.ones(10))]])[0]) == 5
     # a second warm-up on this machine reads the decision back instead of measuring again
-    monkeypatch.setattr("stagegraph.stages.rerank.cross_encoder.choose_backend",
+    monkeypatch.setattr("stagegraph.stages.rerank.scorers.choose_backend",
                         lambda *a, **k: pytest.fail("the decision should have been read back"))
     again = CrossEncoderReranker(str(model), max_length=64, depth=10, k=5, backend="auto")
     again.warm_up(env)

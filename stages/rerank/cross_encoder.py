@@ -52,16 +52,16 @@ from stagegraph.errors import StageError
 from stagegraph.hashing import stable_hash
 from stagegraph.pipeline.ranking import Ranking, StepTrace
 from stagegraph.pipeline.stage import Arity, Environment, StageConfig
-from stagegraph.pipeline.threads import usable_cores
 from stagegraph.stages.base import StageBase
 from stagegraph.pipeline.registry import register
 from stagegraph.stages.rerank.blend import BlendSpec, RerankerMetadata, blend_scores
-from stagegraph.stages.rerank.calibration import CANDIDATES, TOLERANCE, BackendChoice, choose_backend, load_calibration
-from stagegraph.stages.rerank.cpu import backend_support, cpu_features
+from stagegraph.stages.rerank.calibration import BackendChoice
+from stagegraph.stages.rerank.cpu import cpu_features
 from stagegraph.stages.rerank.depth import AdaptiveCalibration, AdaptiveDepth, block_ends, should_stop
 from stagegraph.stages.rerank.score_cache import ScoreCache
+from stagegraph.stages.rerank.scorers import build_scorer, choose_auto, load_for
 from stagegraph.stages.rerank.model import (
-    DEFAULT_MODEL, TRAIN_HINT, RerankerLoadError, load_cross_encoder, locate, model_fingerprint, read_stagegraph_metadata,
+    DEFAULT_MODEL, TRAIN_HINT, RerankerLoadError, model_fingerprint, read_stagegraph_metadata,
 )
 
 log = logging.getLogger(__name__)
@@ -198,90 +198,15 @@ class CrossEncoderReranker(StageBase):
         self._blend = self._resolve_blend()
         self._margin = self._resolve_margin()
         if c.backend == "auto":
-            scorer = self._choose_backend(progress)
+            scorer, self.backend_choice = choose_auto(c, self._blend, self._work_dir, read_only=self._read_only,
+                                                      progress=progress, name=self.name)
+            self._backend = self.backend_choice.chosen
         else:
             if c.backend == "torch-bf16" and not cpu_features().bf16:
                 log.warning("stage %r: backend torch-bf16 on a CPU without AVX-512 BF16 or AMX runs emulated bf16, "
                             "slower than fp32; use backend: auto or torch", self.name)
-            scorer = self._build(c.backend, self._cross_encoder(c.backend, progress), progress)
+            scorer = build_scorer(c, c.backend, load_for(c, c.backend, progress), self._work_dir, progress)
         self._scorer = scorer
-        return scorer
-
-    def _cross_encoder(self, backend: str, progress: bool) -> Any:
-        c = self.config
-        device = c.device if backend in ("torch", "torch-bf16") else "cpu"
-        return load_cross_encoder(c.model, c.max_length, device=device, progress=progress)
-
-    def _build(self, backend: str, cross_encoder: Any, progress: bool) -> Any:
-        c = self.config
-        if backend in ("torch", "torch-bf16"):
-            from stagegraph.stages.rerank.model import TorchScorer
-
-            return TorchScorer(cross_encoder, c.max_length, c.batch_size, bf16=backend == "torch-bf16")
-        from stagegraph.stages.rerank.onnx import OnnxScorer
-
-        return OnnxScorer.build(
-            cross_encoder, c.max_length, c.batch_size, quantize=backend == "onnx-int8", threads=usable_cores(),
-            cache_dir=self._work_dir / "onnx" / model_fingerprint(c.model)[:16], progress=progress,
-        )
-
-    def _choose_backend(self, progress: bool) -> Any:
-        """Resolve `backend: auto` (see `stagegraph.stages.rerank.calibration`); returns the chosen scorer."""
-        import importlib.util
-
-        from stagegraph.hashing import library_versions
-
-        c = self.config
-        features = cpu_features()
-        calibration = load_calibration(locate(c.model))
-        cross_encoder = self._cross_encoder("torch", progress)
-        on_cpu = str(next(cross_encoder.model.parameters()).device) == "cpu"
-        if calibration is None or not calibration.queries or not on_cpu:
-            why = ("the model has no calibration set (train-reranker writes one beside the model)" if on_cpu
-                   else "auto chooses among CPU backends and this model runs on a GPU")
-            self.backend_choice = BackendChoice(chosen="torch", reason=f"kept torch fp32: {why}", cpu=features.summary())
-            self._backend = "torch"
-            log.info("stage %r: %s", self.name, self.backend_choice.line())
-            return self._build("torch", cross_encoder, progress)
-        key = stable_hash({
-            "model": model_fingerprint(c.model), "max_length": c.max_length, "batch_size": c.batch_size,
-            "blend": self._blend.model_dump(), "cpu": list(features.flags), "tolerance": TOLERANCE,
-            "libraries": library_versions(("torch", "onnxruntime", "transformers")),
-        })
-        record = self._work_dir / "rerank_backend" / f"{key[:20]}.json"
-        choice = None
-        if record.is_file():
-            try:
-                choice = BackendChoice.model_validate_json(record.read_text(encoding="utf-8"))
-                choice.cached = True
-            except (OSError, ValueError):
-                choice = None
-        if choice is None:
-            has_onnx = importlib.util.find_spec("onnxruntime") is not None
-            supported = []
-            for backend in CANDIDATES:
-                ok, why = backend_support(backend, features)
-                if backend.startswith("onnx") and not has_onnx:
-                    ok, why = False, "ONNX Runtime is not installed (pip install onnxruntime onnx)"
-                supported.append((backend, ok, why))
-            built: dict[str, Any] = {}
-
-            def build(backend: str) -> Any:
-                if backend not in built:
-                    built[backend] = self._build(backend, cross_encoder, progress)
-                return built[backend]
-
-            choice, _ = choose_backend(build, supported, calibration, self._blend, cpu=features.summary())
-            if not self._read_only:
-                from stagegraph.atomic import write_text
-
-                write_text(record, choice.model_dump_json(indent=2))
-            scorer = built[choice.chosen]
-        else:
-            scorer = self._build(choice.chosen, cross_encoder, progress)
-        self.backend_choice = choice
-        self._backend = choice.chosen
-        log.info("stage %r: %s%s", self.name, choice.line(), " (decided at an earlier warm-up on this machine)" if choice.cached else "")
         return scorer
 
     def _resolve_margin(self) -> float | None:
