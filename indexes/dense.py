@@ -2,7 +2,7 @@
 
 * Any FAISS factory string works (`Flat`, `HNSW32`, `IVF1024,Flat`, `IVF1024,PQ32`, ...), always with
   the inner-product metric: on L2-normalised vectors that is cosine similarity.
-* IVF and PQ are trained on a seeded random sample of the vectors (`train_sample` rows), without
+* IVF and PQ are trained (`stagegraph.indexes.faiss_training`) on a seeded random sample of the vectors (`train_sample` rows), without
   FAISS's polysemous code training (only Hamming-filtered search uses it, and it is slow). An IVF
   list count the corpus cannot support (FAISS wants >= 39 training points per list) is lowered to
   `n // 39` with a warning, and PQ code bits likewise (2**bits centroids, 39 points each); the
@@ -24,18 +24,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import re
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import faiss
 import numpy as np
-from tqdm.auto import tqdm
 
 from stagegraph.atomic import atomic_dir
 from stagegraph.hashing import library_versions, stable_hash
+from stagegraph.indexes.faiss_training import adapt_factory, skip_polysemous_training, train_and_add
 from stagegraph.indexes.manifest import IndexLoadError, Manifest, read_manifest, write_manifest
 
 log = logging.getLogger(__name__)
@@ -47,10 +45,8 @@ REBUILD_HINT = (
     "rebuild it with `stagegraph index CONFIG --dataset DATASET`, or delete the directory and the "
     "dense stage rebuilds it at warm-up"
 )
-MIN_POINTS_PER_LIST = 39  # FAISS k-means warns below this many training points per centroid
 DEFAULT_EF_SEARCH = 256  # HNSW, at least 2k; see `search_params`
 DEFAULT_TRAIN_SAMPLE = 100_000
-ADD_CHUNK = 65_536
 
 
 MIN_SCANNED_PER_K = 32  # IVF: probe lists holding at least 32 * k vectors (on average)
@@ -94,52 +90,6 @@ def faiss_threads(n: int | None) -> Iterator[None]:
     finally:
         if before != n:
             faiss.omp_set_num_threads(before)
-
-
-def adapt_factory(factory: str, n: int, dim: int) -> str:
-    """`factory` with IVF list counts and PQ code sizes lowered to what `n` vectors can train.
-
-    Warns when it changes anything. Raises `ValueError` for an empty corpus with a trained index.
-    """
-    spec = factory.strip()
-    needs_training = bool(re.search(r"IVF|PQ|SQ|LSH|PCA|OPQ|RQ|LSQ", spec))
-    if needs_training and n == 0:
-        raise ValueError(f"Cannot train the FAISS index {factory!r} on an empty corpus; use 'Flat'.")
-
-    notes: list[str] = []
-
-    def clamp_ivf(match: re.Match[str]) -> str:
-        nlist = int(match.group(1))
-        limit = max(1, n // MIN_POINTS_PER_LIST)
-        if nlist <= limit:
-            return match.group(0)
-        notes.append(
-            f"{factory!r}: {nlist} IVF lists need >= {nlist * MIN_POINTS_PER_LIST} vectors to train, the corpus "
-            f"has {n}; using IVF{limit}."
-        )
-        return f"IVF{limit}"
-
-    def clamp_pq(match: re.Match[str]) -> str:
-        prefix, m, nbits = match.group(1), match.group(2), int(match.group(4) or 8)
-        limit = max(1, min(nbits, int(math.floor(math.log2(max(n / MIN_POINTS_PER_LIST, 2))))))
-        if n < 2 ** limit:
-            raise ValueError(
-                f"Cannot train the PQ codes of {factory!r} on {n} vector(s) (even {limit}-bit codes need "
-                f"{2 ** limit}); use index 'Flat' for a corpus this small."
-            )
-        if nbits <= limit:
-            return match.group(0)
-        notes.append(
-            f"{factory!r}: {nbits}-bit PQ codes need >= {MIN_POINTS_PER_LIST * 2 ** nbits} vectors to train, "
-            f"the corpus has {n}; using {limit}-bit codes."
-        )
-        return f"{prefix}PQ{m}x{limit}"
-
-    spec = re.sub(r"IVF(\d+)(?=[,_])", clamp_ivf, spec)
-    spec = re.sub(r"(^|,|_)PQ(\d+)(x(\d+))?(?=$|,|np)", clamp_pq, spec)
-    for note in notes:
-        warnings.warn(note, stacklevel=3)  # points at the caller of DenseIndex.build
-    return spec
 
 
 class DenseIndex:
@@ -186,9 +136,9 @@ class DenseIndex:
                 f"FAISS cannot build the index {factory!r} for {dim}-d vectors: {_first_line(exc)}. "
                 f"Examples that work: 'Flat', 'HNSW32', 'IVF1024,Flat', 'IVF1024,PQ32' (PQ's M must divide {dim})."
             ) from None
-        _skip_polysemous_training(index)
+        skip_polysemous_training(index)
         with faiss_threads(threads):
-            _train_and_add(index, vectors, built, train_sample, seed, progress)
+            train_and_add(index, vectors, built, train_sample, seed, progress)
         info = {
             "model": model,
             "model_identity": model_identity,
@@ -423,32 +373,6 @@ class DenseIndex:
 
     def __repr__(self) -> str:
         return f"DenseIndex({self.factory}, {self.ntotal} x {self.dim}, model={self.info.get('model')!r})"
-
-
-def _skip_polysemous_training(index: faiss.Index) -> None:
-    """FAISS's factory turns on polysemous training for `PQ` (not `PQ...np`): a slow code reordering
-    that only helps Hamming-filtered search, which this index never uses."""
-    inner = faiss.downcast_index(index)
-    while isinstance(inner, faiss.IndexPreTransform):
-        inner = faiss.downcast_index(inner.index)
-    if isinstance(inner, faiss.IndexIVF):
-        inner = faiss.downcast_index(faiss.extract_index_ivf(inner))
-    if getattr(inner, "do_polysemous_training", False):
-        inner.do_polysemous_training = False
-
-
-def _train_and_add(index: faiss.Index, vectors: np.ndarray, built: str, train_sample: int, seed: int, progress: bool) -> None:
-    """Train on a seeded sample of `train_sample` rows when the index needs it, then add every row."""
-    n = len(vectors)
-    if not index.is_trained:
-        rng = np.random.default_rng(seed)
-        size = min(n, max(1, train_sample))
-        sample = vectors if size == n else vectors[np.sort(rng.choice(n, size, replace=False))]
-        index.train(sample)
-    with tqdm(total=n, desc=f"Building {built}", unit="vec", disable=not progress or n <= ADD_CHUNK) as bar:
-        for lo in range(0, n, ADD_CHUNK):
-            index.add(vectors[lo : lo + ADD_CHUNK])
-            bar.update(min(ADD_CHUNK, n - lo))
 
 
 def _first_line(exc: BaseException) -> str:
