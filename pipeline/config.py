@@ -12,6 +12,9 @@ pipeline:                      # nested: a list is a sequence (>>), `parallel:` 
   - {cutoff: 10, of: {type: cross_encoder, name: rerank}}   # `% 10`
 ```
 
+A nested pipeline keeps its own filter and name: `{pipeline: [...], filter: {tenant: a}, name: inner}`
+(what `Pipeline(..., filter=..., name=...)` composed into another pipeline writes).
+
 ```yaml
 steps:                         # explicit: each stage names its inputs
   - {type: bm25, name: bm25}
@@ -33,17 +36,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
 
 from stagegraph import atomic
 from stagegraph.configs import bundled
-from stagegraph.errors import InputError
-from stagegraph.pipeline.graph import Cutoff, Node, Parallel, Sequence, StageNode, Step
+from stagegraph.errors import ConfigError, InputError
+from stagegraph.pipeline.graph import Cutoff, Node, Parallel, Scope, Sequence, StageNode, Step
 from stagegraph.pipeline.registry import UnknownStageType, stage_class
-
-
-class ConfigError(InputError):
-    """A pipeline config is invalid; the message names the source, the field and the allowed values."""
 
 
 def resolve_path(path: str | os.PathLike[str]) -> Path:
@@ -166,6 +164,14 @@ def _node(entry: Any, source: str, where: str) -> Node:
         if set(entry) != {"parallel"} or not isinstance(branches, list) or len(branches) < 2:
             raise ConfigError(f"{source}: {where}.parallel must be a list of two or more branches and stand alone")
         return Parallel(tuple(_node(b, source, f"{where}.parallel[{i}]") for i, b in enumerate(branches)))
+    if "pipeline" in entry:  # a nested pipeline with its own filter and name
+        if not set(entry) <= {"pipeline", "filter", "name"}:
+            raise ConfigError(f"{source}: {where}: a nested pipeline is written `{{pipeline: [...], filter: {{...}}, name: N}}`")
+        scope_filter = entry.get("filter")
+        if scope_filter is not None and not isinstance(scope_filter, Mapping):
+            raise ConfigError(f"{source}: {where}.filter is a mapping such as {{ext: md, year: {{$gte: 2024}}}}")
+        return Scope(_node(entry["pipeline"], source, f"{where}.pipeline"),
+                     dict(scope_filter) if scope_filter else None, entry.get("name"))
     if "cutoff" in entry:
         if set(entry) != {"cutoff", "of"}:
             raise ConfigError(f"{source}: {where}: a cut-off is written `{{cutoff: K, of: <stage>}}`")
@@ -184,23 +190,8 @@ def _stage(entry: Mapping[str, Any], source: str, where: str, ignore: tuple[str,
     except UnknownStageType as exc:
         raise ConfigError(f"{source}: {where}.type: {exc}") from None
     fields = {k: v for k, v in entry.items() if k != "type" and k not in ignore}
-    try:
-        config = cls.Config.model_validate(fields)
-    except ValidationError as exc:
-        raise ConfigError(_describe_validation(exc, cls, source, where)) from None
+    config = cls.Config.parse(fields, stage_type=cls.type_name, source=source, where=where)
     return cls.from_config(config)
-
-
-def _describe_validation(exc: ValidationError, cls: type, source: str, where: str) -> str:
-    allowed = ", ".join(cls.Config.model_fields)
-    problems = []
-    for err in exc.errors():
-        field = ".".join(str(p) for p in err["loc"]) or "(stage)"
-        message = err["msg"]
-        if err["type"] == "extra_forbidden":
-            message = f"unknown field; allowed fields: {allowed}"
-        problems.append(f"{where}.{field}: {message}")
-    return f"{source}: {where} (type {cls.type_name!r}) is invalid: " + "; ".join(problems)
 
 
 def _steps(entries: Any, source: str) -> list[Step]:
@@ -239,4 +230,12 @@ def _entry(node: Node) -> Any:
         return {"parallel": [_entry(b) for b in node.branches]}
     if isinstance(node, Cutoff):
         return {"cutoff": node.k, "of": _entry(node.node)}
+    if isinstance(node, Scope):
+        inner = _entry(node.node)
+        scope: dict[str, Any] = {"pipeline": inner if isinstance(inner, list) else [inner]}
+        if node.filter:
+            scope["filter"] = node.filter
+        if node.name:
+            scope["name"] = node.name
+        return scope
     raise ConfigError(f"cannot write pipeline node {node!r} as config")

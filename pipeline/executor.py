@@ -9,20 +9,25 @@
   are kept beside the concurrent ones (`StageRun.isolated_ns`); end to end stays the concurrent run.
 * **batch**: each stage runs once over all queries, for throughput.
 
-Thread counts are the policy's (`stagegraph.pipeline.threads`): set before each level, while none of
-this run's stages is running, never inside a stage. Before each level (each step in batch mode) a
+Thread counts are the policy's (`stagegraph.pipeline.threads`): set right before each stage call,
+in the thread that makes it, never inside a stage. Before each level (each step in batch mode) a
 `stagegraph.pipeline.cancel.checkpoint` lets a caller that gave up drop the rest of the run.
+
+The executor runs *bound* stages (`bind(step)`, the `stagegraph.pipeline.runner.Runner`'s): it
+never loads a model or an index itself, and it computes cache keys only when it has a cache (from
+fingerprints the runner computed once). A step whose filter scope (a nested pipeline's `filter`)
+is set gets its queries with that filter and-ed in.
 
 After every step the executor gives each ranking its provenance (`stagegraph.pipeline.ranking.with_provenance`):
 the score and rank every earlier step gave its documents. With a `StageCache`, a step whose key is
 already stored is read back instead of run, reported as a cache hit and never timed: a hit is not a
-latency. Every stage that runs is warmed up (models and indexes loaded) before any timed work.
+latency. Every stage that runs is bound (models and indexes loaded) before any timed work.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -31,12 +36,14 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tqdm.auto import tqdm
 
+from stagegraph.corpora.filters import combine
 from stagegraph.corpora.types import Queries
 from stagegraph.errors import InputError, StageError
+from stagegraph.hashing import stable_hash
 from stagegraph.pipeline.cache import StageCache, step_key
 from stagegraph.pipeline.graph import Step, levels
 from stagegraph.pipeline.ranking import Ranking, with_provenance
-from stagegraph.pipeline.stage import Environment, Inputs
+from stagegraph.pipeline.stage import Environment, Inputs, bind_stage
 from stagegraph.pipeline import threads as thread_policy
 from stagegraph.pipeline.cancel import checkpoint
 from stagegraph.pipeline.timing import LatencySummary
@@ -145,6 +152,8 @@ def execute(
     queries: Queries,
     env: Environment,
     *,
+    bind: Callable[[Step], Any] | None = None,
+    fingerprints: Mapping[str, str] | None = None,
     mode: Mode = "online",
     cache: StageCache | None = None,
     warmup: int = 3,
@@ -152,19 +161,29 @@ def execute(
     progress: bool | None = None,
     pool: ThreadPoolExecutor | None = None,
 ) -> RunResult:
-    """Run `steps` (checked, in order, the output last) over `queries`: every step's rankings and timings."""
+    """Run `steps` (checked, in order, the output last) over `queries`: every step's rankings and timings.
+
+    `bind(step)` gives a step's bound stage (default: `bind_stage(step.stage, env)`, once per call);
+    `fingerprints` the stages' fingerprints by step name (default: computed when a cache needs them)."""
     if mode not in ("online", "batch"):
         raise InputError(f"mode must be 'online' or 'batch', not {mode!r}")
     if timing not in ("concurrent", "isolated"):
         raise InputError(f"timing must be 'concurrent' or 'isolated', not {timing!r}")
-    with thread_policy.run_in_flight():
-        return _execute(list(steps), queries, env, mode, cache, warmup, timing, progress, pool)
+    if bind is None:
+        bound_here: dict[str, Any] = {}
+
+        def bind(step: Step) -> Any:
+            if step.name not in bound_here:
+                bound_here[step.name] = bind_stage(step.stage, env)
+            return bound_here[step.name]
+
+    return _execute(list(steps), queries, env, bind, fingerprints, mode, cache, warmup, timing, progress, pool)
 
 
-def _execute(steps, queries, env, mode, cache, warmup, timing, progress, pool) -> RunResult:
+def _execute(steps, queries, env, bind, fingerprints, mode, cache, warmup, timing, progress, pool) -> RunResult:
     show = env.progress if progress is None else progress
     result = RunResult(queries=queries, mode=mode, output=steps[-1].name)
-    keys = step_keys(steps, queries, env)
+    keys = step_keys(steps, queries, env, fingerprints) if cache is not None else dict.fromkeys((s.name for s in steps), "")
     outputs: dict[str, list[Ranking]] = {}
     for step in steps:
         cached = cache.load(keys[step.name]) if cache is not None else None
@@ -172,16 +191,15 @@ def _execute(steps, queries, env, mode, cache, warmup, timing, progress, pool) -
             outputs[step.name] = cached
             result.stages[step.name] = StageRun(step.name, cached, keys[step.name], cache_hit=True)
     todo = [s for s in steps if s.name not in outputs]
-    thread_policy.apply(thread_policy.threads_for(1))  # warm-up (builds, encoding): every core
-    for step in todo:
-        step.stage.warm_up(env)
+    thread_policy.apply(thread_policy.threads_for(1))  # binding (builds, encoding): every core
+    bound = {step.name: bind(step) for step in todo}
 
     started = time.perf_counter_ns()
     if todo and len(queries):
         if mode == "online":
-            _run_online(steps, todo, queries, outputs, result, keys, show, warmup, timing, pool)
+            _run_online(steps, todo, bound, queries, outputs, result, keys, show, warmup, timing, pool)
         else:
-            _run_batch(todo, queries, outputs, result, keys, show)
+            _run_batch(todo, bound, queries, outputs, result, keys, show)
     for step in todo:
         if step.name not in result.stages:  # no queries: nothing to run
             outputs[step.name] = []
@@ -194,20 +212,34 @@ def _execute(steps, queries, env, mode, cache, warmup, timing, progress, pool) -
     return result
 
 
-def step_keys(steps: Sequence[Step], queries: Queries, env: Environment) -> dict[str, str]:
-    """The cache key of every step: its fingerprint, its upstream keys, cut-off, queries and corpus."""
+def step_keys(steps: Sequence[Step], queries: Queries, env: Environment,
+              fingerprints: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The cache key of every step: its fingerprint, its upstream keys, cut-off, filter scope, queries
+    and corpus (`fingerprints`: the stages' fingerprints by step name, computed here when not given)."""
     keys: dict[str, str] = {}
     qfp, cfp = queries.fingerprint(), env.corpus.fingerprint
     for step in steps:
         upstream = [keys[i] for i in step.inputs]
-        keys[step.name] = step_key(step.stage.fingerprint(), upstream, step.cutoff, qfp, cfp)
+        fingerprint = fingerprints[step.name] if fingerprints is not None else step.stage.fingerprint()
+        if step.filter:
+            fingerprint = stable_hash({"stage": fingerprint, "filter": step.filter})
+        keys[step.name] = step_key(fingerprint, upstream, step.cutoff, qfp, cfp)
     return keys
 
 
-def _call(step: Step, queries: Queries, inputs: Inputs) -> list[Ranking]:
-    """Run one stage, check what it returned, apply the cut-off and attach provenance."""
+def scoped(queries: Queries, filter: dict[str, Any] | None) -> Queries:
+    """`queries` with `filter` and-ed into each query's own (the same object when `filter` is None)."""
+    if not filter:
+        return queries
+    return Queries(queries.ids, queries.texts, [combine(filter, queries.filter_of(i)) for i in range(len(queries))])
+
+
+def _call(step: Step, bound: Any, queries: Queries, inputs: Inputs, width: int) -> list[Ranking]:
+    """Run one bound stage with the policy's threads (`width` calls side by side), check what it
+    returned, apply the cut-off and attach provenance."""
+    thread_policy.apply(thread_policy.threads_for(width, step.stage))
     try:
-        out = step.stage.run(queries, inputs)
+        out = bound.run(scoped(queries, step.filter), inputs)
     except (StageError, InputError):
         raise
     except Exception as exc:  # a bug or an unexpected failure inside a stage: name the stage
@@ -220,18 +252,17 @@ def _call(step: Step, queries: Queries, inputs: Inputs) -> list[Ranking]:
     return [with_provenance(step.name, r, [branch[i] for branch in inputs]) for i, r in enumerate(out)]
 
 
-def _run_batch(todo, queries, outputs, result, keys, show) -> None:
+def _run_batch(todo, bound, queries, outputs, result, keys, show) -> None:
     for step in tqdm(todo, desc="stages", unit="stage", disable=not show or len(todo) < 2):
         checkpoint()
-        thread_policy.apply(thread_policy.threads_for(1))
         inputs = Inputs([outputs[i] for i in step.inputs], step.inputs)
         t0 = time.perf_counter_ns()
-        outputs[step.name] = _call(step, queries, inputs)
+        outputs[step.name] = _call(step, bound[step.name], queries, inputs, 1)
         wall = time.perf_counter_ns() - t0
         result.stages[step.name] = StageRun(step.name, outputs[step.name], keys[step.name], wall_ns=wall)
 
 
-def _run_online(steps, todo, queries, outputs, result, keys, show, warmup, timing, pool) -> None:
+def _run_online(steps, todo, bound, queries, outputs, result, keys, show, warmup, timing, pool) -> None:
     todo_names = {s.name for s in todo}
     groups = [[s for s in level if s.name in todo_names] for level in levels(list(steps))]
     groups = [g for g in groups if g]
@@ -245,12 +276,12 @@ def _run_online(steps, todo, queries, outputs, result, keys, show, warmup, timin
     if own_pool:
         pool = ThreadPoolExecutor(max_workers=width)
 
-    def timed(step: Step, one: Queries, i: int, results: dict[str, Ranking]) -> tuple[Ranking, int]:
+    def timed(step: Step, one: Queries, i: int, results: dict[str, Ranking], side: int) -> tuple[Ranking, int]:
         inputs = Inputs(
             ([[results[u]] if u in results else [outputs[u][i]] for u in step.inputs]), step.inputs
         )
         t0 = time.perf_counter_ns()
-        ranking = _call(step, one, inputs)[0]
+        ranking = _call(step, bound[step.name], one, inputs, side)[0]
         return ranking, time.perf_counter_ns() - t0
 
     def one_query(i: int, concurrent: bool = True) -> tuple[dict[str, Ranking], dict[str, int]]:
@@ -260,12 +291,12 @@ def _run_online(steps, todo, queries, outputs, result, keys, show, warmup, timin
         for group in groups:
             checkpoint()
             side_by_side = concurrent and pool is not None and len(group) > 1
-            thread_policy.apply(thread_policy.threads_for(len(group) if side_by_side else 1))
+            side = len(group) if side_by_side else 1
             if side_by_side:
-                futures = {s.name: pool.submit(timed, s, one, i, results) for s in group}
+                futures = {s.name: pool.submit(timed, s, one, i, results, side) for s in group}
                 done = {name: f.result() for name, f in futures.items()}
             else:
-                done = {s.name: timed(s, one, i, results) for s in group}
+                done = {s.name: timed(s, one, i, results, side) for s in group}
             for name, (ranking, ns) in done.items():
                 results[name], times[name] = ranking, ns
         return results, times

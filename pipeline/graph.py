@@ -1,15 +1,20 @@
 """The shape of a pipeline as plain data: composition nodes, flattened steps, and their checks.
 
 Composition builds a tree of nodes: `StageNode` (one stage), `Sequence` (`a >> b`), `Parallel`
-(`a | b`) and `Cutoff` (`x % k`). `flatten` turns a tree into `Step`s in execution order, each
-naming its upstream steps; `check` validates them, and every error names the stage and the fix:
+(`a | b`), `Cutoff` (`x % k`) and `Scope` (a nested pipeline's `filter` and `name`, kept when it is
+composed into another: every step inside gets the filter and-ed into its queries). `flatten`
+turns a tree into `Step`s in execution order, each naming its upstream steps; `check` validates
+them, and every error names the stage and the fix:
 
 * stage names are unique;
 * a retriever (arity NONE) takes no input; a reranker (ONE) takes exactly one; a fusing stage
   (MANY) takes two or more;
 * a piece may still lack its upstream (it starts with a reranker, to be put after a retriever),
   but it cannot mix entries that need input with entries that do not;
-* there is no cycle.
+* there is no cycle;
+* sizes agree across stages: a stage fed one list returns no more than its upstream can give
+  (`k`), and a stage's own `check_inputs(upstream)` hook sees every upstream step's name and limit
+  (a reranker's `depth`, a pool's branch weights).
 
 A *complete* pipeline (`check(..., complete=True)`) also starts with retrievers only and ends in
 exactly one step, its output. `draw` renders steps as an indented tree. Nothing here runs a stage;
@@ -19,9 +24,10 @@ exactly one step, its output. `draw` renders steps as an indented tree. Nothing 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from stagegraph.corpora.filters import combine
 from stagegraph.errors import InputError
 from stagegraph.pipeline.stage import Arity, Stage
 
@@ -72,6 +78,16 @@ class Cutoff(Node):
     k: int
 
 
+@dataclass(frozen=True, eq=False)
+class Scope(Node):
+    """A nested pipeline's own settings, kept inside a larger composition: its `filter` applies to
+    every step inside it (and-ed with the query's), its `name` labels the group."""
+
+    node: Node
+    filter: dict[str, Any] | None = None
+    name: str | None = None
+
+
 # -- steps ----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Step:
@@ -81,6 +97,10 @@ class Step:
     stage: Stage
     inputs: tuple[str, ...]
     cutoff: int | None = None
+    #: the filter of the nested pipeline(s) this step sits in, and-ed into its queries' filters
+    filter: dict[str, Any] | None = field(default=None, compare=False)
+    #: the name of the nested pipeline this step sits in (None: the top level)
+    scope: str | None = None
 
     @property
     def limit(self) -> int | None:
@@ -93,30 +113,57 @@ class Step:
 def flatten(node: Node) -> list[Step]:
     """The steps of `node` in composition order (checked by `check`)."""
     out: list[Step] = []
-    _flatten(node, (), out, None)
+    _flatten(node, (), out, None, _Where())
     return out
 
 
-def _flatten(node: Node, upstream: tuple[str, ...], out: list[Step], cutoff: int | None) -> tuple[str, ...]:
+@dataclass(frozen=True)
+class _Where:
+    """The scope a node is flattened in: the and of the enclosing filters, the innermost name."""
+
+    filter: dict[str, Any] | None = None
+    name: str | None = None
+
+
+def _flatten(node: Node, upstream: tuple[str, ...], out: list[Step], cutoff: int | None, where: _Where) -> tuple[str, ...]:
     """Append `node`'s steps to `out`, fed by `upstream`; return the names of its outputs."""
     if isinstance(node, StageNode):
-        out.append(Step(node.stage.name, node.stage, upstream, cutoff))
+        out.append(Step(node.stage.name, node.stage, upstream, cutoff, where.filter, where.name))
         return (node.stage.name,)
+    if isinstance(node, Scope):
+        inner = _Where(combine(where.filter, node.filter), node.name or where.name)
+        return _flatten(node.node, upstream, out, cutoff, inner)
     if isinstance(node, Cutoff):
-        return _flatten(node.node, upstream, out, node.k if cutoff is None else min(cutoff, node.k))
+        return _flatten(node.node, upstream, out, node.k if cutoff is None else min(cutoff, node.k), where)
     if isinstance(node, Sequence):
         current = upstream
         for i, part in enumerate(node.parts):
-            current = _flatten(part, current, out, cutoff if i == len(node.parts) - 1 else None)
+            current = _flatten(part, current, out, cutoff if i == len(node.parts) - 1 else None, where)
         return current
     if isinstance(node, Parallel):
         if cutoff is not None:
             raise PipelineError("`% k` applies to one stage or a sequence, not to parallel branches; cut each branch instead")
         outputs: list[str] = []
         for branch in node.branches:
-            outputs.extend(_flatten(branch, upstream, out, None))
+            outputs.extend(_flatten(branch, upstream, out, None, where))
         return tuple(outputs)
     raise PipelineError(f"unknown pipeline node {node!r}")
+
+
+def expression(node: Node) -> str:
+    """`node` written as the operators that build it: `(bm25 | dense) >> pool % 10`."""
+    if isinstance(node, StageNode):
+        return node.stage.name
+    if isinstance(node, Scope):
+        return f"{node.name or 'pipeline'}[{expression(node.node)}]"
+    if isinstance(node, Cutoff):
+        inner = expression(node.node)
+        return f"({inner}) % {node.k}" if isinstance(node.node, (Sequence, Parallel)) else f"{inner} % {node.k}"
+    if isinstance(node, Sequence):
+        return " >> ".join(f"({expression(p)})" if isinstance(p, Parallel) else expression(p) for p in node.parts)
+    if isinstance(node, Parallel):
+        return " | ".join(f"({expression(b)})" if isinstance(b, Sequence) else expression(b) for b in node.branches)
+    return repr(node)
 
 
 def outputs_of(steps: list[Step]) -> list[str]:
@@ -158,6 +205,8 @@ def check(steps: list[Step], *, complete: bool = False) -> list[Step]:
             f"{', '.join(sources)}; put each reranker or pool after the retrievers that feed it"
         )
     ordered = _topological(steps, by_name)
+    for step in ordered:
+        _check_sizes(step, by_name)
     if not complete:
         return ordered
     if needy:
@@ -196,6 +245,29 @@ def _check_arity(step: Step) -> None:
         )
 
 
+def _check_sizes(step: Step, by_name: dict[str, Step]) -> None:
+    """A stage fed one list cannot return more than that list holds; the stage's own hook checks the rest."""
+    if not step.inputs:
+        return
+    limits = [(name, by_name[name].limit) for name in step.inputs]
+    k = getattr(step.stage.config, "k", None)
+    if Arity(step.stage.arity) is Arity.ONE and isinstance(k, int) and not isinstance(k, bool):
+        name, limit = limits[0]
+        if limit is not None and k > limit:
+            raise PipelineError(
+                f"stage {step.name!r} ({type(step.stage).__name__}) returns k={k} documents but {name!r} gives it at "
+                f"most {limit}; set {step.name}'s k <= {limit}, or raise {name}'s k"
+            )
+    hook = getattr(step.stage, "check_inputs", None)
+    if callable(hook):
+        try:
+            hook(limits)
+        except PipelineError:
+            raise
+        except InputError as exc:
+            raise PipelineError(f"stage {step.name!r}: {exc}") from None
+
+
 def _topological(steps: list[Step], by_name: dict[str, Step]) -> list[Step]:
     state: dict[str, int] = {}  # 1 = on the stack, 2 = done
     order: list[Step] = []
@@ -229,11 +301,20 @@ def levels(steps: list[Step]) -> list[list[Step]]:
 
 
 # -- drawing --------------------------------------------------------------------------------------
+#: settings a reader of the tree always wants, default or not
+ALWAYS_SHOWN = ("model", "k")
+
+
 def describe(step: Step) -> str:
-    settings = step.stage.config.model_dump(exclude_defaults=True, exclude={"name"})
+    """One line: the step's name, type, every setting that differs from its default, the model and k."""
+    config = step.stage.config
+    changed = config.model_dump(mode="json", exclude_defaults=True, exclude={"name"})
+    everything = config.model_dump(mode="json")
+    settings = {f: everything[f] for f in type(config).model_fields if f in changed or f in ALWAYS_SHOWN}
     shown = ", ".join(f"{k}={v}" for k, v in settings.items())
     cut = f" % {step.cutoff}" if step.cutoff else ""
-    return f"{step.name} [{step.stage.type_name}{': ' + shown if shown else ''}]{cut}"
+    scope = f" filter={step.filter}" if step.filter else ""
+    return f"{step.name} [{step.stage.type_name}{': ' + shown if shown else ''}]{cut}{scope}"
 
 
 def draw(steps: list[Step], title: str = "Pipeline") -> str:

@@ -1,29 +1,41 @@
 """The stage contract, written once: what every stage is, what it receives and what it returns.
 
-A stage is any object with
+A stage is a **value**: its settings and nothing else, immutable, safe to share between pipelines,
+threads and environments. It is any object with
 
 * `type_name` (class attribute): the name YAML configs use (`bm25`, `dense`, `pool`, `cross_encoder`);
-* `Config` (class attribute): its pydantic settings model, and `config`, an instance of it;
+* `Config` (class attribute): its pydantic settings model, and `config`, an instance of it (every
+  setting, defaults included, is what it serialises);
 * `arity` (class attribute): how many upstream inputs it takes: `Arity.NONE` (a retriever starts a
   chain), `Arity.ONE` (a reranker refines one list) or `Arity.MANY` (a fusing stage joins branches);
 * `name`: unique within a pipeline, from `config.name` or `type_name`;
-* `warm_up(env)`: heavy loading (models, indexes) outside any timed region; called before `run`;
-* `run(queries, inputs) -> list[Ranking]`: one `Ranking` per query, in the queries' order. `inputs`
-  is an `Inputs`: one list of rankings per upstream step, each aligned with `queries`, and
-  `inputs.names`, the names of those steps (a fusing stage labels and weighs its branches by them);
+* `bind(env) -> BoundStage`: load or build what the stage needs for one `Environment` (its index,
+  its model) and return the object that runs it. Binding is the only heavy step; it leaves the
+  value untouched, so one value can be bound to many environments (generations, segments, shards)
+  at once. The bound stage has
+  - `run(queries, inputs) -> list[Ranking]`: one `Ranking` per query, in the queries' order.
+    `inputs` is an `Inputs`: one list of rankings per upstream step, each aligned with `queries`,
+    and `inputs.names`, the names of those steps (a fusing stage labels and weighs its branches by them);
+  - optionally `close()` (release files and caches) and `rebind(env)` (a bound stage for another
+    environment that shares what does not depend on the corpus, such as a loaded model);
 * `fingerprint()`: a hash of the config, the artefacts the stage reads and the code and library
   versions its results depend on: the core of the cache key.
 
 A stage whose config has an integer `k` returns at most `k` documents per query; reports use that
-limit to mark a metric that reads deeper than the stage can return as not applicable.
+limit to mark a metric that reads deeper than the stage can return as not applicable, and the
+graph refuses a reranker asked for more than its upstream returns.
 
 Nothing else is required. `stagegraph.stages.base.StageBase` supplies the defaults and the
 composition operators (`>>`, `|`, `%`), so a concrete stage is short; `stagegraph.pipeline.compose`
-turns compositions into a `Pipeline`, which is itself a stage.
+turns compositions into a `Pipeline` (itself a stage), and `Pipeline.bind(env)` gives the
+`stagegraph.pipeline.runner.Runner` that searches, runs and evaluates. An older stage written with
+`warm_up(env)` and `run` on the value itself still works: `bind_stage` binds a copy of it.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import enum
 import os
 from collections.abc import Iterable, Sequence
@@ -31,13 +43,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from stagegraph.corpora.types import Corpus, Queries
-from stagegraph.errors import StageError
+from stagegraph.errors import ConfigError, InputError, StageError
 from stagegraph.pipeline.ranking import Ranking
 
-__all__ = ["Arity", "Environment", "Inputs", "Stage", "StageConfig", "StageError"]
+__all__ = ["Arity", "BoundStage", "Environment", "Inputs", "Stage", "StageConfig", "StageError", "bind_stage", "environment_for", "release_stage"]
 
 
 class Arity(str, enum.Enum):
@@ -66,6 +78,39 @@ class StageConfig(BaseModel):
                 if field in data:
                     raise ValueError(f"`{field}` is no longer a setting of this stage: {why}; remove it")
         return data
+
+    @classmethod
+    def parse(cls, fields: dict[str, Any], *, stage_type: str, source: str = "", where: str = "") -> StageConfig:
+        """`fields` validated once into this config; a `ConfigError` of one line otherwise, naming each
+        field and what is allowed (the same message for a Python constructor and a YAML entry)."""
+        try:
+            return cls.model_validate(fields)
+        except ValidationError as exc:
+            raise ConfigError(describe_validation(exc, cls, stage_type, source, where)) from None
+
+    def settings(self) -> dict[str, Any]:
+        """Every setting as plain data, defaults included (an unset `name` left out)."""
+        out = self.model_dump(mode="json")
+        if out.get("name") is None:
+            out.pop("name", None)
+        return out
+
+
+def describe_validation(exc: ValidationError, config: type[BaseModel], stage_type: str, source: str = "",
+                        where: str = "") -> str:
+    """One line for a stage's invalid settings: each field, what is wrong, the fields allowed."""
+    allowed = ", ".join(config.model_fields)
+    prefix = f"{where}." if where else ""
+    problems = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "(stage)"
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = f"unknown field; allowed fields: {allowed}"
+        problems.append(f"{prefix}{field}: {message}")
+    head = f"{source}: " if source else ""
+    what = f"{where} (type {stage_type!r})" if where else f"stage type {stage_type!r}"
+    return f"{head}{what} is invalid: " + "; ".join(problems)
 
 
 def default_work_dir() -> Path:
@@ -132,6 +177,13 @@ class Inputs(tuple):
 
 
 @runtime_checkable
+class BoundStage(Protocol):
+    """A stage bound to one environment: what runs."""
+
+    def run(self, queries: Queries, inputs: Sequence[Sequence[Ranking]]) -> list[Ranking]: ...
+
+
+@runtime_checkable
 class Stage(Protocol):
     type_name: ClassVar[str]
     Config: ClassVar[type[StageConfig]]
@@ -141,8 +193,48 @@ class Stage(Protocol):
     @property
     def name(self) -> str: ...
 
-    def warm_up(self, env: Environment) -> None: ...
-
-    def run(self, queries: Queries, inputs: Sequence[Sequence[Ranking]]) -> list[Ranking]: ...
+    def bind(self, env: Environment) -> BoundStage: ...
 
     def fingerprint(self) -> str: ...
+
+
+def bind_stage(stage: Any, env: Environment) -> BoundStage:
+    """`stage.bind(env)`; for an older stage with only `warm_up(env)` and `run`, a warmed copy of it
+    (so the value itself is never changed by binding)."""
+    bind = getattr(stage, "bind", None)
+    if callable(bind):
+        return bind(env)
+    bound = copy.copy(stage)
+    warm = getattr(bound, "warm_up", None)
+    if callable(warm):
+        warm(env)
+    return bound
+
+
+def release_stage(bound: Any) -> None:
+    """Let a bound stage release what it holds (`close()`, where it has one)."""
+    closer = getattr(bound, "close", None)
+    if callable(closer):
+        closer()
+
+
+def environment_for(target: Any, *, work_dir: Any = None, progress: bool | None = None) -> Environment:
+    """The `Environment` of a corpus, dataset, environment or collection (`target.environment()`)."""
+    if isinstance(target, Environment):
+        env = target
+    elif hasattr(target, "environment") and callable(target.environment):
+        env = target.environment()
+    elif isinstance(target, Corpus):
+        env = Environment(corpus=target)
+    elif hasattr(target, "corpus") and isinstance(target.corpus, Corpus):
+        env = Environment(corpus=target.corpus)
+    else:
+        raise InputError(
+            f"binding a pipeline needs a Corpus, a Dataset, an Environment or a collection, not {type(target).__name__}; "
+            "e.g. pipe.bind(load_dataset('sample'))"
+        )
+    if work_dir is not None:
+        env = dataclasses.replace(env, work_dir=Path(work_dir), artefacts=[])
+    if progress is not None:
+        env = dataclasses.replace(env, progress=progress)
+    return env

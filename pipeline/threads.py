@@ -1,31 +1,35 @@
 """The one thread policy: how many intra-op threads torch and FAISS use, decided in one place.
 
-torch's and FAISS's (OpenMP's) thread counts are process-wide: a stage that set them around its own
-call, inside the executor's thread pool, raced with its neighbour branch and could leave the wrong
-count behind. So stages never touch them; the executor asks this policy before each level of a
-pipeline, while nothing of its own is running, and the policy sets both counts for the process:
+Stages never touch thread counts; the executor asks this policy right before it calls a stage, in
+the thread that makes the call, and the policy sets both counts **for that thread only**: torch's
+and FAISS's OpenMP thread counts are per calling thread (an OpenMP ICV; `tests/test_threads.py`
+checks it on this build), so two searches running side by side in two threads, or two branches of
+one query, can never see each other's counts. The rule:
 
-    threads = max(1, cores // (branches running side by side x runs in flight in this process))
+    threads = the stage's own `intra_op_threads`, if it declares one (dense query encoding: 1, since
+              a one-row matmul splits differently by thread count and a query's score must not
+              depend on the machine), else
+              the pinned count, if the process owner pinned one (the HTTP server, Ray workers), else
+              max(1, cores // stages running side by side in this query)
 
-Parallel branches of one query share the cores (two branches on two cores: one thread each, which
-is also what one-query encoding and FAISS search are fastest with: see `benchmarks/dense.py`); a
-stage alone at its level (a reranker) gets every core; two searches in flight from two threads
-halve everything again. A long-lived owner of the process (the HTTP server) can `pin` the count
-once instead, sized to its worker count; the executor then leaves it alone. Warm-up (index builds,
-corpus encoding) runs with every core. ONNX Runtime sessions have their own pool, sized at creation.
+Parallel branches of one query share the cores (two branches on two cores: one thread each); a
+stage alone at its level (a reranker) gets every core. The count does not depend on how many other
+searches are in flight, so a ranking never depends on the load: concurrent searches give exactly
+the scores of one search at a time (they oversubscribe the cores instead; a server sized to its
+cores `pin`s the count). Binding (index builds, corpus encoding) runs with every core. ONNX
+Runtime sessions have their own pool, sized at creation.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import threading
-from collections.abc import Iterator
+from typing import Any
 
 _lock = threading.Lock()
-_state = {"active": 0, "pinned": 0}
-_applied: dict[str, int] = {}  # library -> the count last set in it
+_state = {"pinned": 0}
+_local = threading.local()  # per thread: library -> the count last set in it by this thread
 
 
 def usable_cores() -> int:
@@ -35,49 +39,45 @@ def usable_cores() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def threads_for(width: int, cores: int | None = None) -> int:
-    """Intra-op threads for a level of `width` concurrent stage calls, given the runs in flight."""
+def threads_for(width: int, stage: Any = None, cores: int | None = None) -> int:
+    """Intra-op threads for `stage` when `width` stage calls of one query run side by side."""
+    own = getattr(stage, "intra_op_threads", None)
+    if own:
+        return int(own)
     if _state["pinned"]:
         return _state["pinned"]
     cores = cores or usable_cores()
-    return max(1, cores // (max(1, width) * max(1, _state["active"])))
+    return max(1, cores // max(1, width))
 
 
 def apply(n: int) -> int:
-    """Set torch's and FAISS's thread counts to `n` (unless pinned); returns the count in force.
+    """Set torch's and FAISS's thread counts to `n` for the calling thread; returns `n`.
 
-    Only libraries already imported are touched, so a BM25-only process never imports torch.
-    """
-    with _lock:
-        if _state["pinned"]:
-            n = _state["pinned"]
-        for library, setter in (("torch", "set_num_threads"), ("faiss", "omp_set_num_threads")):
-            module = sys.modules.get(library)
-            if module is not None and _applied.get(library) != n:
-                getattr(module, setter)(n)
-                _applied[library] = n
-        return n
+    Only libraries already imported are touched, so a BM25-only process never imports torch."""
+    applied = getattr(_local, "applied", None)
+    if applied is None:
+        applied = _local.applied = {}
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            # torch initialises a thread's count lazily, at its first parallel call, from the last
+            # count set anywhere in the process: make that happen now, so it cannot undo ours later
+            torch.get_num_threads()
+    for library, setter in (("torch", "set_num_threads"), ("faiss", "omp_set_num_threads")):
+        module = sys.modules.get(library)
+        if module is not None and applied.get(library) != n:
+            getattr(module, setter)(n)
+            applied[library] = n
+    return n
 
 
 def pin(n: int | None) -> None:
-    """Fix the thread count for the whole process (a server sized to its workers); None unpins."""
+    """Fix the thread count of every stage without its own (a server sized to its workers); None unpins."""
     with _lock:
         _state["pinned"] = int(n or 0)
     if n:
         apply(int(n))
 
 
-@contextlib.contextmanager
-def run_in_flight() -> Iterator[None]:
-    """Count one pipeline run as in flight for as long as the block lasts."""
-    with _lock:
-        _state["active"] += 1
-    try:
-        yield
-    finally:
-        with _lock:
-            _state["active"] -= 1
-
-
-def in_flight() -> int:
-    return _state["active"]
+def pinned() -> int:
+    """The pinned count (0: none)."""
+    return _state["pinned"]

@@ -22,3 +22,8 @@ class InputError(StagegraphError, ValueError):
 
 class StageError(StagegraphError, RuntimeError):
     """A stage cannot run (a model, index or device problem); the message says how to fix it."""
+
+
+class ConfigError(InputError):
+    """A pipeline config or a stage's settings are invalid; the message names the source, the field
+    and the allowed values."""

@@ -21,7 +21,8 @@ class StubRetrieverConfig(StageConfig):
 
 
 class StubRetriever(StageBase):
-    """Scores each document by a hash of (seed, query text, row); counts its calls."""
+    """Scores each document by a hash of (seed, query text, row). The value counts, over every
+    binding of it, how often it was bound (`warmed`) and run (`calls`)."""
 
     type_name = "stub_retriever"
     Config = StubRetrieverConfig
@@ -31,21 +32,28 @@ class StubRetriever(StageBase):
         self.config = StubRetrieverConfig(name=name, k=k, seed=seed, sleep_ms=sleep_ms)
         self.calls = 0
         self.warmed = 0
-        self.n_docs = 0
 
-    def warm_up(self, env: Environment) -> None:
+    def bind(self, env: Environment) -> StubSearch:
         self.warmed += 1
-        self.n_docs = len(env.corpus)
+        return StubSearch(self, len(env.corpus))
+
+
+class StubSearch:
+    """A `StubRetriever` bound to a corpus of `n_docs` rows."""
+
+    def __init__(self, stage: StubRetriever, n_docs: int):
+        self.stage, self.n_docs = stage, n_docs
 
     def run(self, queries: Queries, inputs: Sequence[Sequence[Ranking]]) -> list[Ranking]:
-        self.calls += 1
-        if self.config.sleep_ms:
-            time.sleep(self.config.sleep_ms / 1000)
+        stage = self.stage
+        stage.calls += 1
+        if stage.config.sleep_ms:
+            time.sleep(stage.config.sleep_ms / 1000)
         out = []
         for text in queries.texts:
-            rng = np.random.default_rng(zlib.crc32(f"{self.config.seed}\x00{text}".encode()))
+            rng = np.random.default_rng(zlib.crc32(f"{stage.config.seed}\x00{text}".encode()))
             scores = rng.random(self.n_docs).astype(np.float32)
-            out.append(Ranking.from_scores(np.arange(self.n_docs), scores, k=self.config.k))
+            out.append(Ranking.from_scores(np.arange(self.n_docs), scores, k=stage.config.k))
         return out
 
 

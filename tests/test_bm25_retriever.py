@@ -132,10 +132,10 @@ def test_registered_for_yaml_and_round_trips_its_config():
     assert stage_class("bm25") is BM25Retriever
     stage = BM25Retriever(k=50, variant="atire", b=0.7, tokenizer={"stemmer": None}, name="sparse")
     entry = stage.to_config()
-    assert entry["type"] == "bm25" and entry["k"] == 50 and entry["tokenizer"] == {"stemmer": None}
+    assert entry["type"] == "bm25" and entry["k"] == 50 and entry["tokenizer"]["stemmer"] is None and entry["k1"] == 0.9
     again = BM25Retriever.from_config(BM25Retriever.Config(**{k: v for k, v in entry.items() if k != "type"}))
     assert again.config == stage.config and again.fingerprint() == stage.fingerprint()
-    assert BM25Retriever().to_config() == {"type": "bm25"}
+    assert BM25Retriever().to_config() == {"type": "bm25", **BM25Retriever.Config().settings()}  # defaults written
 
 
 def test_runs_inside_a_yaml_graph(env):

@@ -121,7 +121,7 @@ def test_a_stage_that_cannot_load_its_model_exits_3(beir_dir, tmp_path, capsys):
     path = tmp_path / "ce.yaml"
     path.write_text(
         "pipeline:\n  - {type: stub_retriever, name: a, k: 20}\n"
-        f"  - {{type: cross_encoder, name: rr, model: {tmp_path / 'no-such-model'}}}\n"
+        f"  - {{type: cross_encoder, name: rr, depth: 20, model: {tmp_path / 'no-such-model'}}}\n"
     )
     code = main(["--quiet", "--work-dir", str(tmp_path / "w"), "eval", str(path), "--dataset", str(beir_dir)])
     assert code == Exit.STAGE_FAILED

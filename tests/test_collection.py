@@ -57,7 +57,7 @@ def rankings(root: Path, config: dict) -> dict[str, dict[str, list[tuple[str, fl
     """Every stage's ranking of every query: stage -> query -> [(chunk id, score)]."""
     out: dict[str, dict[str, list[tuple[str, float]]]] = {}
     with sg.open(config, collection=root) as stack:
-        result = stack.pipeline.execute(QUERIES, mode="batch")
+        result = stack.runner.execute(QUERIES, mode="batch")
         corpus = stack.collection.corpus
         for name, run in result.stages.items():
             out[name] = {q: [(corpus.ids[int(r)], float(s)) for r, s in zip(rk.doc_rows, rk.scores)]

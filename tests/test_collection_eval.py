@@ -44,7 +44,7 @@ def _by_hand(root, queries, how):
     with sg.open(collection=root / "c") as stack:
         corpus = stack.collection.corpus
         assert len(corpus) > 3 * 40  # several chunks per document
-        rankings = stack.pipeline.run([q["text"] for q in queries])
+        rankings = stack.runner.run([q["text"] for q in queries])
         run = {}
         for q, ranking in zip(queries, rankings):
             agg: dict[str, float] = {}

@@ -49,6 +49,8 @@ def test_python_graph_round_trips_through_yaml(tmp_path):
         "type": "stub_retriever",
         "name": "a",
         "k": 20,
+        "seed": 0,  # every setting is written, defaults included
+        "sleep_ms": 0.0,
     }
 
 

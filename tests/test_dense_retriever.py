@@ -9,12 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pydantic import ValidationError
 
 from stagegraph.corpora.types import Corpus, Queries
 from stagegraph.indexes.dense import DenseIndex
 from stagegraph.indexes.encoder import Encoder
-from stagegraph.errors import StageError
+from stagegraph.errors import ConfigError, StageError
 from stagegraph.pipeline.ranking import Ranking
 from stagegraph.pipeline.stage import Environment
 from stagegraph.stages.retrieve.bm25 import EmptyQueryWarning
@@ -103,7 +102,7 @@ def test_fingerprint_before_warm_up_and_what_changes_it(tiny_model: str, env: En
     base.warm_up(env)
     assert base.fingerprint() == before
     assert stage(tiny_model, batch_size=7, device="cpu").fingerprint() == before
-    with pytest.raises(ValidationError, match="`query_threads` is no longer a setting.*executor sets torch and FAISS threads"):
+    with pytest.raises(ConfigError, match="`query_threads` is no longer a setting.*executor sets torch and FAISS threads"):
         stage(tiny_model, query_threads=2)
     assert stage(tiny_model, name="other").fingerprint() == before
     for changed in ({"k": 11}, {"index": "HNSW32"}, {"ef_search": 64}, {"max_seq_length": 32}):
@@ -126,10 +125,12 @@ def test_registered_and_built_from_config(tiny_model: str) -> None:
     config = DenseRetrieverConfig(name="dense", k=5, model=tiny_model, index="HNSW32", ef_search=200)
     built = DenseRetriever.from_config(config)
     assert built.config == config and built.name == "dense"
-    assert built.to_config() == {"type": "dense", "name": "dense", "k": 5, "model": tiny_model, "index": "HNSW32", "ef_search": 200}
+    entry = built.to_config()  # every setting, defaults included
+    assert entry == {"type": "dense", **config.model_dump(mode="json")}
+    assert (entry["k"], entry["index"], entry["ef_search"], entry["max_seq_length"], entry["batch_size"]) == (5, "HNSW32", 200, 256, 32)
     assert DenseRetriever(index_factory="IVF64,Flat").config.index == "IVF64,Flat"
     assert DenseRetriever("PQ16").config.index == "PQ16"
-    with pytest.raises(ValidationError, match="flat\n  Extra inputs are not permitted"):
+    with pytest.raises(ConfigError, match="^stage type 'dense' is invalid: flat: unknown field; allowed fields: name, k, model"):
         DenseRetriever(flat=True)
 
 
@@ -151,7 +152,7 @@ def test_changing_only_the_factory_reuses_the_embeddings(tiny_model: str, env: E
     assert calls == [60]  # no document was encoded again
     assert len(list((env.work_dir / "dense").iterdir())) == 3  # one index per factory
     assert len(list((env.work_dir / "embeddings").iterdir())) == 1  # one set of embeddings
-    assert hnsw.index.factory == "HNSW32" and ivf.index.factory == "IVF1,Flat"
+    assert hnsw.bound.index.factory == "HNSW32" and ivf.bound.index.factory == "IVF1,Flat"
 
 
 def test_a_second_stage_loads_the_saved_index(tiny_model: str, env: Environment, monkeypatch) -> None:
@@ -163,7 +164,7 @@ def test_a_second_stage_loads_the_saved_index(tiny_model: str, env: Environment,
     monkeypatch.setattr(DenseIndex, "build", no_build)
     again = stage(tiny_model, index="HNSW32")
     again.warm_up(env)
-    assert again.index.ntotal == 60
+    assert again.bound.index.ntotal == 60
 
 
 def test_a_damaged_saved_index_is_rebuilt_not_served(tiny_model: str, env: Environment, caplog) -> None:

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from stubs import StubFuse, StubRerank, StubRetriever, tiny_corpus
+from stubs import StubFuse, StubRerank, StubRetriever, StubSearch, tiny_corpus
 
 from stagegraph.corpora.types import Queries
 from stagegraph.errors import InputError, StageError
@@ -99,9 +99,7 @@ def test_unknown_mode_is_refused():
         _graph().execute(_queries(2), env=Environment(tiny_corpus()), mode="fast")
 
 
-class _SharedResource(StubRetriever):
-    """A branch that needs a resource its neighbour also holds (a core, a GIL, a lock) for 25 ms."""
-
+class _Waiting(StubSearch):
     lock = __import__("threading").Lock()
 
     def run(self, queries, inputs):
@@ -110,6 +108,13 @@ class _SharedResource(StubRetriever):
         with self.lock:
             time.sleep(0.025)
         return super().run(queries, inputs)
+
+
+class _SharedResource(StubRetriever):
+    """A branch that needs a resource its neighbour also holds (a core, a GIL, a lock) for 25 ms."""
+
+    def bind(self, env):
+        return _Waiting(self, len(env.corpus))
 
 
 def test_a_branch_slowed_by_its_neighbour_is_reported_as_run_and_alone():

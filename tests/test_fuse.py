@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import pytest
-from pydantic import ValidationError
+from stagegraph.errors import ConfigError
 
 from stagegraph.corpora.types import Queries
 from stagegraph.errors import StageError
@@ -282,10 +282,10 @@ def test_pool_in_a_pipeline_traces_every_branch_by_its_step_name():
 # -- configuration and validation -------------------------------------------------------------------
 def test_defaults_are_resolved_into_the_config_so_reports_show_them():
     assert CandidatePool().to_config() == {
-        "type": "pool", "method": "rrf", "rrf_k": 60, "normalization": "none", "missing": "zero"
+        "type": "pool", "method": "rrf", "k": 100, "rrf_k": 60, "normalization": "none", "weights": None, "missing": "zero"
     }
     cfg = CandidatePool("combmnz").to_config()
-    assert cfg["normalization"] == "minmax" and cfg["missing"] == "zero" and "rrf_k" not in cfg
+    assert cfg["normalization"] == "minmax" and cfg["missing"] == "zero" and cfg["rrf_k"] is None
     assert CandidatePool().fingerprint() == CandidatePool("rrf", rrf_k=60, missing="zero", normalization="none").fingerprint()
     assert CandidatePool().fingerprint() != CandidatePool(rrf_k=10).fingerprint()
     assert CandidatePool("combsum").fingerprint() != CandidatePool("combsum", missing="min").fingerprint()
@@ -305,7 +305,7 @@ def test_registered_as_pool():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"method": "borda"}, "method"),
+        ({"method": "borda"}, "borda.* is not a valid FusionMethod"),
         ({"method": "rrf", "normalization": "minmax"}, "does not apply to rrf"),
         ({"method": "rrf", "missing": "min"}, "does not apply to rrf"),
         ({"method": "combsum", "rrf_k": 10}, "rrf_k applies to method rrf only"),
@@ -319,8 +319,11 @@ def test_registered_as_pool():
     ],
 )
 def test_invalid_configs_are_rejected_with_a_fix(kwargs, message):
-    with pytest.raises(ValidationError, match=message):
+    with pytest.raises(ConfigError, match=message) as caught:
         CandidatePool(**kwargs)
+    # the same one line a YAML entry gets: the stage type, the field, the fix; no pydantic URL
+    assert str(caught.value).startswith("stage type 'pool' is invalid: ") and "pydantic" not in str(caught.value)
+    assert "\n" not in str(caught.value)
 
 
 def test_weights_are_checked_against_the_inputs_at_run_time():

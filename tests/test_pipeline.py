@@ -5,7 +5,7 @@ import threading
 
 import numpy as np
 import pytest
-from stubs import StubFuse, StubRerank, StubRetriever, register_stubs, tiny_corpus
+from stubs import StubFuse, StubRerank, StubRetriever, StubSearch, register_stubs, tiny_corpus
 
 from stagegraph.corpora.types import Queries
 from stagegraph.errors import InputError, StageError
@@ -102,8 +102,10 @@ def test_composing_a_non_stage_is_a_type_error_and_cutoff_must_be_positive():
 def test_print_shows_the_tree_with_settings():
     lines = str((StubRetriever("a", k=7) | StubRetriever("b")) >> StubFuse("pool")).splitlines()
     assert lines[0] == "Pipeline"
-    assert lines[1] == "└── pool [stub_fuse]"
-    assert "    ├── a [stub_retriever: k=7]" in lines and "    └── b [stub_retriever]" in lines
+    assert lines[1] == "└── pool [stub_fuse: k=10]"  # k is always shown, default or not
+    assert "    ├── a [stub_retriever: k=7]" in lines and "    └── b [stub_retriever: k=10]" in lines
+    changed = str(StubRetriever("a", seed=3) >> StubRerank("r", flip=True)).splitlines()
+    assert changed[1:] == ["└── r [stub_rerank: k=5, flip=True]", "    └── a [stub_retriever: k=10, seed=3]"]
 
 
 # -- YAML -----------------------------------------------------------------------------------------
@@ -149,7 +151,7 @@ def test_search_returns_hits_with_each_stages_rank_and_score_and_timings():
 
 def test_run_is_the_stage_contract_and_search_needs_warm_up_and_a_query():
     pipe = hybrid()
-    with pytest.raises(InputError, match="not warmed up.*warm_up"):
+    with pytest.raises(InputError, match="not bound to documents.*pipe.bind"):
         pipe.search("x")
     pipe.warm_up(tiny_corpus(), progress=False)
     rankings = pipe.run(["first", "second"])
@@ -183,9 +185,13 @@ def test_concurrent_searches_from_many_threads_agree_with_a_single_thread():
 
 
 def test_a_stage_raising_inside_the_online_thread_pool_is_named():
-    class Exploding(StubRetriever):
+    class Boom(StubSearch):
         def run(self, queries, inputs):
             raise ZeroDivisionError("boom")
+
+    class Exploding(StubRetriever):
+        def bind(self, env):
+            return Boom(self, len(env.corpus))
 
     pipe = (StubRetriever("a") | Exploding("b")) >> StubFuse("pool")
     env = Environment(tiny_corpus(), progress=False)

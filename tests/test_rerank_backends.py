@@ -73,7 +73,7 @@ def test_bf16_autocast_scores_track_fp32(tiny_ce, corpus, tmp_path):
     for backend in ("torch", "torch-bf16"):
         stage = CrossEncoderReranker(str(tiny_ce), max_length=64, depth=40, k=40, blend=1.0, backend=backend)
         stage.warm_up(env)
-        assert stage.backend == backend and stage._scorer.backend == backend
+        assert stage.backend == backend and stage.bound.scoring.scorer.backend == backend
         runs[backend] = [dict(zip(r.doc_rows.tolist(), r.provenance[stage.name].model_score.tolist()))
                          for r in stage.run(queries, [pools])]
     for fp32, bf16 in zip(runs["torch"], runs["torch-bf16"]):

@@ -90,12 +90,12 @@ def test_a_cascade_round_trips_through_yaml_and_a_piece_refuses_to_run_alone(mod
     again = Pipeline.from_yaml(pipe.to_yaml())
     assert again.names == ["first", "small", "large"] and again.fingerprint() == pipe.fingerprint()
     assert [s.stage.config.depth for s in again.steps[1:]] == [40, 15]
-    piece = CrossEncoderReranker(small, name="small") >> CrossEncoderReranker(large, name="large")
+    piece = CrossEncoderReranker(small, name="small") >> CrossEncoderReranker(large, name="large", depth=10)
     assert not piece.complete
     with pytest.raises(PipelineError, match="needs candidates"):
         piece.execute(QUERIES, env=Environment(corpus, work_dir=tmp_path, progress=False))
     with pytest.raises(PipelineError, match="two stages are named"):
-        StubRetriever("first") >> CrossEncoderReranker(small) >> CrossEncoderReranker(large)
+        StubRetriever("first", k=100) >> CrossEncoderReranker(small) >> CrossEncoderReranker(large, depth=10)
 
 
 def test_the_example_cascade_config_is_a_complete_two_reranker_pipeline(models):

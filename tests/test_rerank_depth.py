@@ -142,4 +142,4 @@ def test_heldout_check_saves_a_margin_and_a_calibration_set_that_the_stage_reads
     (model / METADATA_FILE).write_text(json.dumps({"adaptive_depth": report.adaptive.model_dump(mode="json")}))
     stage = CrossEncoderReranker(str(model), max_length=64, depth=40, adaptive_depth={"margin": "calibrated"})
     stage.warm_up(Environment(corpus, work_dir=tmp_path, progress=False))
-    assert stage._margin == report.adaptive.margin
+    assert stage.bound.scoring.margin == report.adaptive.margin

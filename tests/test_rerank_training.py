@@ -98,7 +98,7 @@ def test_train_reranker_command_writes_a_model_the_reranker_loads(tmp_path):
     corpus, queries, qrels = _toy()
     _write_beir(tmp_path / "data", corpus, queries, qrels)
     config = tmp_path / "graph.yaml"
-    config.write_text("pipeline:\n  - {type: bm25, name: bm25, k: 20}\n  - {type: cross_encoder, name: rerank, depth: 8, k: 5}\n")
+    config.write_text("pipeline:\n  - {type: bm25, name: bm25, k: 20}\n  - {type: cross_encoder, name: rerank, depth: 8, k: 5, max_length: 64}\n")
     base = make_tiny_sentence_transformer(tmp_path / "base")
     out, report = tmp_path / "model", tmp_path / "result.json"
     rc = main([
@@ -118,7 +118,7 @@ def test_train_reranker_command_writes_a_model_the_reranker_loads(tmp_path):
     stage = CrossEncoderReranker(str(out), max_length=32, depth=8, k=5)
     stage.warm_up(Environment(corpus, work_dir=tmp_path / "work", progress=False))
     assert stage.blend.alpha == meta["blend"]["alpha"]
-    assert stage._scorer.model.config.num_hidden_layers == 1
+    assert stage.bound.scoring.scorer.model.config.num_hidden_layers == 1
     first = [Ranking.from_scores(np.arange(8), np.linspace(1, 0, 8)) for _ in range(2)]
     assert all(len(r) == 5 for r in stage.run(queries.select([0, 1]), [first]))
 
@@ -129,7 +129,7 @@ def test_candidates_from_a_run_file_replace_mining_and_unknown_ids_are_refused(t
     corpus, queries, qrels = _toy()
     _write_beir(tmp_path / "data", corpus, queries, qrels)
     config = tmp_path / "graph.yaml"
-    config.write_text("pipeline:\n  - {type: bm25, name: bm25, k: 20}\n  - {type: cross_encoder, name: rerank, depth: 8, k: 5}\n")
+    config.write_text("pipeline:\n  - {type: bm25, name: bm25, k: 20}\n  - {type: cross_encoder, name: rerank, depth: 8, k: 5, max_length: 64}\n")
     run = tmp_path / "first.trec"
     lines = [f"{q} Q0 d{(i + j) % 30} {j + 1} {10 - j} other" for i, q in enumerate(queries.ids) for j in range(10)]
     run.write_text("\n".join(lines) + "\n")
@@ -155,7 +155,7 @@ def test_negatives_are_mined_from_the_reranker_input(tmp_path):
     config = tmp_path / "g.yaml"
     config.write_text(
         "pipeline:\n  - parallel:\n      - {type: bm25, name: a, k: 50}\n      - {type: bm25, name: b, k: 50, k1: 1.2}\n"
-        "  - {type: pool, name: pool, method: rrf, k: 40}\n  - {type: cross_encoder, name: rerank}\n"
+        "  - {type: pool, name: pool, method: rrf, k: 40}\n  - {type: cross_encoder, name: rerank, depth: 40}\n"
     )
     miner, reranker = mining_graph(Pipeline.from_yaml(config))
     assert reranker.name == "rerank" and miner.output == "pool" and set(miner.names) == {"a", "b", "pool"}
@@ -196,7 +196,7 @@ def test_cached_reranker_trains_once_per_data_and_settings(tmp_path):
     corpus, queries, qrels = _toy()
     dataset = Dataset("toy", corpus, queries, {"train": qrels})
     config = tmp_path / "graph.yaml"
-    config.write_text("pipeline:\n  - {type: bm25, name: bm25, k: 20}\n  - {type: cross_encoder, name: rerank, depth: 8}\n")
+    config.write_text("pipeline:\n  - {type: bm25, name: bm25, k: 20}\n  - {type: cross_encoder, name: rerank, depth: 8, max_length: 64}\n")
     base = make_tiny_sentence_transformer(tmp_path / "base")
     cfg = TrainConfig(base=str(base), layers=1, epochs=1, negatives=2, max_length=32, max_pairs=9, min_dev=2)
     said: list[str] = []

@@ -20,6 +20,8 @@ from stagegraph.cli.app import (
     opened_executor,
     say,
 )
+from stagegraph.pipeline import threads
+from stagegraph.pipeline.stage import bind_stage, release_stage
 
 
 def register(sub) -> None:
@@ -38,9 +40,10 @@ def handle(args: argparse.Namespace) -> int:
     with opened_executor(args, config) as executor:
         if executor is not None:  # dense encoding sharded over the cluster
             env.encode = executor.encoder()
+        threads.apply(threads.threads_for(1))  # builds and encoding: every core
         for step in pipeline.steps:
             t0 = time.perf_counter()
-            step.stage.warm_up(env)
+            release_stage(bind_stage(step.stage, env))
             say(args, f"{step.name}: ready in {time.perf_counter() - t0:.1f} s")
     say(args, f"Artefacts are under {env.work_dir}/; `stagegraph eval` and `search` reuse them.")
     return Exit.OK

@@ -7,13 +7,14 @@
         stack.upsert([{"id": "new.md", "text": "..."}])       # durable when it returns
         stack.refresh()                                       # (upsert already refreshed this stack)
 
-The stack is one `Pipeline` warmed up on one generation of a `Collection`. `search` is safe from
-any number of threads. `refresh()` builds a second pipeline on the new generation beside the one
-in use (models are shared, so only the indexes load), then swaps it in; searches in flight finish
-on the generation they started on, and the old pipeline is closed when the last of them is done.
-A search therefore always sees one generation's chunks and indexes, never a mix, and its
-`SearchResult.generation` says which. `prepare` (optional) is called with each newly warmed pipeline
-before it is swapped in (a server wraps its reranker's scorer there).
+The stack is one `Pipeline` value bound to one generation of a `Collection` (a `Runner`).
+`search` is safe from any number of threads. `refresh()` binds the same pipeline value to the new
+generation beside the runner in use (`Runner.rebind`: loaded models are shared, so only the
+indexes load), then swaps it in; searches in flight finish on the generation they started on, and
+the old runner is closed when the last of them is done. A search therefore always sees one
+generation's chunks and indexes, never a mix, and its `SearchResult.generation` says which.
+`prepare` (optional) is called with each new runner before it is swapped in (a server wraps its
+reranker's scorer there).
 """
 
 from __future__ import annotations
@@ -29,40 +30,48 @@ from stagegraph.corpora.ingest import Document
 from stagegraph.errors import InputError
 from stagegraph.pipeline.compose import Pipeline
 from stagegraph.pipeline.hits import SearchResult
+from stagegraph.pipeline.runner import Runner
 
 
 class _Live:
-    """A warmed pipeline, its generation, and how many searches are using it."""
+    """A generation, the pipeline bound to it (None while it has no chunks), and its searches."""
 
-    def __init__(self, pipeline: Pipeline, generation: Generation):
-        self.pipeline = pipeline
+    def __init__(self, runner: Runner | None, generation: Generation):
+        self.runner = runner
         self.generation = generation
         self.users = 0
         self.retired = False
+
+    def close(self) -> None:
+        if self.runner is not None:
+            self.runner.close()
 
 
 class Stack:
     """A pipeline over a collection: search, write, refresh (see the module docstring)."""
 
-    def __init__(self, config: Any, collection: Collection, *, prepare: Callable[[Pipeline], None] | None = None):
+    def __init__(self, config: Any, collection: Collection, *, prepare: Callable[[Runner], None] | None = None):
         self.collection = collection
-        self._config = config
+        #: the pipeline value every generation is bound to
+        self.pipeline: Pipeline = _pipeline_of(config, collection)
         self._prepare = prepare
         self._lock = threading.Lock()
-        self._live = self._warm()
+        self._live = self._bind(None)
 
-    def _warm(self) -> _Live:
+    def _bind(self, previous: Runner | None) -> _Live:
         generation = self.collection.generation
-        pipeline = _pipeline_of(self._config, self.collection)
+        runner = None
         if len(generation.corpus):
-            pipeline.warm_up(self.collection.environment())
-        if self._prepare is not None:
-            self._prepare(pipeline)
-        return _Live(pipeline, generation)
+            env = self.collection.environment()
+            runner = previous.rebind(env) if previous is not None else self.pipeline.bind(env)
+            if self._prepare is not None:
+                self._prepare(runner)
+        return _Live(runner, generation)
 
     @property
-    def pipeline(self) -> Pipeline:
-        return self._live.pipeline
+    def runner(self) -> Runner | None:
+        """The pipeline bound to the current generation (None while the collection has no chunks)."""
+        return self._live.runner
 
     @property
     def generation(self) -> int:
@@ -80,7 +89,7 @@ class Stack:
             live.users -= 1
             done = live.retired and live.users == 0
         if done:
-            live.pipeline.close()
+            live.close()
 
     def search(self, query: str, k: int = 10, filter: dict[str, Any] | None = None) -> SearchResult:
         """The top `k` hits for `query` in the current generation, among the chunks `filter` allows
@@ -88,11 +97,11 @@ class Stack:
         collection has no hits."""
         live = self._acquire()
         try:
-            if not len(live.generation.corpus):
+            if live.runner is None:
                 if not isinstance(query, str) or not query.strip():
                     raise InputError("the query is empty; give a question or keywords")
                 return SearchResult(query=query, hits=[], generation=live.generation.number)
-            result = live.pipeline.search(query, k=k, filter=filter)
+            result = live.runner.search(query, k=k, filter=filter)
             result.generation = live.generation.number
             return result
         finally:
@@ -102,9 +111,9 @@ class Stack:
         live = self._acquire()
         try:
             texts = list(queries)
-            if not len(live.generation.corpus):
+            if live.runner is None:
                 return [SearchResult(query=q, hits=[], generation=live.generation.number) for q in texts]
-            results = live.pipeline.search_batch(texts, k=k, filter=filter)
+            results = live.runner.search_batch(texts, k=k, filter=filter)
             for result in results:
                 result.generation = live.generation.number
             return results
@@ -138,13 +147,13 @@ class Stack:
         self.collection.refresh()
         if self.collection.generation.number == self._live.generation.number:
             return False
-        fresh = self._warm()
+        fresh = self._bind(self._live.runner)
         with self._lock:
             old, self._live = self._live, fresh
             old.retired = True
             idle = old.users == 0
         if idle:
-            old.pipeline.close()
+            old.close()
         return True
 
     def close(self) -> None:
@@ -153,7 +162,7 @@ class Stack:
             live.retired = True
             idle = live.users == 0
         if idle:
-            live.pipeline.close()
+            live.close()
         self.collection.close()
 
     def __enter__(self) -> Stack:
@@ -167,7 +176,7 @@ def _pipeline_of(config: Any, collection: Collection) -> Pipeline:
     if config is None:
         return Pipeline.from_config(collection.settings.pipeline, source=str(collection.layout.settings))
     if isinstance(config, Pipeline):
-        return Pipeline.from_config(config.to_config())  # a fresh copy: each generation gets its own stages
+        return config  # a value: every generation binds it, none changes it
     if isinstance(config, dict):
         return Pipeline.from_config(config)
     return Pipeline.from_yaml(config)

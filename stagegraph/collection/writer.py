@@ -33,6 +33,7 @@ from stagegraph.collection.layout import CollectionError, DocumentEntry, Generat
 from stagegraph.corpora.ingest import Chunk, Chunker, Document
 from stagegraph.hashing import stable_hash
 from stagegraph.pipeline.compose import Pipeline
+from stagegraph.pipeline.runner import build_indexes
 from stagegraph.pipeline.stage import Environment
 
 if TYPE_CHECKING:
@@ -192,9 +193,7 @@ class Writer:
         env = Environment(corpus, work_dir=self.layout.artefacts, progress=self.progress,
                           text_cache=self.collection.text_cache(), encode=self.encode)
         if len(corpus):
-            for step in pipeline.steps:
-                if getattr(step.stage, "indexes_corpus", False):
-                    step.stage.warm_up(env)
+            build_indexes(pipeline, env)
         artefacts = sorted(p.relative_to(self.layout.artefacts).as_posix() for p in env.artefacts if p.is_dir())
         manifest = GenerationManifest(
             generation=number, parent=self._base.number if self._base and self._base.number else None,

@@ -42,7 +42,11 @@ class MetricsStage(StageBase):
     arity = Arity.ONE
 
     def __init__(self, metrics: Iterable[str] | str = DEFAULT_METRICS, name: str | None = None):
-        self.config = MetricsConfig(name=name, metrics=metrics)
+        self.config = self.make_config(name=name, metrics=metrics)
+
+    @classmethod
+    def from_config(cls, config: MetricsConfig) -> MetricsStage:
+        return cls._of_config(config)
 
     @property
     def metrics(self) -> list[Metric]:

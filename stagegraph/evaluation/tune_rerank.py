@@ -601,30 +601,29 @@ def tune_rerank(
     active = list(scorers)
     pruned = False
     stopped = False
-    with thread_policy.run_in_flight():
-        thread_policy.apply(thread_policy.threads_for(1))
-        for x in active:  # warm-up: first queries once, untimed (their scores are kept)
-            for i in range(min(s.warmup, len(queries))):
-                if i not in records[x.name]:
-                    x.stage.score_rows(queries.texts[i], pools[i].doc_rows)
-        bar = tqdm(total=len(queries), desc="tune-rerank (online)", unit="q", disable=not progress)
-        for i in range(len(queries)):
-            if i and s.time_limit_s is not None and time.perf_counter() - started > s.time_limit_s:
-                stopped = True  # checked between queries: the query under way when it passed completes
-                break
-            turn = active[i % len(active):] + active[: i % len(active)]
-            for x in turn:
-                if i in records[x.name]:
-                    continue
-                thread_policy.apply(thread_policy.threads_for(1))
-                block_ns, tokens = measure_query(x, queries.texts[i], pools[i].doc_rows, ids[i], s.block)
-                store.put(x.key, qkeys[i], block_ns, tokens)
-                records[x.name][i] = (block_ns, tokens)
-            bar.update(1)
-            if s.prune and not pruned and i + 1 >= min(s.calibration_queries, len(queries)):
-                active = _prune(active, rows, records, queries, qrels, corpus, pools, ids, s, list(range(i + 1)))
-                pruned = True
-        bar.close()
+    thread_policy.apply(thread_policy.threads_for(1))
+    for x in active:  # warm-up: first queries once, untimed (their scores are kept)
+        for i in range(min(s.warmup, len(queries))):
+            if i not in records[x.name]:
+                x.stage.score_rows(queries.texts[i], pools[i].doc_rows)
+    bar = tqdm(total=len(queries), desc="tune-rerank (online)", unit="q", disable=not progress)
+    for i in range(len(queries)):
+        if i and s.time_limit_s is not None and time.perf_counter() - started > s.time_limit_s:
+            stopped = True  # checked between queries: the query under way when it passed completes
+            break
+        turn = active[i % len(active):] + active[: i % len(active)]
+        for x in turn:
+            if i in records[x.name]:
+                continue
+            thread_policy.apply(thread_policy.threads_for(1))
+            block_ns, tokens = measure_query(x, queries.texts[i], pools[i].doc_rows, ids[i], s.block)
+            store.put(x.key, qkeys[i], block_ns, tokens)
+            records[x.name][i] = (block_ns, tokens)
+        bar.update(1)
+        if s.prune and not pruned and i + 1 >= min(s.calibration_queries, len(queries)):
+            active = _prune(active, rows, records, queries, qrels, corpus, pools, ids, s, list(range(i + 1)))
+            pruned = True
+    bar.close()
     store.close()
     done = [i for i in range(len(queries)) if all(i in records[x.name] for x in active)]
     if not pruned and done:  # too few queries to prune on: every backend is reported on what there is

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from stagegraph.corpora.types import Queries
 from stagegraph.errors import InputError
 from stagegraph.pipeline.executor import ExecutorConfig, RunResult, StageRun, WorkerShare, step_keys
+from stagegraph.pipeline.runner import build_indexes
 from stagegraph.pipeline.stage import Environment
 from stagegraph.scale.cluster import RayCluster, worker_failure
 
@@ -46,7 +47,7 @@ RESTARTS = 3
 
 
 class PipelineWorker:
-    """One Ray actor: the pipeline warmed once, read-only, from the shared work directory."""
+    """One Ray actor: the pipeline bound once, read-only, from the shared work directory."""
 
     def __init__(self, config: dict[str, Any], corpus_box: list[Any], work_dir: str):
         import ray
@@ -58,17 +59,14 @@ class PipelineWorker:
         # The corpus comes boxed (a reference inside a list), so a restarted actor fetches it again
         # from the driver's copy instead of depending on a consumed constructor argument.
         self.env = Environment(ray.get(corpus_box[0]), work_dir=work_dir, progress=False, read_only=True)
-        self.pipeline = Pipeline.from_config(config)
-        self.pipeline.warm_up(self.env)
+        self.runner = Pipeline.from_config(config).bind(self.env)
 
     def pid(self) -> int:
         return os.getpid()
 
     def run(self, ids: list[str], texts: list[str], filters: list | None) -> dict[str, Any]:
-        from stagegraph.pipeline.executor import execute
-
         started = time.perf_counter_ns()
-        result = execute(self.pipeline.steps, Queries(ids, texts, filters), self.env, mode="batch", progress=False)
+        result = self.runner.execute(Queries(ids, texts, filters), mode="batch", progress=False)
         return {
             "stages": {name: (run.rankings, run.wall_ns) for name, run in result.stages.items()},
             "wall_ns": time.perf_counter_ns() - started,
@@ -101,9 +99,7 @@ class RayExecutor:
     def build(self, pipeline: Any, env: Environment) -> None:
         """Build (or find) every index of `pipeline` once on the driver, encoding on the cluster."""
         build_env = dataclasses.replace(env, encode=env.encode or self.encoder(env.progress))  # shares env.artefacts
-        for step in pipeline.steps:
-            if getattr(step.stage, "indexes_corpus", False):
-                step.stage.warm_up(build_env)
+        build_indexes(pipeline, build_env)
 
     def actors(self, pipeline: Any, env: Environment) -> list[Any]:
         """The workers, started (and warmed) on first use and kept for the next run of the same pipeline."""
@@ -115,7 +111,8 @@ class RayExecutor:
             n = self.workers or self.cluster.worker_count()
             remote = ray.remote(max_restarts=RESTARTS, max_task_retries=RESTARTS, num_cpus=1)(PipelineWorker)
             self._corpus_ref = ray.put(env.corpus)
-            config = {k: v for k, v in pipeline.to_config().items() if k != "executor"}
+            # the driver and-ed the pipeline's filter into the queries already
+            config = {k: v for k, v in pipeline.to_config().items() if k not in ("executor", "filter")}
             self._actors = [remote.remote(config, [self._corpus_ref], str(env.work_dir)) for _ in range(n)]
             self._actor_key = key
         return self._actors

@@ -34,6 +34,7 @@ import numpy as np
 
 from stagegraph.pipeline.cancel import Cancelled, cancelled
 from stagegraph.serve.runtime import Slots
+from stagegraph.stages.rerank.cross_encoder import CrossEncoderReranker
 
 log = logging.getLogger(__name__)
 
@@ -164,23 +165,19 @@ class BatchingScorer:
         self.on_batch(len(batch), len(queries))
 
 
-def install(pipeline: Any, slots: Slots, **options: Any) -> list[str]:
-    """Put a `BatchingScorer` in front of every cross-encoder stage of `pipeline` (loading its model
-    now if the pipeline was not warmed up); returns the names of the stages it wrapped.
+def install(runner: Any, slots: Slots, **options: Any) -> list[str]:
+    """Put a `BatchingScorer` in front of every cross-encoder stage a runner has bound; returns the
+    names of the stages it wrapped.
 
-    The scorer is the stage's private `_scorer` (set by its `_load`): the one seam between the stage's
-    candidate handling and its model. A stage without it is left as it is, with a warning."""
+    The seam is the bound stage's `scoring.scorer` (`stagegraph.stages.rerank.cross_encoder.Scoring`):
+    the one object between the stage's candidate handling and its model. A runner rebound to the next
+    generation shares that object, so it is wrapped once."""
     wrapped = []
-    for stage in pipeline.stages:
-        if getattr(stage, "type_name", None) != "cross_encoder":
+    for step in runner.steps:
+        if not isinstance(step.stage, CrossEncoderReranker):
             continue
-        load = getattr(stage, "_load", None)
-        if not callable(load):
-            log.warning("stage %r has no scorer to batch; its pairs are scored per request", getattr(stage, "name", "?"))
-            continue
-        scorer = load()
-        if isinstance(scorer, BatchingScorer):
-            continue
-        stage._scorer = BatchingScorer(scorer, slots, **options)
-        wrapped.append(stage.name)
+        scoring = runner.bound(step).scoring
+        if not isinstance(scoring.scorer, BatchingScorer):
+            scoring.scorer = BatchingScorer(scoring.scorer, slots, **options)
+        wrapped.append(step.name)
     return wrapped

@@ -51,6 +51,7 @@ from stagegraph.serve.models import (
 )
 from stagegraph.serve.runtime import Job, Runtime, Slots
 from stagegraph.serve.settings import ServeSettings
+from stagegraph.stages.rerank.cross_encoder import CrossEncoderReranker
 
 log = logging.getLogger("stagegraph.serve")
 
@@ -100,12 +101,12 @@ class Service:
         service.metrics.generation.set(service.stack.generation)
         return service
 
-    def _prepare(self, pipeline: Any) -> None:
-        """Called by the stack with each new generation's warmed pipeline, before searches see it."""
+    def _prepare(self, runner: Any) -> None:
+        """Called by the stack with each new generation's runner, before searches see it."""
         b = self.settings.batching
-        install(pipeline, self.slots, enabled=b.enabled, max_tokens=b.max_tokens, max_wait_s=b.max_wait_ms / 1000.0,
+        install(runner, self.slots, enabled=b.enabled, max_tokens=b.max_tokens, max_wait_s=b.max_wait_ms / 1000.0,
                 in_progress=lambda: self.search_pool.running, on_batch=self._on_batch)
-        self._stages = [_describe(step) for step in pipeline.steps]
+        self._stages = [_describe(step, runner.fingerprints[step.name]) for step in runner.steps]
 
     def _on_batch(self, requests: int, pairs: int) -> None:
         self.metrics.rerank_pairs.inc(pairs)
@@ -113,6 +114,8 @@ class Service:
 
     def _warm(self) -> None:
         assert self.stack is not None
+        if self.stack.runner is None:  # an empty collection: nothing bound yet, the stages described as they are
+            self._stages = [_describe(step, step.stage.fingerprint()) for step in self.stack.pipeline.steps]
         if len(self.stack.collection.corpus):
             self.stack.search("warm up", k=1)
         reranker = self.reranker()
@@ -145,10 +148,14 @@ class Service:
 
     # -- the pipeline's parts -------------------------------------------------------------------
     def reranker(self) -> Any:
-        """The pipeline's last cross-encoder stage (None when it has none)."""
+        """The pipeline's last cross-encoder stage as the current generation bound it (None when it has
+        none; the stage value itself, which loads its model once, while the collection is empty)."""
         assert self.stack is not None
-        found = [s for s in self.stack.pipeline.stages if getattr(s, "type_name", None) == "cross_encoder"]
-        return found[-1] if found else None
+        found = [s for s in self.stack.pipeline.steps if isinstance(s.stage, CrossEncoderReranker)]
+        if not found:
+            return None
+        runner = self.stack.runner
+        return runner.bound(found[-1]) if runner is not None else found[-1].stage
 
     # -- checks before queueing -----------------------------------------------------------------
     def check_query(self, query: str, field: str) -> None:
@@ -363,16 +370,13 @@ def _document_fields(doc: RerankDocument) -> dict[str, Any]:
     return {"text": doc.text, **(doc.model_extra or {})}
 
 
-def _describe(step: Any) -> dict[str, Any]:
+def _describe(step: Any, fingerprint: str) -> dict[str, Any]:
     stage = step.stage
     out: dict[str, Any] = {"name": step.name, "type": getattr(stage, "type_name", type(stage).__name__)}
     model = getattr(getattr(stage, "config", None), "model", None)
     if model:
         out["model"] = str(model)
-    try:
-        out["fingerprint"] = stage.fingerprint()
-    except Exception:  # noqa: BLE001 - information only
-        pass
+    out["fingerprint"] = fingerprint
     return out
 
 

@@ -48,7 +48,7 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from stagegraph.corpora.types import Queries
-from stagegraph.errors import StageError
+from stagegraph.errors import InputError, StageError
 from stagegraph.pipeline.ranking import Ranking
 from stagegraph.pipeline.stage import Inputs, Arity, StageConfig
 from stagegraph.stages.base import StageBase
@@ -154,11 +154,22 @@ class CandidatePool(StageBase):
             weights = list(weights)
         elif weights is not None:
             weights = dict(weights)
-        self.config = CandidatePoolConfig(
+        self.config = self.make_config(
             name=name, method=method, k=k, rrf_k=rrf_k, normalization=normalization, weights=weights, missing=missing
         )
 
+    @classmethod
+    def from_config(cls, config: CandidatePoolConfig) -> CandidatePool:
+        return cls._of_config(config)
+
     # -- inputs -----------------------------------------------------------------------------------
+    def check_inputs(self, upstream: Sequence[tuple[str, int | None]]) -> None:
+        """At composition: one weight per input branch (by position or by name)."""
+        try:
+            self.branch_weights([name for name, _ in upstream])
+        except StageError as exc:
+            raise InputError(str(exc)) from None
+
     def branch_weights(self, names: Sequence[str]) -> np.ndarray:
         """One float64 weight per branch, in input order; the errors say how to fix the config."""
         weights = self.config.weights

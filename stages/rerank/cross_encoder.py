@@ -24,6 +24,11 @@ score (ties by corpus row). Where the time goes, and what it does about it:
   (`stagegraph.stages.rerank.depth`); `depth` is then the most it scores. `last_depths` holds the
   depth each query of the last `run` got.
 
+The stage is a value: `bind(env)` loads the model (`load_scoring`: scorer, blend, depth margin,
+the backend `auto` chose; a `max_length` beyond the model's position embeddings is refused here,
+with the fix) and returns a `CrossEncoderRerank`, which holds the corpus, the score cache and the
+counts (`stats`, `last_depths`). A collection's next generation rebinds and shares the loaded model.
+
 Stages compose into cascades like any others: `pool >> CrossEncoderReranker(small, depth=100, k=30,
 name="small") >> CrossEncoderReranker(large, depth=30, k=10, name="large")`; each stage is timed and
 cached on its own, and the last one's provenance keeps both rerankers' traces.
@@ -33,12 +38,14 @@ Outside a graph, the chapter's usage works unchanged::
     reranker = CrossEncoderReranker("cross-encoder/ms-marco-MiniLM-L-6-v2", max_length=512)
     top = reranker.rerank("what is a gguf file?", [{"text": "...", "source": "a.md"}, ...], top_k=10)
 
-`rerank` returns copies of the candidate dicts, each with a float `cross_encoder_score`, best first.
+`rerank` returns copies of the candidate dicts, each with a float `cross_encoder_score`, best first;
+the model loads on the first call and stays with the stage value for the next ones.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +55,7 @@ import numpy as np
 from pydantic import Field
 
 from stagegraph.corpora.types import Corpus, Queries
-from stagegraph.errors import StageError
+from stagegraph.errors import InputError, StageError
 from stagegraph.hashing import stable_hash
 from stagegraph.pipeline.ranking import Ranking, StepTrace
 from stagegraph.pipeline.stage import Arity, Environment, StageConfig
@@ -98,20 +105,77 @@ class CrossEncoderConfig(StageConfig):
 
 @dataclass
 class RerankStats:
-    """Counts since the stage was built: pairs asked for, scored by the model, served by the cache."""
+    """Counts since the stage was bound: pairs asked for, scored by the model, served by the cache."""
 
     pairs: int = 0
     scored: int = 0
     cached: int = 0
 
 
+@dataclass
+class Scoring:
+    """A cross-encoder's loaded model and what was resolved with it: the scorer, the blend with the
+    upstream ranking, the adaptive depth margin, and the backend in force (with `auto`'s decision)."""
+
+    scorer: Any
+    blend: BlendSpec
+    margin: float | None
+    backend: str
+    backend_choice: BackendChoice | None = None
+
+
+def load_scoring(config: CrossEncoderConfig, name: str, work_dir: Path, *, read_only: bool = False,
+                 progress: bool = False) -> Scoring:
+    """Load the model of `config` and resolve its blend, margin and backend (`RerankerLoadError`, one
+    line, where it cannot)."""
+    blend = resolve_blend(config)
+    margin = resolve_margin(config, name)
+    if config.backend == "auto":
+        scorer, choice = choose_auto(config, blend, work_dir, read_only=read_only, progress=progress, name=name)
+        return Scoring(scorer, blend, margin, choice.chosen, choice)
+    if config.backend == "torch-bf16" and not cpu_features().bf16:
+        log.warning("stage %r: backend torch-bf16 on a CPU without AVX-512 BF16 or AMX runs emulated bf16, "
+                    "slower than fp32; use backend: auto or torch", name)
+    scorer = build_scorer(config, config.backend, load_for(config, config.backend, progress), work_dir, progress)
+    return Scoring(scorer, blend, margin, config.backend)
+
+
+def resolve_margin(config: CrossEncoderConfig, name: str) -> float | None:
+    """The adaptive-depth margin in force (None: adaptive depth is off)."""
+    policy = config.adaptive_depth
+    if policy is None:
+        return None
+    if policy.margin != "calibrated":
+        return float(policy.margin)
+    saved = read_stagegraph_metadata(config.model).get("adaptive_depth")
+    if not saved:
+        raise RerankerLoadError(
+            f"stage {name!r}: adaptive_depth margin 'calibrated' needs a model trained by train-reranker "
+            f"(it calibrates the margin on held-out queries), and {config.model!r} has none; "
+            f"set adaptive_depth.margin to a number or retrain: `{TRAIN_HINT}`"
+        )
+    return AdaptiveCalibration.model_validate(saved).margin
+
+
+def resolve_blend(config: CrossEncoderConfig) -> BlendSpec:
+    """The blend in force: the config's alpha and upstream, else the model's saved choice, else pure CE."""
+    saved = RerankerMetadata.model_validate(read_stagegraph_metadata(config.model)).blend
+    alpha = saved.alpha if config.blend is None else config.blend
+    upstream = config.blend_upstream or saved.upstream
+    return BlendSpec(alpha=alpha, upstream=upstream)
+
+
 @register
 class CrossEncoderReranker(StageBase):
+    """The cross-encoder rerank stage (a value; `bind(env)` gives the `CrossEncoderRerank` that runs),
+    and the course chapter's reranker (`rerank`, `predict`), which loads its model on first use."""
+
     type_name = "cross_encoder"
     Config = CrossEncoderConfig
     arity = Arity.ONE
     libraries = ("torch", "transformers", "sentence-transformers", "onnxruntime")
     speed_only = frozenset(PERF_ONLY)
+    config: CrossEncoderConfig
 
     def __init__(
         self,
@@ -131,30 +195,29 @@ class CrossEncoderReranker(StageBase):
         name: str | None = None,
     ):
         if model_name is not None and model is not None and model_name != model:
-            raise ValueError(f"give the model once: model_name={model_name!r} and model={model!r} differ")
-        self.config = CrossEncoderConfig(
+            raise InputError(f"give the model once: model_name={model_name!r} and model={model!r} differ")
+        self.config = self.make_config(
             name=name, model=model_name or model or DEFAULT_MODEL, max_length=max_length, depth=depth, k=k,
             batch_size=batch_size, backend=backend, device=device, blend=blend,
             blend_upstream=blend_upstream, score_cache=score_cache, adaptive_depth=adaptive_depth,
         )
-        self.stats = RerankStats()
-        #: What `backend: auto` chose at warm-up and why (None for a fixed backend).
-        self.backend_choice: BackendChoice | None = None
-        #: The depth each query of the last `run` was scored to.
-        self.last_depths: list[int] = []
-        self._backend: str | None = None
-        self._margin: float | None = None
-        self._scorer: Any = None
-        self._cache: ScoreCache | None = None
-        self._corpus: Corpus | None = None
-        self._blend: BlendSpec | None = None
-        self._work_dir = Path(".stagegraph")
-        self._progress = False
-        self._read_only = False
+
+    @classmethod
+    def from_config(cls, config: CrossEncoderConfig) -> CrossEncoderReranker:
+        return cls._of_config(config)
 
     @property
     def model_name(self) -> str:
         return self.config.model
+
+    def check_inputs(self, upstream: Sequence[tuple[str, int | None]]) -> None:
+        """At composition: the depth scored cannot exceed what the upstream step returns."""
+        name, limit = upstream[0]
+        if limit is not None and self.config.depth > limit:
+            raise InputError(
+                f"depth={self.config.depth} candidates are to be reranked but {name!r} returns at most {limit}; "
+                f"set depth <= {limit}, or raise {name}'s k"
+            )
 
     # -- identity -------------------------------------------------------------------------------
     def artefact_fingerprint(self) -> str:
@@ -163,96 +226,145 @@ class CrossEncoderReranker(StageBase):
             return stable_hash({"model": identity, "cpu": list(cpu_features().flags)})
         return identity
 
+    # -- binding --------------------------------------------------------------------------------
+    def bind(self, env: Environment) -> CrossEncoderRerank:
+        scoring = load_scoring(self.config, self.name, Path(env.work_dir), read_only=env.read_only, progress=env.progress)
+        return CrossEncoderRerank(self, scoring, env)
+
+    # -- direct use: the chapter's interface and the stage warmed for `run` ----------------------
+    def _scoring(self) -> Scoring:
+        """The model for direct use (`rerank`, `predict`): what `warm_up` bound, else loaded once here."""
+        direct = self.__dict__.get("_direct")
+        if direct is not None:
+            return direct.scoring
+        with self.__dict__.setdefault("_load_lock", threading.Lock()):
+            scoring = self.__dict__.get("_own_scoring")
+            if scoring is None:
+                scoring = self.__dict__["_own_scoring"] = load_scoring(self.config, self.name, Path(".stagegraph"))
+        return scoring
+
     @property
     def backend(self) -> str:
-        """The backend in force: the configured one, or what `auto` resolved to at warm-up."""
-        return self._backend or self.config.backend
+        """The backend in force: the configured one, or what `auto` resolved to when loaded."""
+        direct = self.__dict__.get("_direct")
+        return direct.scoring.backend if direct is not None else self.config.backend
 
-    def scorer_key(self) -> str:
-        """Identity of the scores themselves: the model, the truncation and the numeric backend."""
-        c = self.config
-        return stable_hash({"model": model_fingerprint(c.model), "max_length": c.max_length, "backend": self.backend})
-
-    # -- loading --------------------------------------------------------------------------------
-    def warm_up(self, env: Environment) -> None:
-        self._corpus = env.corpus
-        self._work_dir = Path(env.work_dir)
-        self._progress = env.progress
-        self._read_only = env.read_only
-        self._load(progress=env.progress)
-        mode = self.config.score_cache
-        if mode == "off":
-            self._cache = None
-        else:
-            path = None
-            if mode == "disk":
-                key = f"{self.scorer_key()[:16]}-{env.corpus.fingerprint[:12]}.sqlite"
-                path = env.artefact_dir("rerank_scores", key)
-            if self._cache is None or self._cache.path != path:
-                self._cache = ScoreCache(path)
-
-    def _load(self, progress: bool = False) -> Any:
-        if self._scorer is not None:
-            return self._scorer
-        c = self.config
-        self._blend = self._resolve_blend()
-        self._margin = self._resolve_margin()
-        if c.backend == "auto":
-            scorer, self.backend_choice = choose_auto(c, self._blend, self._work_dir, read_only=self._read_only,
-                                                      progress=progress, name=self.name)
-            self._backend = self.backend_choice.chosen
-        else:
-            if c.backend == "torch-bf16" and not cpu_features().bf16:
-                log.warning("stage %r: backend torch-bf16 on a CPU without AVX-512 BF16 or AMX runs emulated bf16, "
-                            "slower than fp32; use backend: auto or torch", self.name)
-            scorer = build_scorer(c, c.backend, load_for(c, c.backend, progress), self._work_dir, progress)
-        self._scorer = scorer
-        return scorer
-
-    def _resolve_margin(self) -> float | None:
-        policy = self.config.adaptive_depth
-        if policy is None:
-            return None
-        if policy.margin != "calibrated":
-            return float(policy.margin)
-        saved = read_stagegraph_metadata(self.config.model).get("adaptive_depth")
-        if not saved:
-            raise RerankerLoadError(
-                f"stage {self.name!r}: adaptive_depth margin 'calibrated' needs a model trained by train-reranker "
-                f"(it calibrates the margin on held-out queries), and {self.config.model!r} has none; "
-                f"set adaptive_depth.margin to a number or retrain: `{TRAIN_HINT}`"
-            )
-        return AdaptiveCalibration.model_validate(saved).margin
-
-    def _resolve_blend(self) -> BlendSpec:
-        c = self.config
-        saved = RerankerMetadata.model_validate(read_stagegraph_metadata(c.model)).blend
-        alpha = saved.alpha if c.blend is None else c.blend
-        upstream = c.blend_upstream or saved.upstream
-        return BlendSpec(alpha=alpha, upstream=upstream)
+    @property
+    def backend_choice(self) -> BackendChoice | None:
+        """What `backend: auto` chose for the stage as `warm_up` bound it (None for a fixed backend)."""
+        direct = self.__dict__.get("_direct")
+        return direct.scoring.backend_choice if direct is not None else None
 
     @property
     def blend(self) -> BlendSpec:
-        """The blend in force (known after loading; before it, what the config and model say)."""
-        return self._blend or self._resolve_blend()
+        """The blend in force (the model's saved choice unless the config sets one)."""
+        direct = self.__dict__.get("_direct")
+        return direct.scoring.blend if direct is not None else resolve_blend(self.config)
 
-    def _score(self, queries: Sequence[str], docs: Sequence[str], progress: bool = False) -> np.ndarray:
-        scorer = self._load()
-        return scorer.score(queries, docs, progress=progress)
+    @property
+    def stats(self) -> RerankStats:
+        """Counts of the stage as `warm_up` bound it."""
+        return self.bound.stats
 
-    # -- graph stage ----------------------------------------------------------------------------
+    @property
+    def last_depths(self) -> list[int]:
+        """The depth each query of the last direct `run` was scored to."""
+        return self.bound.last_depths
+
+    def scorer_key(self) -> str:
+        """Identity of the scores themselves: the model, the truncation and the numeric backend."""
+        return scorer_key(self.config, self.backend)
+
+    def score_rows(self, query: str, rows: Sequence[int]) -> np.ndarray:
+        """`CrossEncoderRerank.score_rows` of the stage as `warm_up` bound it."""
+        return self.bound.score_rows(query, rows)
+
+    def pair_lengths(self, query: str, rows: Sequence[int]) -> np.ndarray:
+        """`CrossEncoderRerank.pair_lengths` of the stage as `warm_up` bound it."""
+        return self.bound.pair_lengths(query, rows)
+
+    def rerank(self, query: str, candidates: Sequence[Mapping[str, Any]], top_k: int | None = 10) -> list[dict[str, Any]]:
+        """Copies of `candidates` with a float `cross_encoder_score`, highest first, cut to `top_k`.
+
+        Each candidate is a dict with a `text` (or `content`) field plus any metadata; the inputs are
+        not modified. The model loads on the first call.
+        """
+        return rerank_candidates(self._scoring().scorer, query, candidates, top_k)
+
+    def predict(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        """Scores of (query, passage) pairs, the values `CrossEncoder.predict` gives, faster."""
+        return self._scoring().scorer.score([p[0] for p in pairs], [p[1] for p in pairs])
+
+
+def scorer_key(config: CrossEncoderConfig, backend: str) -> str:
+    """Identity of a scorer's scores: the model, the truncation and the numeric backend."""
+    return stable_hash({"model": model_fingerprint(config.model), "max_length": config.max_length, "backend": backend})
+
+
+def rerank_candidates(scorer: Any, query: str, candidates: Sequence[Mapping[str, Any]], top_k: int | None) -> list[dict[str, Any]]:
+    """The chapter's `rerank`: copies of `candidates` with a `cross_encoder_score`, best first."""
+    texts = [_candidate_text(i, c) for i, c in enumerate(candidates)]
+    if not texts:
+        return []
+    scores = scorer.score([query] * len(texts), texts)
+    order = np.lexsort((np.arange(len(texts)), -scores))
+    if top_k is not None:
+        order = order[: max(int(top_k), 0)]
+    return [{**dict(candidates[i]), "cross_encoder_score": float(scores[i])} for i in order]
+
+
+class CrossEncoderRerank:
+    """A `CrossEncoderReranker` bound to one corpus: the loaded model (`scoring`), the passages, the
+    score cache, and the counts of what it scored (`stats`, `last_depths`)."""
+
+    def __init__(self, stage: CrossEncoderReranker, scoring: Scoring, env: Environment):
+        self.stage = stage
+        self.scoring = scoring
+        self.corpus: Corpus = env.corpus
+        self.progress = env.progress
+        self.stats = RerankStats()
+        #: The depth each query of the last `run` was scored to.
+        self.last_depths: list[int] = []
+        self.cache: ScoreCache | None = None
+        mode = stage.config.score_cache
+        if mode != "off":
+            path = None
+            if mode == "disk":
+                key = f"{scorer_key(stage.config, scoring.backend)[:16]}-{env.corpus.fingerprint[:12]}.sqlite"
+                path = env.artefact_dir("rerank_scores", key)
+            self.cache = ScoreCache(path)
+
+    @property
+    def name(self) -> str:
+        return self.stage.name
+
+    @property
+    def model_name(self) -> str:
+        return self.stage.config.model
+
+    def rebind(self, env: Environment) -> CrossEncoderRerank:
+        """The same stage on another corpus, sharing this binding's loaded model."""
+        return CrossEncoderRerank(self.stage, self.scoring, env)
+
+    def predict(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        """Scores of (query, passage) pairs with this binding's model."""
+        return self.scoring.scorer.score([p[0] for p in pairs], [p[1] for p in pairs])
+
+    def close(self) -> None:
+        closer = getattr(self.cache, "close", None)
+        if callable(closer):
+            closer()
+
     def run(self, queries: Queries, inputs: Sequence[Sequence[Ranking]]) -> list[Ranking]:
         if len(inputs) != 1:
             raise StageError(f"stage {self.name!r} reranks one candidate list per query, got {len(inputs)} inputs")
-        if self._corpus is None:
-            raise StageError(f"stage {self.name!r} needs warm_up(env) before run(): it reads passages from env.corpus")
-        self._load()
-        corpus, depth, k = self._corpus, self.config.depth, self.config.k
+        config = self.stage.config
+        corpus, depth, k = self.corpus, config.depth, config.k
         pools = [r.top(depth) for r in inputs[0]]
         ids = [[corpus.ids[int(r)] for r in p.doc_rows] for p in pools]
         scores = [np.full(len(p), np.nan, dtype=np.float32) for p in pools]
         texts = queries.texts
-        policy = self.config.adaptive_depth
+        policy = config.adaptive_depth
         if policy is None:
             used = [len(p) for p in pools]
             self._fill(texts, pools, ids, scores, [(i, 0, n) for i, n in enumerate(used)])
@@ -267,32 +379,32 @@ class CrossEncoderReranker(StageBase):
                 going = []
                 for i in active:
                     used[i] = ends[i][j]
-                    if not should_stop(scores[i], ends[i][j - 1], ends[i][j], k, self._margin) and j + 1 < len(ends[i]):
+                    if not should_stop(scores[i], ends[i][j - 1], ends[i][j], k, self.scoring.margin) and j + 1 < len(ends[i]):
                         going.append(i)
                 active, j = going, j + 1
         self.last_depths = list(used)
-        blend = self.blend
+        blend = self.scoring.blend
         return [finish(pool.top(n), s[:n], blend, k, self.name) for pool, s, n in zip(pools, scores, used)]
 
     def _fill(self, texts, pools, ids, scores, requests) -> None:
         """Score positions [lo, hi) of query i's pool for every (i, lo, hi), from the cache where it has them."""
-        corpus = self._corpus
+        corpus = self.corpus
         todo: dict[tuple[str, int], int] = {}
         asked = 0
         for i, lo, hi in requests:
             if hi <= lo:
                 continue
             asked += hi - lo
-            if self._cache is not None:
-                scores[i][lo:hi] = self._cache.lookup(texts[i], ids[i][lo:hi])
+            if self.cache is not None:
+                scores[i][lo:hi] = self.cache.lookup(texts[i], ids[i][lo:hi])
             for j in range(lo, hi):
                 if np.isnan(scores[i][j]):
                     todo.setdefault((texts[i], int(pools[i].doc_rows[j])), len(todo))
         pairs = list(todo)
-        new = self._score([q for q, _ in pairs], [corpus.doc_text(r) for _, r in pairs],
-                          progress=self._progress and len(requests) > 1)
-        if self._cache is not None and pairs:
-            self._cache.store([q for q, _ in pairs], [corpus.ids[r] for _, r in pairs], new)
+        new = self.scoring.scorer.score([q for q, _ in pairs], [corpus.doc_text(r) for _, r in pairs],
+                                        progress=self.progress and len(requests) > 1)
+        if self.cache is not None and pairs:
+            self.cache.store([q for q, _ in pairs], [corpus.ids[r] for _, r in pairs], new)
         missing = 0
         for i, lo, hi in requests:
             for j in range(lo, hi):
@@ -305,39 +417,17 @@ class CrossEncoderReranker(StageBase):
 
     def score_rows(self, query: str, rows: Sequence[int]) -> np.ndarray:
         """Model scores of corpus `rows` (title + text) for one query: no cache, no blend (for tuning)."""
-        if self._corpus is None:
-            raise StageError(f"stage {self.name!r} needs warm_up(env) before score_rows(): it reads passages from env.corpus")
         rows = [int(r) for r in rows]
-        return self._score([query] * len(rows), [self._corpus.doc_text(r) for r in rows])
+        return self.scoring.scorer.score([query] * len(rows), [self.corpus.doc_text(r) for r in rows])
 
     def pair_lengths(self, query: str, rows: Sequence[int]) -> np.ndarray:
         """Token count of each (query, row) pair as the scorer truncates it (for pricing a subset of a batch)."""
         from stagegraph.stages.rerank.model import tokenize_pairs
 
-        scorer = self._load()
-        texts = [self._corpus.doc_text(int(r)) for r in rows]
+        scorer = self.scoring.scorer
+        texts = [self.corpus.doc_text(int(r)) for r in rows]
         encoded = tokenize_pairs(scorer.tokenizer, [query] * len(texts), texts, scorer.max_length)
         return np.fromiter((len(x) for x in encoded["input_ids"]), dtype=np.int64, count=len(texts))
-
-    # -- the chapter's interface ----------------------------------------------------------------
-    def rerank(self, query: str, candidates: Sequence[Mapping[str, Any]], top_k: int | None = 10) -> list[dict[str, Any]]:
-        """Copies of `candidates` with a float `cross_encoder_score`, highest first, cut to `top_k`.
-
-        Each candidate is a dict with a `text` (or `content`) field plus any metadata; the inputs are
-        not modified. The model loads on the first call.
-        """
-        texts = [_candidate_text(i, c) for i, c in enumerate(candidates)]
-        if not texts:
-            return []
-        scores = self._score([query] * len(texts), texts)
-        order = np.lexsort((np.arange(len(texts)), -scores))
-        if top_k is not None:
-            order = order[: max(int(top_k), 0)]
-        return [{**dict(candidates[i]), "cross_encoder_score": float(scores[i])} for i in order]
-
-    def predict(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
-        """Scores of (query, passage) pairs, the values `CrossEncoder.predict` gives, faster."""
-        return self._score([p[0] for p in pairs], [p[1] for p in pairs])
 
 
 def finish(pool: Ranking, model_scores: np.ndarray, blend: BlendSpec, k: int, name: str) -> Ranking:

@@ -127,12 +127,33 @@ def load_cross_encoder(name: str, max_length: int, *, device: str | None = "cpu"
 
     with _quiet(progress):
         try:
-            return CrossEncoder(str(path), max_length=max_length, device=device, local_files_only=True)
+            model = CrossEncoder(str(path), max_length=max_length, device=device, local_files_only=True)
         except Exception as exc:  # noqa: BLE001 - any failure here means "this directory is unusable"
             raise RerankerLoadError(
                 f"the cross-encoder {name!r} was found at {path} but could not be loaded: {exc}. "
                 f"Check that the directory is complete (config, tokenizer, weights), or retrain it: `{TRAIN_HINT}`."
             ) from exc
+    limit = token_positions(model.model.config)
+    if limit is not None and max_length > limit:
+        raise RerankerLoadError(
+            f"max_length {max_length} exceeds the {limit} token positions the cross-encoder {name!r} has; "
+            f"set max_length <= {limit}"
+        )
+    return model
+
+
+#: model types whose position ids start after the padding index (RoBERTa's convention)
+OFFSET_POSITIONS = frozenset({"roberta", "xlm-roberta", "camembert", "longformer", "mpnet", "xlm-roberta-xl"})
+
+
+def token_positions(config: Any) -> int | None:
+    """How many tokens a transformer's position embeddings cover (None: no such limit is known)."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if not isinstance(positions, int) or positions <= 0:
+        return None
+    if getattr(config, "model_type", "") in OFFSET_POSITIONS:
+        return positions - (int(getattr(config, "pad_token_id", 1) or 1) + 1)
+    return positions
 
 
 @contextlib.contextmanager

@@ -4,11 +4,12 @@
 (`variant`, `k1`, `b`, `backend`, `tokenizer`; see `stagegraph.indexes.bm25.BM25Settings`):
 
 * given an index object it uses that index (its settings become the stage's settings);
-* otherwise `warm_up(env)` loads the index saved for `env.corpus` under
+* otherwise `bind(env)` loads the index saved for `env.corpus` under
   `env.artefact_dir("bm25", key)`, where `key` hashes the corpus fingerprint and the settings,
   and builds and saves it there when it is missing, stale or damaged.
 
-`fingerprint()` works before warm-up: it hashes the config and, for a given index, the index's
+`bind(env)` returns a `BM25Search`: the loaded index, the corpus and the stage's filter masks; the
+stage itself stays a value. `fingerprint()` hashes the config and, for a given index, the index's
 identity (corpus + settings); a stage that builds its own index is fully described by its config
 plus the corpus, which the cache key adds. Queries are analysed with the index's own tokenizer;
 an empty or stopword-only query gives an empty ranking and an `EmptyQueryWarning`, never an error.
@@ -83,49 +84,64 @@ class BM25Retriever(StageBase):
                     f"({index.settings.model_dump(mode='json')}); pass no settings with an index, or build a new index."
                 )
             settings = index.settings.model_dump()
-        self.config = BM25RetrieverConfig(name=name, k=k, filter=filter, **settings)
+        self.config = self.make_config(name=name, k=k, filter=filter, **settings)
+        #: the index given to the constructor (None: each binding loads or builds its own)
         self.index = index
-        self._given_index = index is not None
-        self._filter = RowFilter(self.config.filter)
-        self._corpus: Any = None
+
+    @classmethod
+    def from_config(cls, config: BM25RetrieverConfig) -> BM25Retriever:
+        stage = cls._of_config(config)
+        stage.index = None
+        return stage
 
     def artefact_fingerprint(self) -> str:
-        return self.index.identity if self._given_index else ""
+        return self.index.identity if self.index is not None else ""
 
-    def warm_up(self, env: Environment) -> None:
-        self._corpus = env.corpus
+    def bind(self, env: Environment) -> BM25Search:
+        return BM25Search(self, self._index_for(env), env.corpus)
+
+    def _index_for(self, env: Environment) -> BM25Index:
         fingerprint = env.corpus.fingerprint
-        if self.index is not None and self.index.corpus_fingerprint == fingerprint:
+        if self.index is not None:
+            if self.index.corpus_fingerprint != fingerprint:
+                raise StageError(
+                    f"The BM25 index given to stage {self.name!r} was built for another corpus "
+                    f"({self.index.corpus_fingerprint[:12]}, this corpus is {fingerprint[:12]}); build it for this "
+                    f"corpus with BM25Index.build(corpus), or pass no index and the stage builds its own."
+                )
             self.index.warm_up()
-            return
-        if self._given_index:
-            raise StageError(
-                f"The BM25 index given to stage {self.name!r} was built for another corpus "
-                f"({self.index.corpus_fingerprint[:12]}, this corpus is {fingerprint[:12]}); build it for this "
-                f"corpus with BM25Index.build(corpus), or pass no index and the stage builds its own."
-            )
+            return self.index
         settings = self.config.index_settings()
         directory = env.artefact_dir("bm25", artefact_key(fingerprint, settings))
         try:
-            self.index = BM25Index.load(directory, corpus_fingerprint=fingerprint)
+            index = BM25Index.load(directory, corpus_fingerprint=fingerprint)
         except IndexLoadError as exc:
             env.refuse_build(self.name, f"usable BM25 index at {directory} ({exc})", READ_ONLY_HINT)
             if directory.exists():
                 log.warning("Rebuilding the BM25 index of stage %r: %s", self.name, exc)
             try:
-                self.index = BM25Index.build(env.corpus, settings, progress=env.progress, text_cache=env.text_cache)
+                index = BM25Index.build(env.corpus, settings, progress=env.progress, text_cache=env.text_cache)
             except DataError as exc:
                 raise DataError(f"stage {self.name!r}: {exc}") from None
-            self.index.save(directory)
-        self.index.warm_up()
+            index.save(directory)
+        index.warm_up()
+        return index
+
+
+class BM25Search:
+    """A `BM25Retriever` bound to one corpus: its index, and its filter masks for that corpus."""
+
+    def __init__(self, stage: BM25Retriever, index: BM25Index, corpus: Any):
+        self.stage = stage
+        self.index = index
+        self.corpus = corpus
+        self._filter = RowFilter(stage.config.filter)
 
     def run(self, queries: Queries, inputs: Sequence[Sequence[Ranking]] = ()) -> list[Ranking]:
-        if self.index is None:
-            raise StageError(f"Stage {self.name!r} has no BM25 index yet: call warm_up(env) before run().")
-        index, k, corpus = self.index, self.config.k, self._corpus
+        index, k, corpus = self.index, self.stage.config.k, self.corpus
         out: list[Ranking] = []
         for position, (qid, text) in enumerate(queries):
-            allowed = self._filter.allowed(corpus, queries.filter_of(position)) if corpus is not None else None
+            allowed = self._filter.allowed(corpus, queries.filter_of(position))
             terms = index.tokenizer.analyze(text)
             if not terms:
                 warnings.warn(

@@ -5,15 +5,18 @@ index="Flat", ef_search=None, nprobe=None, max_seq_length=256, ...)`:
 
 * `index` is a FAISS factory string (`Flat`, `HNSW32`, `IVF1024,Flat`, `IVF1024,PQ32`; alias
   `index_factory`) or a built `stagegraph.indexes.dense.DenseIndex`, whose model and settings then become the
-  stage's. With a string, `warm_up(env)` loads the index saved for `env.corpus` under
+  stage's. With a string, `bind(env)` loads the index saved for `env.corpus` under
   `env.artefact_dir("dense", key)` (key: corpus, model identity, max_seq_length, factory), and
   otherwise builds it from the cached document embeddings (`stagegraph.indexes.embeddings`, under
   `env.work_dir/embeddings`), so changing only the factory string never re-encodes the corpus.
-* `fingerprint()` works before warm-up: the config (without the speed-only settings `batch_size`
+* `bind(env)` returns a `DenseSearch` (the encoder, the index, the corpus); the stage stays a value.
+* `fingerprint()` works before binding: the config (without the speed-only settings `batch_size`
   and `device`) plus the model's content identity, or the given index' identity.
 * Threads are not a stage setting: the executor's policy (`stagegraph.pipeline.threads`) sets torch's
-  and FAISS's counts per level of the pipeline (the old `threads`, `query_threads` and
-  `search_threads` fields are refused with that message).
+  and FAISS's counts for each call. The stage declares `intra_op_threads = 1`: a query is encoded
+  and searched with one thread, because torch splits a one-row matmul by thread count (scores move
+  ~1e-7) and a query's score must not depend on the cores of this process or a Ray worker (the
+  old `threads`, `query_threads` and `search_threads` fields are refused with that message).
 * `device` (default `auto`: a CUDA GPU when torch sees one, else the CPU) is where the encoder runs
   (`stagegraph.indexes.devices`); FAISS search stays on the CPU.
 * An empty (or whitespace) query gives an empty ranking and an `EmptyQueryWarning`.
@@ -28,7 +31,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
 from pydantic import Field
 
 from stagegraph.corpora.types import Queries
@@ -50,8 +52,6 @@ log = logging.getLogger(__name__)
 #: Settings that change speed only, never the ranking: left out of the fingerprint (cache key).
 SPEED_ONLY = {"name", "batch_size", "device"}
 READ_ONLY_HINT = "build it with the writer: `stagegraph ingest ... --collection DIR` (or `stagegraph index CONFIG --dataset D`)"
-#: torch threads for one query's encoding (see `run`: scores independent of the core count)
-QUERY_THREADS = 1
 THREADS_MOVED = "the executor sets torch and FAISS threads for every stage (stagegraph.pipeline.threads)"
 
 
@@ -96,6 +96,7 @@ class DenseRetriever(StageBase):
     indexes_corpus = True
     libraries = ("faiss-cpu", "torch", "sentence-transformers", "transformers")
     speed_only = frozenset(SPEED_ONLY)
+    intra_op_threads = 1
     config: DenseRetrieverConfig
 
     def __init__(
@@ -115,12 +116,15 @@ class DenseRetriever(StageBase):
             factory = self._settings_from_index(given, factory, settings)
         if factory is not None:
             settings["index"] = factory
-        self.config = DenseRetrieverConfig(name=name, k=k, **settings)
+        self.config = self.make_config(name=name, k=k, **settings)
+        #: the index given to the constructor (None: each binding loads or builds its own)
         self.index: DenseIndex | None = given
-        self.encoder: Encoder | None = None
-        self._given_index = given is not None
-        self._filter = RowFilter(self.config.filter)
-        self._corpus: Any = None
+
+    @classmethod
+    def from_config(cls, config: DenseRetrieverConfig) -> DenseRetriever:
+        stage = cls._of_config(config)
+        stage.index = None
+        return stage
 
     @staticmethod
     def _settings_from_index(index: DenseIndex, factory: str | None, settings: dict[str, Any]) -> str:
@@ -142,69 +146,66 @@ class DenseRetriever(StageBase):
 
     # ------------------------------------------------------------------ identity
     def artefact_fingerprint(self) -> str:
-        if self._given_index and self.index is not None:
+        if self.index is not None:
             return self.index.identity
-        if self.encoder is not None:
-            return self.encoder.identity
         try:
             return model_identity(locate_model(self.config.model).path)
         except ModelNotFoundError:
-            return f"unresolved:{self.config.model}"  # warm_up raises the full error
+            return f"unresolved:{self.config.model}"  # bind raises the full error
 
-    # ------------------------------------------------------------------ warm-up
-    def warm_up(self, env: Environment) -> None:
-        self._corpus = env.corpus
+    # ------------------------------------------------------------------ binding
+    def bind(self, env: Environment) -> DenseSearch:
+        return DenseSearch(self, *self._load(env, None))
+
+    def _encoder(self, progress: bool) -> Encoder:
         cfg = self.config
-        if self.encoder is None:
-            try:
-                self.encoder = Encoder(
-                    cfg.model,
-                    max_seq_length=cfg.max_seq_length,
-                    batch_size=cfg.batch_size,
-                    device=cfg.device,
-                    progress=env.progress,
-                )
-            except (ModelNotFoundError, DeviceError) as exc:
-                raise StageError(f"Stage {self.name!r}: {exc}") from exc
+        try:
+            return Encoder(cfg.model, max_seq_length=cfg.max_seq_length, batch_size=cfg.batch_size,
+                           device=cfg.device, progress=progress)
+        except (ModelNotFoundError, DeviceError) as exc:
+            raise StageError(f"Stage {self.name!r}: {exc}") from exc
+
+    def _load(self, env: Environment, encoder: Encoder | None) -> tuple[Encoder, DenseIndex, Any]:
+        """(encoder, index, corpus) for `env`: the index loaded, or built from cached embeddings."""
+        cfg = self.config
+        encoder = encoder or self._encoder(env.progress)
         fingerprint = env.corpus.fingerprint
-        if self._given_index:
-            self._check_given(fingerprint)
-            return
-        if self.index is not None and self.index.corpus_fingerprint == fingerprint:
-            return
-        identity = self.encoder.identity
+        if self.index is not None:
+            self._check_given(self.index, encoder, fingerprint)
+            return encoder, self.index, env.corpus
+        identity = encoder.identity
         directory = env.artefact_dir("dense", artefact_key(fingerprint, identity, cfg))
         if env.read_only and not directory.is_dir():
             env.refuse_build(self.name, f"dense index at {directory}", READ_ONLY_HINT)
         try:
-            self.index = DenseIndex.load(
+            index = DenseIndex.load(
                 directory,
                 corpus_fingerprint=fingerprint,
                 model_identity=identity,
-                max_seq_length=self.encoder.max_seq_length,
+                max_seq_length=encoder.max_seq_length,
                 factory=cfg.index,
             )
-            return
+            return encoder, index, env.corpus
         except IndexLoadError as exc:
             if directory.exists():
                 log.warning("Rebuilding the dense index of stage %r: %s", self.name, exc)
         env.refuse_build(self.name, f"usable dense index at {directory}", READ_ONLY_HINT)
         if env.text_cache is not None:  # a collection: encode only the texts the cache lacks
-            embeddings, encoded = text_embeddings(self.encoder, env.corpus.doc_texts(), env.text_cache,
+            embeddings, encoded = text_embeddings(encoder, env.corpus.doc_texts(), env.text_cache,
                                                   progress=env.progress, encode=env.encode)
             log.info("dense stage %r: %d of %d texts encoded, the rest cached", self.name, encoded, len(env.corpus))
         else:
-            embeddings, _, hit = cached_embeddings(self.encoder, env.corpus, Path(env.work_dir) / "embeddings",
+            embeddings, _, hit = cached_embeddings(encoder, env.corpus, Path(env.work_dir) / "embeddings",
                                                    progress=env.progress, encode=env.encode)
             log.info("dense stage %r: embeddings %s", self.name, "from cache" if hit else "encoded")
         try:
-            self.index = DenseIndex.build(
+            index = DenseIndex.build(
                 embeddings,
                 cfg.index,
                 corpus_fingerprint=fingerprint,
                 model=cfg.model,
                 model_identity=identity,
-                max_seq_length=self.encoder.max_seq_length,
+                max_seq_length=encoder.max_seq_length,
                 train_sample=cfg.train_sample,
                 progress=env.progress,
             )
@@ -214,29 +215,41 @@ class DenseRetriever(StageBase):
                 f"Stage {self.name!r} cannot build the FAISS index {cfg.index!r} over {len(env.corpus)} documents: "
                 f"{first}{'' if isinstance(exc, ValueError) else '; use index: Flat, or a smaller IVF/PQ'}"
             ) from exc
-        self.index.save(directory)
+        index.save(directory)
+        return encoder, index, env.corpus
 
-    def _check_given(self, corpus_fingerprint: str) -> None:
-        assert self.index is not None and self.encoder is not None
-        if self.index.corpus_fingerprint != corpus_fingerprint:
+    def _check_given(self, index: DenseIndex, encoder: Encoder, corpus_fingerprint: str) -> None:
+        if index.corpus_fingerprint != corpus_fingerprint:
             raise StageError(
                 f"The dense index given to stage {self.name!r} was built for another corpus "
-                f"({self.index.corpus_fingerprint[:12]}, this corpus is {corpus_fingerprint[:12]}); build it for "
+                f"({index.corpus_fingerprint[:12]}, this corpus is {corpus_fingerprint[:12]}); build it for "
                 f"this corpus, or pass a factory string and the stage builds its own."
             )
-        built_with = self.index.info.get("model_identity")
-        if built_with and built_with != self.encoder.identity:
+        built_with = index.info.get("model_identity")
+        if built_with and built_with != encoder.identity:
             raise StageError(
                 f"The dense index given to stage {self.name!r} was built with another model than "
-                f"{self.config.model!r} resolves to (identity {str(built_with)[:12]} vs {self.encoder.identity[:12]}); "
+                f"{self.config.model!r} resolves to (identity {str(built_with)[:12]} vs {encoder.identity[:12]}); "
                 f"rebuild the index with this model."
             )
 
-    # ------------------------------------------------------------------ run
+
+class DenseSearch:
+    """A `DenseRetriever` bound to one corpus: the query encoder, the FAISS index, the filter masks."""
+
+    def __init__(self, stage: DenseRetriever, encoder: Encoder, index: DenseIndex, corpus: Any):
+        self.stage = stage
+        self.encoder = encoder
+        self.index = index
+        self.corpus = corpus
+        self._filter = RowFilter(stage.config.filter)
+
+    def rebind(self, env: Environment) -> DenseSearch:
+        """The same stage on another corpus, with this binding's encoder (no model load)."""
+        return DenseSearch(self.stage, *self.stage._load(env, self.encoder))
+
     def run(self, queries: Queries, inputs: Sequence[Sequence[Ranking]] = ()) -> list[Ranking]:
-        if self.index is None or self.encoder is None:
-            raise StageError(f"Stage {self.name!r} has no dense index yet: call warm_up(env) before run().")
-        cfg = self.config
+        cfg = self.stage.config
         out: list[Ranking] = [Ranking.empty()] * len(queries)
         live = []
         for pos, (qid, text) in enumerate(queries):
@@ -248,21 +261,14 @@ class DenseRetriever(StageBase):
                 )
         # Each query is encoded and searched on its own, in batch mode too: a padded batch of queries
         # and a many-vector FAISS search round scores differently in the last float bit, which flips
-        # exact ties, and online and batch runs must give the same rankings. One intra-op thread, for
-        # the same reason: torch splits a one-row matmul by thread count (scores move ~1e-7), and a
-        # query's score must not depend on how many cores this process, or a Ray worker, was given.
+        # exact ties, and online and batch runs must give the same rankings. The thread count is the
+        # policy's, from the stage's `intra_op_threads` (one).
         for pos in live:
-            allowed = self._filter.allowed(self._corpus, queries.filter_of(pos)) if self._corpus is not None else None
+            allowed = self._filter.allowed(self.corpus, queries.filter_of(pos))
             if allowed is not None and not allowed.any():
                 continue  # nothing is allowed: an empty ranking, not an error
-            vector = self.encoder.encode_query(queries.texts[pos], threads=QUERY_THREADS)
+            vector = self.encoder.encode_query(queries.texts[pos])
             scores, rows = self.index.search(vector, cfg.k, ef_search=cfg.ef_search, nprobe=cfg.nprobe, allowed=allowed)
             found = rows[0] >= 0
             out[pos] = Ranking.from_scores(rows[0][found], scores[0][found], k=cfg.k)
         return out
-
-    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
-        """The query vectors this stage searches with (unit rows), for inspection and benchmarks."""
-        if self.encoder is None:
-            raise StageError(f"Stage {self.name!r} has no encoder yet: call warm_up(env) first.")
-        return self.encoder.encode(list(texts), progress=False)

@@ -1,0 +1,218 @@
+"""`Runner`: a pipeline bound to one environment, the object that searches, runs and evaluates.
+
+A `Pipeline` is a value (what the steps are); `pipe.bind(env)` gives a `Runner`, which holds
+everything that belongs to one environment and nothing else does:
+
+* each step's bound stage (`stage.bind(env)`: the index loaded or built, the model loaded), made
+  once: eagerly for `bind` (an application, a server), lazily for an evaluation, where a stage
+  whose rankings come from the cache is never loaded at all;
+* the stages' fingerprints, computed once, on the first run that needs cache keys;
+* the thread pool that runs parallel branches side by side;
+* the environment's corpus, read by hits and filter checks.
+
+`search`, `search_batch`, `run` and `execute` then do no preparation: no warm-up, no model lookup,
+no fingerprint (tests/test_runner.py counts them over 100 searches). A pipeline value can be bound
+any number of times, to different environments, at once, from several threads; each runner is
+safe to search from any number of threads. `rebind(env)` binds the same value to another
+environment (a collection's next generation) and shares what does not depend on the corpus (a
+loaded model) with this one. Close a runner (or use it as a context manager) to release its
+threads and files.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from stagegraph.corpora.filters import MetadataIndex, combine
+from stagegraph.corpora.types import Corpus, Queries
+from stagegraph.errors import InputError
+from stagegraph.pipeline import threads as thread_policy
+from stagegraph.pipeline.cache import StageCache
+from stagegraph.pipeline.executor import Mode, RunResult, Timing, execute
+from stagegraph.pipeline.graph import Step, levels
+from stagegraph.pipeline.hits import SearchResult, search_results
+from stagegraph.pipeline.stage import Environment, bind_stage, environment_for, release_stage
+
+if TYPE_CHECKING:  # the value this runner runs; compose imports this module, not the reverse at run time
+    from stagegraph.pipeline.compose import Pipeline
+
+__all__ = ["Runner", "as_queries", "build_indexes"]
+
+
+class Runner:
+    """A `Pipeline` bound to one `Environment` (see the module docstring)."""
+
+    def __init__(self, pipeline: Pipeline, env: Environment, *, eager: bool = True,
+                 shared: dict[str, Any] | None = None):
+        pipeline.require_complete()
+        self.pipeline = pipeline
+        self.env = env
+        self.steps: list[Step] = list(pipeline.steps)
+        self._width = max(len(level) for level in levels(self.steps))
+        self._bound: dict[str, Any] = {}
+        self._binding = threading.Lock()
+        self._fingerprints: dict[str, str] | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+        self._closed = False
+        if eager:
+            thread_policy.apply(thread_policy.threads_for(1))  # builds and loads: every core
+            for step in self.steps:
+                self._bind(step, shared)
+
+    # -- what it holds --------------------------------------------------------------------------
+    @property
+    def corpus(self) -> Corpus:
+        return self.env.corpus
+
+    def bound(self, step: Step | str) -> Any:
+        """The bound stage of `step` (a step or its name), bound now if it was not yet."""
+        if isinstance(step, str):
+            step = self.pipeline.step(step)
+        found = self._bound.get(step.name)
+        return found if found is not None else self._bind(step, None)
+
+    def _bind(self, step: Step, shared: dict[str, Any] | None) -> Any:
+        with self._binding:
+            found = self._bound.get(step.name)
+            if found is not None:
+                return found
+            donor = (shared or {}).get(step.name)
+            rebind = getattr(donor, "rebind", None) if donor is not step.stage else None
+            bound = rebind(self.env) if callable(rebind) else bind_stage(step.stage, self.env)
+            self._bound[step.name] = bound
+            return bound
+
+    @property
+    def fingerprints(self) -> dict[str, str]:
+        """Every stage's fingerprint by step name, computed once."""
+        if self._fingerprints is None:
+            self._fingerprints = {s.name: s.stage.fingerprint() for s in self.steps}
+        return self._fingerprints
+
+    def _branch_pool(self) -> ThreadPoolExecutor | None:
+        if self._width < 2:
+            return None
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=self._width, thread_name_prefix="stagegraph-branch")
+            return self._pool
+
+    # -- running --------------------------------------------------------------------------------
+    def execute(
+        self,
+        queries: Queries | Iterable[str] | str,
+        *,
+        mode: Mode = "online",
+        cache: StageCache | None = None,
+        warmup: int = 0,
+        timing: Timing = "concurrent",
+        progress: bool | None = None,
+        executor: Any = None,
+    ) -> RunResult:
+        """Run every step over `queries`: each step's rankings and timings (`stagegraph.pipeline.executor`).
+
+        `executor`: a distributed executor object (`stagegraph.scale.RayExecutor`) that runs the batch
+        instead of this process; configs name one (`executor: ray`), `evaluate` opens it."""
+        queries = as_queries(queries)
+        if self.pipeline.filter:
+            queries = Queries(queries.ids, queries.texts,
+                              [combine(self.pipeline.filter, queries.filter_of(i)) for i in range(len(queries))])
+        if executor is not None:
+            if not hasattr(executor, "execute"):
+                raise InputError(f"executor must be an executor object such as stagegraph.scale.RayExecutor, not {executor!r}; "
+                                 "to name one (`ray`), give it to evaluate() or the pipeline's `executor:`")
+            return executor.execute(self.pipeline, queries, self.env, mode=mode, cache=cache, progress=progress)
+        return execute(
+            self.steps, queries, self.env, bind=self.bound,
+            fingerprints=self.fingerprints if cache is not None else None, mode=mode, cache=cache,
+            warmup=warmup, timing=timing, progress=progress, pool=self._branch_pool(),
+        )
+
+    def run(self, queries: Queries | Iterable[str] | str) -> list:
+        """One ranking per query from the output step, all queries at once (batch mode)."""
+        return self.execute(as_queries(queries), mode="batch", progress=False).final
+
+    def search(self, query: str, k: int = 10, filter: dict[str, Any] | None = None) -> SearchResult:
+        """The top `k` hits for one query, each with its rank and score at every step, and the timings.
+
+        `filter` (`stagegraph.corpora.filters`) is checked against the corpus' metadata now (an
+        unknown field or an operator that does not fit is an `InputError` naming the fields that
+        exist) and applied inside every retriever before its top k."""
+        if not isinstance(query, str) or not query.strip():
+            raise InputError("the query is empty; give a question or keywords")
+        if k < 1:
+            raise InputError(f"k must be a positive number of hits, got {k}")
+        self.check_filter(filter)
+        result = self.execute(Queries.single(query, filter=filter), mode="online", progress=False)
+        return search_results(result, self.steps, self.env.corpus, k)[0]
+
+    def search_batch(self, queries: Iterable[str], k: int = 10, filter: dict[str, Any] | None = None) -> list[SearchResult]:
+        """`search` for many queries at once (batch mode: stage times are shared by the batch)."""
+        texts = list(queries)
+        empty = [i for i, q in enumerate(texts) if not isinstance(q, str) or not q.strip()]
+        if empty:
+            raise InputError(f"queries {empty[:5]} are empty; give a question or keywords for each")
+        if k < 1:
+            raise InputError(f"k must be a positive number of hits, got {k}")
+        self.check_filter(filter)
+        result = self.execute(as_queries(texts).with_filter(filter), mode="batch", progress=False)
+        return search_results(result, self.steps, self.env.corpus, k)
+
+    def check_filter(self, filter: dict[str, Any] | None) -> None:
+        """Raise the `FilterError` of a filter that does not fit this corpus (with the pipeline's own
+        filter and every nested pipeline's, which apply to the same query)."""
+        expression = combine(self.pipeline.filter, filter)
+        if expression:
+            MetadataIndex.of(self.env.corpus).mask(expression)
+
+    # -- another environment, and the end ------------------------------------------------------
+    def rebind(self, target: Any, *, work_dir: Any = None, progress: bool | None = None) -> Runner:
+        """The same pipeline bound to `target` (a corpus, dataset, environment or collection), sharing
+        with this runner what does not depend on the corpus (loaded models)."""
+        env = environment_for(target, work_dir=work_dir, progress=progress)
+        return Runner(self.pipeline, env, shared=dict(self._bound))
+
+    def close(self) -> None:
+        """Stop the branch threads and let bound stages release what they hold (score caches, files)."""
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown()
+        with self._binding:
+            bound, self._closed = list(self._bound.values()), True
+        for stage in bound:
+            release_stage(stage)
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Runner({self.pipeline!r}, corpus of {len(self.env.corpus)})"
+
+
+def build_indexes(pipeline: Pipeline, env: Environment) -> None:
+    """Build (or find) the artefacts of every stage of `pipeline` that indexes the corpus, with every
+    core, and release them: what a collection's writer and `stagegraph index` do ahead of readers."""
+    thread_policy.apply(thread_policy.threads_for(1))
+    for step in pipeline.steps:
+        if getattr(step.stage, "indexes_corpus", False):
+            release_stage(bind_stage(step.stage, env))
+
+
+def as_queries(queries: Queries | Iterable[str] | str) -> Queries:
+    """`Queries` as they are; a string is one query; other iterables of strings get ids q0, q1, ..."""
+    if isinstance(queries, Queries):
+        return queries
+    if isinstance(queries, str):
+        return Queries.single(queries)
+    texts = list(queries)
+    if not all(isinstance(t, str) for t in texts):
+        raise InputError("queries must be strings (or a Queries object with ids)")
+    return Queries([f"q{i}" for i in range(len(texts))], texts)
