@@ -10,7 +10,8 @@ constructor raises the same one-line `ConfigError` as YAML) and write either
 
 What they may also set:
 
-* `version`: bump it when a change to the stage's code changes its results;
+* `version`: an optional manual extra; the code version itself is derived from the stage's source
+  (`stagegraph.pipeline.code_version`), so nobody has to remember to bump it;
 * `libraries`: the distributions whose versions can change its results (faiss-cpu, torch, ...);
 * `speed_only`: settings that change speed but never a result (batch size, device);
 * `indexes_corpus`: whether its warm-up builds artefacts from the corpus (an index);
@@ -53,7 +54,7 @@ class StageBase(Composable):
     type_name: ClassVar[str] = ""
     Config: ClassVar[type[StageConfig]] = StageConfig
     arity: ClassVar[Arity] = Arity.NONE
-    #: Bump when a change to this stage's code changes its output: cached rankings then miss.
+    #: A manual extra on top of the derived code version: bump it for a change no source rule sees.
     version: ClassVar[int] = 1
     #: Distributions whose version can change this stage's output; their versions are fingerprinted.
     libraries: ClassVar[tuple[str, ...]] = ()
@@ -128,9 +129,14 @@ class StageBase(Composable):
         return ""
 
     def fingerprint(self) -> str:
+        # "code": a hash of the source that makes this class's rankings (computed once per class);
+        # "version" is the manual extra on top of it.
+        from stagegraph.pipeline.code_version import code_version
+
         return stable_hash(
             {
                 "type": self.type_name,
+                "code": code_version(type(self)),
                 "version": self.version,
                 "libraries": library_versions(self.libraries),
                 "config": self.config.model_dump(mode="json", exclude={"name", *self.speed_only}),

@@ -25,15 +25,16 @@ def dataset():
 
 def test_default_metrics_at_every_stage(dataset):
     qrels = dataset.qrels["test"]
-    graph = (OracleRetriever("perfect", qrels=qrels) | StubRetriever("random", k=20)) >> CandidatePool("rrf", k=30, name="pool") >> StubRerank("rerank", k=10)
+    graph = (OracleRetriever("perfect", qrels=qrels) | StubRetriever("random", k=20)) >> CandidatePool("rrf", k=100, name="pool") >> StubRerank("rerank", k=10)
     report = evaluate(graph, dataset, progress=False)
     assert report.metrics == list(DEFAULT) == ["recall@10", "recall@100", "ndcg@10", "mrr@10", "map"]
     assert list(report.stages) == ["perfect", "random", "pool", "rerank"]
     perfect = report.stages["perfect"].metrics
     assert perfect["ndcg@10"] == pytest.approx(1.0) and perfect["recall@10"] == pytest.approx(1.0)
     assert report.stages["random"].metrics["ndcg@10"] < 0.5
-    # The pool holds the union of the first 30: it keeps every relevant document the oracle found.
+    # The pool (up to 100) holds the union of both branches: every relevant document the oracle found.
     assert report.stages["pool"].metrics["recall@100"] == pytest.approx(1.0)
+    assert report.stages["rerank"].metrics["recall@100"] is None  # it keeps 10: recall@100 does not apply
     assert report.output == "rerank" and report.stages["rerank"].queries == len(qrels)
     assert report.queries == len(qrels) and report.missing_queries == 0
 

@@ -2,7 +2,8 @@
 
 Prints, per system and metric, the baseline and system means, the delta, the paired t-test and
 randomisation-test p-values after Holm's correction, Cohen's d and a significance mark, then the
-P50/P95 latency deltas. `--out DIR` writes `compare.json` and `compare.csv`.
+P50/P95 latency deltas. A metric that does not apply to a compared stage (null in report.json) is
+skipped with its reason. `--out DIR` writes `compare.json` and `compare.csv`.
 """
 
 from __future__ import annotations
@@ -113,5 +114,7 @@ def print_comparison(result: Comparison, console: Console | None = None) -> None
         console = Console(width=min(100, probe.width) if probe.is_terminal else 100)
     for table in comparison_tables(result):
         console.print(table)
+    for s in result.skipped:
+        console.print(f"skipped: {s.system} {s.metric}: {s.reason}", markup=False, highlight=False)
     for w in result.warnings:
         console.print(f"warning: {w}", markup=False, highlight=False)

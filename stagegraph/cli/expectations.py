@@ -78,6 +78,7 @@ def outcome_table(outcomes: list[Outcome], entries) -> Table:
         for m, pinned in entry.metrics.items():
             value = o.measured.get(m)
             ok = value is not None and abs(value - pinned.expected) <= pinned.tolerance + 1e-12
-            table.add_row(o.id, m, f"{pinned.expected:.4f}", "-" if value is None else f"{value:.4f}",
+            shown = "-" if m not in o.measured else "n/a" if value is None else f"{value:.4f}"
+            table.add_row(o.id, m, f"{pinned.expected:.4f}", shown,
                           f"{pinned.tolerance:g}", "ok" if ok else "[bold red]OFF[/bold red]")
     return table

@@ -67,10 +67,13 @@ def sweep_table(result: SweepResult) -> Table:
         table.add_column(Metric.parse(m).label, justify="right", no_wrap=True)
     for name in ("P50 ms", "P95 ms", "path P95"):
         table.add_column(name, justify="right", no_wrap=True)
-    best = max(p.metrics[result.primary] for p in result.points)
+    best = max((p.metrics[result.primary] for p in result.points if p.metrics[result.primary] is not None), default=None)
     for p in result.points:
         cells = [str(p.value)]
         for m in result.metrics:
+            if p.metrics[m] is None:  # the metric reads deeper than the output returns at this value
+                cells.append("[dim]n/a[/dim]")
+                continue
             v = f"{p.metrics[m]:.4f}"
             cells.append(f"[bold]{v}[/bold]" if m == result.primary and p.metrics[m] == best else v)
         cells += ["-" if v is None else f"{v:.3f}" if v < 1 else f"{v:.1f}"

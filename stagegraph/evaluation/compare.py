@@ -12,6 +12,10 @@ default each report's output stage) are paired by query id, and we report:
   (every system x metric), and `significant` = Holm-corrected randomisation p < alpha;
 * Cohen's d for paired samples (d_z = mean difference / standard deviation of the differences);
 * the latency deltas (P50 and P95, ms) of the compared stage and end to end.
+
+A metric that does not apply to the compared stage of either report (null in `report.json`: a
+reranker that keeps 10 has no recall@100) is not compared: it is listed under `skipped` with the
+reason, and left out of the Holm correction. When nothing is left to compare, that is an error.
 """
 
 from __future__ import annotations
@@ -48,6 +52,15 @@ class MetricComparison(BaseModel):
     significant: bool = False
 
 
+class SkippedMetric(BaseModel):
+    """A (system, metric) pair that was not compared, and why."""
+
+    system: str
+    stage: str
+    metric: str
+    reason: str
+
+
 class LatencyDelta(BaseModel):
     system: str
     stage: str  # a stage name, or "end to end"
@@ -75,6 +88,7 @@ class Comparison(BaseModel):
     seed: int
     metrics: list[MetricComparison] = Field(default_factory=list)
     latency: list[LatencyDelta] = Field(default_factory=list)
+    skipped: list[SkippedMetric] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)
 
 
@@ -179,6 +193,10 @@ def compare(
         if not common:
             raise CompareError(f"{label} and the baseline {base_label} have no query in common")
         for metric in names:
+            why = _not_applicable(base, b_stage, metric, base_label) or _not_applicable(r, s_stage, metric, label)
+            if why:
+                result.skipped.append(SkippedMetric(system=label, stage=s_stage, metric=metric, reason=why))
+                continue
             bv, sv = _values(base, b_stage, metric, common, base_label), _values(r, s_stage, metric, common, label)
             result.metrics.append(
                 MetricComparison(
@@ -189,6 +207,9 @@ def compare(
                 )
             )
         result.latency += _latency(base, r, b_stage, s_stage, label)
+    if not result.metrics:
+        reasons = "; ".join(dict.fromkeys(s.reason for s in result.skipped))
+        raise CompareError(f"nothing to compare: {reasons}; pick a metric that applies (--metrics) or another --stage")
     for p_field, holm_field in (("p_t", "p_t_holm"), ("p_rand", "p_rand_holm")):
         adjusted = holm([getattr(c, p_field) for c in result.metrics])
         for c, p in zip(result.metrics, adjusted):
@@ -204,6 +225,14 @@ def _stage(report: Report, stage: str | None, label: str) -> str:
     if name not in report.stages:
         raise CompareError(f"{label} has no stage {name!r}; its stages: {', '.join(report.stages)}")
     return name
+
+
+def _not_applicable(report: Report, stage: str, metric: str, label: str) -> str | None:
+    """Why `metric` does not apply to `stage` of `report` (null in report.json), or None when it does."""
+    if metric not in report.stages[stage].not_applicable:
+        return None
+    limit = report.stages[stage].limit
+    return f"{metric} does not apply to {label}'s stage {stage!r}, which returns at most {limit} documents"
 
 
 def _values(report: Report, stage: str, metric: str, qids: list[str], label: str) -> np.ndarray:

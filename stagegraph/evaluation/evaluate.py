@@ -145,6 +145,8 @@ def build_report(
         scores = score_run(rankings, queries, qrels, judged_corpus, metrics)
         latency = stage_run.latency
         limit = step.limit
+        # A metric reading deeper than `limit` does not apply: the report keeps it null under
+        # `metrics` and drops its per-query values (StageReport and Report enforce that on any input).
         stages[step.name] = StageReport(
             limit=limit,
             not_applicable=[str(m) for m in metrics if m.k is not None and limit is not None and m.k > limit],

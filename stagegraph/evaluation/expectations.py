@@ -85,7 +85,7 @@ class Outcome(BaseModel):
     dataset: str
     status: Literal["passed", "failed", "skipped", "error", "listed"]
     reason: str = ""
-    measured: dict[str, float] = Field(default_factory=dict)
+    measured: dict[str, float | None] = Field(default_factory=dict)  # None: the metric does not apply
     failures: list[str] = Field(default_factory=list)
 
 
@@ -193,11 +193,14 @@ def check(
         return Outcome(id=entry.id, dataset=entry.dataset, status="error",
                        reason=f"no stage {stage!r} in {entry.config}; stages: {', '.join(report.stages)}")
     measured = {m: report.stages[stage].metrics[m] for m in entry.metrics}
+    limit = report.stages[stage].limit
     failures = [
+        f"{m}: does not apply to stage {stage!r}, which returns at most {limit} documents; pin a metric it can reach"
+        if measured[m] is None else
         f"{m}: measured {measured[m]:.4f}, expected {p.expected:.4f} ± {p.tolerance:g} "
         f"(off by {measured[m] - p.expected:+.4f})"
         for m, p in entry.metrics.items()
-        if abs(measured[m] - p.expected) > p.tolerance + 1e-12
+        if measured[m] is None or abs(measured[m] - p.expected) > p.tolerance + 1e-12
     ]
     return Outcome(id=entry.id, dataset=entry.dataset, status="failed" if failures else "passed",
                    measured=measured, failures=failures)

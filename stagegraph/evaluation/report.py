@@ -5,14 +5,20 @@
 * top level: `dataset`, `split`, `mode`, `config` (the pipeline as `Pipeline.to_config()` gives it),
   `output` (the graph's last stage), `metrics` (their names), `dataset_fingerprint`, `queries`,
   `missing_queries`, `warmup_queries`, `cache_hits`, `end_to_end`, `versions`, `machine`, `created`;
-* `stages.<name>`: `metrics` (metric string -> mean over the judged queries), `latency_ms`
+* `stages.<name>`: `metrics` (metric string -> mean over the judged queries; `null` for a metric
+  listed in `not_applicable`: a stage that returns 10 documents has no recall@100), `latency_ms`
   (`n`, `p50`, `p95`, `p99`, `mean`, `max`; online mode, null on a cache hit), `throughput_qps`,
   `latency_alone_ms` (with `timing: isolated`: the stage run alone, not beside its neighbour branch),
   `queries` (how many it ranked), `missing`, `cache_hit`, `limit` (the most documents it returns)
   and `not_applicable` (metrics reading deeper than `limit`), and for a fusing stage
   `branches.<branch>` (what that branch alone contributed to the pool);
-* `per_query`: the judged query ids and, per stage, each metric's per-query values, plus the
-  per-query latencies (for the paired tests of `stagegraph compare` and the HTML plots).
+* `per_query`: the judged query ids and, per stage, each applicable metric's per-query values (a
+  metric that does not apply to a stage has none), plus the per-query latencies (for the paired
+  tests of `stagegraph compare` and the HTML plots).
+
+Format 2 made "does not apply" `null`; format 1 wrote the truncated figure there. `Report.load` reads
+both, and nulls (and drops the per-query values of) every metric a stage lists as not applicable, so a
+reader never meets a number for a metric that does not apply, whoever wrote the file.
 
 A report is plain data; `stagegraph.evaluation.writer.save_report(report, dir)` writes `report.json`,
 `per_query.csv`, `report.html` and, when the rankings are at hand (a report fresh from `evaluate`,
@@ -29,14 +35,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, PrivateAttr
+from pydantic import BaseModel, Field, PrivateAttr, model_validator
 
 from stagegraph.errors import InputError
 from stagegraph.hashing import library_versions as versions
 from stagegraph.pipeline.timing import LatencySummary
 from stagegraph.pipeline.executor import WorkerShare
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a metric that does not apply is null under `metrics`
 LIBRARIES = (
     "stagegraph", "numpy", "scipy", "pydantic", "torch", "sentence-transformers", "transformers",
     "faiss-cpu", "rank-bm25", "bm25s", "onnxruntime",
@@ -56,7 +62,8 @@ class StageReport(BaseModel):
     inputs: list[str] = Field(default_factory=list)
     cutoff: int | None = None
     queries: int
-    metrics: dict[str, float]
+    #: metric -> mean over the judged queries; None (null) for a metric in `not_applicable`
+    metrics: dict[str, float | None]
     missing: int = 0
     latency_ms: LatencySummary | None = None  # as run: parallel branches share the cores
     latency_alone_ms: LatencySummary | None = None  # timing="isolated": the stage alone
@@ -70,6 +77,15 @@ class StageReport(BaseModel):
     not_applicable: list[str] = Field(default_factory=list)
     #: a chunked collection judged per document: the chunks per retrieved document, on average
     chunks_per_document: float | None = None
+
+    @model_validator(mode="after")
+    def _no_figure_where_it_does_not_apply(self) -> StageReport:
+        # both ways: listed as not applicable <=> null, so readers need to check only one of them
+        for metric in self.not_applicable:
+            if metric in self.metrics:
+                self.metrics[metric] = None
+        self.not_applicable += [m for m, v in self.metrics.items() if v is None and m not in self.not_applicable]
+        return self
 
 
 class EndToEnd(BaseModel):
@@ -119,6 +135,15 @@ class Report(BaseModel):
     _run_qids: list[str] = PrivateAttr(default_factory=list)
     _corpus: Any = PrivateAttr(default=None)
 
+    @model_validator(mode="after")
+    def _no_per_query_values_where_it_does_not_apply(self) -> Report:
+        for name, stage in self.stages.items():
+            values = self.per_query.metrics.get(name, {})
+            for metric in stage.not_applicable:
+                values.pop(metric, None)
+        self.format_version = max(self.format_version, FORMAT_VERSION)  # an older file, now in this shape
+        return self
+
     def attach_runs(self, qids: Sequence[str], runs: dict[str, list], corpus: Any) -> None:
         self._run_qids, self._runs, self._corpus = list(qids), dict(runs), corpus
 
@@ -128,7 +153,8 @@ class Report(BaseModel):
         return self._run_qids, self._runs, self._corpus
 
     # -- access -----------------------------------------------------------------------------------
-    def metric(self, stage: str, metric: str) -> float:
+    def metric(self, stage: str, metric: str) -> float | None:
+        """The stage's mean `metric`; None where it does not apply (the stage returns too few documents)."""
         try:
             return self.stages[stage].metrics[metric]
         except KeyError:

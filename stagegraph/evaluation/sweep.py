@@ -43,8 +43,8 @@ class SweepError(InputError):
 
 class SweepPoint(BaseModel):
     value: Any
-    metrics: dict[str, float]  # the output stage's metrics
-    stage_metrics: dict[str, float]  # the swept stage's own metrics
+    metrics: dict[str, float | None]  # the output stage's metrics (None: does not apply, see Report)
+    stage_metrics: dict[str, float | None]  # the swept stage's own metrics
     stage_p50_ms: float | None = None
     stage_p95_ms: float | None = None
     path_p95_ms: float | None = None  # the swept stage and everything downstream, per query
@@ -68,15 +68,15 @@ class SweepResult(BaseModel):
                 "stage_p50_ms", "stage_p95_ms", "path_p95_ms", "throughput_qps"]
         lines = [",".join(head)]
         for p in self.points:
-            cells = [str(p.value), *(f"{p.metrics[m]:.6g}" for m in self.metrics),
-                     *(f"{p.stage_metrics[m]:.6g}" for m in self.metrics)]
+            cells = [str(p.value), *(_figure(p.metrics[m], ".6g", "") for m in self.metrics),
+                     *(_figure(p.stage_metrics[m], ".6g", "") for m in self.metrics)]
             cells += ["" if v is None else f"{v:.6g}" for v in (p.stage_p50_ms, p.stage_p95_ms, p.path_p95_ms, p.throughput_qps)]
             lines.append(",".join(cells))
         return "\n".join(lines) + "\n"
 
     def plot_svg(self) -> str:
         points = [(p.path_p95_ms or p.stage_p95_ms or 0.0, p.metrics[self.primary], f"{self.param}={p.value}")
-                  for p in self.points]
+                  for p in self.points if p.metrics[self.primary] is not None]  # n/a: no point to draw
         return xy_plot(
             {f"{self.output} {self.primary}": points},
             f"{self.primary} vs P95 latency, sweeping {self.stage}.{self.param}",
@@ -86,7 +86,7 @@ class SweepResult(BaseModel):
 
     def to_html(self) -> str:
         rows = "".join(
-            f"<tr><td>{escape(str(p.value))}</td>" + "".join(f"<td>{p.metrics[m]:.4f}</td>" for m in self.metrics)
+            f"<tr><td>{escape(str(p.value))}</td>" + "".join(f"<td>{_figure(p.metrics[m], '.4f', 'n/a')}</td>" for m in self.metrics)
             + "".join(f"<td>{'–' if v is None else f'{v:.3f}'}</td>" for v in (p.stage_p50_ms, p.stage_p95_ms, p.path_p95_ms))
             + "</tr>"
             for p in self.points
@@ -111,6 +111,11 @@ class SweepResult(BaseModel):
         atomic.write_text(out / "sweep.svg", standalone(self.plot_svg()))
         atomic.write_text(out / "sweep.html", self.to_html())
         atomic.write_text(out / "sweep.json", self.model_dump_json(indent=2))
+
+
+def _figure(value: float | None, spec: str, missing: str) -> str:
+    """A metric as text; `missing` where it does not apply (None)."""
+    return missing if value is None else format(value, spec)
 
 
 def parse_values(text: str) -> list[Any]:
