@@ -26,6 +26,7 @@ latency. Every stage that runs is bound (models and indexes loaded) before any t
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -88,6 +89,10 @@ class ExecutorConfig(BaseModel):
         return self.type != "local"
 
 
+#: the default executor (a frozen value, shared rather than built per run)
+LOCAL = ExecutorConfig()
+
+
 class WorkerShare(BaseModel):
     """What one worker of a distributed run did: its queries, shards and time."""
 
@@ -135,7 +140,7 @@ class RunResult:
     end_to_end_ns: np.ndarray | None = None
     warmup_queries: int = 0
     wall_ns: int = 0
-    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    executor: ExecutorConfig = field(default_factory=lambda: LOCAL)
     workers: list[WorkerShare] = field(default_factory=list)  # a distributed run's split, by worker
 
     @property
@@ -227,6 +232,11 @@ def step_keys(steps: Sequence[Step], queries: Queries, env: Environment,
     return keys
 
 
+def progress_over(items: Any, show: bool, **bar: Any) -> Any:
+    """`items` behind a progress bar when `show`, else as they are (no bar object on a search's path)."""
+    return tqdm(items, **bar) if show else items
+
+
 def scoped(queries: Queries, filter: dict[str, Any] | None) -> Queries:
     """`queries` with `filter` and-ed into each query's own (the same object when `filter` is None)."""
     if not filter:
@@ -253,7 +263,7 @@ def _call(step: Step, bound: Any, queries: Queries, inputs: Inputs, width: int) 
 
 
 def _run_batch(todo, bound, queries, outputs, result, keys, show) -> None:
-    for step in tqdm(todo, desc="stages", unit="stage", disable=not show or len(todo) < 2):
+    for step in progress_over(todo, show and len(todo) >= 2, desc="stages", unit="stage"):
         checkpoint()
         inputs = Inputs([outputs[i] for i in step.inputs], step.inputs)
         t0 = time.perf_counter_ns()
@@ -262,10 +272,15 @@ def _run_batch(todo, bound, queries, outputs, result, keys, show) -> None:
         result.stages[step.name] = StageRun(step.name, outputs[step.name], keys[step.name], wall_ns=wall)
 
 
+@functools.lru_cache(maxsize=256)
+def _groups(steps: tuple[Step, ...], todo: frozenset[str]) -> tuple[tuple[Step, ...], ...]:
+    """The levels of `steps` that hold steps to run, each cut to those steps (computed once per shape)."""
+    groups = (tuple(s for s in level if s.name in todo) for level in levels(list(steps)))
+    return tuple(g for g in groups if g)
+
+
 def _run_online(steps, todo, bound, queries, outputs, result, keys, show, warmup, timing, pool) -> None:
-    todo_names = {s.name for s in todo}
-    groups = [[s for s in level if s.name in todo_names] for level in levels(list(steps))]
-    groups = [g for g in groups if g]
+    groups = _groups(tuple(steps), frozenset(s.name for s in todo))
     width = max(len(g) for g in groups)
     n = len(queries)
     per_step: dict[str, list[int]] = {s.name: [] for s in todo}
@@ -285,7 +300,7 @@ def _run_online(steps, todo, bound, queries, outputs, result, keys, show, warmup
         return ranking, time.perf_counter_ns() - t0
 
     def one_query(i: int, concurrent: bool = True) -> tuple[dict[str, Ranking], dict[str, int]]:
-        one = queries.select([i])
+        one = queries if n == 1 else queries.select([i])
         results: dict[str, Ranking] = {}
         times: dict[str, int] = {}
         for group in groups:
@@ -306,7 +321,7 @@ def _run_online(steps, todo, bound, queries, outputs, result, keys, show, warmup
         for i in range(n_warm):
             one_query(i)
         result.warmup_queries = n_warm
-        for i in tqdm(range(n), desc="queries (online)", unit="q", disable=not show or n < 2):
+        for i in progress_over(range(n), show and n >= 2, desc="queries (online)", unit="q"):
             t0 = time.perf_counter_ns()
             results, times = one_query(i)
             e2e[i] = time.perf_counter_ns() - t0

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, TypeAdapter
 
 from stagegraph.corpora.types import Corpus
 from stagegraph.pipeline.graph import Step
@@ -62,44 +62,34 @@ class SearchResult(BaseModel):
     generation: int | None = None
 
 
-def _value(values: np.ndarray | None, i: int) -> float | None:
+_HITS = TypeAdapter(list[Hit])
+
+
+def _values(values: np.ndarray | None, n: int) -> list[float | None]:
+    """The first `n` values as Python floats, NaN as None (all None without values)."""
     if values is None:
-        return None
-    v = float(values[i])
-    return None if math.isnan(v) else v
+        return [None] * n
+    return [None if math.isnan(v) else v for v in values[:n].tolist()]
 
 
 def hits_of(ranking: Ranking, corpus: Corpus, steps: Sequence[Step], k: int) -> list[Hit]:
-    """The first `k` documents of `ranking` as hits, with each step's rank and score."""
-    hits = []
-    names = [s.name for s in steps]
-    for i in range(min(k, len(ranking))):
-        row = int(ranking.doc_rows[i])
-        stages: dict[str, StageScore] = {}
-        cross_encoder: float | None = None
-        for name in names:
-            trace = ranking.provenance.get(name)
-            if trace is None:
-                continue
-            rank = _value(trace.rank, i)
-            stages[name] = StageScore(rank=None if rank is None else int(rank), score=_value(trace.score, i))
-            model = _value(trace.model_score, i)
-            if model is not None:
-                cross_encoder = model
-        hits.append(
-            Hit(
-                id=corpus.ids[row],
-                doc_id=corpus.doc_id(row),
-                rank=i + 1,
-                score=float(ranking.scores[i]),
-                title=corpus.titles[row],
-                text=corpus.texts[row],
-                metadata=corpus.metadata_of(row),
-                stages=stages,
-                cross_encoder_score=cross_encoder,
-            )
-        )
-    return hits
+    """The first `k` documents of `ranking` as hits, with each step's rank and score (this runs on
+    every search: each array is converted to Python values once, not element by element)."""
+    n = min(k, len(ranking))
+    traces = [(s.name, ranking.provenance[s.name]) for s in steps if s.name in ranking.provenance]
+    columns = [(name, _values(t.rank, n), _values(t.score, n)) for name, t in traces]
+    models = [_values(t.model_score, n) for _, t in traces if t.model_score is not None]
+    rows, scores = ranking.doc_rows[:n].tolist(), ranking.scores[:n].tolist()
+    records = []
+    for i, row in enumerate(rows):
+        stages = {name: {"rank": None if rank[i] is None else int(rank[i]), "score": score[i]} for name, rank, score in columns}
+        cross_encoder = next((m[i] for m in reversed(models) if m[i] is not None), None)
+        records.append({
+            "id": corpus.ids[row], "doc_id": corpus.doc_id(row), "rank": i + 1, "score": scores[i],
+            "title": corpus.titles[row], "text": corpus.texts[row], "metadata": corpus.metadata_of(row),
+            "stages": stages, "cross_encoder_score": cross_encoder,
+        })
+    return _HITS.validate_python(records)  # one validation call for all of them
 
 
 def search_results(result: Any, steps: Sequence[Step], corpus: Corpus, k: int) -> list[SearchResult]:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from stagegraph.corpora.filters import MetadataIndex, combine
 from stagegraph.corpora.types import Corpus, Queries
@@ -36,16 +36,14 @@ from stagegraph.pipeline.graph import Step, levels
 from stagegraph.pipeline.hits import SearchResult, search_results
 from stagegraph.pipeline.stage import Environment, bind_stage, environment_for, release_stage
 
-if TYPE_CHECKING:  # the value this runner runs; compose imports this module, not the reverse at run time
-    from stagegraph.pipeline.compose import Pipeline
-
 __all__ = ["Runner", "as_queries", "build_indexes"]
 
 
 class Runner:
-    """A `Pipeline` bound to one `Environment` (see the module docstring)."""
+    """A `Pipeline` bound to one `Environment` (see the module docstring). `pipeline` is the
+    `stagegraph.pipeline.compose.Pipeline` value (not imported here: compose imports this module)."""
 
-    def __init__(self, pipeline: Pipeline, env: Environment, *, eager: bool = True,
+    def __init__(self, pipeline: Any, env: Environment, *, eager: bool = True,
                  shared: dict[str, Any] | None = None):
         pipeline.require_complete()
         self.pipeline = pipeline
@@ -197,7 +195,7 @@ class Runner:
         return f"Runner({self.pipeline!r}, corpus of {len(self.env.corpus)})"
 
 
-def build_indexes(pipeline: Pipeline, env: Environment) -> None:
+def build_indexes(pipeline: Any, env: Environment) -> None:
     """Build (or find) the artefacts of every stage of `pipeline` that indexes the corpus, with every
     core, and release them: what a collection's writer and `stagegraph index` do ahead of readers."""
     thread_policy.apply(thread_policy.threads_for(1))

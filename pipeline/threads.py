@@ -33,10 +33,14 @@ _local = threading.local()  # per thread: library -> the count last set in it by
 
 
 def usable_cores() -> int:
-    """CPUs this process may run on (its affinity), not the machine's count."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
+    """CPUs this process may run on (its affinity), not the machine's count; read once per process
+    (a system call per stage call would be the policy's largest cost)."""
+    if not _state.get("cores"):
+        if hasattr(os, "sched_getaffinity"):
+            _state["cores"] = max(1, len(os.sched_getaffinity(0)))
+        else:
+            _state["cores"] = max(1, os.cpu_count() or 1)
+    return _state["cores"]
 
 
 def threads_for(width: int, stage: Any = None, cores: int | None = None) -> int:
