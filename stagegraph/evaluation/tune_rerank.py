@@ -38,8 +38,6 @@ import itertools
 import json
 import math
 import os
-import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -62,6 +60,7 @@ from stagegraph.evaluation.tune_result import (
     Verification,
 )
 from stagegraph.hashing import stable_hash
+from stagegraph.sqlite_store import SqliteStore
 from stagegraph.pipeline import threads as thread_policy
 from stagegraph.pipeline.cache import StageCache
 from stagegraph.pipeline.compose import Pipeline
@@ -87,28 +86,17 @@ class TimingStore:
     """Per (scorer, query, candidates) the measured time of every block and the token count of every pair."""
 
     def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS timings (scorer TEXT NOT NULL, query TEXT NOT NULL, block_ns TEXT NOT NULL,"
-            " tokens TEXT NOT NULL, PRIMARY KEY (scorer, query)) WITHOUT ROWID"
-        )
-        self._db.commit()
-        self._lock = threading.Lock()
+        self._db = SqliteStore(path, "timings", group="scorer", key="query",
+                               values={"block_ns": "TEXT", "tokens": "TEXT"}, timeout=30)
 
     def get(self, scorer: str, query: str) -> tuple[np.ndarray, np.ndarray] | None:
-        with self._lock:
-            row = self._db.execute("SELECT block_ns, tokens FROM timings WHERE scorer = ? AND query = ?", (scorer, query)).fetchone()
+        row = self._db.get(scorer, query)
         if row is None:
             return None
         return np.array(json.loads(row[0]), dtype=np.int64), np.array(json.loads(row[1]), dtype=np.int64)
 
     def put(self, scorer: str, query: str, block_ns: Sequence[int], tokens: Sequence[int]) -> None:
-        with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO timings VALUES (?, ?, ?, ?)",
-                             (scorer, query, json.dumps([int(x) for x in block_ns]), json.dumps([int(x) for x in tokens])))
-            self._db.commit()
+        self._db.put_many([(scorer, query, json.dumps([int(x) for x in block_ns]), json.dumps([int(x) for x in tokens]))])
 
     def close(self) -> None:
         self._db.close()
