@@ -29,7 +29,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-BATCH = 900  # keys per SELECT: under SQLite's default limit of 999 host parameters, with the group's
+BATCH = 900  # keys per SELECT: with the group's, well under SQLite's default limit of 999 host parameters
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 

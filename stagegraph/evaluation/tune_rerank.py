@@ -60,13 +60,13 @@ from stagegraph.evaluation.tune_result import (
     Verification,
 )
 from stagegraph.hashing import stable_hash
-from stagegraph.sqlite_store import SqliteStore
 from stagegraph.pipeline import threads as thread_policy
 from stagegraph.pipeline.cache import StageCache
 from stagegraph.pipeline.compose import Pipeline
 from stagegraph.pipeline.graph import Step
 from stagegraph.pipeline.ranking import Ranking
 from stagegraph.pipeline.stage import Environment
+from stagegraph.sqlite_store import SqliteStore
 from stagegraph.stages.rerank.calibration import CANDIDATES
 from stagegraph.stages.rerank.cpu import backend_support, cpu_features
 from stagegraph.stages.rerank.cross_encoder import CrossEncoderReranker, finish
