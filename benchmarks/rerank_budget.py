@@ -36,7 +36,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from stagegraph.corpora.registry import load_dataset  # noqa: E402
 from stagegraph.evaluation.evaluate import evaluate  # noqa: E402
-from stagegraph.evaluation.tune_rerank import TuneResult, TuneSettings, tune_rerank  # noqa: E402
+from stagegraph.evaluation.tune_rerank import tune_rerank  # noqa: E402
+from stagegraph.evaluation.tune_result import TuneResult, TuneSettings  # noqa: E402
 from stagegraph.pipeline.compose import Pipeline  # noqa: E402
 from stagegraph.pipeline.stage import Environment  # noqa: E402
 from stagegraph.stages.rerank.model import read_stagegraph_metadata  # noqa: E402

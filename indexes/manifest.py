@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from stagegraph import atomic
 from stagegraph.errors import StageError
-from stagegraph.hashing import sha256_file
+from stagegraph.hashing import check_files, sha256_file
 
 MANIFEST = "manifest.json"
 
@@ -80,10 +80,8 @@ def read_manifest(
             f"The {where} was built for another corpus (fingerprint {manifest.corpus_fingerprint[:12]}, "
             f"this corpus is {corpus_fingerprint[:12]}): it is stale; {rebuild_hint}."
         )
-    for rel, expected in manifest.files.items():
-        file = directory / rel
-        if not file.is_file():
-            raise IndexLoadError(f"The {where} lacks its file {rel}; {rebuild_hint}.")
-        if verify_checksums and sha256_file(file) != expected:
-            raise IndexLoadError(f"The file {rel} of the {where} is damaged (checksum mismatch); {rebuild_hint}.")
+    problem = check_files(directory, manifest.files, owner=f"The {where}", fix=f"{rebuild_hint}.",
+                          checksums=verify_checksums)
+    if problem:
+        raise IndexLoadError(problem)
     return manifest

@@ -6,22 +6,22 @@ only). What makes that cheap is this cache: the expensive per-text work (encodin
 dense model, analysing it for BM25) is done once per distinct text and read back afterwards, keyed
 by (a namespace naming the model or tokenizer settings, the SHA-256 of the text).
 
-Storage is one SQLite file (WAL mode: readers never block the writer; a crash loses at most the
-last uncommitted batch and never corrupts what was committed). Values are bytes: float32 vectors
-for embeddings, UTF-8 token strings joined by a separator for tokens.
+Storage is one SQLite file, a `stagegraph.sqlite_store.SqliteStore` table `entries (ns, key) ->
+value` (WAL mode: readers never block the writer; a crash loses at most the last uncommitted batch
+and never corrupts what was committed). Values are bytes: float32 vectors for embeddings, UTF-8
+token strings joined by a separator for tokens.
 """
 
 from __future__ import annotations
 
 import hashlib
-import sqlite3
-import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-_BATCH = 900  # SQLite's default limit of host parameters is 999
+from stagegraph.sqlite_store import SqliteStore
+
 _SEP = "\x1f"  # unit separator: never part of an analysed token
 
 
@@ -34,48 +34,21 @@ class TextCache:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=60)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS entries (ns TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL,"
-            " PRIMARY KEY (ns, key)) WITHOUT ROWID"
-        )
-        self._db.commit()
+        self._db = SqliteStore(self.path, "entries", group="ns", key="key", values={"value": "BLOB"},
+                               synchronous="NORMAL", timeout=60)
 
     # -- raw ------------------------------------------------------------------------------------
     def get_many(self, namespace: str, keys: Sequence[str]) -> dict[str, bytes]:
-        found: dict[str, bytes] = {}
-        unique = list(dict.fromkeys(keys))
-        with self._lock:
-            for lo in range(0, len(unique), _BATCH):
-                chunk = unique[lo : lo + _BATCH]
-                marks = ",".join("?" * len(chunk))
-                rows = self._db.execute(
-                    f"SELECT key, value FROM entries WHERE ns = ? AND key IN ({marks})", [namespace, *chunk]
-                ).fetchall()
-                found.update(rows)
-        return found
+        return {key: value for key, (value,) in self._db.get_many(namespace, keys).items()}
 
     def put_many(self, namespace: str, items: Iterable[tuple[str, bytes]]) -> None:
-        rows = [(namespace, k, sqlite3.Binary(v)) for k, v in items]
-        if not rows:
-            return
-        with self._lock:
-            self._db.executemany("INSERT OR REPLACE INTO entries VALUES (?, ?, ?)", rows)
-            self._db.commit()
+        self._db.put_many((namespace, key, bytes(value)) for key, value in items)
 
     def count(self, namespace: str | None = None) -> int:
-        with self._lock:
-            if namespace is None:
-                return int(self._db.execute("SELECT COUNT(*) FROM entries").fetchone()[0])
-            return int(self._db.execute("SELECT COUNT(*) FROM entries WHERE ns = ?", [namespace]).fetchone()[0])
+        return self._db.count(namespace)
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._db.close()
 
     # -- typed ----------------------------------------------------------------------------------
     def vectors(self, namespace: str, texts: Sequence[str], dim: int) -> tuple[np.ndarray, np.ndarray]:

@@ -30,15 +30,21 @@ class StageScore(BaseModel):
 
 
 class Hit(BaseModel):
-    id: str
-    doc_id: str
-    rank: int
-    score: float
+    """One document (or chunk) of a search's output, with where every step put it.
+
+    The HTTP API sends this record as it is (`stagegraph.serve.models.HitOut` derives from it), so a
+    field added here is on the wire too.
+    """
+
+    id: str = Field(description="the corpus row's id: a document's id, or a chunk's (doc_id#index)")
+    doc_id: str = Field(description="the document it belongs to (its id, when rows are whole documents)")
+    rank: int = Field(description="1-based rank in the output")
+    score: float = Field(description="the output step's score")
     title: str = ""
     text: str = ""
     metadata: dict[str, Any] = Field(default_factory=dict)
-    stages: dict[str, StageScore] = Field(default_factory=dict)
-    cross_encoder_score: float | None = None
+    stages: dict[str, StageScore] = Field(default_factory=dict, description="each step's rank and score of this hit")
+    cross_encoder_score: float | None = Field(None, description="the model score of the last reranker that scored it")
 
     def as_candidate(self) -> dict[str, Any]:
         """The chapter's candidate dict: `text` plus the hit's fields (and `cross_encoder_score` if scored)."""

@@ -2,14 +2,20 @@
 
 Built-in stages register with the `@register` decorator when their module is imported; plugins
 register through the `stagegraph.stages` entry-point group (`name = "package.module:StageClass"`),
-so a new stage type needs no fork. Lookups load both lazily, on first use.
+so a new stage type needs no fork. Lookups load both lazily, on first use, under a lock: threads
+that look up at start-up wait for the one that loads, and each module is imported once. Loading
+counts as done only when every module has imported; a module that fails is reported as itself (its
+name and its error) by every lookup until it imports, never as an empty registry.
 """
 
 from __future__ import annotations
 
 import importlib
+import threading
 from importlib.metadata import entry_points
 from typing import TypeVar
+
+from stagegraph.errors import StageError
 
 ENTRY_POINT_GROUP = "stagegraph.stages"
 
@@ -23,6 +29,7 @@ BUILTIN_MODULES = (
 
 _REGISTRY: dict[str, type] = {}
 _loaded = False
+_loading = threading.RLock()  # re-entrant: a module being imported may itself look a type up
 
 S = TypeVar("S", bound=type)
 
@@ -44,22 +51,42 @@ def register(cls: S) -> S:
     return cls
 
 
+class StageModuleError(StageError):
+    """A module that holds stage types failed to import; the message names it and its error."""
+
+
 def _load_all() -> None:
     global _loaded
     if _loaded:
         return
-    _loaded = True
-    for module in BUILTIN_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:  # a built-in module not present in this build
-            if exc.name != module:
-                raise
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        cls = ep.load()
-        if getattr(cls, "type_name", "") != ep.name:
-            cls.type_name = ep.name
-        register(cls)
+    with _loading:
+        if _loaded:
+            return
+        for module in BUILTIN_MODULES:
+            try:
+                importlib.import_module(module)
+            except ModuleNotFoundError as exc:  # a built-in module not present in this build
+                if exc.name != module:
+                    raise _failed(f"the built-in stage module {module!r}", module, exc) from exc
+            except Exception as exc:
+                raise _failed(f"the built-in stage module {module!r}", module, exc) from exc
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            try:
+                cls = ep.load()
+            except Exception as exc:
+                raise _failed(f"the plugin stage {ep.name!r} ({ep.value})", ep.module, exc) from exc
+            if getattr(cls, "type_name", "") != ep.name:
+                cls.type_name = ep.name
+            register(cls)
+        _loaded = True
+
+
+def _failed(what: str, module: str, exc: Exception) -> StageModuleError:
+    error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+    return StageModuleError(
+        f"{what} failed to import ({error}), so no stage type can be looked up; fix it or the installation "
+        f"(`python -c 'import {module}'` shows where it fails), then look up again"
+    )
 
 
 def stage_class(type_name: str) -> type:

@@ -8,11 +8,12 @@
     report = sg.evaluate(pipe, dataset)            # quality and latency of every stage
     hits = pipe.warm_up(dataset).search("what is a gguf file?").hits
 
-Every public name is importable from here; each is loaded on first use, so `import stagegraph` is
-instant and pulls in torch or FAISS only when a stage that needs them is touched. The packages
-underneath: `corpora` (datasets), `indexes` (BM25, FAISS), `pipeline` (the engine: stage contract,
-`Pipeline`, executor, cache, YAML), `stages` (retrievers, pool, reranker), `evaluation`, `training`,
-`cli`.
+Every public name is importable from here (`from stagegraph import *` takes them all but `open`,
+which stays `sg.open` so that Python's own `open` is not replaced); each is loaded on first use, so
+`import stagegraph` is instant and pulls in torch or FAISS only when a stage that needs them is
+touched. The packages underneath: `corpora` (datasets), `indexes` (BM25, FAISS), `pipeline` (the
+engine: stage contract, `Pipeline`, executor, cache, YAML), `stages` (retrievers, pool, reranker),
+`evaluation`, `training`, `cli`.
 """
 
 from __future__ import annotations
@@ -66,7 +67,11 @@ _EXPORTS: dict[str, str] = {
     "StageError": "stagegraph.errors",
 }
 
-__all__ = sorted(_EXPORTS) + ["__version__"]
+#: exported, but left out of `from stagegraph import *`, which would replace the builtin of that name:
+#: `sg.open(...)` opens a collection's stack, while a starred import keeps Python's own `open`
+NOT_STARRED = ("open",)
+
+__all__ = sorted(set(_EXPORTS) - set(NOT_STARRED)) + ["__version__"]
 
 
 def __getattr__(name: str) -> Any:
@@ -79,7 +84,7 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return __all__
+    return sorted(_EXPORTS) + ["__version__"]
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs

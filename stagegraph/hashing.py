@@ -4,6 +4,8 @@
   their key order; every fingerprint and cache key in stagegraph is built with it;
 * `hash_strings(parts)`: length-prefixed strings, so ("ab", "c") and ("a", "bc") differ;
 * `sha256_file(path)`: a file's checksum, read in blocks;
+* `check_files(directory, files, ...)`: a directory's files against the checksums a manifest
+  recorded (index manifests and collection generations both check theirs with it);
 * `library_versions(names)`: the installed version of each distribution, for fingerprints, index
   manifests and reports.
 """
@@ -14,7 +16,7 @@ import functools
 import hashlib
 import json
 import platform
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,21 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def check_files(
+    directory: str | Path, files: Mapping[str, str], *, owner: str, fix: str, checksums: bool = True
+) -> str | None:
+    """The one-line error for the first of `files` (path relative to `directory` -> SHA-256) that is
+    missing or, with `checksums`, has other content: "{owner}: the file {path} is missing; {fix}" or
+    "{owner}: the file {path} is damaged (checksum mismatch); {fix}". None when all are intact."""
+    for rel, expected in files.items():
+        file = Path(directory) / rel
+        if not file.is_file():
+            return f"{owner}: the file {rel} is missing; {fix}"
+        if checksums and sha256_file(file) != expected:
+            return f"{owner}: the file {rel} is damaged (checksum mismatch); {fix}"
+    return None
 
 
 @functools.lru_cache(maxsize=None)

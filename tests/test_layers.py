@@ -3,7 +3,7 @@
 Every module of the package (lazy imports inside functions included) may import only from its own
 layer or a lower one. From the ground up:
 
-    ground      stagegraph.errors, .hashing, .atomic, .configs
+    ground      stagegraph.errors, .hashing, .atomic, .sqlite_store, .configs
     corpora     datasets and their types
     indexes     BM25 and FAISS indexes
     pipeline    the engine: stage contract, Pipeline, executor, cache, YAML codec, registry
@@ -16,9 +16,14 @@ layer or a lower one. From the ground up:
     apps        stagegraph.demo, stagegraph.cli
 
 The engine finds concrete stages by name through its registry (a plugin mechanism), never by import.
+
+No two modules import each other, directly or round a longer circle, even where one of the imports
+is only for type checking or sits inside a function: a circle means neither module can be read, or
+changed, without the other.
 """
 
 import ast
+import graphlib
 from pathlib import Path
 
 import pytest
@@ -33,7 +38,8 @@ ROOTS = {  # repository folder -> the package it is installed as
     "configs": "stagegraph.configs",
 }
 LAYERS = [
-    ("ground", ["stagegraph.errors", "stagegraph.hashing", "stagegraph.atomic", "stagegraph.configs"]),
+    ("ground", ["stagegraph.errors", "stagegraph.hashing", "stagegraph.atomic", "stagegraph.sqlite_store",
+                "stagegraph.configs"]),
     ("corpora", ["stagegraph.corpora"]),
     ("indexes", ["stagegraph.indexes"]),
     ("pipeline", ["stagegraph.pipeline"]),
@@ -62,15 +68,38 @@ def modules():
             yield path, ".".join([package, *parts])
 
 
-def imports_of(path: Path) -> list[tuple[int, str]]:
+def import_statements(path: Path) -> list[tuple[int, str, list[str]]]:
+    """Every absolute import in the file, at any depth (in functions, under TYPE_CHECKING):
+    (line, module, the names taken from it; [] for `import module`)."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            found += [(node.lineno, alias.name) for alias in node.names]
+            found += [(node.lineno, alias.name, []) for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            found.append((node.lineno, node.module))
-            found += [(node.lineno, f"{node.module}.{alias.name}") for alias in node.names]
+            found.append((node.lineno, node.module, [alias.name for alias in node.names]))
+    return found
+
+
+def imports_of(path: Path) -> list[tuple[int, str]]:
+    """(line, dotted name) for each module imported and each name taken from one."""
+    found = []
+    for line, module, names in import_statements(path):
+        found.append((line, module))
+        found += [(line, f"{module}.{name}") for name in names]
+    return found
+
+
+def module_imports(path: Path, known: set[str]) -> dict[str, int]:
+    """The package's modules that the file imports -> the first line doing so. `from m import x` imports
+    the module `m.x` where there is one, else `m` (as Python resolves it)."""
+    found: dict[str, int] = {}
+    for line, module, names in import_statements(path):
+        submodules = [f"{module}.{name}" for name in names if f"{module}.{name}" in known]
+        targets = submodules + ([module] if len(submodules) < len(names) or not names else [])
+        for target in targets:
+            if target in known:
+                found.setdefault(target, line)
     return found
 
 
@@ -108,3 +137,35 @@ def test_every_package_folder_is_installed():
     assert found == listed, f"pyproject's packages differ from the folders: missing {found - listed}, extra {listed - found}"
     for package, folder in config["package-dir"].items():
         assert ROOTS.get(folder) == package, f"{package} is mapped to {folder}"
+
+
+def import_cycle(graph: dict[str, dict[str, int]]) -> list[str] | None:
+    """One circle of imports in `graph` (module -> {imported module: line}), first module repeated last; None."""
+    try:
+        graphlib.TopologicalSorter({m: set(targets) for m, targets in graph.items()}).prepare()
+    except graphlib.CycleError as exc:
+        return list(reversed(exc.args[1]))  # graphlib lists it against the arrows
+    return None
+
+
+def test_import_cycle_finds_a_circle_through_a_type_only_import(tmp_path):
+    """The checker itself: two files importing each other, one only for type checking, make a circle."""
+    (tmp_path / "a.py").write_text("from pkg.b import run\n")
+    (tmp_path / "b.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg import a\n")
+    (tmp_path / "c.py").write_text("def f():\n    from pkg.a import x\n")
+    known = {"pkg.a", "pkg.b", "pkg.c"}
+    graph = {f"pkg.{n}": module_imports(tmp_path / f"{n}.py", known) for n in "abc"}
+    assert graph == {"pkg.a": {"pkg.b": 1}, "pkg.b": {"pkg.a": 3}, "pkg.c": {"pkg.a": 2}}
+    assert import_cycle(graph) in (["pkg.a", "pkg.b", "pkg.a"], ["pkg.b", "pkg.a", "pkg.b"])
+    del graph["pkg.b"]["pkg.a"]
+    assert import_cycle(graph) is None
+
+
+def test_no_module_imports_itself_round_a_circle():
+    known = {m for _, m in ALL}
+    paths = {m: p for p, m in ALL}
+    graph = {m: {t: line for t, line in module_imports(p, known).items() if t != m} for p, m in ALL}
+    cycle = import_cycle(graph)
+    assert cycle is None, "import circle " + " -> ".join(cycle) + ": " + ", ".join(
+        f"{paths[a].relative_to(REPO)}:{graph[a][b]} imports {b}" for a, b in zip(cycle, cycle[1:])
+    ) + "; move what both need into a module of its own, or pass it in"

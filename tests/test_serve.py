@@ -22,8 +22,10 @@ from serve_support import ThreadServer, build_collection, rerank_config
 from tiny_models import make_tiny_cross_encoder, make_tiny_sentence_transformer
 
 from stagegraph.collection import Collection
+from stagegraph.pipeline.hits import Hit, StageScore
 from stagegraph.serve.app import create_app
 from stagegraph.serve.batching import BatchingScorer
+from stagegraph.serve.models import HitOut
 from stagegraph.serve.runtime import Slots
 from stagegraph.serve.service import Service
 from stagegraph.serve.settings import Batching, Limits, ServeSettings
@@ -102,6 +104,37 @@ def test_search_without_explain_has_no_stage_ranks_and_a_filter_restricts_hits(c
     hits = r.json()["hits"]
     assert hits and all("stages" not in h for h in hits)
     assert all(h["metadata"]["kind"] == "even" and h["metadata"]["n"] < 20 for h in hits)
+
+
+def rounded(value):
+    """JSON-like `value` with every float to 5 significant digits (scores from two runs of a model)."""
+    if isinstance(value, float):
+        return float(f"{value:.5g}")
+    if isinstance(value, dict):
+        return {k: rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [rounded(v) for v in value]
+    return value
+
+
+def test_a_hit_is_sent_as_the_librarys_record_every_field_and_stages_only_with_explain(client, service):
+    direct = service.stack.search(QUERY, k=3).hits
+    for explain in (True, False):
+        sent = client.post("/v1/search", json={"query": QUERY, "k": 3, "explain": explain}).json()["hits"]
+        record = [h.model_dump(mode="json", exclude_none=True, exclude=None if explain else {"stages"}) for h in direct]
+        assert [sorted(h) for h in sent] == [sorted(h) for h in record]  # the same fields: none lost, none added
+        assert rounded(sent) == rounded(record)
+
+
+def test_the_wire_hit_carries_every_field_of_the_library_hit():
+    """A Hit with every field set goes on the wire unchanged. Adding a field to Hit fails the first
+    assert until the sample sets it, and then the second until the wire carries it."""
+    hit = Hit(id="d1#0", doc_id="d1", rank=1, score=2.5, title="T", text="heat flow", metadata={"ext": "md"},
+              stages={"bm25": StageScore(rank=3, score=7.25)}, cross_encoder_score=0.75)
+    assert hit.model_fields_set == set(Hit.model_fields)
+    assert HitOut.of(hit, explain=True).model_dump() == hit.model_dump()
+    assert HitOut.of(hit, explain=False).model_dump() == {**hit.model_dump(), "stages": None}
+    assert set(HitOut.model_fields) == set(Hit.model_fields)
 
 
 def test_batch_search_gives_one_result_per_query_like_single_searches(client):

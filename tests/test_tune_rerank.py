@@ -12,9 +12,9 @@ from stagegraph.corpora.types import Corpus, Dataset, Qrels, Queries
 from stagegraph.pipeline.compose import Pipeline
 from stagegraph.pipeline.stage import Environment
 from stagegraph.stages.rerank.cross_encoder import CrossEncoderReranker
-from stagegraph.evaluation.tune_rerank import (
-    TunePoint, TuneSettings, TuneError, ninety_point, pareto, recommend, tune_rerank,
-)
+from stagegraph.evaluation import tune_report
+from stagegraph.evaluation.tune_rerank import TuneError, ninety_point, pareto, recommend, tune_rerank
+from stagegraph.evaluation.tune_result import TunePoint, TuneSettings
 
 WORDS = "the cell protein gene cancer retrieval search query document index dense sparse vector rank score".split()
 SETTINGS = dict(depths=(10, 20, 30), cascade_depths=(30,), cascade_ks=(20,), backends=("torch",), calibration_queries=3,
@@ -168,7 +168,7 @@ def test_the_recommendation_fits_the_budget_and_is_written_as_a_pipeline(models,
     assert [(r.config.model, r.config.backend, r.config.depth, r.config.k) for r in rerankers] == [
         (s.model, s.backend, s.depth, s.k) for s in best.steps
     ]
-    out = tight.save(tmp_path / "out")
+    out = tune_report.save(tight, tmp_path / "out")
     svg = (out / "frontier.svg").read_text()
     assert svg.startswith("<svg xmlns=") and "recommended" in svg and f"budget {budget:g} ms" in svg
     assert "90% of max gain" in svg or tight.ninety is None

@@ -79,7 +79,8 @@ def heldout_ids(models: list[str]) -> list[str]:
 def handle(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from stagegraph.evaluation.tune_rerank import TuneSettings, reranker_steps, tune_rerank
+    from stagegraph.evaluation.tune_rerank import reranker_steps, tune_rerank
+    from stagegraph.evaluation.tune_result import TuneSettings
 
     if args.split == "test":
         say(args, "warning: tuning on the test split makes its figures optimistic; tune on train/dev and evaluate test once")

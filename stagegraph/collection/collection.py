@@ -27,6 +27,7 @@ from stagegraph.collection.generation import Generation, dump_settings, read_cur
 from stagegraph.collection.layout import CollectionDamaged, CollectionError, CollectionSettings, Layout
 from stagegraph.collection.writer import DEFAULT_LOCK_TIMEOUT_S, Writer, collect_garbage
 from stagegraph.corpora.ingest import Chunker, ChunkerConfig, Document, RecordFields
+from stagegraph.indexes.text_cache import TextCache
 from stagegraph.pipeline.stage import Environment
 
 DEFAULT_TOKENIZER = "sentence-transformers/all-MiniLM-L6-v2"
@@ -70,7 +71,7 @@ class Collection:
             ) from None
         self._lease = self.layout.readers / f"{os.getpid()}-{uuid.uuid4().hex[:12]}.lease"
         self._lock = threading.Lock()
-        self._cache: Any = None
+        self._cache: TextCache | None = None
         self.generation = self._open_current()
 
     # -- creating -------------------------------------------------------------------------------
@@ -158,9 +159,7 @@ class Collection:
         return Environment(self.generation.corpus, work_dir=self.layout.artefacts, progress=self.progress,
                            read_only=True)
 
-    def text_cache(self):
-        from stagegraph.indexes.text_cache import TextCache
-
+    def text_cache(self) -> TextCache:
         if self._cache is None:
             self._cache = TextCache(self.layout.cache)
         return self._cache
@@ -181,7 +180,8 @@ class Collection:
     def writer(self, *, timeout: float = DEFAULT_LOCK_TIMEOUT_S, say: Callable[[str], None] | None = None,
                encode: Callable[[Any, list[str]], Any] | None = None) -> Writer:
         """The one writer (a file lock); `encode` embeds new chunks (`Environment.encode`, e.g. on Ray)."""
-        return Writer(self, timeout=timeout, progress=self.progress, say=say, encode=encode)
+        return Writer(self.layout, self.settings, chunker=self.chunker, text_cache=self.text_cache, timeout=timeout,
+                      progress=self.progress, say=say, encode=encode)
 
     def _write(self, change: Callable[[Writer], Any]) -> Generation:
         with self.writer() as w:

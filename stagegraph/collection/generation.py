@@ -26,7 +26,7 @@ from stagegraph.collection.layout import (
 )
 from stagegraph.corpora.ingest import Chunk
 from stagegraph.corpora.types import Corpus
-from stagegraph.hashing import sha256_file
+from stagegraph.hashing import check_files, sha256_file
 
 REPAIR = "`stagegraph collection repair DIR` goes back to the newest intact generation"
 
@@ -60,12 +60,9 @@ class Generation:
             raise CollectionDamaged(f"{where} is missing ({path}); {REPAIR}") from None
         except (OSError, ValueError) as exc:
             raise CollectionDamaged(f"the manifest of {where} is unreadable ({type(exc).__name__}); {REPAIR}") from None
-        for name, expected in manifest.files.items():
-            file = directory / name
-            if not file.is_file():
-                raise CollectionDamaged(f"{where} lacks its file {name}; {REPAIR}")
-            if verify and sha256_file(file) != expected:
-                raise CollectionDamaged(f"the file {name} of {where} is damaged (checksum mismatch); {REPAIR}")
+        problem = check_files(directory, manifest.files, owner=where, fix=REPAIR, checksums=verify)
+        if problem:
+            raise CollectionDamaged(problem)
         try:
             documents = [DocumentEntry.model_validate_json(line) for line in _lines(directory / DOCUMENTS_FILE)]
             chunks = [Chunk.model_validate_json(line) for line in _lines(directory / CHUNKS_FILE)]

@@ -23,21 +23,19 @@ import os
 import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from filelock import FileLock, Timeout
 
 from stagegraph import atomic
 from stagegraph.collection.generation import Generation, corpus_of, publish, read_current, write_manifest, write_tables
-from stagegraph.collection.layout import CollectionError, DocumentEntry, GenerationManifest, Layout
+from stagegraph.collection.layout import CollectionError, CollectionSettings, DocumentEntry, GenerationManifest, Layout
 from stagegraph.corpora.ingest import Chunk, Chunker, Document
 from stagegraph.hashing import stable_hash
+from stagegraph.indexes.text_cache import TextCache
 from stagegraph.pipeline.compose import Pipeline
 from stagegraph.pipeline.runner import build_indexes
 from stagegraph.pipeline.stage import Environment
-
-if TYPE_CHECKING:
-    from stagegraph.collection.collection import Collection
 
 DEFAULT_LOCK_TIMEOUT_S = 60.0
 
@@ -59,13 +57,20 @@ def as_document(item: Document | dict[str, Any]) -> Document:
 
 
 class Writer:
-    """Stages changes to a collection and publishes them as one generation (see the module docstring)."""
+    """Stages changes to a collection and publishes them as one generation (see the module docstring).
 
-    def __init__(self, collection: Collection, *, timeout: float = DEFAULT_LOCK_TIMEOUT_S, progress: bool = False,
+    It is given what it uses of the collection (`Collection.writer()` passes them): the layout, the
+    settings, and how to get the chunker and the text cache, which are built only when needed.
+    """
+
+    def __init__(self, layout: Layout, settings: CollectionSettings, *, chunker: Callable[[], Chunker],
+                 text_cache: Callable[[], TextCache], timeout: float = DEFAULT_LOCK_TIMEOUT_S, progress: bool = False,
                  say: Callable[[str], None] | None = None, encode: Callable[[Any, list[str]], Any] | None = None):
-        self.collection = collection
+        self.layout = layout
+        self.settings = settings
+        self._make_chunker = chunker
+        self._text_cache = text_cache
         self.encode = encode
-        self.layout: Layout = collection.layout
         self.timeout = timeout
         self.progress = progress
         self.say = say or (lambda text: None)
@@ -107,7 +112,7 @@ class Writer:
     @property
     def chunker(self) -> Chunker:
         if self._chunker is None:
-            self._chunker = self.collection.chunker()
+            self._chunker = self._make_chunker()
         return self._chunker
 
     def upsert(self, documents: Iterable[Document | dict[str, Any]], *, mode: str = "upsert") -> None:
@@ -189,9 +194,9 @@ class Writer:
         chunks = [c for d in sorted(self._chunks) for c in sorted(self._chunks[d], key=lambda c: c.index)]
         files = write_tables(directory, documents, chunks)
         corpus = corpus_of(chunks)
-        pipeline = Pipeline.from_config(self.collection.settings.pipeline, source=str(self.layout.settings))
+        pipeline = Pipeline.from_config(self.settings.pipeline, source=str(self.layout.settings))
         env = Environment(corpus, work_dir=self.layout.artefacts, progress=self.progress,
-                          text_cache=self.collection.text_cache(), encode=self.encode)
+                          text_cache=self._text_cache(), encode=self.encode)
         if len(corpus):
             build_indexes(pipeline, env)
         artefacts = sorted(p.relative_to(self.layout.artefacts).as_posix() for p in env.artefacts if p.is_dir())

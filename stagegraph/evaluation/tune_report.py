@@ -1,6 +1,7 @@
 """What a `tune_rerank` run found, in words, a picture and files: the summary lines, the
-quality-vs-P95 frontier (SVG), the HTML page, the CSV and `save`. Reads a `TuneResult`; measures
-and decides nothing (that is `stagegraph.evaluation.tune_rerank`)."""
+quality-vs-P95 frontier (SVG), the HTML page, the CSV and `save`. Reads a `TuneResult`
+(`stagegraph.evaluation.tune_result`); measures and decides nothing (that is
+`stagegraph.evaluation.tune_rerank`)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,10 @@ import math
 import os
 from html import escape
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from stagegraph import atomic
 from stagegraph.evaluation.svg import PALETTE, log_ticks, nice_ticks, standalone
-
-if TYPE_CHECKING:
-    from stagegraph.evaluation.tune_rerank import RerankStep, TuneResult
+from stagegraph.evaluation.tune_result import RerankStep, TuneResult
 
 
 def _step_text(s: RerankStep) -> str:

@@ -38,15 +38,11 @@ import itertools
 import json
 import math
 import os
-import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from stagegraph.corpora.types import Dataset, Qrels, Queries
@@ -54,6 +50,15 @@ from stagegraph.errors import InputError
 from stagegraph.evaluation import tune_report
 from stagegraph.evaluation.report import machine_info
 from stagegraph.evaluation.scoring import score_run
+from stagegraph.evaluation.tune_result import (
+    BackendRow,
+    DepthVerdict,
+    RerankStep,
+    TunePoint,
+    TuneResult,
+    TuneSettings,
+    Verification,
+)
 from stagegraph.hashing import stable_hash
 from stagegraph.pipeline import threads as thread_policy
 from stagegraph.pipeline.cache import StageCache
@@ -61,164 +66,17 @@ from stagegraph.pipeline.compose import Pipeline
 from stagegraph.pipeline.graph import Step
 from stagegraph.pipeline.ranking import Ranking
 from stagegraph.pipeline.stage import Environment
-from stagegraph.stages.rerank.calibration import CANDIDATES, TOLERANCE
+from stagegraph.sqlite_store import SqliteStore
+from stagegraph.stages.rerank.calibration import CANDIDATES
 from stagegraph.stages.rerank.cpu import backend_support, cpu_features
 from stagegraph.stages.rerank.cross_encoder import CrossEncoderReranker, finish
-from stagegraph.stages.rerank.depth import (
-    MARGINS,
-    AdaptiveCalibration,
-    AdaptiveDepth,
-    stop_depth,
-)
+from stagegraph.stages.rerank.depth import AdaptiveCalibration, AdaptiveDepth, stop_depth
 from stagegraph.stages.rerank.model import read_stagegraph_metadata
 from stagegraph.stages.rerank.score_cache import ScoreCache
-
-DEPTHS = (10, 20, 30, 50, 100)
-K = 10
 
 
 class TuneError(InputError):
     """A tuning run that cannot start: no cross-encoder, a depth the pool cannot give, a bad budget."""
-
-
-class TuneSettings(BaseModel):
-    """Everything `tune_rerank` varies, and its limits."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    budget_ms: float = Field(200.0, gt=0, description="P95 rerank time per query the recommendation must fit")
-    depths: tuple[int, ...] = DEPTHS
-    block: int = Field(10, ge=1, description="candidates per timed call; every depth must be a multiple")
-    models: tuple[str, ...] = ()  # besides the config's cross-encoders
-    backends: tuple[str, ...] | None = None  # None: every backend this CPU supports
-    margins: tuple[float, ...] = MARGINS
-    cascade_depths: tuple[int, ...] = (50, 100)
-    cascade_ks: tuple[int, ...] = (20, 30)
-    k: int = K
-    tolerance: float = TOLERANCE
-    calibration_queries: int = Field(20, ge=1)
-    prune: bool = True
-    warmup: int = Field(2, ge=0, description="queries scored once untimed per scorer before the timed pass")
-    max_queries: int | None = Field(None, ge=1)
-    time_limit_s: float | None = Field(None, gt=0)
-
-
-class RerankStep(BaseModel):
-    """One cross-encoder stage of a configuration."""
-
-    model_config = ConfigDict(frozen=True)
-
-    model: str
-    label: str  # the model's short name
-    backend: str
-    depth: int
-    k: int
-    margin: float | None = None  # adaptive_depth's margin; None: fixed depth
-
-
-class TunePoint(BaseModel):
-    """One configuration: its stages, quality and cost on the tuned queries."""
-
-    label: str
-    kind: Literal["pool", "fixed", "adaptive", "cascade"]
-    steps: list[RerankStep] = Field(default_factory=list)
-    ndcg: float
-    mean_ms: float
-    p95_ms: float
-    pairs: float = 0.0  # pairs scored per query, mean
-    calibrated: bool = False  # an adaptive point with the margin train-reranker calibrated
-    pareto: bool = False
-
-
-class BackendRow(BaseModel):
-    """One model x backend, measured on the calibration queries (the evidence for pruning)."""
-
-    model: str
-    backend: str
-    supported: bool
-    reason: str
-    kept: bool = False
-    ndcg: float | None = None  # at the deepest depth, on the calibration queries
-    delta: float | None = None
-    ms_per_query: float | None = None
-
-
-class DepthVerdict(BaseModel):
-    """Per-query depth against fixed depth for one scorer, at the same mean cost."""
-
-    scorer: str
-    margin: float
-    calibrated: bool
-    adaptive_ndcg: float
-    adaptive_mean_ms: float
-    fixed_ndcg_same_cost: float  # fixed depths interpolated to the adaptive point's mean cost
-    best_fixed_label: str  # the best fixed depth that costs no more on average
-    best_fixed_ndcg: float
-    gain: float  # adaptive - interpolated fixed
-
-
-class Verification(BaseModel):
-    """A configuration re-run as a real pipeline: measured against estimated cost."""
-
-    label: str
-    queries: int
-    ndcg_estimated: float
-    ndcg_measured: float
-    mean_ms_estimated: float
-    mean_ms_measured: float
-    p95_ms_estimated: float
-    p95_ms_measured: float
-
-
-class TuneResult(BaseModel):
-    dataset: str
-    split: str
-    queries: int  # tuned queries (complete for every scorer carried to the end)
-    queries_total: int
-    stopped_early: bool = False
-    budget_ms: float
-    k: int
-    cpu: str
-    machine: str = ""
-    settings: TuneSettings
-    pool: str
-    pool_ndcg: float
-    backends: list[BackendRow] = Field(default_factory=list)
-    points: list[TunePoint] = Field(default_factory=list)
-    recommended: str | None = None
-    ninety: str | None = None  # cheapest point reaching 90% of the maximum gain over the pool
-    naive: str | None = None  # the slowest model, torch fp32, the deepest depth
-    auto_picks: dict[str, str] = Field(default_factory=dict)  # model -> what the auto rule chose here
-    depth_verdicts: list[DepthVerdict] = Field(default_factory=list)
-    verifications: list[Verification] = Field(default_factory=list)
-    recommended_yaml: str = ""
-    seconds: float = 0.0
-    lines: list[str] = Field(default_factory=list)
-
-    def point(self, label: str | None) -> TunePoint | None:
-        return next((p for p in self.points if p.label == label), None)
-
-    def near_naive(self, tolerance: float = 0.005, share: float = 0.25) -> TunePoint | None:
-        """The cheapest configuration within `tolerance` nDCG@10 of the naive setting at no more than
-        `share` of its mean time (issue 17's target), or None."""
-        naive = self.point(self.naive)
-        if naive is None:
-            return None
-        cheap = [p for p in self.points if p.ndcg >= naive.ndcg - tolerance and p.mean_ms <= share * naive.mean_ms]
-        return min(cheap, key=lambda p: p.mean_ms) if cheap else None
-
-    # -- output: stagegraph.evaluation.tune_report -----------------------------------------------
-    def to_csv(self) -> str:
-        return tune_report.to_csv(self)
-
-    def frontier_svg(self, width: int = 760, height: int = 440) -> str:
-        return tune_report.frontier_svg(self, width, height)
-
-    def to_html(self) -> str:
-        return tune_report.to_html(self)
-
-    def save(self, out: str | os.PathLike[str]) -> Path:
-        return tune_report.save(self, out)
 
 
 # --------------------------------------------------------------------------- measuring
@@ -228,28 +86,17 @@ class TimingStore:
     """Per (scorer, query, candidates) the measured time of every block and the token count of every pair."""
 
     def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS timings (scorer TEXT NOT NULL, query TEXT NOT NULL, block_ns TEXT NOT NULL,"
-            " tokens TEXT NOT NULL, PRIMARY KEY (scorer, query)) WITHOUT ROWID"
-        )
-        self._db.commit()
-        self._lock = threading.Lock()
+        self._db = SqliteStore(path, "timings", group="scorer", key="query",
+                               values={"block_ns": "TEXT", "tokens": "TEXT"}, timeout=30)
 
     def get(self, scorer: str, query: str) -> tuple[np.ndarray, np.ndarray] | None:
-        with self._lock:
-            row = self._db.execute("SELECT block_ns, tokens FROM timings WHERE scorer = ? AND query = ?", (scorer, query)).fetchone()
+        row = self._db.get(scorer, query)
         if row is None:
             return None
         return np.array(json.loads(row[0]), dtype=np.int64), np.array(json.loads(row[1]), dtype=np.int64)
 
     def put(self, scorer: str, query: str, block_ns: Sequence[int], tokens: Sequence[int]) -> None:
-        with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO timings VALUES (?, ?, ?, ?)",
-                             (scorer, query, json.dumps([int(x) for x in block_ns]), json.dumps([int(x) for x in tokens])))
-            self._db.commit()
+        self._db.put_many([(scorer, query, json.dumps([int(x) for x in block_ns]), json.dumps([int(x) for x in tokens]))])
 
     def close(self) -> None:
         self._db.close()
@@ -680,7 +527,7 @@ def tune_rerank(
     for line in result.lines:
         say(line)
     if out is not None:
-        result.save(out)
+        tune_report.save(result, out)
     for x in scorers:
         x.cache.close()
     return result

@@ -5,7 +5,8 @@ misspelt field is an error instead of a silently ignored option. Limits that the
 flag (`stagegraph.serve.settings.Limits`) are checked by the routes against these models, with the
 same error shape (`ErrorBody`). The rerank call follows the Cohere / TEI shape that rerank APIs
 share: `{query, documents: [str | {text, ...}], top_n?, return_documents?}` ->
-`{results: [{index, relevance_score, document?}]}`.
+`{results: [{index, relevance_score, document?}]}`. A search hit is the library's own record
+(`HitOut` derives from `stagegraph.pipeline.hits.Hit`), not a copy of its fields.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
+
+from stagegraph.pipeline.hits import Hit, StageScore
 
 STRICT = ConfigDict(extra="forbid", strict=True)
 
@@ -50,21 +53,17 @@ class SearchBatchRequest(BaseModel):
     explain: bool = False
 
 
-class StageRank(BaseModel):
-    rank: int | None = None
-    score: float | None = None
+class HitOut(Hit):
+    """A hit as the API sends it: the library's `Hit` itself (every field inherited, so the wire
+    cannot fall behind the record), except that `stages` is sent only with `explain`."""
 
+    stages: dict[str, StageScore] | None = Field(  # type: ignore[assignment]  # optional on the wire only
+        None, description="with explain: each stage's rank and score (null: not returned there)")
 
-class HitOut(BaseModel):
-    id: str = Field(description="the chunk id (doc_id#index)")
-    doc_id: str
-    rank: int
-    score: float
-    title: str = ""
-    text: str = ""
-    metadata: dict[str, Any] = Field(default_factory=dict)
-    cross_encoder_score: float | None = None
-    stages: dict[str, StageRank] | None = Field(None, description="with explain: each stage's rank and score (null: not returned there)")
+    @classmethod
+    def of(cls, hit: Hit, *, explain: bool) -> HitOut:
+        """`hit` for the wire: all its fields, its stage ranks only with `explain`."""
+        return cls.model_validate({**dict(hit), "stages": hit.stages if explain else None})
 
 
 class SearchResponse(BaseModel):

@@ -46,7 +46,6 @@ from stagegraph.serve.models import (
     SearchBatchResponse,
     SearchRequest,
     SearchResponse,
-    StageRank,
     WriteResponse,
 )
 from stagegraph.serve.runtime import Job, Runtime, Slots
@@ -356,12 +355,7 @@ def _writer(collection: Collection, timeout: float):
 
 
 def _response(result: Any, explain: bool, queue_ms: float) -> SearchResponse:
-    hits = [
-        HitOut(id=h.id, doc_id=h.doc_id, rank=h.rank, score=h.score, title=h.title, text=h.text, metadata=h.metadata,
-               cross_encoder_score=h.cross_encoder_score,
-               stages={n: StageRank(rank=s.rank, score=s.score) for n, s in h.stages.items()} if explain else None)
-        for h in result.hits
-    ]
+    hits = [HitOut.of(h, explain=explain) for h in result.hits]
     return SearchResponse(query=result.query, generation=result.generation, hits=hits, timings_ms=result.timings_ms,
                           total_ms=result.total_ms, queue_ms=queue_ms)
 

@@ -5,16 +5,18 @@ corpus fingerprint, so a key never meets a score from another model or another t
 Lookups hit memory first; with a path, scores also persist in a small SQLite file, so a re-run in a
 new process or a sweep over rerank depth never scores a pair twice. Writes are batched per call and
 not synced to disk (WAL, synchronous off): a crash may lose recent scores, never corrupt old ones.
+The file is a `stagegraph.sqlite_store.SqliteStore` table `scores (query, doc) -> score`.
 """
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from stagegraph.sqlite_store import SqliteStore
 
 
 class ScoreCache:
@@ -24,18 +26,11 @@ class ScoreCache:
         self.path = Path(path) if path is not None else None
         self._memory: dict[tuple[str, str], float] = {}
         self._lock = threading.Lock()
-        self._db: sqlite3.Connection | None = None
+        self._db: SqliteStore | None = None
         if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
             # A cache: losing the last writes in a crash is harmless, an fsync per query is not.
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=OFF")
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS scores (query TEXT NOT NULL, doc TEXT NOT NULL, score REAL NOT NULL,"
-                " PRIMARY KEY (query, doc)) WITHOUT ROWID"
-            )
-            self._db.commit()
+            self._db = SqliteStore(self.path, "scores", group="query", key="doc", values={"score": "REAL"},
+                                   synchronous="OFF", timeout=30)
         self.hits = 0
         self.misses = 0
 
@@ -54,17 +49,12 @@ class ScoreCache:
                 else:
                     out[i] = value
             if missing and self._db is not None:
-                wanted = {doc_ids[i]: i for i in missing}
-                names = list(wanted)
-                for lo in range(0, len(names), 500):
-                    chunk = names[lo : lo + 500]
-                    marks = ",".join("?" * len(chunk))
-                    rows = self._db.execute(
-                        f"SELECT doc, score FROM scores WHERE query = ? AND doc IN ({marks})", [query, *chunk]
-                    ).fetchall()
-                    for doc, score in rows:
-                        out[wanted[doc]] = score
-                        self._memory[(query, doc)] = float(score)
+                stored = self._db.get_many(query, [doc_ids[i] for i in missing])
+                for i in missing:
+                    value = stored.get(doc_ids[i])
+                    if value is not None:
+                        out[i] = value[0]
+                        self._memory[(query, doc_ids[i])] = float(value[0])
         found = int(np.count_nonzero(~np.isnan(out)))
         self.hits += found
         self.misses += len(doc_ids) - found
@@ -78,8 +68,7 @@ class ScoreCache:
             for q, d, s in items:
                 self._memory[(q, d)] = s
             if self._db is not None:
-                self._db.executemany("INSERT OR REPLACE INTO scores VALUES (?, ?, ?)", items)
-                self._db.commit()
+                self._db.put_many(items)
 
     def close(self) -> None:
         with self._lock:

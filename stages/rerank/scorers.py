@@ -4,14 +4,15 @@ ONNX Runtime fp32 or int8), or the one `backend: auto` chooses on the model's ca
 `build_scorer` turns a loaded cross-encoder into a backend's scorer; `choose_auto` resolves `auto`
 (the rule itself is `stagegraph.stages.rerank.calibration.choose_backend`) and keeps its decision in
 `work_dir/rerank_backend/`, keyed by the model, the settings, the CPU and the library versions, so it
-is measured once per machine. The stage (`cross_encoder.py`) only asks for a scorer.
+is measured once per machine. The stage (`cross_encoder.py`) only asks for a scorer, passing its
+config; this module reads only the settings named in `ScorerSettings` and never imports the stage.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from stagegraph.hashing import library_versions, stable_hash
 from stagegraph.pipeline.threads import usable_cores
@@ -20,19 +21,29 @@ from stagegraph.stages.rerank.calibration import CANDIDATES, TOLERANCE, BackendC
 from stagegraph.stages.rerank.cpu import backend_support, cpu_features
 from stagegraph.stages.rerank.model import load_cross_encoder, locate, model_fingerprint
 
-if TYPE_CHECKING:
-    from stagegraph.stages.rerank.cross_encoder import CrossEncoderConfig
-
 log = logging.getLogger(__name__)
 
 
-def load_for(config: CrossEncoderConfig, backend: str, progress: bool) -> Any:
+class ScorerSettings(Protocol):
+    """What building a scorer reads of a cross-encoder stage's config (`CrossEncoderConfig` has them)."""
+
+    @property
+    def model(self) -> str: ...
+    @property
+    def max_length(self) -> int: ...
+    @property
+    def batch_size(self) -> int: ...
+    @property
+    def device(self) -> str: ...
+
+
+def load_for(config: ScorerSettings, backend: str, progress: bool) -> Any:
     """The sentence-transformers CrossEncoder a backend starts from (ONNX exports from a CPU copy)."""
     device = config.device if backend in ("torch", "torch-bf16") else "cpu"
     return load_cross_encoder(config.model, config.max_length, device=device, progress=progress)
 
 
-def build_scorer(config: CrossEncoderConfig, backend: str, cross_encoder: Any, work_dir: Path, progress: bool) -> Any:
+def build_scorer(config: ScorerSettings, backend: str, cross_encoder: Any, work_dir: Path, progress: bool) -> Any:
     """The scorer of a concrete backend; ONNX exports are cached under `work_dir/onnx/`."""
     if backend in ("torch", "torch-bf16"):
         from stagegraph.stages.rerank.model import TorchScorer
@@ -46,7 +57,7 @@ def build_scorer(config: CrossEncoderConfig, backend: str, cross_encoder: Any, w
     )
 
 
-def choose_auto(config: CrossEncoderConfig, blend: BlendSpec, work_dir: Path, *, read_only: bool, progress: bool,
+def choose_auto(config: ScorerSettings, blend: BlendSpec, work_dir: Path, *, read_only: bool, progress: bool,
                 name: str) -> tuple[Any, BackendChoice]:
     """Resolve `backend: auto`: (the chosen backend's scorer, the decision with every trial and why)."""
     features = cpu_features()
