@@ -47,8 +47,9 @@ sys.path.insert(0, str(ROOT))
 
 import faiss  # noqa: E402
 
-from stagegraph.indexes.dense import DenseIndex, faiss_threads  # noqa: E402
-from stagegraph.indexes.encoder import Encoder, l2_normalise, torch_threads  # noqa: E402
+from stagegraph.indexes.dense import DenseIndex  # noqa: E402
+from stagegraph.indexes.encoder import Encoder, l2_normalise  # noqa: E402
+from stagegraph.thread_counts import limited  # noqa: E402
 
 DIM = 384
 K = 100
@@ -140,7 +141,7 @@ def bench_encoding(model: Encoder, n_docs: int, n_queries: int, threads: int) ->
 
     rows = []
     for threads in (1, 2):
-        with torch_threads(threads):
+        with limited(threads):
             wall, cpu = time_calls(lambda i: model.encode_query(QUERY_TEXTS[i % len(QUERY_TEXTS)]), n_queries)
         rows.append([threads, n_queries, *percentiles(wall), percentiles(cpu)[0] if threads == 1 else "-"])
     table("One-query encoding latency (ms)", ["torch threads", "n", "p50", "p95", "p99", "cpu p50"], rows)
@@ -182,7 +183,7 @@ def bench_faiss(
             index = DenseIndex.build(data, factory, corpus_fingerprint="bench", threads=build_threads, progress=False)
         build_s = time.perf_counter() - start
         n = flat_queries if factory == "Flat" and size > 200_000 else n_queries
-        with faiss_threads(1):
+        with limited(1):
             wall, cpu = time_calls(lambda i: index.search(queries[i : i + 1], K), n)
         found = index.search(queries[WARMUP:], K)[1]
         if factory == "Flat":
@@ -210,7 +211,7 @@ def bench_threads(built: dict[str, DenseIndex], size: int, n_queries: int) -> No
             continue
         single = {}
         for threads in (1, 2):
-            with faiss_threads(threads):
+            with limited(threads):
                 wall, _ = time_calls(lambda i: index.search(queries[i : i + 1], K), n_queries)
                 start = time.perf_counter()
                 for _ in range(3):

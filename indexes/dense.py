@@ -21,7 +21,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 from collections.abc import Iterator
@@ -33,6 +32,7 @@ import numpy as np
 
 from stagegraph.atomic import atomic_dir
 from stagegraph.hashing import library_versions, stable_hash
+from stagegraph.thread_counts import limited
 from stagegraph.indexes.faiss_training import adapt_factory, skip_polysemous_training, train_and_add
 from stagegraph.indexes.manifest import IndexLoadError, Manifest, read_manifest, write_manifest
 
@@ -74,22 +74,6 @@ def default_nprobe(nlist: int, ntotal: int = 0, k: int = 100) -> int:
     """
     by_k = math.ceil(MIN_SCANNED_PER_K * k * nlist / ntotal) if ntotal else 0
     return max(1, min(nlist, max(16, math.ceil(nlist / 8), by_k)))
-
-
-@contextlib.contextmanager
-def faiss_threads(n: int | None) -> Iterator[None]:
-    """Set FAISS's OpenMP thread count for a block and restore it (`None` leaves it as it is)."""
-    if not n:
-        yield
-        return
-    before = faiss.omp_get_max_threads()
-    if before != n:
-        faiss.omp_set_num_threads(n)
-    try:
-        yield
-    finally:
-        if before != n:
-            faiss.omp_set_num_threads(before)
 
 
 class DenseIndex:
@@ -137,7 +121,7 @@ class DenseIndex:
                 f"Examples that work: 'Flat', 'HNSW32', 'IVF1024,Flat', 'IVF1024,PQ32' (PQ's M must divide {dim})."
             ) from None
         skip_polysemous_training(index)
-        with faiss_threads(threads):
+        with limited(threads):
             train_and_add(index, vectors, built, train_sample, seed, progress)
         info = {
             "model": model,
@@ -240,7 +224,7 @@ class DenseIndex:
             else:
                 values = {name: _raised(name, v, share, self) for name, v in values.items()}
         params = self.faiss_parameters(values, bitmap)
-        with faiss_threads(threads):
+        with limited(threads):
             scores, rows = index.search(queries, k, params=params)
         return scores, rows.astype(np.int64, copy=False)
 

@@ -35,6 +35,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from stagegraph.indexes.devices import resolve_device
+from stagegraph.thread_counts import limited
 
 log = logging.getLogger(__name__)
 
@@ -220,24 +221,6 @@ def model_identity(path: str | os.PathLike[str]) -> str:
 # --------------------------------------------------------------------------- encoding
 
 
-@contextlib.contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Set torch's intra-op thread count for a block, then put it back (`None` leaves it)."""
-    if not n:
-        yield
-        return
-    import torch
-
-    before = torch.get_num_threads()
-    if before != n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if before != n:
-            torch.set_num_threads(before)
-
-
 def l2_normalise(vectors: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length, float32; an all-zero row stays zero (no NaN)."""
     out = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -315,7 +298,7 @@ class Encoder:
         order = sorted(range(n), key=lambda i: -len(texts[i]))  # long first: padding stays small
         out = np.empty((n, self.dim), dtype=np.float32)
         start = time.perf_counter()
-        with torch_threads(threads or self.threads), tqdm(total=n, desc=desc, unit="doc", disable=not show or n <= batch) as bar:
+        with limited(threads or self.threads), tqdm(total=n, desc=desc, unit="doc", disable=not show or n <= batch) as bar:
             for lo in range(0, n, batch):
                 rows = order[lo : lo + batch]
                 vectors = self._model.encode(
@@ -334,7 +317,7 @@ class Encoder:
 
     def encode_query(self, text: str, *, threads: int | None = None) -> np.ndarray:
         """One text as a (1, dim) unit row: no sorting, no progress bar."""
-        with torch_threads(threads or self.threads):
+        with limited(threads or self.threads):
             vector = self._model.encode([text], batch_size=1, show_progress_bar=False, convert_to_numpy=True)
         return l2_normalise(vector)
 

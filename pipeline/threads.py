@@ -27,9 +27,11 @@ import sys
 import threading
 from typing import Any
 
+from stagegraph.thread_counts import set_counts
+
 _lock = threading.Lock()
 _state = {"pinned": 0}
-_local = threading.local()  # per thread: library -> the count last set in it by this thread
+_local = threading.local()  # per thread: the count this policy last set there, and for which libraries
 
 
 def usable_cores() -> int:
@@ -58,19 +60,10 @@ def apply(n: int) -> int:
     """Set torch's and FAISS's thread counts to `n` for the calling thread; returns `n`.
 
     Only libraries already imported are touched, so a BM25-only process never imports torch."""
-    applied = getattr(_local, "applied", None)
-    if applied is None:
-        applied = _local.applied = {}
-        torch = sys.modules.get("torch")
-        if torch is not None:
-            # torch initialises a thread's count lazily, at its first parallel call, from the last
-            # count set anywhere in the process: make that happen now, so it cannot undo ours later
-            torch.get_num_threads()
-    for library, setter in (("torch", "set_num_threads"), ("faiss", "omp_set_num_threads")):
-        module = sys.modules.get(library)
-        if module is not None and applied.get(library) != n:
-            getattr(module, setter)(n)
-            applied[library] = n
+    state = (n, "torch" in sys.modules, "faiss" in sys.modules)  # a library imported since is set too
+    if getattr(_local, "applied", None) != state:
+        set_counts(n)
+        _local.applied = state
     return n
 
 

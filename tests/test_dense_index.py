@@ -13,7 +13,8 @@ import pytest
 
 from stagegraph.corpora.types import Corpus
 from stagegraph.indexes import dense as dense_mod
-from stagegraph.indexes.dense import DenseIndex, adapt_factory, default_nprobe, faiss_threads
+from stagegraph.indexes.dense import DenseIndex, adapt_factory, default_nprobe
+from stagegraph.thread_counts import limited
 from stagegraph.indexes.embeddings import cached_embeddings, embeddings_key, load_embeddings
 from stagegraph.indexes.encoder import l2_normalise
 from stagegraph.indexes.manifest import IndexLoadError
@@ -153,11 +154,13 @@ def test_default_nprobe_scans_enough_lists_for_k() -> None:
     assert default_nprobe(64, 0, 100) == 16
 
 
-def test_faiss_thread_count_is_restored() -> None:
-    before = faiss.omp_get_max_threads()
-    with faiss_threads(1):
-        assert faiss.omp_get_max_threads() == 1
-    assert faiss.omp_get_max_threads() == before
+def test_thread_counts_are_set_for_a_block_and_restored() -> None:
+    import torch
+
+    faiss.omp_set_num_threads(2), torch.set_num_threads(2)
+    with limited(1):
+        assert (faiss.omp_get_max_threads(), torch.get_num_threads()) == (1, 1)
+    assert (faiss.omp_get_max_threads(), torch.get_num_threads()) == (2, 2)
 
 
 @pytest.mark.parametrize("factory", ["HNSW32", "IVF1024,Flat"])

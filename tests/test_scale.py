@@ -164,7 +164,7 @@ def test_a_killed_worker_is_restarted_and_its_shards_retried_with_the_same_resul
     corpus = sg.Corpus([f"d{i}" for i in range(len(texts))], [""] * len(texts), texts)
     pipe = sg.Pipeline.from_config({"pipeline": [{"type": "bm25", "name": "bm25", "k": 50}]})
     env = sg.Environment(corpus, work_dir=tmp_path, progress=False)
-    local = pipe.warm_up(env).execute(queries, env=env, mode="batch")
+    local = pipe.bind(env).execute(queries, mode="batch")
     executor = KillingExecutor(cluster, workers=2, progress=False)
     try:
         result = pipe.execute(queries, env=env, mode="batch", executor=executor)

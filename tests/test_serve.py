@@ -524,7 +524,7 @@ class Recording:
 
 
 def test_concurrent_requests_share_model_calls_with_the_same_scores(service):
-    real = service.reranker()._load().inner
+    real = service.reranker().scoring.scorer.inner
     recording = Recording(real)
     slots = Slots(2)
     batcher = BatchingScorer(recording, slots, max_tokens=10_000, max_wait_s=0.5, in_progress=lambda: 4)
@@ -549,7 +549,7 @@ def test_concurrent_requests_share_model_calls_with_the_same_scores(service):
 
 
 def test_a_lone_request_does_not_wait_and_a_budget_splits_batches(service):
-    real = service.reranker()._load().inner
+    real = service.reranker().scoring.scorer.inner
     recording = Recording(real)
     lone = BatchingScorer(recording, Slots(1), max_wait_s=5.0, in_progress=lambda: 1)
     started = time.perf_counter()
@@ -567,7 +567,7 @@ def test_a_lone_request_does_not_wait_and_a_budget_splits_batches(service):
 def test_a_cancelled_request_leaves_the_batch_unscored(service):
     from stagegraph.pipeline.cancel import Cancelled, cancellable
 
-    recording = Recording(service.reranker()._load().inner)
+    recording = Recording(service.reranker().scoring.scorer.inner)
     batcher = BatchingScorer(recording, Slots(2), max_wait_s=0.5, in_progress=lambda: 3)
     stop_at = time.monotonic() + 0.1
     with cancellable(lambda: time.monotonic() > stop_at):

@@ -284,7 +284,7 @@ def train_cross_encoder(
     import torch
 
     from stagegraph.indexes.devices import DeviceError, resolve_device
-    from stagegraph.indexes.encoder import torch_threads
+    from stagegraph.thread_counts import limited
 
     try:
         device = resolve_device(cfg.device)
@@ -305,7 +305,7 @@ def train_cross_encoder(
     started = time.perf_counter()
     group_size = 1 + cfg.negatives
     model.train()
-    with torch_threads(cfg.threads), tqdm(total=total, desc="fine-tuning", unit="step", disable=not progress) as bar:
+    with limited(cfg.threads), tqdm(total=total, desc="fine-tuning", unit="step", disable=not progress) as bar:
         for epoch, groups in enumerate(epochs):
             losses = []
             for lo in range(0, len(groups), cfg.batch_groups):
