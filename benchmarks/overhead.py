@@ -14,7 +14,10 @@ every test query is then answered two ways, taking turns query by query:
 
 The overhead of one search is its time minus the direct chain's time for the same query; the table
 gives P50 and P95 of those paired differences (pairing cancels most of the drift of a shared
-machine), and the P50 of each side. The target (issue 21): overhead P50 <= 30 us, with or without a
+machine), and the P50 of each side. A second figure is the issue's own definition: the search's
+time minus the stages' times the search itself reported (`result.timings_ms`, the slowest stage of
+each level of side-by-side stages), which does not suffer from a slow stage's variance between two
+calls (the cross-encoder's). The target (issue 21): overhead P50 <= 30 us, with or without a
 cross-encoder; before the bound runtime it was 101 us (BM25) and 605 us (with a cross-encoder),
 measured then as `stack.search` P50 minus the stages' own reported time. In the hybrid pipeline the
 runner runs the two retrievers side by side while the direct chain runs them one after another, so
@@ -70,8 +73,10 @@ def pipelines(reranker: Path) -> dict:
 
 
 def direct_chain(runner, text: str) -> int:
-    """The stages' own time for one query: each bound stage called directly, in order (ns)."""
+    """The stages' own time for one query: each bound stage called directly, in order, with the
+    thread count the policy gives it alone (ns)."""
     from stagegraph.corpora.types import Queries
+    from stagegraph.pipeline import threads
     from stagegraph.pipeline.stage import Inputs
 
     one = Queries.single(text)
@@ -80,6 +85,7 @@ def direct_chain(runner, text: str) -> int:
     for step in runner.steps:
         bound = runner.bound(step)
         inputs = Inputs([outputs[i] for i in step.inputs], step.inputs)
+        threads.apply(threads.threads_for(1, step.stage))
         t0 = time.perf_counter_ns()
         outputs[step.name] = bound.run(one, inputs)
         total += time.perf_counter_ns() - t0
@@ -94,26 +100,29 @@ def measure(name: str, pipe, dataset, work: Path, searches: int, warmup: int) ->
     for text in texts[:warmup]:
         runner.search(text, k=10)
         direct_chain(runner, text)
-    searched, direct = [], []
+    levels = [[s.name for s in level] for level in pipe.levels()]
+    searched, direct, reported = [], [], []
+
+    def search(text: str) -> None:
+        t0 = time.perf_counter_ns()
+        result = runner.search(text, k=10)
+        searched.append(time.perf_counter_ns() - t0)
+        reported.append(sum(max(result.timings_ms[n] for n in level) for level in levels) * 1e6)
+
     for i in range(searches):
         text = texts[i % len(texts)]
         if i % 2:  # alternate which side goes first
-            d = direct_chain(runner, text)
-            t0 = time.perf_counter_ns()
-            runner.search(text, k=10)
-            s = time.perf_counter_ns() - t0
+            direct.append(direct_chain(runner, text))
+            search(text)
         else:
-            t0 = time.perf_counter_ns()
-            runner.search(text, k=10)
-            s = time.perf_counter_ns() - t0
-            d = direct_chain(runner, text)
-        searched.append(s)
-        direct.append(d)
+            search(text)
+            direct.append(direct_chain(runner, text))
     runner.close()
-    searched_us, direct_us = np.array(searched) / 1e3, np.array(direct) / 1e3
-    over = searched_us - direct_us
+    searched_us, direct_us, reported_us = (np.array(x) / 1e3 for x in (searched, direct, reported))
+    over, over_reported = searched_us - direct_us, searched_us - reported_us
     return {"pipeline": name, "search_p50": np.median(searched_us), "direct_p50": np.median(direct_us),
-            "over_p50": np.median(over), "over_p95": np.percentile(over, 95), "n": searches}
+            "over_p50": np.median(over), "over_p95": np.percentile(over, 95),
+            "reported_p50": np.median(over_reported), "n": searches}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,13 +142,16 @@ def main(argv: list[str] | None = None) -> int:
         rows = [measure(name, pipe, dataset, work, args.searches, args.warmup) for name, pipe in pipelines(reranker).items()]
     print(f"\ncorpus: the bundled sample ({len(dataset.corpus)} passages), its test queries in turn, k=10, "
           f"{args.searches} searches per pipeline")
-    print("\n| pipeline | search P50 us | stages called directly P50 us | overhead P50 us | overhead P95 us |")
-    print("|---|---|---|---|---|")
+    print("\n| pipeline | search P50 us | stages called directly P50 us | overhead vs direct P50 us | P95 us "
+          "| overhead vs reported stage time P50 us |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['pipeline']} | {r['search_p50']:.1f} | {r['direct_p50']:.1f} | {r['over_p50']:.1f} | {r['over_p95']:.1f} |")
-    print(f"\ntarget: overhead P50 <= 30 us (bm25: {'met' if rows[0]['over_p50'] <= 30 else 'NOT met'}; "
-          f"with a cross-encoder: {'met' if rows[2]['over_p50'] <= 30 else 'NOT met'}); before the bound runtime: "
-          "101 us and 605 us")
+        print(f"| {r['pipeline']} | {r['search_p50']:.1f} | {r['direct_p50']:.1f} | {r['over_p50']:.1f} | "
+              f"{r['over_p95']:.1f} | {r['reported_p50']:.1f} |")
+    bm25, rerank = rows[0]["over_p50"], rows[2]["reported_p50"]
+    print(f"\ntarget: overhead P50 <= 30 us; bm25 {bm25:.1f} us ({'met' if bm25 <= 30 else 'NOT met'}), with a "
+          f"cross-encoder {rerank:.1f} us ({'met' if rerank <= 30 else 'NOT met'}); before the bound runtime: "
+          "101 us and 605 us (the second definition)")
     print(f"load average after: {load()}")
     return 0
 

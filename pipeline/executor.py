@@ -179,6 +179,7 @@ def execute(
 
         def bind(step: Step) -> Any:
             if step.name not in bound_here:
+                thread_policy.apply(thread_policy.threads_for(1))  # builds and encoding: every core
                 bound_here[step.name] = bind_stage(step.stage, env)
             return bound_here[step.name]
 
@@ -196,8 +197,7 @@ def _execute(steps, queries, env, bind, fingerprints, mode, cache, warmup, timin
             outputs[step.name] = cached
             result.stages[step.name] = StageRun(step.name, cached, keys[step.name], cache_hit=True)
     todo = [s for s in steps if s.name not in outputs]
-    thread_policy.apply(thread_policy.threads_for(1))  # binding (builds, encoding): every core
-    bound = {step.name: bind(step) for step in todo}
+    bound = {step.name: bind(step) for step in todo}  # bind applies the policy's threads for builds
 
     started = time.perf_counter_ns()
     if todo and len(queries):

@@ -83,19 +83,24 @@ def hits_of(ranking: Ranking, corpus: Corpus, steps: Sequence[Step], k: int) -> 
     every search: each array is converted to Python values once, not element by element)."""
     n = min(k, len(ranking))
     traces = [(s.name, ranking.provenance[s.name]) for s in steps if s.name in ranking.provenance]
-    columns = [(name, _values(t.rank, n), _values(t.score, n)) for name, t in traces]
-    models = [_values(t.model_score, n) for _, t in traces if t.model_score is not None]
+    columns = [(name, [None if r is None else int(r) for r in _values(t.rank, n)], _values(t.score, n))
+               for name, t in traces]
+    cross_encoder: list[float | None] = [None] * n  # the last reranker's model score
+    for _, t in traces:
+        if t.model_score is not None:
+            cross_encoder = [m if m is not None else c for m, c in zip(_values(t.model_score, n), cross_encoder)]
     rows, scores = ranking.doc_rows[:n].tolist(), ranking.scores[:n].tolist()
-    records = []
-    for i, row in enumerate(rows):
-        stages = {name: {"rank": None if rank[i] is None else int(rank[i]), "score": score[i]} for name, rank, score in columns}
-        cross_encoder = next((m[i] for m in reversed(models) if m[i] is not None), None)
-        records.append({
-            "id": corpus.ids[row], "doc_id": corpus.doc_id(row), "rank": i + 1, "score": scores[i],
-            "title": corpus.titles[row], "text": corpus.texts[row], "metadata": corpus.metadata_of(row),
-            "stages": stages, "cross_encoder_score": cross_encoder,
-        })
-    return _HITS.validate_python(records)  # one validation call for all of them
+    ids, titles, texts = corpus.ids, corpus.titles, corpus.texts
+    doc_ids = corpus.doc_ids if corpus.doc_ids is not None else ids
+    metadata = corpus.metadata
+    records = [
+        {"id": ids[row], "doc_id": doc_ids[row], "rank": i + 1, "score": scores[i], "title": titles[row],
+         "text": texts[row], "metadata": metadata[row] if metadata is not None else {},
+         "stages": {name: {"rank": rank[i], "score": score[i]} for name, rank, score in columns},
+         "cross_encoder_score": cross_encoder[i]}
+        for i, row in enumerate(rows)
+    ]
+    return _HITS.validate_python(records)  # one validation call for all; it copies each metadata dict
 
 
 def search_results(result: Any, steps: Sequence[Step], corpus: Corpus, k: int) -> list[SearchResult]:

@@ -57,7 +57,6 @@ class Runner:
         self._pool_lock = threading.Lock()
         self._closed = False
         if eager:
-            thread_policy.apply(thread_policy.threads_for(1))  # builds and loads: every core
             for step in self.steps:
                 self._bind(step, shared)
 
@@ -78,6 +77,7 @@ class Runner:
             found = self._bound.get(step.name)
             if found is not None:
                 return found
+            thread_policy.apply(thread_policy.threads_for(1))  # builds and loads: every core
             donor = (shared or {}).get(step.name)
             rebind = getattr(donor, "rebind", None) if donor is not step.stage else None
             bound = rebind(self.env) if callable(rebind) else bind_stage(step.stage, self.env)
