@@ -72,7 +72,17 @@ def pipelines(reranker: Path) -> dict:
     }
 
 
-def direct_chain(runner, text: str) -> int:
+def bound_runner(pipe, env):
+    """(what searches, the bound stage of a step): `pipe.bind(env)`; on a checkout from before the
+    bound runtime (25c2fda and older, to measure the baseline) the warmed pipeline and its stages."""
+    if hasattr(pipe, "bind"):
+        runner = pipe.bind(env)
+        return runner, runner.bound
+    pipe.warm_up(env)
+    return pipe, lambda step: step.stage
+
+
+def direct_chain(runner, bound_of, text: str) -> int:
     """The stages' own time for one query: each bound stage called directly, in order, with the
     thread count the policy gives it alone (ns)."""
     from stagegraph.corpora.types import Queries
@@ -83,9 +93,10 @@ def direct_chain(runner, text: str) -> int:
     outputs: dict = {}
     total = 0
     for step in runner.steps:
-        bound = runner.bound(step)
+        bound = bound_of(step)
         inputs = Inputs([outputs[i] for i in step.inputs], step.inputs)
-        threads.apply(threads.threads_for(1, step.stage))
+        if hasattr(threads, "pinned"):  # the policy of this checkout, where it takes a stage
+            threads.apply(threads.threads_for(1, step.stage))
         t0 = time.perf_counter_ns()
         outputs[step.name] = bound.run(one, inputs)
         total += time.perf_counter_ns() - t0
@@ -96,10 +107,10 @@ def measure(name: str, pipe, dataset, work: Path, searches: int, warmup: int) ->
     import stagegraph as sg
 
     texts = dataset.split("test")[0].texts
-    runner = pipe.bind(sg.Environment(dataset.corpus, work_dir=work, progress=False))
+    runner, bound_of = bound_runner(pipe, sg.Environment(dataset.corpus, work_dir=work, progress=False))
     for text in texts[:warmup]:
         runner.search(text, k=10)
-        direct_chain(runner, text)
+        direct_chain(runner, bound_of, text)
     levels = [[s.name for s in level] for level in pipe.levels()]
     searched, direct, reported = [], [], []
 
@@ -112,11 +123,11 @@ def measure(name: str, pipe, dataset, work: Path, searches: int, warmup: int) ->
     for i in range(searches):
         text = texts[i % len(texts)]
         if i % 2:  # alternate which side goes first
-            direct.append(direct_chain(runner, text))
+            direct.append(direct_chain(runner, bound_of, text))
             search(text)
         else:
             search(text)
-            direct.append(direct_chain(runner, text))
+            direct.append(direct_chain(runner, bound_of, text))
     runner.close()
     searched_us, direct_us, reported_us = (np.array(x) / 1e3 for x in (searched, direct, reported))
     over, over_reported = searched_us - direct_us, searched_us - reported_us
