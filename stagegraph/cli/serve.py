@@ -42,6 +42,8 @@ def register(sub) -> None:
     p.add_argument("--max-document-chars", type=int, default=20_000, help="longest rerank document (default 20000)")
     p.add_argument("--max-write-documents", type=int, default=1000, help="documents per PUT (default 1000)")
     p.add_argument("--read-only", action="store_true", help="refuse every write (PUT and DELETE answer 403)")
+    p.add_argument("--watch", type=float, default=0.25, metavar="SECONDS",
+                   help="look this often for a generation another process published, and serve it (default 0.25; 0: off)")
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="let browsers call from this origin (repeatable; default: no CORS)")
     p.add_argument("--api-key-env", default="STAGEGRAPH_API_KEY", metavar="NAME",
@@ -60,7 +62,7 @@ def settings_of(args: argparse.Namespace):
         return ServeSettings(
             host=args.host, port=args.port, workers=args.workers, queue=args.queue, deadline_ms=args.deadline_ms,
             write_timeout_s=args.write_timeout, lock_timeout_s=args.lock_timeout, shutdown_timeout_s=args.shutdown_timeout,
-            read_only=args.read_only, cors_origins=args.cors_origin, api_key_env=args.api_key_env,
+            read_only=args.read_only, cors_origins=args.cors_origin, api_key_env=args.api_key_env, watch_s=args.watch,
             batching=Batching(enabled=args.batching == "on", max_tokens=args.batch_tokens, max_wait_ms=args.batch_wait_ms),
             limits=Limits(max_body_bytes=args.max_body_kb * 1024, max_query_chars=args.max_query_chars, max_k=args.max_k,
                           max_batch_queries=args.max_batch_queries, max_rerank_documents=args.max_rerank_documents,

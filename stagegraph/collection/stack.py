@@ -14,23 +14,38 @@ indexes load), then swaps it in; searches in flight finish on the generation the
 the old runner is closed when the last of them is done. A search therefore always sees one
 generation's chunks and indexes, never a mix, and its `SearchResult.generation` says which.
 `prepare` (optional) is called with each new runner before it is swapped in (a server wraps its
-reranker's scorer there).
+reranker's scorer there), `on_refresh` with each generation number once searches see it.
+
+Near real time: a stack watches the collection's `CURRENT` file (a few bytes, read every `watch`
+seconds, 0.25 by default, in a background thread) and refreshes by itself when another process (a
+cron `stagegraph ingest`, another writer, a server) publishes a generation, so what it searches is
+at most `watch` seconds plus the binding behind. Polling was chosen over inotify: it needs no
+platform library, works on network file systems where inotify does not see another machine's
+writes, and costs one small read per interval. A refresh that fails (a damaged generation) is
+logged once and the stack keeps searching the generation it has. `watch=None` turns it off
+(`refresh()` is then the only way to move).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from stagegraph.collection.collection import Collection
-from stagegraph.collection.generation import Generation
+from stagegraph.collection.generation import Generation, read_current
 from stagegraph.corpora.ingest import Document
 from stagegraph.errors import InputError
 from stagegraph.pipeline.compose import Pipeline
 from stagegraph.pipeline.hits import SearchResult
 from stagegraph.pipeline.runner import Runner
+
+log = logging.getLogger("stagegraph.collection")
+
+#: seconds between two looks at `CURRENT` for a generation published by another process
+WATCH_INTERVAL_S = 0.25
 
 
 class _Live:
@@ -50,13 +65,38 @@ class _Live:
 class Stack:
     """A pipeline over a collection: search, write, refresh (see the module docstring)."""
 
-    def __init__(self, config: Any, collection: Collection, *, prepare: Callable[[Runner], None] | None = None):
+    def __init__(self, config: Any, collection: Collection, *, prepare: Callable[[Runner], None] | None = None,
+                 on_refresh: Callable[[int], None] | None = None, watch: float | None = WATCH_INTERVAL_S):
         self.collection = collection
         #: the pipeline value every generation is bound to
         self.pipeline: Pipeline = _pipeline_of(config, collection)
         self._prepare = prepare
+        self._on_refresh = on_refresh
         self._lock = threading.Lock()
+        self._refreshing = threading.Lock()  # one refresh at a time: the watcher's or a writer's
+        self._closed = False
+        self._failed: str | None = None  # the last refresh failure logged (logged once)
         self._live = self._bind(None)
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        if watch:
+            self._watcher = threading.Thread(target=self._watch, args=(float(watch),), daemon=True,
+                                             name=f"stagegraph-watch-{collection.layout.root.name}")
+            self._watcher.start()
+
+    def _watch(self, interval: float) -> None:
+        """Refresh whenever `CURRENT` names another generation than the one searched (background)."""
+        while not self._stop.wait(interval):
+            try:
+                if read_current(self.collection.layout) != self._live.generation.number:
+                    self.refresh()
+                self._failed = None
+            except Exception as exc:  # noqa: BLE001 - keep serving what we have; say why once
+                line = f"{type(exc).__name__}: {exc}"
+                if line != self._failed:
+                    log.warning("stack of %s: cannot move to the newest generation, still searching generation %d: %s",
+                                self.collection.layout.root, self._live.generation.number, line)
+                    self._failed = line
 
     def _bind(self, previous: Runner | None) -> _Live:
         generation = self.collection.generation
@@ -142,21 +182,37 @@ class Stack:
         self.refresh()
         return self.generation
 
+    @property
+    def current(self) -> Generation:
+        """The generation searches see now (its chunks, documents and manifest)."""
+        return self._live.generation
+
     def refresh(self) -> bool:
         """Move to the newest published generation (True when it changed)."""
-        self.collection.refresh()
-        if self.collection.generation.number == self._live.generation.number:
-            return False
-        fresh = self._bind(self._live.runner)
-        with self._lock:
-            old, self._live = self._live, fresh
-            old.retired = True
-            idle = old.users == 0
-        if idle:
-            old.close()
+        with self._refreshing:
+            if self._closed:
+                return False
+            self.collection.refresh()
+            if self.collection.generation.number == self._live.generation.number:
+                return False
+            fresh = self._bind(self._live.runner)
+            with self._lock:
+                old, self._live = self._live, fresh
+                old.retired = True
+                idle = old.users == 0
+            if idle:
+                old.close()
+        log.info("stack of %s: searching generation %d", self.collection.layout.root, fresh.generation.number)
+        if self._on_refresh is not None:
+            self._on_refresh(fresh.generation.number)
         return True
 
     def close(self) -> None:
+        self._stop.set()
+        if self._watcher is not None and self._watcher is not threading.current_thread():
+            self._watcher.join(timeout=30)
+        with self._refreshing:
+            self._closed = True
         with self._lock:
             live = self._live
             live.retired = True
@@ -182,7 +238,9 @@ def _pipeline_of(config: Any, collection: Collection) -> Pipeline:
     return Pipeline.from_yaml(config)
 
 
-def open_stack(config: Any = None, *, collection: str | Path, progress: bool = False) -> Stack:
+def open_stack(config: Any = None, *, collection: str | Path, progress: bool = False,
+               watch: float | None = WATCH_INTERVAL_S) -> Stack:
     """The stack of `config` (a YAML path or bundled name, a dict, a Pipeline; None: the collection's
-    own pipeline) over the collection at `collection`."""
-    return Stack(config, Collection.open(collection, progress=progress))
+    own pipeline) over the collection at `collection`; it picks up generations other processes publish
+    within `watch` seconds (None: only on `refresh()`)."""
+    return Stack(config, Collection.open(collection, progress=progress), watch=watch)

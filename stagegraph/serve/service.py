@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from stagegraph.collection.collection import Collection
+from stagegraph.collection.generation import read_current
 from stagegraph.collection.layout import CollectionError
 from stagegraph.collection.stack import Stack
 from stagegraph.pipeline import threads
@@ -86,7 +87,8 @@ class Service:
     def open(cls, config: Any, collection: str | Path, settings: ServeSettings | None = None, *,
              pin_threads: bool = True) -> Service:
         service = cls(settings or ServeSettings())
-        service.stack = Stack(config, Collection.open(collection), prepare=service._prepare)
+        service.stack = Stack(config, Collection.open(collection), prepare=service._prepare,
+                              on_refresh=service.metrics.generation.set, watch=service.settings.watch_s or None)
         try:
             service._warm()
         except BaseException:
@@ -319,14 +321,14 @@ class Service:
     def info(self) -> Info:
         s = self.settings
         stack = self.stack
-        manifest = stack.collection.generation.manifest
+        manifest = stack.current.manifest  # what searches read now
         return Info(
             version=_version("stagegraph"),
             pipeline=stack.pipeline.to_config(),
             stages=self._stages,
             collection={"name": stack.collection.layout.root.name, "generation": stack.generation,
-                        "newest_generation": manifest.generation, "documents": manifest.documents,
-                        "chunks": manifest.chunks, "created": manifest.created},
+                        "newest_generation": read_current(stack.collection.layout),  # on disk, whoever wrote it
+                        "documents": manifest.documents, "chunks": manifest.chunks, "created": manifest.created},
             read_only=s.read_only, workers=s.worker_count, threads_per_worker=s.threads,
             in_progress=self.search_pool.thread_count, queue=s.queue, deadline_ms=s.deadline_ms,
             batching=s.batching.model_dump(), limits=s.limits.model_dump(),

@@ -70,6 +70,8 @@ class ServeSettings(BaseModel):
     api_key_env: str = DEFAULT_API_KEY_ENV
     limits: Limits = Field(default_factory=Limits)
     batching: Batching = Field(default_factory=Batching)
+    #: seconds between looks for a generation another process published (0: only the server's own writes)
+    watch_s: float = Field(0.25, ge=0)
 
     @property
     def cores(self) -> int:
