@@ -56,6 +56,8 @@ class Runner:
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
         self._closed = False
+        for scope_filter in {repr(s.filter): s.filter for s in self.steps if s.filter}.values():
+            MetadataIndex.of(env.corpus).mask(scope_filter)  # a nested pipeline's filter that cannot apply: now
         if eager:
             for step in self.steps:
                 self._bind(step, shared)
@@ -161,8 +163,8 @@ class Runner:
         return search_results(result, self.steps, self.env.corpus, k)
 
     def check_filter(self, filter: dict[str, Any] | None) -> None:
-        """Raise the `FilterError` of a filter that does not fit this corpus (with the pipeline's own
-        filter and every nested pipeline's, which apply to the same query)."""
+        """Raise the `FilterError` of a filter that does not fit this corpus (and-ed with the pipeline's
+        own; nested pipelines' filters were checked when the runner was made)."""
         expression = combine(self.pipeline.filter, filter)
         if expression:
             MetadataIndex.of(self.env.corpus).mask(expression)

@@ -91,6 +91,14 @@ def test_scopes_round_trip_through_yaml_and_count_in_the_fingerprint(env):
     assert "filter={'tenant': 'a'}" in str(composed)
 
 
+def test_a_nested_filter_that_cannot_apply_is_refused_when_bound(env):
+    from stagegraph.corpora.filters import FilterError
+
+    composed = Pipeline(BM25Retriever(k=20), filter={"colour": "red"}) >> StubRerank("r", k=5)
+    with pytest.raises(FilterError, match="colour"):
+        composed.bind(env)
+
+
 def test_a_nested_executor_travels_and_two_different_ones_are_refused():
     ray = Pipeline(BM25Retriever(), executor="ray")
     assert (ray >> StubRerank("r")).executor.type == "ray"
