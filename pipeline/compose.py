@@ -55,7 +55,7 @@ from stagegraph.pipeline.graph import (
 )
 from stagegraph.pipeline.hits import SearchResult
 from stagegraph.pipeline.ranking import Ranking
-from stagegraph.pipeline.runner import Runner, as_queries
+from stagegraph.pipeline.runner import Runner
 from stagegraph.pipeline.stage import Environment, StageConfig, environment_for
 
 __all__ = ["Composable", "Pipeline", "as_node"]

@@ -39,7 +39,7 @@ import yaml
 
 from stagegraph import atomic
 from stagegraph.configs import bundled
-from stagegraph.errors import ConfigError, InputError
+from stagegraph.errors import ConfigError
 from stagegraph.pipeline.graph import Cutoff, Node, Parallel, Scope, Sequence, StageNode, Step
 from stagegraph.pipeline.registry import UnknownStageType, stage_class
 

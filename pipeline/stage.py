@@ -74,9 +74,9 @@ class StageConfig(BaseModel):
     @classmethod
     def _refuse_retired(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            for field, why in cls.retired.items():
-                if field in data:
-                    raise ValueError(f"`{field}` is no longer a setting of this stage: {why}; remove it")
+            for name, why in cls.retired.items():
+                if name in data:
+                    raise ValueError(f"`{name}` is no longer a setting of this stage: {why}; remove it")
         return data
 
     @classmethod

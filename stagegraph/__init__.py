@@ -27,6 +27,7 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     # the engine
     "Pipeline": "stagegraph.pipeline.compose",
+    "Runner": "stagegraph.pipeline.runner",
     "Stage": "stagegraph.pipeline.stage",
     "StageConfig": "stagegraph.pipeline.stage",
     "Arity": "stagegraph.pipeline.stage",
@@ -102,6 +103,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from stagegraph.evaluation.writer import save_report
     from stagegraph.pipeline.cache import StageCache
     from stagegraph.pipeline.compose import Pipeline
+    from stagegraph.pipeline.runner import Runner
     from stagegraph.pipeline.hits import Hit, SearchResult
     from stagegraph.pipeline.ranking import Ranking, StepTrace
     from stagegraph.pipeline.registry import register
