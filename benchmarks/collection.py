@@ -57,6 +57,7 @@ CHILD = r"""
 import json, resource, sys, time
 from pathlib import Path
 from stagegraph.collection import Collection, ingest
+from stagegraph.collection.sources import PYTHON
 from stagegraph.corpora.ingest import ChunkerConfig
 mode, config, root, data = sys.argv[1], json.loads(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4])
 started = time.perf_counter()
@@ -67,7 +68,7 @@ else:
     change = json.loads(data.read_text())
     store = Collection.open(root)
     with store.writer() as w:
-        w.upsert(change["upsert"])
+        w.upsert(change["upsert"], source=PYTHON)
         w.delete(change["delete"])
         chunks = w.commit().manifest.chunks
     store.close()

@@ -19,6 +19,7 @@ from tiny_models import WORDS, make_tiny_sentence_transformer
 
 import stagegraph as sg
 from stagegraph.collection import Collection, CollectionDamaged, CollectionError, ingest, repair
+from stagegraph.collection.sources import PYTHON
 from stagegraph.corpora.ingest import ChunkerConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,10 +88,10 @@ def test_any_sequence_of_changes_equals_a_fresh_build_of_the_final_documents(tmp
                 d = doc(next_id, rng)
                 next_id += 1
                 live[d["id"]] = d
-                w.upsert([d])
+                w.upsert([d], source=PYTHON)
             for doc_id in rng.sample(sorted(live), k=min(len(live), rng.randint(0, 3))):  # updates
                 live[doc_id] = {**live[doc_id], "text": text(rng, rng.randint(5, 60))}
-                w.upsert([live[doc_id]])
+                w.upsert([live[doc_id]], source=PYTHON)
             for doc_id in rng.sample(sorted(live), k=min(max(len(live) - 3, 0), rng.randint(0, 2))):  # deletions
                 del live[doc_id]
                 w.delete([doc_id])

@@ -1,4 +1,4 @@
-"""`stagegraph collection info DIR` (what a collection holds) and `stagegraph collection repair DIR`."""
+"""`stagegraph collection info DIR` (what a collection holds, documents per source) and `stagegraph collection repair DIR`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from stagegraph.cli.app import Exit, say
 def register(sub) -> None:
     p = sub.add_parser("collection", help="inspect or repair a collection")
     verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
-    info = verbs.add_parser("info", help="what the collection holds: generation, documents, chunks, settings")
+    info = verbs.add_parser("info", help="what the collection holds: generation, documents per source, chunks, settings")
     info.add_argument("collection")
     info.add_argument("--json", action="store_true", help="print the whole description as JSON")
     info.set_defaults(func=handle_info)
@@ -35,6 +35,8 @@ def handle_info(args: argparse.Namespace) -> int:
     print(f"  chunker {chunker['kind']}, {chunker['max_tokens']} tokens, overlap {chunker['overlap_tokens']} "
           f"({info['chunk_tokenizer']})")
     print(f"  stages: {', '.join(info['stages']) or '-'}; artefacts: {len(info['artefacts'])}")
+    for row in info["sources"]:  # what `ingest --sync` of each folder may delete, and what it never does
+        print(f"  source {row['label']}: {row['documents']} documents")
     return Exit.OK
 
 

@@ -1,8 +1,8 @@
 """`stagegraph ingest PATH... --collection DIR`: a user's files into a collection, as one new generation.
 
 Re-running it on a changed folder re-reads everything but re-chunks, re-analyses and re-encodes only
-documents whose content changed; `--sync` also deletes documents no longer found, `--delete ID`
-removes one. The collection is created on first use with `--config` (default: the bundled `hybrid`
+documents whose content changed; `--sync` also deletes the documents that came from these paths and
+are no longer found (never those of other folders, the Python API or HTTP), `--delete ID` removes one. The collection is created on first use with `--config` (default: the bundled `hybrid`
 pipeline) and the chunker options; later runs must use the same ones (or rebuild into a new folder).
 `--executor ray` encodes the new chunks on a Ray cluster; the generation written is the same.
 """
@@ -20,7 +20,8 @@ def register(sub) -> None:
     p.add_argument("paths", nargs="*", help="files and folders (.txt .md .rst .html .pdf .json .jsonl)")
     p.add_argument("--collection", required=True, help="the collection directory")
     p.add_argument("--config", help="pipeline of a new collection: a YAML path or a bundled name (default hybrid)")
-    p.add_argument("--sync", action="store_true", help="delete documents that are no longer found under the paths")
+    p.add_argument("--sync", action="store_true", help="delete documents that came from these paths and are no longer found under them "
+                   "(documents of other folders, the Python API or HTTP are kept)")
     p.add_argument("--delete", action="append", default=[], metavar="DOC_ID", help="remove this document (repeatable)")
     p.add_argument("--chunker", choices=["recursive", "sentence", "none"], help="how a new collection cuts documents (default recursive)")
     p.add_argument("--max-tokens", type=int, help="chunk size in tokens of the dense model (default 200)")

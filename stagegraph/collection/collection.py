@@ -2,6 +2,7 @@
 
     collection = Collection.create("notes.sg", pipeline_config)     # or Collection.open("notes.sg")
     collection.upsert([{"id": "a", "text": "..."}])                  # one writer transaction each
+    collection.upsert(docs, source="crawler")                        # source: "python" unless named
     collection.refresh()                                             # move to the newest generation
     env = collection.environment()                                   # what a pipeline warms up on
 
@@ -25,6 +26,7 @@ from pydantic import ValidationError
 from stagegraph import atomic
 from stagegraph.collection.generation import Generation, dump_settings, read_current
 from stagegraph.collection.layout import CollectionDamaged, CollectionError, CollectionSettings, Layout
+from stagegraph.collection.sources import UNKNOWN, named_source
 from stagegraph.collection.writer import DEFAULT_LOCK_TIMEOUT_S, Writer, collect_garbage
 from stagegraph.corpora.ingest import Chunker, ChunkerConfig, Document, RecordFields
 from stagegraph.indexes.text_cache import TextCache
@@ -190,16 +192,22 @@ class Collection:
         self.refresh()
         return generation
 
-    def add(self, documents: Iterable[Document | dict[str, Any]]) -> Generation:
+    # `source`: what the documents record as where they came from (`stagegraph.collection.sources`):
+    # "python" unless the caller names it; `ingest --sync` of a folder never deletes them.
+    def add(self, documents: Iterable[Document | dict[str, Any]], *, source: str | None = None) -> Generation:
         """Add new documents (an id already present is an error); publishes a generation."""
-        return self._write(lambda w: w.upsert(documents, mode="add"))
+        origin = named_source(source)
+        return self._write(lambda w: w.upsert(documents, source=origin, mode="add"))
 
-    def update(self, documents: Iterable[Document | dict[str, Any]]) -> Generation:
+    def update(self, documents: Iterable[Document | dict[str, Any]], *, source: str | None = None) -> Generation:
         """Replace existing documents (an absent id is an error); publishes a generation."""
-        return self._write(lambda w: w.upsert(documents, mode="update"))
+        origin = named_source(source)
+        return self._write(lambda w: w.upsert(documents, source=origin, mode="update"))
 
-    def upsert(self, documents: Iterable[Document | dict[str, Any]]) -> Generation:
-        return self._write(lambda w: w.upsert(documents))
+    def upsert(self, documents: Iterable[Document | dict[str, Any]], *, source: str | None = None) -> Generation:
+        """Add new documents and replace changed ones; publishes a generation."""
+        origin = named_source(source)
+        return self._write(lambda w: w.upsert(documents, source=origin))
 
     def delete(self, doc_ids: Iterable[str]) -> Generation:
         return self._write(lambda w: w.delete(list(doc_ids)))
@@ -214,12 +222,22 @@ class Collection:
             "documents": m.documents,
             "chunks": m.chunks,
             "changes": m.changes,
+            "sources": self.sources(),
             "chunker": self.settings.chunker.model_dump(mode="json"),
             "chunk_tokenizer": self.settings.chunk_tokenizer,
             "pipeline": self.settings.pipeline,
             "stages": m.stages,
             "artefacts": m.artefacts,
         }
+
+    def sources(self) -> list[dict[str, Any]]:
+        """Where this generation's documents came from: `{source, label, documents}` per source, most first."""
+        counts: dict[str, int] = {}
+        for entry in self.generation.documents:
+            counts[entry.source] = counts.get(entry.source, 0) + 1
+        labels = {UNKNOWN.key: UNKNOWN.label, **self.generation.manifest.sources}
+        rows = [{"source": k, "label": labels.get(k, k), "documents": n} for k, n in counts.items()]
+        return sorted(rows, key=lambda r: (-r["documents"], r["label"]))
 
     def close(self) -> None:
         self._lease.unlink(missing_ok=True)

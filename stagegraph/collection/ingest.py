@@ -3,9 +3,15 @@
 Files are read by `stagegraph.corpora.ingest.read_paths` (recursively; each unreadable, binary,
 empty, encrypted, oversized or undecodable file, each duplicate or textless record, is skipped with
 one line saying why). Documents whose content hash is unchanged are kept as they are (never
-re-chunked, re-analysed or re-encoded); new and changed ones are chunked; with `sync`, documents
-no longer found are deleted; `delete` removes ids. Everything lands in one generation, published
-atomically. Nothing ingestible at all (no document read, nothing to delete) is an `InputError`.
+re-chunked, re-analysed or re-encoded); new and changed ones are chunked; `delete` removes ids.
+Everything lands in one generation, published atomically. Nothing ingestible at all (no document
+read, nothing to delete) is an `InputError`.
+
+Each path given is a source (`stagegraph.collection.sources.path_source`: its resolved path), read
+on its own, and every document read records it. With `sync`, the documents of those sources that
+were not found again are deleted; documents of other sources (other folders, the Python API, HTTP)
+never are, and the report counts them. Paths inside one another are refused (the documents under
+both would belong to two sources); a document id read under two paths is kept from the first.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from pydantic import BaseModel, Field
 
 from stagegraph.collection.collection import Collection
 from stagegraph.collection.layout import CollectionError, Layout
+from stagegraph.collection.sources import UNKNOWN, Source, path_source
 from stagegraph.corpora.ingest import ChunkerConfig, Document, IngestSummary, RecordFields, Skipped, read_paths
 from stagegraph.corpora.ingest.sources import DEFAULT_MAX_FILE_BYTES
 
@@ -34,8 +41,10 @@ class IngestReport(BaseModel):
     skipped: list[str] = Field(default_factory=list)
     added: int = 0
     updated: int = 0
+    moved: int = 0
     unchanged: int = 0
     deleted: int = 0
+    left_alone: dict[str, int] = Field(default_factory=dict)  # with sync: other sources' labels -> documents kept
     new_chunks: int = 0
     new_tokens: int = 0
     chunks: int = 0
@@ -43,12 +52,19 @@ class IngestReport(BaseModel):
 
     def lines(self) -> list[str]:
         verb = f"published generation {self.generation}" if self.published else f"nothing changed: generation {self.generation} stays"
-        return [
+        moved = f", {self.moved} moved here from another source" if self.moved else ""
+        lines = [
             f"{self.files_read} files read, {self.documents_read} documents, {len(self.skipped)} skipped",
-            f"{self.added} added, {self.updated} updated, {self.unchanged} unchanged, {self.deleted} deleted; "
+            f"{self.added} added, {self.updated} updated{moved}, {self.unchanged} unchanged, {self.deleted} deleted; "
             f"{self.new_chunks} new chunks ({self.new_tokens} tokens); {self.chunks} chunks in all",
-            f"{verb} in {self.seconds:.1f} s",
         ]
+        if self.left_alone:
+            kept = ", ".join(f"{label} {n}" for label, n in self.left_alone.items())
+            line = f"sync left {sum(self.left_alone.values())} documents of other sources alone ({kept})"
+            if UNKNOWN.label in self.left_alone:
+                line += "; remove one of unknown source with --delete DOC_ID"
+            lines.append(line)
+        return [*lines, f"{verb} in {self.seconds:.1f} s"]
 
 
 def ingest(
@@ -76,14 +92,8 @@ def ingest(
     layout = Layout(collection)
     fields = records or (Collection.open(collection).settings.records if layout.exists() else RecordFields())
     summary = IngestSummary()
-    documents: list[Document] = []
-    if paths:
-        for item in read_paths([Path(p) for p in paths], fields=fields, max_file_bytes=max_file_bytes,
-                               progress=progress, summary=summary):
-            if isinstance(item, Skipped):
-                warn(f"skipped {item}")
-            else:
-                documents.append(item)
+    read = _read(paths, fields=fields, max_file_bytes=max_file_bytes, progress=progress, summary=summary, warn=warn)
+    documents = [d for found in read.values() for d in found]
     if not documents and not delete and not (sync and paths and layout.exists()):
         raise CollectionError(
             f"nothing to ingest from {', '.join(map(str, paths)) or 'no path'}: no document could be read "
@@ -92,22 +102,74 @@ def ingest(
     store = _collection(collection, pipeline, chunker, records, progress)  # created only now, with something to hold
     try:
         with store.writer(timeout=lock_timeout, encode=encode) as w:
-            w.upsert(documents)
+            for source, found in read.items():
+                w.upsert(found, source=source)
             if sync:
-                w.keep_only(d.id for d in documents)
+                for source, found in read.items():
+                    w.sync(source, (d.id for d in found))
             if delete:
                 w.delete(delete)
+            left_alone: dict[str, int] = {}
+            if sync:  # what a sync deleted before sources were recorded, and keeps now
+                others = sorted(((s, n) for s, n in w.documents_by_source().items() if s not in read),
+                                key=lambda item: (-item[1], item[0].label))
+                left_alone = {s.label: n for s, n in others}
             generation = w.commit()
             new_tokens = sum(w.chunker.count_tokens(c.text) for c in w.new_chunks) if w.new_chunks else 0
             report = IngestReport(
                 collection=str(store.layout.root), generation=generation.number, published=w.changed,
                 files_read=summary.files_read, documents_read=len(documents), skipped=[str(s) for s in summary.skipped],
-                new_chunks=len(w.new_chunks), new_tokens=new_tokens, chunks=generation.manifest.chunks, **w.changes,
+                new_chunks=len(w.new_chunks), new_tokens=new_tokens, chunks=generation.manifest.chunks,
+                left_alone=left_alone, **w.changes,
             )
     finally:
         store.close()
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _read(paths: Sequence[str | Path], *, fields: RecordFields, max_file_bytes: int, progress: bool,
+          summary: IngestSummary, warn: Callable[[str], None]) -> dict[Source, list[Document]]:
+    """The documents under each path, by its source; every skip is warned about as it happens."""
+    walks = [(Path(p), read_paths([Path(p)], fields=fields, max_file_bytes=max_file_bytes, progress=progress,
+                                  summary=summary)) for p in paths]  # every path checked before any is read
+    sources = _distinct_roots([root for root, _ in walks])
+    out: dict[Source, list[Document]] = {}
+    first: dict[str, str] = {}  # document id -> the file it was first read from
+    for (root, walk), source in zip(walks, sources):
+        if source is None:
+            continue  # the same path given again
+        found = out.setdefault(source, [])
+        for item in walk:
+            if isinstance(item, Document) and item.id in first:  # read under an earlier path: keep that one
+                where = str(item.metadata.get("path", root))
+                item = Skipped(source=where, reason=f"duplicate document id {item.id!r} (first from {first[item.id]})")
+                summary.documents -= 1
+                summary.skipped.append(item)
+            if isinstance(item, Skipped):
+                warn(f"skipped {item}")
+            else:
+                first[item.id] = str(item.metadata.get("path", root))
+                found.append(item)
+    return out
+
+
+def _distinct_roots(roots: list[Path]) -> list[Source | None]:
+    """Each root's source (None for a repeat of an earlier one); a root inside another is refused."""
+    resolved = [r.resolve() for r in roots]
+    out: list[Source | None] = []
+    for i, (root, path) in enumerate(zip(roots, resolved)):
+        if path in resolved[:i]:
+            out.append(None)
+            continue
+        for other, other_path in zip(roots, resolved):
+            if other_path != path and path.is_relative_to(other_path):
+                raise CollectionError(
+                    f"{root} is inside {other}, also given; each path given is a source of its own, so give only "
+                    f"{other}, which holds it"
+                )
+        out.append(path_source(root))
+    return out
 
 
 def _collection(root, pipeline, chunker, records, progress) -> Collection:

@@ -6,7 +6,8 @@ COLLECTION/
   CURRENT                    the published generation's number: replaced in one atomic, fsync'ed rename
   generations/00000007/      one generation, immutable once published:
       manifest.json          GenerationManifest: counts, checksums, the artefacts it uses, model identities
-      documents.jsonl        one DocumentEntry per document (id, title, metadata, content hash, chunk count)
+      documents.jsonl        one DocumentEntry per document (id, title, metadata, content hash, chunk count,
+                             source: see stagegraph.collection.sources)
       chunks.jsonl           one Chunk per line, sorted by (document id, chunk index)
   artefacts/<kind>/<key>/    the indexes stages built for a generation's chunks (shared by generations
                              whose chunks are identical), each with its own manifest
@@ -32,7 +33,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from stagegraph.corpora.ingest import ChunkerConfig, RecordFields
 from stagegraph.errors import InputError, StageError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # collection.json
+# generations: 2 records each document's source (`DocumentEntry.source`, `GenerationManifest.sources`);
+# a format-1 generation still reads, its documents of source `unknown`
+GENERATION_FORMAT_VERSION = 2
 SETTINGS_FILE = "collection.json"
 CURRENT_FILE = "CURRENT"
 MANIFEST_FILE = "manifest.json"
@@ -73,7 +77,8 @@ class CollectionSettings(BaseModel):
 
 
 class DocumentEntry(BaseModel):
-    """A document of a generation: what an update compares (`content_hash`) and what hits show."""
+    """A document of a generation: what an update compares (`content_hash`), what hits show, and the
+    `source` it came from (the key of a `stagegraph.collection.sources.Source`: what `ingest --sync` may delete)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -82,12 +87,13 @@ class DocumentEntry(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     content_hash: str
     chunks: int
+    source: str = "unknown"  # absent in format-1 generations, written before sources were recorded
 
 
 class GenerationManifest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    format_version: int = FORMAT_VERSION
+    format_version: int = GENERATION_FORMAT_VERSION  # 1 when read from a generation written before sources
     generation: int
     parent: int | None = None
     created: str = Field(default_factory=now)
@@ -98,7 +104,8 @@ class GenerationManifest(BaseModel):
     files: dict[str, str] = Field(default_factory=dict)  # table file -> sha256
     artefacts: list[str] = Field(default_factory=list)  # directories under artefacts/, relative
     stages: dict[str, str] = Field(default_factory=dict)  # stage name -> fingerprint (model identities included)
-    changes: dict[str, int] = Field(default_factory=dict)  # added, updated, deleted, unchanged documents
+    changes: dict[str, int] = Field(default_factory=dict)  # added, updated, moved, deleted, unchanged documents
+    sources: dict[str, str] = Field(default_factory=dict)  # source key -> label, for the sources its documents have
 
 
 class Layout:

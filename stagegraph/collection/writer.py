@@ -1,7 +1,7 @@
 """The one writer of a collection: documents in, a new generation published atomically.
 
     with collection.writer() as w:        # takes the writer lock (waits up to `timeout`, then fails)
-        w.upsert(documents)               # new and changed documents are chunked; unchanged ones kept
+        w.upsert(documents, source=PYTHON)  # new and changed documents are chunked; unchanged ones kept
         w.delete(["notes/old.md"])
         generation = w.commit()           # builds, checks and publishes the next generation
 
@@ -14,6 +14,10 @@ checksums. The directory is renamed into place and `CURRENT` is replaced: reader
 generation or the new one, never a mix. Then generations no reader uses any more, and the indexes
 only they used, are removed. A writer that dies at any point leaves `CURRENT` on an intact
 generation; its half-built directory is removed by the next writer.
+
+Every document records the source it was last written from (`stagegraph.collection.sources`): an
+upsert gives it the source of that write, even when its content is unchanged (it "moved"), and
+`sync(source, ids)` deletes only documents of that source, which is what `ingest --sync` calls.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from filelock import FileLock, Timeout
 from stagegraph import atomic
 from stagegraph.collection.generation import Generation, corpus_of, publish, read_current, write_manifest, write_tables
 from stagegraph.collection.layout import CollectionError, CollectionSettings, DocumentEntry, GenerationManifest, Layout
+from stagegraph.collection.sources import UNKNOWN, Source
 from stagegraph.corpora.ingest import Chunk, Chunker, Document
 from stagegraph.hashing import stable_hash
 from stagegraph.indexes.text_cache import TextCache
@@ -79,7 +84,8 @@ class Writer:
         self._entries: dict[str, DocumentEntry] = {}
         self._chunks: dict[str, list[Chunk]] = {}
         self._chunker: Chunker | None = None
-        self.changes = {"added": 0, "updated": 0, "unchanged": 0, "deleted": 0}
+        self._labels: dict[str, str] = {}
+        self.changes = {"added": 0, "updated": 0, "moved": 0, "unchanged": 0, "deleted": 0}
         self.new_chunks: list[Chunk] = []
 
     # -- the lock -------------------------------------------------------------------------------
@@ -99,6 +105,7 @@ class Writer:
             raise
         self._entries = dict(self._base.by_id)
         self._chunks = {doc: list(chunks) for doc, chunks in self._base.chunks_of.items()}
+        self._labels = {UNKNOWN.key: UNKNOWN.label, **self._base.manifest.sources}
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -115,9 +122,11 @@ class Writer:
             self._chunker = self._make_chunker()
         return self._chunker
 
-    def upsert(self, documents: Iterable[Document | dict[str, Any]], *, mode: str = "upsert") -> None:
-        """Add new documents and replace changed ones; `mode` "add" refuses existing ids, "update" missing ones."""
+    def upsert(self, documents: Iterable[Document | dict[str, Any]], *, source: Source, mode: str = "upsert") -> None:
+        """Add new documents and replace changed ones, all of `source`; `mode` "add" refuses existing ids,
+        "update" missing ones. An unchanged document of another source takes this one (counted "moved")."""
         self._require_lock()
+        self._labels[source.key] = source.label
         for item in documents:
             doc = as_document(item)
             old = self._entries.get(doc.id)
@@ -126,11 +135,15 @@ class Writer:
             if mode == "update" and old is None:
                 raise CollectionError(f"document {doc.id!r} is not in the collection; use add (or upsert)")
             if old is not None and old.content_hash == doc.content_hash:
-                self.changes["unchanged"] += 1
+                if old.source == source.key:
+                    self.changes["unchanged"] += 1
+                else:  # same content from another source: only the record changes, no chunk is redone
+                    self._entries[doc.id] = old.model_copy(update={"source": source.key})
+                    self.changes["moved"] += 1
                 continue
             chunks = self.chunker.chunk(doc)
             self._entries[doc.id] = DocumentEntry(id=doc.id, title=doc.title, metadata=doc.metadata,
-                                                  content_hash=doc.content_hash, chunks=len(chunks))
+                                                  content_hash=doc.content_hash, chunks=len(chunks), source=source.key)
             self._chunks[doc.id] = chunks
             self.new_chunks.extend(chunks)
             self.changes["updated" if old is not None else "added"] += 1
@@ -149,17 +162,25 @@ class Writer:
             raise CollectionError(f"no document {', '.join(map(repr, absent[:5]))} in the collection to delete")
         return absent
 
-    def keep_only(self, doc_ids: Iterable[str]) -> list[str]:
-        """Delete every document whose id is not in `doc_ids` (`ingest --sync`); returns those deleted."""
+    def sync(self, source: Source, doc_ids: Iterable[str]) -> list[str]:
+        """Delete every document of `source` whose id is not in `doc_ids` (`ingest --sync`); returns
+        those deleted. Documents of other sources are never touched."""
         self._require_lock()
         wanted = set(doc_ids)
-        gone = sorted(d for d in self._entries if d not in wanted)
+        gone = sorted(d for d, entry in self._entries.items() if entry.source == source.key and d not in wanted)
         self.delete(gone)
         return gone
 
+    def documents_by_source(self) -> dict[Source, int]:
+        """How many documents each source has, as the next commit would publish them."""
+        counts: dict[str, int] = {}
+        for entry in self._entries.values():
+            counts[entry.source] = counts.get(entry.source, 0) + 1
+        return {Source(key=k, label=self._labels.get(k, k)): n for k, n in counts.items()}
+
     @property
     def changed(self) -> bool:
-        return any(self.changes[k] for k in ("added", "updated", "deleted"))
+        return any(self.changes[k] for k in ("added", "updated", "moved", "deleted"))
 
     # -- publishing -----------------------------------------------------------------------------
     def commit(self) -> Generation:
@@ -205,6 +226,7 @@ class Writer:
             documents=len(documents), chunks=len(chunks), corpus_fingerprint=corpus.fingerprint, files=files,
             artefacts=artefacts, stages={s.name: s.stage.fingerprint() for s in pipeline.steps},
             changes=dict(self.changes),
+            sources={k: self._labels.get(k, k) for k in sorted({d.source for d in documents})},
         )
         write_manifest(directory, manifest)
         return Generation(directory, manifest, documents, chunks)

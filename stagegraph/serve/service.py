@@ -28,6 +28,7 @@ import numpy as np
 from stagegraph.collection.collection import Collection
 from stagegraph.collection.generation import read_current
 from stagegraph.collection.layout import CollectionError
+from stagegraph.collection.sources import HTTP
 from stagegraph.collection.stack import Stack
 from stagegraph.pipeline import threads
 from stagegraph.serve.batching import install
@@ -270,7 +271,7 @@ class Service:
         collection = self.stack.collection
         with _writer(collection, self.settings.lock_timeout_s) as w:
             with self.slots.hold():
-                w.upsert(documents)
+                w.upsert(documents, source=HTTP)  # issue 22.6: HTTP writes are of source "http"
                 generation = w.commit()
             changes, published = dict(w.changes), w.changed
         collection.refresh()
