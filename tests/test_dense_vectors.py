@@ -18,7 +18,7 @@ from tiny_models import WORDS, make_tiny_sentence_transformer
 import stagegraph as sg
 from stagegraph.collection import Collection, CollectionError
 from stagegraph.corpora.ingest import ChunkerConfig, RecordFields
-from stagegraph.corpora.types import Corpus
+from stagegraph.corpora.types import Corpus, DataError
 from stagegraph.corpora.vectors import CorpusVectors
 from stagegraph.errors import StageError
 from stagegraph.indexes.encoder import Encoder
@@ -208,5 +208,8 @@ def test_no_mix_and_one_chunk_per_vector(tmp_path, tiny_model):
         small.upsert([long])
     with pytest.raises(ValueError, match="give both"):
         RecordFields(vector="embedding")
+    broken = write_jsonl(tmp_path / "in" / "docs.jsonl", [recs[0], {**recs[1], "embedding": [0.1, "x"]}])
+    with pytest.raises(DataError, match=r"docs.jsonl:2: record 'd01': the vector field 'embedding' holds str 'x'"):
+        sg.ingest([broken], tmp_path / "b", pipeline=hybrid(tiny_model), records=fields, progress=False)
     for c in (coll, plain, small):
         c.close()

@@ -40,6 +40,8 @@ def register(sub) -> None:
 def handle(args: argparse.Namespace) -> int:
     import sys
 
+    from pydantic import ValidationError
+
     from stagegraph.collection.ingest import ingest
     from stagegraph.corpora.ingest import ChunkerConfig, RecordFields
     from stagegraph.errors import InputError
@@ -61,8 +63,9 @@ def handle(args: argparse.Namespace) -> int:
                   "vector": args.vector_field, "vector_model": args.vector_model}
         try:
             records = RecordFields(**{k: v for k, v in fields.items() if v})
-        except ValueError as exc:
-            raise InputError(f"invalid record fields: {' '.join(str(exc).split())}") from None
+        except ValidationError as exc:
+            reasons = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+            raise InputError(f"invalid record fields: {reasons}") from None
     pipeline = load_config(args.config) if args.config else None
     distributed = executor_config(args, Pipeline.from_config(pipeline) if pipeline else None)
     with opened_executor(args, distributed) as executor:
