@@ -50,7 +50,7 @@ from stagegraph.collection.generation import (
 )
 from stagegraph.collection.layout import CollectionError, CollectionSettings, DocumentEntry, GenerationManifest, Layout
 from stagegraph.corpora.ingest import Chunk, Chunker, Document
-from stagegraph.corpora.vectors import CorpusVectors
+from stagegraph.corpora.vectors import CorpusVectors, as_vector
 from stagegraph.hashing import stable_hash
 from stagegraph.indexes.text_cache import TextCache
 from stagegraph.pipeline.compose import Pipeline
@@ -78,7 +78,7 @@ def as_document(item: Document | dict[str, Any]) -> Document:
     if vector is None:
         return Document(**fields, content_hash=stable_hash(fields))
     try:
-        row = CorpusVectors.of("", [vector]).array[0]
+        row = as_vector(vector)
     except ValueError as exc:
         raise CollectionError(f"document {item['id']!r}: the vector {exc}; give a list of numbers") from None
     return Document(**fields, vector=row.tobytes(), content_hash=stable_hash({**fields, "vector": row.tolist()}))
