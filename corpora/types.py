@@ -226,12 +226,15 @@ class Qrels:
 
 @dataclass
 class Dataset:
-    """A corpus, its queries and qrels per split (`"test"`, `"train"`, ...), under one name."""
+    """A corpus, its queries and qrels per split (`"test"`, `"train"`, ...), under one name; `vectors`,
+    when given, are precomputed vectors of the corpus rows (`stagegraph.corpora.vectors.CorpusVectors`)
+    that a dense stage bound to the dataset indexes instead of encoding the documents."""
 
     name: str
     corpus: Corpus
     queries: Queries
     qrels: dict[str, Qrels] = field(default_factory=dict)
+    vectors: Any = None
 
     @property
     def splits(self) -> list[str]:

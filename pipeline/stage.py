@@ -133,7 +133,10 @@ class Environment:
       collection, a server); a missing artefact is then a `StageError` naming the command that builds it;
     * `encode`: how a stage encodes many texts at warm-up, `encode(encoder, texts) -> float32 array`
       (None: the encoder itself, here); a distributed executor (`stagegraph.scale`) sets it to shard
-      the work over a cluster with the model loaded once per worker.
+      the work over a cluster with the model loaded once per worker;
+    * `vectors`: precomputed vectors of the corpus' rows (a `stagegraph.corpora.vectors.CorpusVectors`,
+      "bring your own vectors"): a dense stage indexes them instead of encoding the documents, and
+      refuses them when its model is not the one that made them (None: stages encode).
     """
 
     corpus: Corpus
@@ -142,6 +145,7 @@ class Environment:
     text_cache: Any = None
     read_only: bool = False
     encode: Any = None
+    vectors: Any = None
     artefacts: list[Path] = field(default_factory=list, compare=False, repr=False)
 
     def artefact_dir(self, kind: str, key: str) -> Path:
@@ -227,7 +231,7 @@ def environment_for(target: Any, *, work_dir: Any = None, progress: bool | None 
     elif isinstance(target, Corpus):
         env = Environment(corpus=target)
     elif hasattr(target, "corpus") and isinstance(target.corpus, Corpus):
-        env = Environment(corpus=target.corpus)
+        env = Environment(corpus=target.corpus, vectors=getattr(target, "vectors", None))
     else:
         raise InputError(
             f"binding a pipeline needs a Corpus, a Dataset, an Environment or a collection, not {type(target).__name__}; "

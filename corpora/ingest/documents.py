@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from stagegraph.corpora.vectors import as_vector
 
 
 class Section(BaseModel):
@@ -31,7 +33,9 @@ class Document(BaseModel):
     `metadata` always holds `path` (the file as walked), and for files `ext` (lower case, no dot),
     `size` (bytes) and `mtime` (ISO-8601, UTC); user fields (Markdown front matter, JSON record
     fields) come on top, except that these facts of the file win over a user field of the same name.
-    `sections` are sorted by `start`.
+    `sections` are sorted by `start`. `vector` is a precomputed embedding of the document (a record's
+    `--vector-field`), kept as float32 bytes (a list of numbers is accepted and converted): a million
+    384-wide vectors take 1.5 GB so, not the 12 GB of Python floats; None when it carries none.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -42,6 +46,23 @@ class Document(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     sections: list[Section] = Field(default_factory=list)
     content_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+    vector: bytes | None = Field(default=None, repr=False)
+
+    @field_validator("vector", mode="before")
+    @classmethod
+    def _float32_bytes(cls, value: object) -> bytes | None:
+        if value is None:
+            return None
+        try:
+            return as_vector(value).tobytes()
+        except ValueError as exc:
+            raise ValueError(f"the vector {exc}") from None
+
+    def vector_array(self):
+        """The vector as a float32 numpy row (None without one)."""
+        import numpy as np
+
+        return None if self.vector is None else np.frombuffer(self.vector, dtype=np.float32)
 
 
 class Skipped(BaseModel):

@@ -8,6 +8,14 @@ document: id = the record's id (integers become strings), `content_hash` = `stab
 record (its canonical JSON: sorted keys), metadata = the user fields plus `path` (the file) and
 `line` (JSONL, 1-based) or `record` (JSON, 1-based position in the list).
 
+Precomputed vectors (`stagegraph.corpora.vectors`): with `vector` set (`--vector-field embedding`),
+that field is the record's embedding (a list of numbers made by the model named in `vector_model`,
+which is required with it), carried as `Document.vector` and never kept as metadata. A record
+without the field gives a document without a vector, which a collection with a vector field refuses
+(every record carries one, or the collection has no vector field: no mix). A vector that is not a
+flat, non-empty list of finite numbers fails the whole read with a `DataError` naming the file,
+line and record id: it is a broken export to fix, not one record to pass over.
+
 A record that cannot be a document is skipped on its own, with `source` = `path:line` (or
 `path:position` for JSON): invalid JSON, not an object, no id, no text ("record without text"),
 or an id seen before in the same file ("duplicate record id 'x' (first at line 3)").
@@ -19,7 +27,7 @@ import json
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from stagegraph.corpora.ingest.documents import Document, Skipped
 from stagegraph.corpora.ingest.sources import (
@@ -31,6 +39,8 @@ from stagegraph.corpora.ingest.sources import (
     os_error_reason,
     read_bytes,
 )
+from stagegraph.corpora.types import DataError
+from stagegraph.corpora.vectors import as_vector
 from stagegraph.hashing import stable_hash
 
 
@@ -43,6 +53,19 @@ class RecordFields(BaseModel):
     title: str = Field(default="title", min_length=1)
     text: str = Field(default="text", min_length=1)
     metadata: list[str] | None = None
+    #: the field holding a precomputed embedding (None: records carry none; the dense stage encodes)
+    vector: str | None = Field(default=None, min_length=1)
+    #: the model that made those embeddings: the name the dense stage's `model:` uses
+    vector_model: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _vector_needs_its_model(self) -> RecordFields:
+        if (self.vector is None) != (self.vector_model is None):
+            raise ValueError(
+                "a vector field needs the model that made the vectors, and only with one: give both "
+                "--vector-field and --vector-model (vector= and vector_model=)"
+            )
+        return self
 
     @property
     def id_keys(self) -> tuple[str, ...]:
@@ -51,7 +74,7 @@ class RecordFields(BaseModel):
     def user_metadata(self, record: dict[str, Any]) -> dict[str, Any]:
         if self.metadata is not None:
             return {key: record[key] for key in self.metadata if key in record}
-        taken = {*self.id_keys, self.title, self.text}
+        taken = {*self.id_keys, self.title, self.text, *([self.vector] if self.vector else [])}
         return {key: value for key, value in record.items() if key not in taken}
 
 
@@ -130,12 +153,22 @@ def record_document(
         raise Unreadable(f"record text ({fields.text!r}) is {type(text).__name__}, not a string")
     title = record.get(fields.title)
     metadata = {**fields.user_metadata(record), "path": source.label, position_word: position}
+    vector = None
+    if fields.vector is not None and record.get(fields.vector) is not None:
+        try:
+            vector = as_vector(record[fields.vector]).tobytes()
+        except ValueError as exc:
+            raise DataError(
+                f"{source.label}:{position}: record {record_id!r}: the vector field {fields.vector!r} {exc}; "
+                f"write the embedding {fields.vector_model!r} made as a JSON list of numbers"
+            ) from None
     return Document(
         id=record_id,
         title=title.strip() if isinstance(title, str) else "",
         text=text,
         metadata=metadata,
         content_hash=stable_hash(record),
+        vector=vector,
     )
 
 

@@ -29,6 +29,9 @@ def register(sub) -> None:
     p.add_argument("--id-field", help="JSON/JSONL records: the id field (default id)")
     p.add_argument("--text-field", help="JSON/JSONL records: the text field (default text)")
     p.add_argument("--title-field", help="JSON/JSONL records: the title field (default title)")
+    p.add_argument("--vector-field", help="JSON/JSONL records: a precomputed embedding in this field (a new collection; "
+                                          "every record carries one; needs --vector-model; the chunker defaults to none)")
+    p.add_argument("--vector-model", help="the model that made those embeddings: the dense stage's model: (it encodes the queries)")
     p.add_argument("--max-file-mb", type=float, default=50.0, help="skip files larger than this (default 50)")
     p.add_argument("--lock-timeout", type=float, default=60.0, help="seconds to wait for another writer (default 60)")
     add_executor_args(p)
@@ -37,6 +40,8 @@ def register(sub) -> None:
 
 def handle(args: argparse.Namespace) -> int:
     import sys
+
+    from pydantic import ValidationError
 
     from stagegraph.collection.ingest import ingest
     from stagegraph.corpora.ingest import ChunkerConfig, RecordFields
@@ -54,9 +59,14 @@ def handle(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise InputError(f"invalid chunker settings: {' '.join(str(exc).split())}") from None
     records = None
-    if args.id_field or args.text_field or args.title_field:
-        fields = {"id": args.id_field, "text": args.text_field, "title": args.title_field}
-        records = RecordFields(**{k: v for k, v in fields.items() if v})
+    if args.id_field or args.text_field or args.title_field or args.vector_field or args.vector_model:
+        fields = {"id": args.id_field, "text": args.text_field, "title": args.title_field,
+                  "vector": args.vector_field, "vector_model": args.vector_model}
+        try:
+            records = RecordFields(**{k: v for k, v in fields.items() if v})
+        except ValidationError as exc:
+            reasons = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+            raise InputError(f"invalid record fields: {reasons}") from None
     pipeline = load_config(args.config) if args.config else None
     distributed = executor_config(args, Pipeline.from_config(pipeline) if pipeline else None)
     with opened_executor(args, distributed) as executor:

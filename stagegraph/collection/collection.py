@@ -10,6 +10,11 @@ A reader holds one generation (`generation`) until `refresh()`; while it does, a
 the writer not to remove it, so readers in any number of processes keep searching while a writer
 publishes. `writer()` gives the single writer (`stagegraph.collection.writer`). The directory's
 layout is described in `stagegraph.collection.layout`.
+
+A collection created with `RecordFields(vector=..., vector_model=...)` holds precomputed vectors
+(`stagegraph.collection.writer` says what it accepts); `create` refuses a pipeline whose dense stage
+uses another model than `vector_model` (the stage refuses it again at bind, for a reader that opens
+the collection with another pipeline), and `environment()` hands the generation's vectors to stages.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from stagegraph.collection.layout import CollectionDamaged, CollectionError, Col
 from stagegraph.collection.sources import UNKNOWN, named_source
 from stagegraph.collection.writer import DEFAULT_LOCK_TIMEOUT_S, Writer, collect_garbage
 from stagegraph.corpora.ingest import Chunker, ChunkerConfig, Document, RecordFields
+from stagegraph.corpora.vectors import CorpusVectors
 from stagegraph.indexes.text_cache import TextCache
 from stagegraph.pipeline.stage import Environment
 
@@ -37,12 +43,18 @@ DEFAULT_TOKENIZER = "sentence-transformers/all-MiniLM-L6-v2"
 
 def chunk_tokenizer_of(pipeline_config: dict[str, Any]) -> str:
     """The model whose tokenizer measures chunks: the pipeline's dense model, else MiniLM's."""
-    found: list[str] = []
+    found = dense_models(pipeline_config)
+    return found[0][1] if found else DEFAULT_TOKENIZER
+
+
+def dense_models(pipeline_config: dict[str, Any]) -> list[tuple[str, str]]:
+    """(name, model) of every dense stage of a pipeline config, in config order."""
+    found: list[tuple[str, str]] = []
 
     def visit(entry: Any) -> None:
         if isinstance(entry, dict):
             if entry.get("type") == "dense":
-                found.append(entry.get("model") or DEFAULT_TOKENIZER)
+                found.append((entry.get("name") or "dense", entry.get("model") or DEFAULT_TOKENIZER))
             for value in entry.values():
                 visit(value)
         elif isinstance(entry, list):
@@ -50,7 +62,7 @@ def chunk_tokenizer_of(pipeline_config: dict[str, Any]) -> str:
                 visit(value)
 
     visit(pipeline_config)
-    return found[0] if found else DEFAULT_TOKENIZER
+    return found
 
 
 class Collection:
@@ -87,10 +99,22 @@ class Collection:
         records: RecordFields | None = None,
         progress: bool = False,
     ) -> Collection:
-        """A new collection at `root` (an existing one must have been built the same way)."""
+        """A new collection at `root` (an existing one must have been built the same way).
+
+        With precomputed vectors (`records.vector`), the chunker defaults to `none` (one chunk per
+        record: a vector is a document's) and every dense stage must use `records.vector_model`."""
         layout = Layout(root)
-        settings = CollectionSettings(pipeline=pipeline, chunker=chunker or ChunkerConfig(),
-                                      chunk_tokenizer=chunk_tokenizer_of(pipeline), records=records or RecordFields())
+        records = records or RecordFields()
+        chunker = chunker or (ChunkerConfig(kind="none") if records.vector else ChunkerConfig())
+        settings = CollectionSettings(pipeline=pipeline, chunker=chunker,
+                                      chunk_tokenizer=chunk_tokenizer_of(pipeline), records=records)
+        if records.vector_model is not None:
+            from stagegraph.stages.retrieve.dense import vector_model_problem
+
+            for name, model in dense_models(pipeline):
+                problem = vector_model_problem(name, model, records.vector_model)
+                if problem:
+                    raise CollectionError(problem)
         if layout.exists():
             existing = cls(root, progress=progress)
             existing.check_same_build(settings)
@@ -159,7 +183,19 @@ class Collection:
     def environment(self) -> Environment:
         """What a pipeline warms up on to search this generation: its chunks and indexes, read-only."""
         return Environment(self.generation.corpus, work_dir=self.layout.artefacts, progress=self.progress,
-                           read_only=True)
+                           read_only=True, vectors=self.vectors())
+
+    def vectors(self) -> CorpusVectors | None:
+        """The generation's precomputed vectors (memory-mapped), None for a collection that encodes."""
+        model = self.settings.records.vector_model
+        if model is None or not len(self.generation.chunks):
+            return None
+        array, fingerprint = self.generation.vectors, self.generation.vectors_fingerprint
+        if array is None or fingerprint is None:
+            raise CollectionDamaged(f"generation {self.generation.number} of {self.layout.root} has no vectors.npy, "
+                                    "though its records carry vectors; `stagegraph collection repair DIR` goes back "
+                                    "to the newest intact generation")
+        return CorpusVectors(model, array, fingerprint=fingerprint)
 
     def text_cache(self) -> TextCache:
         if self._cache is None:

@@ -5,6 +5,13 @@ parses them; anything missing or damaged is a `CollectionDamaged` that names the
 `corpus()` is what stages index and rank: one row per chunk, in the stored order (document id, then
 chunk index), so two collections holding the same documents have the same rows, the same corpus
 fingerprint, and therefore identical indexes and rankings. `write_tables` is the writer's half.
+
+A collection whose records carry precomputed vectors (`RecordFields.vector`) keeps them in the
+generation itself: `vectors.npy`, one float32 row per chunk in the chunks' order (a document with a
+vector is one chunk), checksummed in the manifest like the tables. That file, not the text cache,
+is where they live: the cache holds what can be recomputed, these cannot, and a vector stored per
+document can never be served for another document with the same text. The next generation's writer
+reads the rows of unchanged documents from it (memory-mapped) and writes the file anew.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from stagegraph.corpora.ingest import Chunk
 from stagegraph.corpora.types import Corpus
 from stagegraph.hashing import check_files, sha256_file
 
+VECTORS_FILE = "vectors.npy"
 REPAIR = "`stagegraph collection repair DIR` goes back to the newest intact generation"
 
 
@@ -88,6 +96,20 @@ class Generation:
     def corpus(self) -> Corpus:
         return corpus_of(self.chunks)
 
+    @cached_property
+    def vectors(self):
+        """The chunks' precomputed vectors (memory-mapped float32, a row per chunk), None without them."""
+        if VECTORS_FILE not in self.manifest.files:
+            return None
+        import numpy as np
+
+        return np.load(self.directory / VECTORS_FILE, mmap_mode="r")
+
+    @property
+    def vectors_fingerprint(self) -> str | None:
+        """The SHA-256 of `vectors.npy` (None without it): what keys a dense index built from it."""
+        return self.manifest.files.get(VECTORS_FILE)
+
 
 def corpus_of(chunks: Sequence[Chunk]) -> Corpus:
     """The corpus stages index: a row per chunk, with its document id and metadata."""
@@ -110,6 +132,15 @@ def write_tables(directory: Path, documents: Sequence[DocumentEntry], chunks: Se
                 fh.write("\n")
         files[name] = sha256_file(directory / name)
     return files
+
+
+def write_vectors(directory: Path, array) -> str:
+    """Write the chunks' vectors (n x dim float32) as `vectors.npy`, durably; returns its checksum."""
+    import numpy as np
+
+    with atomic.atomic_file(directory / VECTORS_FILE, mode="wb", durable=True) as fh:
+        np.save(fh, np.ascontiguousarray(array, dtype=np.float32))
+    return sha256_file(directory / VECTORS_FILE)
 
 
 def write_manifest(directory: Path, manifest: GenerationManifest) -> None:

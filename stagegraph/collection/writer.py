@@ -18,6 +18,15 @@ generation; its half-built directory is removed by the next writer.
 Every document records the source it was last written from (`stagegraph.collection.sources`): an
 upsert gives it the source of that write, even when its content is unchanged (it "moved"), and
 `sync(source, ids)` deletes only documents of that source, which is what `ingest --sync` calls.
+
+Precomputed vectors (a collection created with `RecordFields.vector`, `--vector-field`): every
+document must carry one vector (a document without, or one in a collection without a vector field,
+is refused: no mix, since a dense index of half encoded, half supplied vectors would compare scores
+of two models), of the width of the collection's others (refused with the document's id and
+record), and must be one chunk (refused otherwise: one vector cannot stand for several chunks'
+texts, and copying it to each would make them tie in every dense ranking and crowd the pool with
+one document; the chunker of such a collection defaults to `none`). The generation stores them in
+`vectors.npy` (`stagegraph.collection.generation`); the dense stage indexes them (`Environment.vectors`).
 """
 
 from __future__ import annotations
@@ -29,13 +38,24 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from filelock import FileLock, Timeout
 
 from stagegraph import atomic
-from stagegraph.collection.generation import Generation, corpus_of, publish, read_current, write_manifest, write_tables
+from stagegraph.collection.generation import (
+    VECTORS_FILE,
+    Generation,
+    corpus_of,
+    publish,
+    read_current,
+    write_manifest,
+    write_tables,
+    write_vectors,
+)
 from stagegraph.collection.layout import CollectionError, CollectionSettings, DocumentEntry, GenerationManifest, Layout
 from stagegraph.collection.sources import UNKNOWN, Source
 from stagegraph.corpora.ingest import Chunk, Chunker, Document
+from stagegraph.corpora.vectors import CorpusVectors, as_vector
 from stagegraph.hashing import stable_hash
 from stagegraph.indexes.text_cache import TextCache
 from stagegraph.pipeline.compose import Pipeline
@@ -46,7 +66,8 @@ DEFAULT_LOCK_TIMEOUT_S = 60.0
 
 
 def as_document(item: Document | dict[str, Any]) -> Document:
-    """A `Document` from a record `{id, text, title?, metadata?}` (its content hash computed)."""
+    """A `Document` from a record `{id, text, title?, metadata?, vector?}` (its content hash computed;
+    `vector`, a list of numbers, is the document's precomputed embedding)."""
     if isinstance(item, Document):
         return item
     if not isinstance(item, dict):
@@ -54,11 +75,18 @@ def as_document(item: Document | dict[str, Any]) -> Document:
     missing = [f for f in ("id", "text") if not isinstance(item.get(f), str) or not item.get(f)]
     if missing:
         raise CollectionError(f"document {item.get('id', '?')!r} has no {' or '.join(missing)} (a non-empty string)")
-    unknown = set(item) - {"id", "text", "title", "metadata"}
+    unknown = set(item) - {"id", "text", "title", "metadata", "vector"}
     if unknown:
         raise CollectionError(f"document {item['id']!r} has unknown field(s) {sorted(unknown)}; put them under 'metadata'")
     fields = {"id": item["id"], "title": item.get("title") or "", "text": item["text"], "metadata": dict(item.get("metadata") or {})}
-    return Document(**fields, content_hash=stable_hash(fields))
+    vector = item.get("vector")
+    if vector is None:
+        return Document(**fields, content_hash=stable_hash(fields))
+    try:
+        row = as_vector(vector)
+    except ValueError as exc:
+        raise CollectionError(f"document {item['id']!r}: the vector {exc}; give a list of numbers") from None
+    return Document(**fields, vector=row.tobytes(), content_hash=stable_hash({**fields, "vector": row.tolist()}))
 
 
 class Writer:
@@ -87,6 +115,8 @@ class Writer:
         self._labels: dict[str, str] = {}
         self.changes = {"added": 0, "updated": 0, "moved": 0, "unchanged": 0, "deleted": 0}
         self.new_chunks: list[Chunk] = []
+        self._vectors: dict[str, np.ndarray] = {}  # precomputed vectors of new and changed documents
+        self._width: tuple[int, str] | None = None  # (the collection's vector width, a document that has it)
 
     # -- the lock -------------------------------------------------------------------------------
     def __enter__(self) -> Writer:
@@ -106,6 +136,9 @@ class Writer:
         self._entries = dict(self._base.by_id)
         self._chunks = {doc: list(chunks) for doc, chunks in self._base.chunks_of.items()}
         self._labels = {UNKNOWN.key: UNKNOWN.label, **self._base.manifest.sources}
+        base_vectors = self._base.vectors
+        if base_vectors is not None and len(base_vectors):
+            self._width = (int(base_vectors.shape[1]), self._base.chunks[0].doc_id)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -142,11 +175,46 @@ class Writer:
                     self.changes["moved"] += 1
                 continue
             chunks = self.chunker.chunk(doc)
+            self._check_vector(doc, chunks)
+            if doc.vector is not None:
+                self._vectors[doc.id] = doc.vector_array()
             self._entries[doc.id] = DocumentEntry(id=doc.id, title=doc.title, metadata=doc.metadata,
                                                   content_hash=doc.content_hash, chunks=len(chunks), source=source.key)
             self._chunks[doc.id] = chunks
             self.new_chunks.extend(chunks)
             self.changes["updated" if old is not None else "added"] += 1
+
+    def _check_vector(self, doc: Document, chunks: list[Chunk]) -> None:
+        """Refuse a vector where the collection has none, none where it has them, a second chunk, another width."""
+        records = self.settings.records
+        where = f"document {doc.id!r}" + (f" ({doc.metadata['path']}:{doc.metadata['line']})"
+                                           if "path" in doc.metadata and "line" in doc.metadata else "")
+        if records.vector is None:
+            if doc.vector is not None:
+                raise CollectionError(
+                    f"{where} carries a vector, but the collection {self.layout.root} was created without a vector "
+                    "field; leave the vector out, or ingest into a new collection with --vector-field and --vector-model"
+                )
+            return
+        if doc.vector is None:
+            raise CollectionError(
+                f"{where} has no vector (field {records.vector!r}): every document of this collection carries one, "
+                f"made by {records.vector_model!r}; add it, or ingest into a collection without --vector-field"
+            )
+        if len(chunks) != 1:
+            raise CollectionError(
+                f"{where} carries one vector but its text makes {len(chunks)} chunks; a document with a precomputed "
+                "vector is one chunk: create the collection with --chunker none (the default with --vector-field), "
+                "or split the document into records that each carry their own vector"
+            )
+        width = len(doc.vector) // 4
+        if self._width is None:
+            self._width = (width, doc.id)
+        elif width != self._width[0]:
+            raise CollectionError(
+                f"{where} has a {width}-dim vector, but the collection's vectors have {self._width[0]} "
+                f"(e.g. {self._width[1]!r}); write this record's vector with {records.vector_model!r} and ingest again"
+            )
 
     def delete(self, doc_ids: Iterable[str], *, missing_ok: bool = False) -> list[str]:
         """Remove documents (and their chunks); returns the ids that were not there."""
@@ -214,10 +282,15 @@ class Writer:
         documents = [self._entries[d] for d in sorted(self._entries)]
         chunks = [c for d in sorted(self._chunks) for c in sorted(self._chunks[d], key=lambda c: c.index)]
         files = write_tables(directory, documents, chunks)
+        vectors = None
+        if self.settings.records.vector_model is not None and chunks:
+            array = self._chunk_vectors(chunks)
+            files[VECTORS_FILE] = write_vectors(directory, array)
+            vectors = CorpusVectors(self.settings.records.vector_model, array, fingerprint=files[VECTORS_FILE])
         corpus = corpus_of(chunks)
         pipeline = Pipeline.from_config(self.settings.pipeline, source=str(self.layout.settings))
         env = Environment(corpus, work_dir=self.layout.artefacts, progress=self.progress,
-                          text_cache=self._text_cache(), encode=self.encode)
+                          text_cache=self._text_cache(), encode=self.encode, vectors=vectors)
         if len(corpus):
             build_indexes(pipeline, env)
         artefacts = sorted(p.relative_to(self.layout.artefacts).as_posix() for p in env.artefacts if p.is_dir())
@@ -230,6 +303,17 @@ class Writer:
         )
         write_manifest(directory, manifest)
         return Generation(directory, manifest, documents, chunks)
+
+    def _chunk_vectors(self, chunks: list[Chunk]) -> np.ndarray:
+        """A row per chunk: the new vector of a new or changed document, else the base generation's row."""
+        assert self._base is not None
+        base = self._base.vectors
+        base_row = {c.id: row for row, c in enumerate(self._base.chunks)} if base is not None else {}
+        out = np.empty((len(chunks), self._width[0] if self._width else 0), dtype=np.float32)
+        for row, chunk in enumerate(chunks):
+            fresh = self._vectors.get(chunk.doc_id)
+            out[row] = fresh if fresh is not None else base[base_row[chunk.id]]
+        return out
 
 
 def _numbers(layout: Layout) -> list[int]:

@@ -20,6 +20,13 @@ index="Flat", ef_search=None, nprobe=None, max_seq_length=256, ...)`:
 * `device` (default `auto`: a CUDA GPU when torch sees one, else the CPU) is where the encoder runs
   (`stagegraph.indexes.devices`); FAISS search stays on the CPU.
 * An empty (or whitespace) query gives an empty ranking and an `EmptyQueryWarning`.
+* Bring your own vectors: when `env.vectors` holds precomputed vectors of the corpus rows
+  (`stagegraph.corpora.vectors.CorpusVectors`: a collection whose JSONL records carry an embedding,
+  or a dataset given them), the index is built from those, L2-normalised as the encoder's own rows
+  are, and the encoder never sees a document; its artefact key adds the vectors' fingerprint, so a
+  changed vector builds a new index. Queries are still encoded by `model`, so `bind` refuses a
+  `model` that is not the one that made the vectors (same name, or the same model files), and
+  vectors whose width is not the model's, each with one line naming both and the fix.
 YAML: `{type: dense, name: dense, k: 100, model: sentence-transformers/all-MiniLM-L6-v2, index: Flat}`.
 """
 
@@ -37,7 +44,14 @@ from stagegraph.corpora.types import Queries
 from stagegraph.indexes.dense import DEFAULT_TRAIN_SAMPLE, FORMAT_VERSION, DenseIndex
 from stagegraph.indexes.embeddings import cached_embeddings, text_embeddings
 from stagegraph.indexes.devices import DeviceError
-from stagegraph.indexes.encoder import DEFAULT_MODEL, Encoder, ModelNotFoundError, locate_model, model_identity
+from stagegraph.indexes.encoder import (
+    DEFAULT_MODEL,
+    Encoder,
+    ModelNotFoundError,
+    l2_normalise,
+    locate_model,
+    model_identity,
+)
 from stagegraph.indexes.manifest import IndexLoadError
 from stagegraph.errors import StageError
 from stagegraph.hashing import stable_hash
@@ -73,8 +87,10 @@ class DenseRetrieverConfig(StageConfig):
     filter: dict[str, Any] | None = None  # torch device of the encoder: auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N, mps
 
 
-def artefact_key(corpus_fingerprint: str, identity: str, config: DenseRetrieverConfig) -> str:
-    """Directory name of the index for this corpus, model and build settings (16 hex digits)."""
+def artefact_key(corpus_fingerprint: str, identity: str, config: DenseRetrieverConfig,
+                 vectors: str | None = None) -> str:
+    """Directory name of the index for this corpus, model and build settings (16 hex digits);
+    `vectors`: the fingerprint of precomputed vectors the index is built from (None: encoded)."""
     payload = {
         "corpus": corpus_fingerprint,
         "model": identity,
@@ -83,7 +99,30 @@ def artefact_key(corpus_fingerprint: str, identity: str, config: DenseRetrieverC
         "train_sample": config.train_sample,
         "format": FORMAT_VERSION,
     }
+    if vectors is not None:  # only then: the keys of encoded indexes stay what they were
+        payload["vectors"] = vectors
     return stable_hash(payload)[:16]
+
+
+def same_model(a: str, b: str) -> bool:
+    """Whether two model names name the same model: equal names, or both found here with the same files."""
+    if a == b:
+        return True
+    try:
+        return model_identity(locate_model(a).path) == model_identity(locate_model(b).path)
+    except ModelNotFoundError:
+        return False
+
+
+def vector_model_problem(stage: str, model: str, declared: str) -> str | None:
+    """The one line refusing dense stage `stage` (its `model`) over vectors made by `declared`; None when they agree."""
+    if same_model(model, declared):
+        return None
+    return (
+        f"dense stage {stage!r} uses model {model!r}, but the precomputed vectors were made by {declared!r} "
+        f"(vector_model); set the stage's model: to {declared!r} (queries are encoded by it, so it must be "
+        f"loadable here), or ingest vectors made by {model!r} into a new collection"
+    )
 
 
 @register
@@ -174,7 +213,11 @@ class DenseRetriever(StageBase):
             self._check_given(self.index, encoder, fingerprint)
             return encoder, self.index, env.corpus
         identity = encoder.identity
-        directory = env.artefact_dir("dense", artefact_key(fingerprint, identity, cfg))
+        supplied = env.vectors
+        if supplied is not None:
+            self._check_supplied(supplied, encoder, env.corpus)
+        key = artefact_key(fingerprint, identity, cfg, supplied.fingerprint if supplied is not None else None)
+        directory = env.artefact_dir("dense", key)
         if env.read_only and not directory.is_dir():
             env.refuse_build(self.name, f"dense index at {directory}", READ_ONLY_HINT)
         try:
@@ -190,7 +233,10 @@ class DenseRetriever(StageBase):
             if directory.exists():
                 log.warning("Rebuilding the dense index of stage %r: %s", self.name, exc)
         env.refuse_build(self.name, f"usable dense index at {directory}", READ_ONLY_HINT)
-        if env.text_cache is not None:  # a collection: encode only the texts the cache lacks
+        if supplied is not None:  # precomputed: never encoded, never read from or written to the text cache
+            embeddings = l2_normalise(supplied.array)
+            log.info("dense stage %r: %d precomputed vectors of %s", self.name, len(supplied), supplied.model)
+        elif env.text_cache is not None:  # a collection: encode only the texts the cache lacks
             embeddings, encoded = text_embeddings(encoder, env.corpus.doc_texts(), env.text_cache,
                                                   progress=env.progress, encode=env.encode)
             log.info("dense stage %r: %d of %d texts encoded, the rest cached", self.name, encoded, len(env.corpus))
@@ -217,6 +263,22 @@ class DenseRetriever(StageBase):
             ) from exc
         index.save(directory)
         return encoder, index, env.corpus
+
+    def _check_supplied(self, supplied: Any, encoder: Encoder, corpus: Any) -> None:
+        """Refuse precomputed vectors of another model, another width, or another number of rows."""
+        problem = vector_model_problem(self.name, self.config.model, supplied.model)
+        if problem:
+            raise StageError(problem)
+        if len(supplied) != len(corpus):
+            raise StageError(f"stage {self.name!r} got {len(supplied)} precomputed vectors for {len(corpus)} documents; "
+                             "give one vector per document row")
+        if len(corpus) and supplied.dim != encoder.dim:
+            first = corpus.doc_id(0)
+            raise StageError(
+                f"record {first!r} (and every other) has a {supplied.dim}-dim vector, but model {self.config.model!r} of "
+                f"dense stage {self.name!r} encodes queries as {encoder.dim}-dim vectors; write the vectors "
+                f"{self.config.model!r} makes (or name the model that made them) and ingest again"
+            )
 
     def _check_given(self, index: DenseIndex, encoder: Encoder, corpus_fingerprint: str) -> None:
         if index.corpus_fingerprint != corpus_fingerprint:
