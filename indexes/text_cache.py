@@ -47,6 +47,11 @@ class TextCache:
     def count(self, namespace: str | None = None) -> int:
         return self._db.count(namespace)
 
+    def forget(self, texts: Iterable[str]) -> int:
+        """Drop what is cached for `texts` in every namespace (texts no chunk has any more); returns
+        the rows deleted."""
+        return self._db.delete_keys(text_key(t) for t in texts)
+
     def close(self) -> None:
         self._db.close()
 

@@ -68,6 +68,7 @@ class SqliteStore:
         self._insert = f"INSERT OR REPLACE INTO {table} VALUES ({', '.join('?' * (2 + self.width))})"
         self._count = f"SELECT COUNT(*) FROM {table}"
         self._group = group
+        self._key = key
         self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db: sqlite3.Connection | None = sqlite3.connect(str(self.path), check_same_thread=False, timeout=timeout)
@@ -110,6 +111,19 @@ class SqliteStore:
             db = self._open()
             with db:  # one transaction: committed, or rolled back on an error
                 db.executemany(self._insert, rows)
+
+    def delete_keys(self, keys: Iterable[str]) -> int:
+        """Delete the rows of every group whose key is in `keys`, in one transaction; returns how many."""
+        unique = list(dict.fromkeys(keys))
+        deleted = 0
+        with self._lock:
+            db = self._open()
+            with db:
+                for lo in range(0, len(unique), BATCH):
+                    chunk = unique[lo : lo + BATCH]
+                    cursor = db.execute(f"DELETE FROM {self.table} WHERE {self._key} IN ({','.join('?' * len(chunk))})", chunk)
+                    deleted += cursor.rowcount
+        return deleted
 
     def count(self, group: str | None = None) -> int:
         """Rows in the table, or in one group."""

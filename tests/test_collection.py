@@ -366,3 +366,32 @@ def test_readers_in_other_processes_keep_searching_while_a_writer_publishes(tmp_
     leases = [p.name for p in (tmp_path / "c" / "readers").glob("*.lease")]
     assert not any(name.startswith(f"{r.pid}-") for r in readers for name in leases)  # closed readers hold nothing
     store.close()
+
+
+def test_the_text_cache_forgets_texts_no_chunk_has_any_more(tmp_path, tiny_model):
+    import sqlite3
+
+    from stagegraph.indexes.text_cache import text_key
+
+    store = Collection.create(tmp_path / "c", hybrid(tiny_model), chunker=ChunkerConfig(kind="none"))
+    store.upsert([{"id": "a", "text": "cell protein gene"}, {"id": "b", "text": "wing shock flow"},
+                  {"id": "c", "text": "wing shock flow"}])  # b and c share a text
+    cache = store.text_cache()
+
+    def cached() -> dict[str, set[str]]:  # text key -> the namespaces holding it (BM25 tokens, embeddings)
+        rows = sqlite3.connect(cache.path).execute("SELECT ns, key FROM entries").fetchall()
+        out: dict[str, set[str]] = {}
+        for ns, key in rows:
+            out.setdefault(key, set()).add(ns)
+        return out
+
+    first = cached()
+    assert set(first) == {text_key("cell protein gene"), text_key("wing shock flow")}
+    assert all(len(namespaces) == 2 for namespaces in first.values())
+    store.upsert([{"id": "a", "text": "cancer risk study"}])  # a's old text is gone
+    assert set(cached()) == {text_key("cancer risk study"), text_key("wing shock flow")}
+    store.delete(["b"])  # c still has the shared text: kept
+    assert set(cached()) == {text_key("cancer risk study"), text_key("wing shock flow")}
+    store.delete(["c"])
+    assert set(cached()) == {text_key("cancer risk study")}
+    store.close()

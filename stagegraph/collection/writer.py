@@ -274,9 +274,22 @@ class Writer:
         publish(layout, number)
         self.say(f"published generation {number}")
         generation.directory = final
-        self._base = generation
+        previous, self._base = self._base, generation
         collect_garbage(layout)
+        self._forget_texts(previous, generation)
         return generation
+
+    def _forget_texts(self, previous: Generation, current: Generation) -> None:
+        """Drop the text cache's entries of texts the previous generation had and this one does not,
+        so that deleted and replaced chunks' tokens and embeddings are not kept for ever. (A crash
+        between publishing and here leaves those rows behind; they are only unused, never wrong.)"""
+        if not len(previous.corpus):
+            return
+        gone = set(previous.corpus.doc_texts()).difference(current.corpus.doc_texts())
+        if gone:
+            removed = self._text_cache().forget(gone)
+            if removed:
+                self.say(f"text cache: {removed} entries of {len(gone)} texts no chunk has any more removed")
 
     def _build(self, directory: Path, number: int) -> Generation:
         documents = [self._entries[d] for d in sorted(self._entries)]
