@@ -14,7 +14,7 @@ What they may also set:
   (`stagegraph.pipeline.code_version`), so nobody has to remember to bump it;
 * `libraries`: the distributions whose versions can change its results (faiss-cpu, torch, ...);
 * `speed_only`: settings that change speed but never a result (batch size, device);
-* `indexes_corpus`: whether its warm-up builds artefacts from the corpus (an index);
+* `indexes_corpus`: whether binding it builds artefacts from the corpus (an index);
 * `artefact_fingerprint()`: the identity of what it reads (an index, a model);
 * `intra_op_threads`: the torch/FAISS thread count the stage's results are defined at (dense query
   encoding: 1, since a one-row matmul splits differently by thread count); the executor's thread
@@ -60,8 +60,8 @@ class StageBase(Composable):
     libraries: ClassVar[tuple[str, ...]] = ()
     #: Settings that change speed only, never a ranking: left out of the fingerprint.
     speed_only: ClassVar[frozenset[str]] = frozenset()
-    #: True for a stage that builds artefacts from the corpus at warm-up (an index): a collection's
-    #: writer warms these when it publishes a generation, its readers then only load them.
+    #: True for a stage that builds artefacts from the corpus when bound (an index): a collection's
+    #: writer builds these when it publishes a generation, its readers then only load them.
     indexes_corpus: ClassVar[bool] = False
     #: The intra-op thread count this stage's results are defined at (None: the policy decides).
     intra_op_threads: ClassVar[int | None] = None
