@@ -14,6 +14,13 @@ generation, and is timed as a ratio of the full build of the same pipeline in th
 issue 14: <= 10% with BM25 + dense, where encoding dominates). Search P50/P95 are 200 online
 `stack.search` calls (after warm-up) on the first generation and on the updated one.
 With `--scifact`, the SciFact corpus (5,183 abstracts) is ingested as JSONL the same way.
+
+With `--visible N` (BM25 only), a reader in this process (`stagegraph.open`, watching `CURRENT` every
+0.25 s, as a server does) and a writer in another process: N times, the writer upserts one new
+document and commits, and the reader searches for it until it is found. Printed: the writer's
+upsert-and-commit time and the time from the commit returning to the document being found, P50 and
+P99 (issue 22's "one-document upsert, commit to visible"). A generation is still rewritten whole,
+so both grow with the collection; docs/segments.md is the design that makes them not.
 """
 
 from __future__ import annotations
@@ -119,11 +126,46 @@ def measure(label: str, config: dict, records: list[dict], data: Path, work: Pat
             f"{update['peak_gb']:.2f}", f"{before['p50']:.2f} / {before['p95']:.2f}", f"{after['p50']:.2f} / {after['p95']:.2f}"]
 
 
+WRITE_ONE = r"""
+import json, sys, time
+from stagegraph.collection import Collection
+root, doc_id = sys.argv[1], sys.argv[2]
+store = Collection.open(root)
+started = time.time()
+store.upsert([{"id": doc_id, "title": "", "text": f"zzvisible{doc_id} marker", "metadata": {"year": 2025}}])
+print(json.dumps({"started": started, "committed": time.time()}))
+store.close()
+"""
+
+
+def visibility(root: Path, n: int) -> list[str]:
+    """Upsert one document N times from another process; how long until this process's stack finds it."""
+    import stagegraph as sg
+
+    commit_s, visible_s = [], []
+    with sg.open(collection=root) as stack:
+        for i in range(n):
+            doc_id = f"visible{i:04d}"
+            times = child(WRITE_ONE, str(root), doc_id)
+            deadline = time.time() + 600
+            while not any(h.doc_id == doc_id for h in stack.search(f"zzvisible{doc_id}", k=1).hits):
+                if time.time() > deadline:
+                    raise SystemExit(f"{doc_id} never became visible")
+                time.sleep(0.005)
+            visible_s.append(time.time() - times["committed"])
+            commit_s.append(times["committed"] - times["started"])
+    c, v = np.array(commit_s), np.array(visible_s)
+    return [f"{stack.current.manifest.chunks:,}", str(n), f"{np.percentile(c, 50):.2f} / {np.percentile(c, 99):.2f}",
+            f"{np.percentile(v, 50):.2f} / {np.percentile(v, 99):.2f}"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chunks", type=int, default=100_000, help="documents (= chunks) of the BM25-only build")
-    parser.add_argument("--dense-chunks", type=int, default=20_000, help="documents of the BM25 + dense build")
+    parser.add_argument("--dense-chunks", type=int, default=20_000, help="documents of the BM25 + dense build (0: none)")
     parser.add_argument("--scifact", help="also ingest this BEIR folder's corpus.jsonl (SciFact)")
+    parser.add_argument("--visible", type=int, default=0, metavar="N",
+                        help="also: N one-document upserts from another process, commit to visible in a reader (BM25)")
     args = parser.parse_args(argv)
     rng = np.random.default_rng(1)
     work = Path(tempfile.mkdtemp(prefix="sg-collection-bench-"))
@@ -131,9 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         records = write_corpus(work / "bm25.jsonl", args.chunks)
         rows.append(measure("BM25", BM25, records, work / "bm25.jsonl", work, rng))
-        dense = records[: args.dense_chunks]
-        (work / "dense.jsonl").write_text("\n".join(json.dumps(r) for r in dense) + "\n")
-        rows.append(measure("BM25 + dense", HYBRID, dense, work / "dense.jsonl", work, rng))
+        if args.visible:
+            visible = visibility(work / "BM25", args.visible)
+        if args.dense_chunks:
+            dense = records[: args.dense_chunks]
+            (work / "dense.jsonl").write_text("\n".join(json.dumps(r) for r in dense) + "\n")
+            rows.append(measure("BM25 + dense", HYBRID, dense, work / "dense.jsonl", work, rng))
         if args.scifact:
             corpus = Path(args.scifact) / "corpus.jsonl"
             records = [json.loads(line) for line in corpus.read_text().splitlines() if line.strip()]
@@ -146,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     head = ["pipeline", "chunks", "build s", "peak GB", "chunks/s", "update docs", "update s", "update / build",
             "update peak GB", "search P50/P95 ms before", "after"]
     print_markdown(head, rows)
+    if args.visible:
+        print("\nOne-document upserts from another process, BM25 only, a reader watching CURRENT every 0.25 s:")
+        print_markdown(["chunks", "upserts", "upsert + commit s P50 / P99", "commit to visible s P50 / P99"], [visible])
     return 0
 
 
