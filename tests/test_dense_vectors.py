@@ -213,3 +213,27 @@ def test_no_mix_and_one_chunk_per_vector(tmp_path, tiny_model):
         sg.ingest([broken], tmp_path / "b", pipeline=hybrid(tiny_model), records=fields, progress=False)
     for c in (coll, plain, small):
         c.close()
+
+
+def test_http_writes_carry_vectors_and_a_missing_one_is_a_422(tmp_path, tiny_model):
+    from fastapi.testclient import TestClient
+
+    from stagegraph.serve.app import create_app
+    from stagegraph.serve.service import Service
+    from stagegraph.serve.settings import ServeSettings
+
+    fields = RecordFields(vector="embedding", vector_model=tiny_model)
+    sg.ingest([write_jsonl(tmp_path / "in" / "docs.jsonl", with_vectors(records(), tiny_model))], tmp_path / "c",
+              pipeline=hybrid(tiny_model), records=fields, progress=False)
+    service = Service.open(hybrid(tiny_model), tmp_path / "c", ServeSettings(watch_s=0), pin_threads=False)
+    try:
+        with TestClient(create_app(service)) as client:
+            query = Encoder(tiny_model, progress=False).encode_query(QUERIES[1])[0].tolist()
+            put = client.put("/v1/documents?wait=true", json={"documents": [{"id": "new", "text": "cell", "vector": query}]})
+            assert put.status_code == 200 and put.json()["added"] == 1
+            dense = service.stack.runner.bound("dense").run(sg.Queries.single(QUERIES[1]), [])[0]
+            assert service.stack.runner.corpus.ids[int(dense.doc_rows[0])] == "new#0"  # its vector is the query's
+            missing = client.put("/v1/documents", json={"documents": [{"id": "bare", "text": "cell"}]})
+            assert missing.status_code == 422 and "has no vector" in missing.json()["error"]["message"]
+    finally:
+        service.close()

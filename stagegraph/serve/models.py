@@ -136,6 +136,8 @@ class DocumentIn(BaseModel):
     text: str = Field(min_length=1)
     title: str = ""
     metadata: dict[str, Any] = Field(default_factory=dict)
+    vector: list[float] | None = Field(None, description="the document's precomputed embedding: required in a collection "
+                                       "created with --vector-field (one per document, of its width), refused in any other")
 
 
 class UpsertRequest(BaseModel):
