@@ -44,7 +44,7 @@ from stagegraph.hashing import stable_hash
 from stagegraph.pipeline.cache import StageCache, step_key
 from stagegraph.pipeline.graph import Step, levels
 from stagegraph.pipeline.ranking import Ranking, with_provenance
-from stagegraph.pipeline.stage import Environment, Inputs, bind_stage
+from stagegraph.pipeline.stage import Environment, Inputs, bind_stage, release_stage
 from stagegraph.pipeline import threads as thread_policy
 from stagegraph.pipeline.cancel import checkpoint
 from stagegraph.pipeline.timing import LatencySummary
@@ -168,8 +168,9 @@ def execute(
 ) -> RunResult:
     """Run `steps` (checked, in order, the output last) over `queries`: every step's rankings and timings.
 
-    `bind(step)` gives a step's bound stage (default: `bind_stage(step.stage, env)`, once per call);
-    `fingerprints` the stages' fingerprints by step name (default: computed when a cache needs them)."""
+    `bind(step)` gives a step's bound stage (default: `bind_stage(step.stage, env)`, once per call, and
+    released after it); `fingerprints` the stages' fingerprints by step name (default: computed when a
+    cache needs them)."""
     if mode not in ("online", "batch"):
         raise InputError(f"mode must be 'online' or 'batch', not {mode!r}")
     if timing not in ("concurrent", "isolated"):
@@ -183,6 +184,11 @@ def execute(
                 bound_here[step.name] = bind_stage(step.stage, env)
             return bound_here[step.name]
 
+        try:
+            return _execute(list(steps), queries, env, bind, fingerprints, mode, cache, warmup, timing, progress, pool)
+        finally:
+            for bound in bound_here.values():
+                release_stage(bound)
     return _execute(list(steps), queries, env, bind, fingerprints, mode, cache, warmup, timing, progress, pool)
 
 

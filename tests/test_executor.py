@@ -136,3 +136,24 @@ def test_a_branch_slowed_by_its_neighbour_is_reported_as_run_and_alone():
 def test_unknown_timing_is_refused():
     with pytest.raises(InputError, match="timing must be 'concurrent' or 'isolated'"):
         _graph().execute(_queries(2), env=Environment(tiny_corpus()), mode="online", timing="sequential")
+
+
+def test_the_executor_alone_binds_each_stage_once_and_releases_it():
+    from stagegraph.pipeline.executor import execute
+
+    released = []
+
+    class Closing(StubSearch):
+        def close(self):
+            released.append(self.stage.name)
+
+    class Retriever(StubRetriever):
+        def bind(self, env):
+            self.warmed += 1
+            return Closing(self, len(env.corpus))
+
+    a, b = Retriever("a"), Retriever("b", seed=1)
+    pipe = (a | b) >> StubFuse("pool")
+    result = execute(pipe.steps, _queries(3), Environment(tiny_corpus(), progress=False), mode="online", warmup=1)
+    assert len(result.final) == 3 and (a.warmed, b.warmed) == (1, 1) and (a.calls, b.calls) == (4, 4)
+    assert sorted(released) == ["a", "b"]
