@@ -59,8 +59,12 @@ class Runner:
         for scope_filter in {repr(s.filter): s.filter for s in self.steps if s.filter}.values():
             MetadataIndex.of(env.corpus).mask(scope_filter)  # a nested pipeline's filter that cannot apply: now
         if eager:
-            for step in self.steps:
-                self._bind(step, shared)
+            try:
+                for step in self.steps:
+                    self._bind(step, shared)
+            except BaseException:  # one stage could not bind: release what the others loaded
+                self.close()
+                raise
 
     # -- what it holds --------------------------------------------------------------------------
     @property
