@@ -111,3 +111,41 @@ def test_watch_is_a_serve_flag(tmp_path):
     assert settings_of(args).watch_s == 0
     with pytest.raises(sg.InputError, match="invalid serve setting watch_s"):
         settings_of(build_parser().parse_args(["serve", "bm25", "--collection", str(tmp_path), "--watch", "-1"]))
+
+
+def test_the_server_binds_an_outside_generation_only_with_a_free_compute_slot(tmp_path):
+    root = build_collection(tmp_path / "c", BM25_ONLY, n=20)
+    service = Service.open(BM25_ONLY, root, ServeSettings(watch_s=0.05, workers=1), pin_threads=False)
+    try:
+        before = service.stack.generation
+        with service.slots.hold():  # the one slot is busy (a search running)
+            write_elsewhere(root, "new-doc")
+            time.sleep(0.5)  # about ten looks: the watcher waits for the slot rather than bind beside it
+            assert service.stack.generation == before
+        wait_for(lambda: service.stack.generation == before + 1)
+    finally:
+        service.close()
+
+
+def test_a_refresh_by_a_thread_holding_the_slot_never_waits_on_the_watcher(tmp_path):
+    """The server's write path holds a compute slot and then refreshes, while the watcher may be
+    waiting for that slot to refresh too: the slot is always taken before the refresh lock."""
+    import threading
+
+    root = build_collection(tmp_path / "c", BM25_ONLY, n=20)
+    service = Service.open(BM25_ONLY, root, ServeSettings(watch_s=0.01, workers=1), pin_threads=False)
+    moved: list[bool] = []
+    try:
+        def write_path() -> None:  # what Service._publish does: hold the slot, then refresh
+            with service.slots.hold():
+                write_elsewhere(root, "new-doc")
+                time.sleep(0.3)  # the watcher has seen CURRENT move and waits for the slot
+                moved.append(service.stack.refresh())
+
+        thread = threading.Thread(target=write_path, daemon=True)
+        thread.start()
+        thread.join(timeout=60)
+        assert not thread.is_alive(), "the refresh waited on the watcher, which waited on its slot"
+        assert moved == [True] and service.stack.current.manifest.documents == 21
+    finally:
+        service.close()

@@ -14,7 +14,9 @@ indexes load), then swaps it in; searches in flight finish on the generation the
 the old runner is closed when the last of them is done. A search therefore always sees one
 generation's chunks and indexes, never a mix, and its `SearchResult.generation` says which.
 `prepare` (optional) is called with each new runner before it is swapped in (a server wraps its
-reranker's scorer there), `on_refresh` with each generation number once searches see it.
+reranker's scorer there), `on_refresh` with each generation number once searches see it, and
+`guard` (a context manager factory) around each binding of a new generation (a server passes its
+compute slots, so a refresh never runs beside more searches than the cores allow).
 
 Near real time: a stack watches the collection's `CURRENT` file (a few bytes, read every `watch`
 seconds, 0.25 by default, in a background thread) and refreshes by itself when another process (a
@@ -28,11 +30,12 @@ logged once and the stack keeps searching the generation it has. `watch=None` tu
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, ContextManager
 
 from stagegraph.collection.collection import Collection
 from stagegraph.collection.generation import Generation, read_current
@@ -66,12 +69,14 @@ class Stack:
     """A pipeline over a collection: search, write, refresh (see the module docstring)."""
 
     def __init__(self, config: Any, collection: Collection, *, prepare: Callable[[Runner], None] | None = None,
-                 on_refresh: Callable[[int], None] | None = None, watch: float | None = WATCH_INTERVAL_S):
+                 on_refresh: Callable[[int], None] | None = None, watch: float | None = WATCH_INTERVAL_S,
+                 guard: Callable[[], ContextManager[Any]] | None = None):
         self.collection = collection
         #: the pipeline value every generation is bound to
         self.pipeline: Pipeline = _pipeline_of(config, collection)
         self._prepare = prepare
         self._on_refresh = on_refresh
+        self._guard = guard or contextlib.nullcontext
         self._lock = threading.Lock()
         self._refreshing = threading.Lock()  # one refresh at a time: the watcher's or a writer's
         self._closed = False
@@ -189,7 +194,9 @@ class Stack:
 
     def refresh(self) -> bool:
         """Move to the newest published generation (True when it changed)."""
-        with self._refreshing:
+        # the guard (a compute slot) first, then the refresh lock: the order every caller takes them in,
+        # so a writer holding a slot and the watcher waiting for one never wait on each other
+        with self._guard(), self._refreshing:
             if self._closed:
                 return False
             self.collection.refresh()

@@ -89,7 +89,8 @@ class Service:
              pin_threads: bool = True) -> Service:
         service = cls(settings or ServeSettings())
         service.stack = Stack(config, Collection.open(collection), prepare=service._prepare,
-                              on_refresh=service.metrics.generation.set, watch=service.settings.watch_s or None)
+                              on_refresh=service.metrics.generation.set, watch=service.settings.watch_s or None,
+                              guard=service.slots.hold)
         try:
             service._warm()
         except BaseException:
