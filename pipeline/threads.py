@@ -2,7 +2,7 @@
 
 Stages never touch thread counts; the executor asks this policy right before it calls a stage, in
 the thread that makes the call, and the policy sets both counts **for that thread only**: torch's
-and FAISS's OpenMP thread counts are per calling thread (an OpenMP ICV; `tests/test_threads.py`
+and FAISS's OpenMP thread counts are per calling thread (an OpenMP ICV; `tests/test_runner.py`
 checks it on this build), so two searches running side by side in two threads, or two branches of
 one query, can never see each other's counts. The rule:
 
