@@ -24,7 +24,6 @@ per batch, so its scores move slightly with the company a pair keeps).
 from __future__ import annotations
 
 import collections
-import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -36,7 +35,6 @@ from stagegraph.pipeline.cancel import Cancelled, cancelled
 from stagegraph.serve.runtime import Slots
 from stagegraph.stages.rerank.cross_encoder import CrossEncoderReranker
 
-log = logging.getLogger(__name__)
 
 POLL_S = 0.02  # how often a waiting request looks at its cancellation
 

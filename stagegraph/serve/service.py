@@ -118,7 +118,7 @@ class Service:
     def _warm(self) -> None:
         assert self.stack is not None
         if self.stack.runner is None:  # an empty collection: nothing bound yet, the stages described as they are
-            self._stages = [_describe(step, step.stage.fingerprint()) for step in self.stack.pipeline.steps]
+            self._stages = [_describe(step, _fingerprint(step.stage)) for step in self.stack.pipeline.steps]
         if len(self.stack.collection.corpus):
             self.stack.search("warm up", k=1)
         reranker = self.reranker()
@@ -368,13 +368,22 @@ def _document_fields(doc: RerankDocument) -> dict[str, Any]:
     return {"text": doc.text, **(doc.model_extra or {})}
 
 
-def _describe(step: Any, fingerprint: str) -> dict[str, Any]:
+def _fingerprint(stage: Any) -> str | None:
+    """A stage's fingerprint, for information only (None where it cannot be computed yet)."""
+    try:
+        return stage.fingerprint()
+    except Exception:  # noqa: BLE001 - information only: a model not found yet is the binding's error to give
+        return None
+
+
+def _describe(step: Any, fingerprint: str | None) -> dict[str, Any]:
     stage = step.stage
     out: dict[str, Any] = {"name": step.name, "type": getattr(stage, "type_name", type(stage).__name__)}
     model = getattr(getattr(stage, "config", None), "model", None)
     if model:
         out["model"] = str(model)
-    out["fingerprint"] = fingerprint
+    if fingerprint is not None:
+        out["fingerprint"] = fingerprint
     return out
 
 
