@@ -167,7 +167,7 @@ def install(runner: Any, slots: Slots, **options: Any) -> list[str]:
     """Put a `BatchingScorer` in front of every cross-encoder stage a runner has bound; returns the
     names of the stages it wrapped.
 
-    The seam is the bound stage's `scoring.scorer` (`stagegraph.stages.rerank.cross_encoder.Scoring`):
+    The seam is the bound stage's `scoring.scorer` (`stagegraph.stages.rerank.scorers.Scoring`):
     the one object between the stage's candidate handling and its model. A runner rebound to the next
     generation shares that object, so it is wrapped once."""
     wrapped = []

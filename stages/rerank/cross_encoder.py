@@ -24,7 +24,7 @@ score (ties by corpus row). Where the time goes, and what it does about it:
   (`stagegraph.stages.rerank.depth`); `depth` is then the most it scores. `last_depths` holds the
   depth each query of the last `run` got.
 
-The stage is a value: `bind(env)` loads the model (`load_scoring`: scorer, blend, depth margin,
+The stage is a value: `bind(env)` loads the model (`scorers.load_scoring`: scorer, blend, depth margin,
 the backend `auto` chose; a `max_length` beyond the model's position embeddings is refused here,
 with the fix) and returns a `CrossEncoderRerank`, which holds the corpus, the score cache and the
 counts (`stats`, `last_depths`). A collection's next generation rebinds and shares the loaded model.
@@ -44,7 +44,6 @@ the model loads on the first call and stays with the stage value for the next on
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -61,17 +60,15 @@ from stagegraph.pipeline.ranking import Ranking, StepTrace
 from stagegraph.pipeline.stage import Arity, Environment, StageConfig
 from stagegraph.stages.base import StageBase
 from stagegraph.pipeline.registry import register
-from stagegraph.stages.rerank.blend import BlendSpec, RerankerMetadata, blend_scores
+from stagegraph.stages.rerank.blend import BlendSpec, blend_scores
 from stagegraph.stages.rerank.calibration import BackendChoice
 from stagegraph.stages.rerank.cpu import cpu_features
-from stagegraph.stages.rerank.depth import AdaptiveCalibration, AdaptiveDepth, block_ends, should_stop
+from stagegraph.stages.rerank.depth import AdaptiveDepth, block_ends, should_stop
 from stagegraph.stages.rerank.score_cache import ScoreCache
-from stagegraph.stages.rerank.scorers import build_scorer, choose_auto, load_for
+from stagegraph.stages.rerank.scorers import Scoring, load_scoring, resolve_blend, scorer_key
 from stagegraph.stages.rerank.model import (
-    DEFAULT_MODEL, TRAIN_HINT, RerankerLoadError, model_fingerprint, read_stagegraph_metadata,
+    DEFAULT_MODEL, model_fingerprint,
 )
-
-log = logging.getLogger(__name__)
 
 Backend = Literal["torch", "torch-bf16", "onnx", "onnx-int8", "auto"]
 #: Settings that change speed but never a score: left out of the fingerprint (the cache key).
@@ -110,59 +107,6 @@ class RerankStats:
     pairs: int = 0
     scored: int = 0
     cached: int = 0
-
-
-@dataclass
-class Scoring:
-    """A cross-encoder's loaded model and what was resolved with it: the scorer, the blend with the
-    upstream ranking, the adaptive depth margin, and the backend in force (with `auto`'s decision)."""
-
-    scorer: Any
-    blend: BlendSpec
-    margin: float | None
-    backend: str
-    backend_choice: BackendChoice | None = None
-
-
-def load_scoring(config: CrossEncoderConfig, name: str, work_dir: Path, *, read_only: bool = False,
-                 progress: bool = False) -> Scoring:
-    """Load the model of `config` and resolve its blend, margin and backend (`RerankerLoadError`, one
-    line, where it cannot)."""
-    blend = resolve_blend(config)
-    margin = resolve_margin(config, name)
-    if config.backend == "auto":
-        scorer, choice = choose_auto(config, blend, work_dir, read_only=read_only, progress=progress, name=name)
-        return Scoring(scorer, blend, margin, choice.chosen, choice)
-    if config.backend == "torch-bf16" and not cpu_features().bf16:
-        log.warning("stage %r: backend torch-bf16 on a CPU without AVX-512 BF16 or AMX runs emulated bf16, "
-                    "slower than fp32; use backend: auto or torch", name)
-    scorer = build_scorer(config, config.backend, load_for(config, config.backend, progress), work_dir, progress)
-    return Scoring(scorer, blend, margin, config.backend)
-
-
-def resolve_margin(config: CrossEncoderConfig, name: str) -> float | None:
-    """The adaptive-depth margin in force (None: adaptive depth is off)."""
-    policy = config.adaptive_depth
-    if policy is None:
-        return None
-    if policy.margin != "calibrated":
-        return float(policy.margin)
-    saved = read_stagegraph_metadata(config.model).get("adaptive_depth")
-    if not saved:
-        raise RerankerLoadError(
-            f"stage {name!r}: adaptive_depth margin 'calibrated' needs a model trained by train-reranker "
-            f"(it calibrates the margin on held-out queries), and {config.model!r} has none; "
-            f"set adaptive_depth.margin to a number or retrain: `{TRAIN_HINT}`"
-        )
-    return AdaptiveCalibration.model_validate(saved).margin
-
-
-def resolve_blend(config: CrossEncoderConfig) -> BlendSpec:
-    """The blend in force: the config's alpha and upstream, else the model's saved choice, else pure CE."""
-    saved = RerankerMetadata.model_validate(read_stagegraph_metadata(config.model)).blend
-    alpha = saved.alpha if config.blend is None else config.blend
-    upstream = config.blend_upstream or saved.upstream
-    return BlendSpec(alpha=alpha, upstream=upstream)
 
 
 @register
@@ -294,11 +238,6 @@ class CrossEncoderReranker(StageBase):
     def predict(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
         """Scores of (query, passage) pairs, the values `CrossEncoder.predict` gives, faster."""
         return self._scoring().scorer.score([p[0] for p in pairs], [p[1] for p in pairs])
-
-
-def scorer_key(config: CrossEncoderConfig, backend: str) -> str:
-    """Identity of a scorer's scores: the model, the truncation and the numeric backend."""
-    return stable_hash({"model": model_fingerprint(config.model), "max_length": config.max_length, "backend": backend})
 
 
 def rerank_candidates(scorer: Any, query: str, candidates: Sequence[Mapping[str, Any]], top_k: int | None) -> list[dict[str, Any]]:

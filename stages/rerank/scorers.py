@@ -1,5 +1,8 @@
 """Which scorer a cross-encoder stage runs: one built for a concrete backend (torch fp32, torch bf16,
-ONNX Runtime fp32 or int8), or the one `backend: auto` chooses on the model's calibration set.
+ONNX Runtime fp32 or int8), or the one `backend: auto` chooses on the model's calibration set; and
+`load_scoring`, everything a stage loads with its model (`Scoring`: the scorer, the blend with the
+upstream ranking, the adaptive-depth margin, the backend in force), which a bound stage holds and a
+rebinding shares.
 
 `build_scorer` turns a loaded cross-encoder into a backend's scorer; `choose_auto` resolves `auto`
 (the rule itself is `stagegraph.stages.rerank.calibration.choose_backend`) and keeps its decision in
@@ -11,15 +14,19 @@ config; this module reads only the settings named in `ScorerSettings` and never 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from stagegraph.hashing import library_versions, stable_hash
 from stagegraph.pipeline.threads import usable_cores
-from stagegraph.stages.rerank.blend import BlendSpec
+from stagegraph.stages.rerank.blend import BlendSpec, RerankerMetadata
 from stagegraph.stages.rerank.calibration import CANDIDATES, TOLERANCE, BackendChoice, choose_backend, load_calibration
 from stagegraph.stages.rerank.cpu import backend_support, cpu_features
-from stagegraph.stages.rerank.model import load_cross_encoder, locate, model_fingerprint
+from stagegraph.stages.rerank.depth import AdaptiveCalibration
+from stagegraph.stages.rerank.model import (
+    TRAIN_HINT, RerankerLoadError, load_cross_encoder, locate, model_fingerprint, read_stagegraph_metadata,
+)
 
 log = logging.getLogger(__name__)
 
@@ -102,3 +109,63 @@ def choose_auto(config: ScorerSettings, blend: BlendSpec, work_dir: Path, *, rea
         scorer = build_scorer(config, choice.chosen, cross_encoder, work_dir, progress)
     log.info("stage %r: %s%s", name, choice.line(), " (decided at an earlier warm-up on this machine)" if choice.cached else "")
     return scorer, choice
+
+
+# -- a stage's loaded model: the scorer and what is resolved with it --------------------------------
+@dataclass
+class Scoring:
+    """A cross-encoder's loaded model and what was resolved with it: the scorer, the blend with the
+    upstream ranking, the adaptive depth margin, and the backend in force (with `auto`'s decision)."""
+
+    scorer: Any
+    blend: BlendSpec
+    margin: float | None
+    backend: str
+    backend_choice: BackendChoice | None = None
+
+
+def load_scoring(config: Any, name: str, work_dir: Path, *, read_only: bool = False,
+                 progress: bool = False) -> Scoring:
+    """Load the model of `config` and resolve its blend, margin and backend (`RerankerLoadError`, one
+    line, where it cannot)."""
+    blend = resolve_blend(config)
+    margin = resolve_margin(config, name)
+    if config.backend == "auto":
+        scorer, choice = choose_auto(config, blend, work_dir, read_only=read_only, progress=progress, name=name)
+        return Scoring(scorer, blend, margin, choice.chosen, choice)
+    if config.backend == "torch-bf16" and not cpu_features().bf16:
+        log.warning("stage %r: backend torch-bf16 on a CPU without AVX-512 BF16 or AMX runs emulated bf16, "
+                    "slower than fp32; use backend: auto or torch", name)
+    scorer = build_scorer(config, config.backend, load_for(config, config.backend, progress), work_dir, progress)
+    return Scoring(scorer, blend, margin, config.backend)
+
+
+def resolve_margin(config: Any, name: str) -> float | None:
+    """The adaptive-depth margin in force (None: adaptive depth is off)."""
+    policy = config.adaptive_depth
+    if policy is None:
+        return None
+    if policy.margin != "calibrated":
+        return float(policy.margin)
+    saved = read_stagegraph_metadata(config.model).get("adaptive_depth")
+    if not saved:
+        raise RerankerLoadError(
+            f"stage {name!r}: adaptive_depth margin 'calibrated' needs a model trained by train-reranker "
+            f"(it calibrates the margin on held-out queries), and {config.model!r} has none; "
+            f"set adaptive_depth.margin to a number or retrain: `{TRAIN_HINT}`"
+        )
+    return AdaptiveCalibration.model_validate(saved).margin
+
+
+def resolve_blend(config: Any) -> BlendSpec:
+    """The blend in force: the config's alpha and upstream, else the model's saved choice, else pure CE."""
+    saved = RerankerMetadata.model_validate(read_stagegraph_metadata(config.model)).blend
+    alpha = saved.alpha if config.blend is None else config.blend
+    upstream = config.blend_upstream or saved.upstream
+    return BlendSpec(alpha=alpha, upstream=upstream)
+
+
+
+def scorer_key(config: Any, backend: str) -> str:
+    """Identity of a scorer's scores: the model, the truncation and the numeric backend."""
+    return stable_hash({"model": model_fingerprint(config.model), "max_length": config.max_length, "backend": backend})
