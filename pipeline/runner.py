@@ -55,7 +55,6 @@ class Runner:
         self._fingerprints: dict[str, str] | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
-        self._closed = False
         for scope_filter in {repr(s.filter): s.filter for s in self.steps if s.filter}.values():
             MetadataIndex.of(env.corpus).mask(scope_filter)  # a nested pipeline's filter that cannot apply: now
         if eager:
@@ -187,7 +186,7 @@ class Runner:
         if pool is not None:
             pool.shutdown()
         with self._binding:
-            bound, self._closed = list(self._bound.values()), True
+            bound = list(self._bound.values())
         for stage in bound:
             release_stage(stage)
 
