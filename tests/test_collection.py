@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from collection_support import QUERIES, rankings
 from tiny_models import WORDS, make_tiny_sentence_transformer
 
 import stagegraph as sg
@@ -51,19 +52,6 @@ def doc(i: int, rng: random.Random) -> dict:
             "metadata": {"n": i}}
 
 
-QUERIES = ["protein cancer cell", "heat flow wing pressure", "dense vector rank fusion", "query document index"]
-
-
-def rankings(root: Path, config: dict) -> dict[str, dict[str, list[tuple[str, float]]]]:
-    """Every stage's ranking of every query: stage -> query -> [(chunk id, score)]."""
-    out: dict[str, dict[str, list[tuple[str, float]]]] = {}
-    with sg.open(config, collection=root) as stack:
-        result = stack.runner.execute(QUERIES, mode="batch")
-        corpus = stack.collection.corpus
-        for name, run in result.stages.items():
-            out[name] = {q: [(corpus.ids[int(r)], float(s)) for r, s in zip(rk.doc_rows, rk.scores)]
-                         for q, rk in zip(QUERIES, run.rankings)}
-    return out
 
 
 def assert_same(a, b, tol=1e-5):

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from collection_support import QUERIES, rankings
 from tiny_models import WORDS, make_tiny_sentence_transformer
 
 import stagegraph as sg
@@ -24,7 +25,6 @@ from stagegraph.errors import StageError
 from stagegraph.indexes.encoder import Encoder
 from stagegraph.pipeline.stage import Environment
 
-QUERIES = ["protein cancer cell", "heat flow wing pressure", "dense vector rank fusion", "query document index"]
 
 
 @pytest.fixture(scope="module")
@@ -65,17 +65,6 @@ def write_jsonl(path: Path, recs: list[dict]) -> Path:
 def write_config(path: Path, config: dict) -> str:
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     return str(path)
-
-
-def rankings(root: Path, config: dict) -> dict[str, dict[str, list[tuple[str, float]]]]:
-    out: dict[str, dict[str, list[tuple[str, float]]]] = {}
-    with sg.open(config, collection=root) as stack:
-        result = stack.runner.execute(QUERIES, mode="batch")
-        corpus = stack.collection.corpus
-        for name, run in result.stages.items():
-            out[name] = {q: [(corpus.ids[int(r)], float(s)) for r, s in zip(rk.doc_rows, rk.scores)]
-                         for q, rk in zip(QUERIES, run.rankings)}
-    return out
 
 
 @pytest.fixture
