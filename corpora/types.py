@@ -100,14 +100,18 @@ class Corpus:
 
     def doc_text(self, row: int, separator: str = " ") -> str:
         """Title and text joined, the string that retrievers and rerankers score."""
-        title, text = self.titles[row], self.texts[row]
-        if title and text:
-            return f"{title}{separator}{text}"
-        return title or text
+        return joined_text(self.titles[row], self.texts[row], separator)
 
     def doc_texts(self, rows: Iterable[int] | None = None) -> list[str]:
         rows = range(len(self)) if rows is None else rows
         return [self.doc_text(int(r)) for r in rows]
+
+
+def joined_text(title: str, text: str, separator: str = " ") -> str:
+    """A row's title and text as one string (`Corpus.doc_text`): what retrievers and rerankers score."""
+    if title and text:
+        return f"{title}{separator}{text}"
+    return title or text
 
 
 class Queries:

@@ -48,39 +48,9 @@ def _sift_down(hs: np.ndarray, hr: np.ndarray, size: int, i: int) -> None:
             return
 
 
-def top_k_postings_py(
-    indptr: np.ndarray,
-    indices: np.ndarray,
-    data: np.ndarray,
-    terms: np.ndarray,
-    weights: np.ndarray,
-    acc: np.ndarray,
-    touched: np.ndarray,
-    k: int,
-    allowed: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
-    # Longest posting list first: its documents are all new, so it skips the "seen before?" test.
-    order = np.argsort(indptr[terms] - indptr[terms + 1], kind="mergesort")
-    n = 0
-    for j in order:
-        t = terms[j]
-        w = weights[j]
-        start, end = indptr[t], indptr[t + 1]
-        if end == start or data[start] == 0.0:  # a term's entries share its idf: all zero or none
-            continue
-        if n == 0:  # the first scored term: every document is new, no test needed
-            for p in range(start, end):
-                d = indices[p]
-                touched[n] = d
-                n += 1
-                acc[d] = data[p] * w
-        else:
-            for p in range(start, end):
-                d = indices[p]
-                if acc[d] == 0.0:
-                    touched[n] = d
-                    n += 1
-                acc[d] += data[p] * w
+def select_top(acc: np.ndarray, touched: np.ndarray, n: int, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Step 2 of both kernels: walk the `n` touched documents, read and zero their slots of `acc`,
+    keep the best `k` allowed ones in a bounded heap; (rows, scores) best first, ties by row."""
     cap = min(k, n)
     hs = np.empty(cap, dtype=np.float32)
     hr = np.empty(cap, dtype=np.int64)
@@ -123,13 +93,95 @@ def top_k_postings_py(
     return rows, scores
 
 
+def top_k_postings_py(
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    data: np.ndarray,
+    terms: np.ndarray,
+    weights: np.ndarray,
+    acc: np.ndarray,
+    touched: np.ndarray,
+    k: int,
+    allowed: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    # Longest posting list first: its documents are all new, so it skips the "seen before?" test.
+    order = np.argsort(indptr[terms] - indptr[terms + 1], kind="mergesort")
+    n = 0
+    for j in order:
+        t = terms[j]
+        w = weights[j]
+        start, end = indptr[t], indptr[t + 1]
+        if end == start or data[start] == 0.0:  # a term's entries share its idf: all zero or none
+            continue
+        if n == 0:  # the first scored term: every document is new, no test needed
+            for p in range(start, end):
+                d = indices[p]
+                touched[n] = d
+                n += 1
+                acc[d] = data[p] * w
+        else:
+            for p in range(start, end):
+                d = indices[p]
+                if acc[d] == 0.0:
+                    touched[n] = d
+                    n += 1
+                acc[d] += data[p] * w
+    return select_top(acc, touched, n, k, allowed)
+
+
+
+def top_k_lazy_py(
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    tf: np.ndarray,
+    lengths: np.ndarray,
+    terms: np.ndarray,
+    idfs: np.ndarray,
+    weights: np.ndarray,
+    k1: float,
+    b: float,
+    avgdl: float,
+    saturation: float,
+    acc: np.ndarray,
+    touched: np.ndarray,
+    k: int,
+    allowed: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Lazy scoring (segments): postings hold raw `tf` and documents their length; the query brings
+    each term's `idf` (from the collection-wide statistics) and `avgdl`, and a posting contributes
+    `w * idf * saturation * tf / (tf + k1 * (1 - b + b * |d| / avgdl))`, in float32, terms in the
+    order given (so a sum does not depend on how documents are split into segments)."""
+    n = 0
+    for j in range(len(terms)):
+        t = terms[j]
+        w = weights[j]
+        q = idfs[j]
+        start, end = indptr[t], indptr[t + 1]
+        if end == start or q == 0.0:
+            continue
+        for p in range(start, end):
+            d = indices[p]
+            norm = np.float32(k1 * (1.0 - b + b * lengths[d] / avgdl))
+            f = tf[p]
+            c = f / (f + norm)
+            c = c * np.float32(saturation)
+            c = c * q
+            if acc[d] == 0.0:
+                touched[n] = d
+                n += 1
+            acc[d] += c * w
+    return select_top(acc, touched, n, k, allowed)
+
 try:  # pragma: no cover - depends on the environment
     from numba import njit
 
     _worse = njit(inline="always", cache=True)(_worse)
     _sift_down = njit(cache=True)(_sift_down)
+    select_top = njit(nogil=True, cache=True)(select_top)
     top_k_postings = njit(nogil=True, cache=True)(top_k_postings_py)
+    top_k_lazy = njit(nogil=True, cache=True)(top_k_lazy_py)
     HAVE_NUMBA = True
 except ImportError:  # pragma: no cover
     top_k_postings = None
+    top_k_lazy = top_k_lazy_py
     HAVE_NUMBA = False

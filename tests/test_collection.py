@@ -134,9 +134,9 @@ def test_ingest_reads_folders_incrementally_and_sync_deletes(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.strip() == f"warning: skipped {notes / 'blob.txt'}: binary file"
     with Collection.open(coll) as c:
-        assert sorted(d.id for d in c.generation.documents) == ["faiss.txt", "gguf.md", "sub/rerank.html"]
+        assert sorted(d.id for d in c.generation.documents()) == ["faiss.txt", "gguf.md", "sub/rerank.html"]
         assert c.generation.number == 1
-        md = c.generation.by_id["gguf.md"]
+        md = c.generation.document("gguf.md")
         assert md.metadata["tags"] == ["gpu", "llama"] and md.metadata["ext"] == "md" and md.title == "GGUF files"
     report = ingest([notes], coll, progress=False, warn=lambda line: None)  # nothing changed
     assert (report.published, report.unchanged, report.new_chunks) == (False, 3, 0)
@@ -150,7 +150,7 @@ def test_ingest_reads_folders_incrementally_and_sync_deletes(tmp_path, capsys):
     assert "faiss.txt#0" in capsys.readouterr().out
     assert main(["ingest", "--delete", "new.txt", "--collection", str(coll), "--quiet"]) == 0
     with Collection.open(coll) as c:
-        assert sorted(d.id for d in c.generation.documents) == ["faiss.txt", "gguf.md"] and c.generation.number == 3
+        assert sorted(d.id for d in c.generation.documents()) == ["faiss.txt", "gguf.md"] and c.generation.number == 3
     assert main(["collection", "info", str(coll)]) == 0
     out = capsys.readouterr().out
     assert "generation 3" in out and "2 documents, 2 chunks" in out
@@ -276,13 +276,13 @@ def test_a_writer_killed_at_random_moments_never_loses_an_acknowledged_update(tm
         out, _ = proc.communicate()
         acked |= {int(line.split()[1]) for line in out.splitlines() if line.startswith("ack ")}
         with Collection.open(root) as store:  # loads, at the previous or the new generation
-            ids = {d.id for d in store.generation.documents}
+            ids = {d.id for d in store.generation.documents()}
             start = max(int(i[1:]) for i in ids) + 1 if ids else 0
         assert {f"d{i}" for i in acked} <= ids, trial
     assert len(acked) >= 10  # the kills landed between and inside commits, not before the first
     with sg.open(collection=root) as stack:  # the survivor is searchable, its indexes whole
-        assert len(stack.search("heat flow pressure", k=100).hits) == min(100, len(stack.collection.generation.documents))
-        assert len(stack.collection.generation.documents) >= len(acked)
+        assert len(stack.search("heat flow pressure", k=100).hits) == min(100, stack.collection.generation.manifest.documents)
+        assert len(list(stack.collection.generation.documents())) >= len(acked)
 
 
 def test_a_damaged_collection_is_refused_with_the_repair_command_and_repair_recovers(tmp_path, capsys):
@@ -293,14 +293,15 @@ def test_a_damaged_collection_is_refused_with_the_repair_command_and_repair_reco
     store.upsert([{"id": "b", "text": "beta"}])
     store.close()
     generations = tmp_path / "c" / "generations"
-    (generations / "00000002" / "chunks.jsonl").write_text("garbage\n")
-    with pytest.raises(CollectionDamaged, match="damaged \\(checksum mismatch\\).*stagegraph collection repair"):
+    (tmp_path / "c" / "segments" / "g00000002" / "chunks.arrow").write_text("garbage\n")
+    with pytest.raises(CollectionDamaged, match="segment g00000002: the file .*chunks.arrow is damaged \\(size 8, written "
+                                                "[0-9]+\\); `stagegraph collection repair"):
         Collection.open(tmp_path / "c")
     assert main(["search", "bm25", "alpha", "--collection", str(tmp_path / "c")]) == 3
     assert "stagegraph collection repair" in capsys.readouterr().err
     assert main(["collection", "repair", str(tmp_path / "c")]) == 0
     with Collection.open(tmp_path / "c") as back:
-        assert back.generation.number == 1 and [d.id for d in back.generation.documents] == ["a"]
+        assert back.generation.number == 1 and [d.id for d in back.generation.documents()] == ["a"]
     assert not (generations / "00000002").exists()  # the damaged one is gone, generation 1 is current
     (generations / "00000001" / "manifest.json").write_text("{")
     assert main(["collection", "repair", str(tmp_path / "c")]) == 3
@@ -308,6 +309,27 @@ def test_a_damaged_collection_is_refused_with_the_repair_command_and_repair_reco
     (tmp_path / "c" / "CURRENT").write_text("not a number")
     with pytest.raises(CollectionDamaged, match="not a generation number"):
         Collection.open(tmp_path / "c")
+
+
+def test_repair_reads_every_segment_checksum_where_opening_checks_only_sizes(tmp_path):
+    """A flipped byte keeps a file's size: opening does not read the data to find it (that is what makes
+    opening cheap), `repair` does, and goes back to the newest generation whose segments are intact."""
+    store = Collection.create(tmp_path / "c", BM25_ONLY)
+    store.upsert([{"id": "a", "text": "alpha"}])
+    reader = Collection.open(tmp_path / "c")  # keeps generation 1
+    store.upsert([{"id": "b", "text": "beta gamma"}])
+    path = tmp_path / "c" / "segments" / "g00000002" / "chunks.arrow"
+    data = bytearray(path.read_bytes())
+    at = bytes(data).index(b"gamma")
+    data[at] = ord("G")
+    path.write_bytes(bytes(data))
+    store.close()
+    with Collection.open(tmp_path / "c") as c:
+        assert c.generation.number == 2  # sizes agree: opened
+    assert repair(tmp_path / "c") == 1
+    with Collection.open(tmp_path / "c") as back:
+        assert [d.id for d in back.generation.documents()] == ["a"]
+    reader.close()
 
 
 def test_repair_goes_back_to_the_newest_intact_generation(tmp_path):
@@ -318,7 +340,7 @@ def test_repair_goes_back_to_the_newest_intact_generation(tmp_path):
     (tmp_path / "c" / "generations" / "00000002" / "manifest.json").unlink()
     assert repair(tmp_path / "c") == 1
     with Collection.open(tmp_path / "c") as again:
-        assert [d.id for d in again.generation.documents] == ["a"]
+        assert [d.id for d in again.generation.documents()] == ["a"]
     reader.close()
     store.close()
 

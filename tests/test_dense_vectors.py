@@ -7,6 +7,7 @@ collection built from them must rank exactly as one whose stage encodes the docu
 from __future__ import annotations
 
 import json
+import re
 import random
 from pathlib import Path
 
@@ -103,7 +104,7 @@ def test_precomputed_vectors_rank_exactly_as_encoding_and_no_document_is_encoded
             np.testing.assert_allclose([s for _, s in byo[stage][q]], [s for _, s in encoded[stage][q]], rtol=0, atol=1e-6)
     with Collection.open(tmp_path / "byo") as c:
         assert c.settings.chunker.kind == "none"  # the default with a vector field
-        assert "embedding" not in c.generation.by_id["d00"].metadata  # the vector is not metadata
+        assert "embedding" not in c.generation.document("d00").metadata  # the vector is not metadata
 
 
 def test_a_dataset_given_vectors_ranks_as_one_encoded(tmp_path, tiny_model, encode_calls):
@@ -138,12 +139,12 @@ def test_a_vector_of_another_width_is_refused_with_its_record_and_the_fix_works(
     write_jsonl(path, narrow)
     assert main(["ingest", str(path), *args]) != 0
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "record 'd00'" in err[0] and "16-dim vector" in err[0] and "32-dim" in err[0]
+    assert len(err) == 1 and re.search(r"record 'd0\d' \(and every other\)", err[0]) and "16-dim vector" in err[0] and "32-dim" in err[0]
     assert tiny_model in err[0] and "ingest again" in err[0]
     write_jsonl(path, recs)  # the fix: the vectors the model makes
     assert main(["ingest", str(path), *args]) == 0
     with Collection.open(tmp_path / "c") as c:
-        assert c.generation.number == 1 and c.generation.vectors.shape == (8, 32)
+        assert c.generation.number == 1 and [p.vectors.array.shape for p in c.generation.corpus.parts] == [(8, 32)]
 
 
 def test_a_model_other_than_the_vectors_is_refused_naming_both_and_the_fix_works(tmp_path, tiny_model, other_model, capsys):
@@ -186,7 +187,7 @@ def test_no_mix_and_one_chunk_per_vector(tmp_path, tiny_model):
     with pytest.raises(CollectionError, match=r"document 'x' has no vector \(field 'embedding'\): every document"):
         coll.upsert([{"id": "x", "text": "cell protein"}])
     coll.upsert([{"id": r["id"], "text": r["text"], "vector": r["embedding"]} for r in recs])
-    assert coll.generation.vectors.shape == (4, 32)
+    assert [p.vectors.array.shape for p in coll.generation.corpus.parts] == [(4, 32)]
     plain = Collection.create(tmp_path / "p", hybrid(tiny_model))
     with pytest.raises(CollectionError, match="carries a vector, but the collection .* was created without a vector field"):
         plain.upsert([{"id": "x", "text": "cell", "vector": recs[0]["embedding"]}])

@@ -8,6 +8,7 @@ collection written before sources were recorded still opens, its documents of so
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,7 @@ def write(folder: Path, files: dict[str, str]) -> Path:
 
 def sources_of(coll: Path) -> dict[str, str]:
     with Collection.open(coll) as c:
-        return {d.id: d.source for d in c.generation.documents}
+        return {d.id: d.source for d in c.generation.documents()}
 
 
 def test_sync_removes_a_deleted_file_and_keeps_python_and_http_documents(tmp_path, capsys):
@@ -162,33 +163,44 @@ def test_a_source_name_must_be_a_plain_name_and_not_unknown(tmp_path):
         with pytest.raises(CollectionError, match=r"'unknown' is kept for documents written before sources"):
             c.upsert([{"id": "d", "text": "delta"}], source="unknown")
         c.upsert([{"id": "d", "text": "delta"}], source="crawler")  # the fix: a plain name
-        assert c.generation.by_id["d"].source == "crawler" and c.generation.number == 1
+        assert c.generation.document("d").source == "crawler" and c.generation.number == 1
 
 
 def _as_format_1(coll: Path) -> None:
-    """Rewrite the current generation as stagegraph wrote it before sources: no `source`, no `sources`."""
-    generation = coll / "generations" / f"{int((coll / 'CURRENT').read_text()):08d}"
-    documents = generation / "documents.jsonl"
-    rows = [json.loads(line) for line in documents.read_text().splitlines()]
-    documents.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "source"}) + "\n" for r in rows))
+    """Rewrite the current generation as stagegraph wrote it before sources and segments: whole
+    `documents.jsonl` / `chunks.jsonl` tables with their checksums, no `source`, no `sources`."""
+    number = int((coll / "CURRENT").read_text())
+    with Collection.open(coll) as c:
+        documents = sorted(c.generation.documents(), key=lambda d: d.id)
+        chunks = [chunk for d in documents for chunk in c.generation.chunks_of(d.id)]
+    generation = coll / "generations" / f"{number:08d}"
+    rows = [{k: v for k, v in d.model_dump(mode="json").items() if k != "source"} for d in documents]
+    (generation / "documents.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (generation / "chunks.jsonl").write_text("".join(c.model_dump_json() + "\n" for c in chunks))
     manifest = json.loads((generation / "manifest.json").read_text())
-    del manifest["sources"]
+    for key in ("sources", "segments", "source_counts", "merges"):
+        del manifest[key]
     manifest["format_version"] = 1
-    manifest["files"]["documents.jsonl"] = sha256_file(documents)
+    manifest["files"] = {name: sha256_file(generation / name) for name in ("documents.jsonl", "chunks.jsonl")}
     (generation / "manifest.json").write_text(json.dumps(manifest, indent=2))
 
 
-def test_a_collection_written_before_sources_opens_and_sync_leaves_its_documents_alone(tmp_path, capsys):
+def test_a_collection_written_before_sources_and_segments_converts_and_sync_leaves_its_documents_alone(tmp_path, capsys):
     notes = write(tmp_path / "notes", {"a.md": "alpha", "b.md": "beta"})
     coll = tmp_path / "coll"
     ingest([notes], coll, pipeline=BM25_ONLY, progress=False, warn=quiet)
     with Collection.open(coll) as c:
         c.upsert([{"id": "api.md", "text": "written through the API"}])
     _as_format_1(coll)
+    with pytest.raises(CollectionError, match=f"written by an older stagegraph .*convert it once with "
+                                              f"`stagegraph collection compact {re.escape(str(coll))}`"):
+        Collection.open(coll)
+    assert main(["collection", "compact", str(coll)]) == 0  # the fix the line names
     with Collection.open(coll) as c:
-        assert {d.source for d in c.generation.documents} == {"unknown"} and c.generation.manifest.format_version == 1
+        assert {d.source for d in c.generation.documents()} == {"unknown"} and c.generation.manifest.format_version == 3
         assert c.sources() == [{"source": "unknown", "label": "unknown (written before sources were recorded)",
                                 "documents": 3}]
+        assert sorted(c.generation.corpus.ids) == ["a.md#0", "api.md#0", "b.md#0"]  # the chunks as they were
     (notes / "b.md").unlink()
     assert main(["ingest", str(notes), "--collection", str(coll), "--sync"]) == 0
     out = capsys.readouterr().out
@@ -196,8 +208,8 @@ def test_a_collection_written_before_sources_opens_and_sync_leaves_its_documents
     assert ("sync left 2 documents of other sources alone (unknown (written before sources were recorded) 2); "
             "remove one of unknown source with --delete DOC_ID") in out
     with Collection.open(coll) as c:
-        assert c.generation.manifest.format_version == 2
-        assert {d.id: d.source for d in c.generation.documents} == {
+        assert c.generation.manifest.format_version == 3
+        assert {d.id: d.source for d in c.generation.documents()} == {
             "a.md": path_source(notes).key, "b.md": "unknown", "api.md": "unknown"}
     assert main(["ingest", "--delete", "b.md", "--collection", str(coll), "-q"]) == 0  # the fix the line names
     assert sources_of(coll) == {"a.md": path_source(notes).key, "api.md": "unknown"}

@@ -189,7 +189,7 @@ def test_documents_put_get_delete_durable_and_searchable(tmp_path, models):
             changed = c.put("/v1/documents", json={"documents": [{**new, "text": "marker heat flow"}]}).json()
             assert changed["updated"] == 1 and changed["generation"] == before + 2
             with Collection.open(root) as other:  # durable: another reader sees it at once
-                assert other.generation.number == before + 2 and "notes/new.md" in other.generation.by_id
+                assert other.generation.number == before + 2 and other.generation.document("notes/new.md") is not None
             r = c.delete("/v1/documents/notes/new.md?wait=true")
             assert r.status_code == 200 and r.json()["deleted"] == 1
             assert c.get("/v1/documents/notes/new.md").status_code == 404
@@ -353,7 +353,7 @@ def test_read_only_refuses_every_write_and_changes_nothing(service):
         assert c.delete("/v1/documents/doc001").status_code == 403
         assert c.post("/v1/search", json={"query": QUERY}).status_code == 200
         assert "put" not in c.get("/openapi.json").json()["paths"].get("/v1/documents", {})
-    assert service.stack.collection.generation.number == before and "doc001" in service.stack.collection.generation.by_id
+    assert service.stack.collection.generation.number == before and service.stack.collection.generation.document("doc001") is not None
 
 
 def test_no_cors_unless_an_origin_is_given(service):

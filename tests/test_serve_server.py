@@ -131,7 +131,7 @@ def test_sigterm_finishes_in_flight_requests_refuses_new_ones_and_closes_the_col
     assert results["write"].json()["added"] == 300 and results["write"].json()["searchable"]
     assert not list((collection / "readers").glob("*.lease"))  # the server's reader lease is gone
     with Collection.open(collection) as store:
-        assert {d["id"] for d in big} <= set(store.generation.by_id)
+        assert {d["id"] for d in big} <= set(store.generation.live_ids())
 
 
 def test_a_restart_after_sigkill_loses_no_acknowledged_write(collection):

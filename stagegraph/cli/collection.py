@@ -1,4 +1,7 @@
-"""`stagegraph collection info DIR` (what a collection holds, documents per source) and `stagegraph collection repair DIR`."""
+"""`stagegraph collection info|repair|merge|compact DIR`: what a collection holds (documents per source,
+segments), going back to its newest intact generation, and merging its segments (`merge`: what the
+merge policy asks for; `compact`: everything into one segment, which also converts a collection
+written before segments)."""
 
 from __future__ import annotations
 
@@ -18,6 +21,13 @@ def register(sub) -> None:
     fix = verbs.add_parser("repair", help="point the collection at its newest intact generation and clear debris")
     fix.add_argument("collection")
     fix.set_defaults(func=handle_repair)
+    merge = verbs.add_parser("merge", help="run every merge the merge policy asks for (searches go on meanwhile)")
+    merge.add_argument("collection")
+    merge.set_defaults(func=handle_merge)
+    compact = verbs.add_parser("compact", help="merge every segment into one, dropping deleted rows "
+                                               "(converts a collection written before segments)")
+    compact.add_argument("collection")
+    compact.set_defaults(func=handle_compact)
 
 
 def handle_info(args: argparse.Namespace) -> int:
@@ -35,6 +45,10 @@ def handle_info(args: argparse.Namespace) -> int:
     print(f"  chunker {chunker['kind']}, {chunker['max_tokens']} tokens, overlap {chunker['overlap_tokens']} "
           f"({info['chunk_tokenizer']})")
     print(f"  stages: {', '.join(info['stages']) or '-'}; artefacts: {len(info['artefacts'])}")
+    segments = info["segments"]
+    deleted = sum(s["deleted_chunks"] for s in segments)
+    print(f"  segments: {len(segments)} ({', '.join(str(s['chunks']) for s in segments) or '-'} live chunks; "
+          f"{deleted} deleted rows not yet merged away)")
     for row in info["sources"]:  # what `ingest --sync` of each folder may delete, and what it never does
         print(f"  source {row['label']}: {row['documents']} documents")
     return Exit.OK
@@ -50,4 +64,23 @@ def handle_repair(args: argparse.Namespace) -> int:
             f"no intact generation in {args.collection}: rebuild it with `stagegraph ingest PATH --collection NEW_DIR`"
         )
     say(args, f"{args.collection}: generation {number} is current and intact")
+    return Exit.OK
+
+
+def handle_merge(args: argparse.Namespace) -> int:
+    from stagegraph.collection import Collection
+
+    with Collection.open(args.collection) as collection:
+        done = collection.merge(say=lambda line: say(args, line))
+        count = len(collection.generation.manifest.segments or [])
+    say(args, f"{args.collection}: {done} merge{'s' if done != 1 else ''}; {count} segments")
+    return Exit.OK
+
+
+def handle_compact(args: argparse.Namespace) -> int:
+    from stagegraph.collection import Collection
+
+    with Collection(args.collection, convert=True) as collection:
+        generation = collection.compact(say=lambda line: say(args, line))
+    say(args, f"{args.collection}: generation {generation.number}, one segment of {generation.manifest.chunks} chunks")
     return Exit.OK

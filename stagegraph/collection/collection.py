@@ -14,7 +14,13 @@ layout is described in `stagegraph.collection.layout`.
 A collection created with `RecordFields(vector=..., vector_model=...)` holds precomputed vectors
 (`stagegraph.collection.writer` says what it accepts); `create` refuses a pipeline whose dense stage
 uses another model than `vector_model` (the stage refuses it again at bind, for a reader that opens
-the collection with another pipeline), and `environment()` hands the generation's vectors to stages.
+the collection with another pipeline), and each segment of `environment().corpus` hands its vectors
+to stages.
+
+Opening maps the current generation's segments (`stagegraph.collection.generation`): it reads
+manifests, never the chunks, so it takes about as long for a million chunks as for ten. `merge()`
+runs the merges the policy asks for (the writer runs only small ones after a commit) and
+`compact()` merges everything into one segment; searches keep going on their generation meanwhile.
 """
 
 from __future__ import annotations
@@ -29,12 +35,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from stagegraph import atomic
-from stagegraph.collection.generation import Generation, dump_settings, read_current
+from stagegraph.collection.generation import Generation, LegacyGeneration, dump_settings, legacy_tables, read_current
 from stagegraph.collection.layout import CollectionDamaged, CollectionError, CollectionSettings, Layout
 from stagegraph.collection.sources import UNKNOWN, named_source
+from stagegraph.collection.merges import MergePolicy
 from stagegraph.collection.writer import DEFAULT_LOCK_TIMEOUT_S, Writer, collect_garbage
 from stagegraph.corpora.ingest import Chunker, ChunkerConfig, Document, RecordFields
-from stagegraph.corpora.vectors import CorpusVectors
 from stagegraph.indexes.text_cache import TextCache
 from stagegraph.pipeline.stage import Environment
 
@@ -68,7 +74,7 @@ def dense_models(pipeline_config: dict[str, Any]) -> list[tuple[str, str]]:
 class Collection:
     """A reader of one collection directory (and the door to its writer)."""
 
-    def __init__(self, root: str | Path, *, progress: bool = False):
+    def __init__(self, root: str | Path, *, progress: bool = False, convert: bool = False):
         self.layout = Layout(root)
         self.progress = progress
         if not self.layout.exists():
@@ -86,7 +92,14 @@ class Collection:
         self._lease = self.layout.readers / f"{os.getpid()}-{uuid.uuid4().hex[:12]}.lease"
         self._lock = threading.Lock()
         self._cache: TextCache | None = None
-        self.generation = self._open_current()
+        try:
+            self.generation = self._open_current()
+        except LegacyGeneration:
+            if not convert:
+                raise
+            with self.writer() as w:  # a writer converts the old generation into one segment
+                w.compact()
+            self.generation = self._open_current()
 
     # -- creating -------------------------------------------------------------------------------
     @classmethod
@@ -116,7 +129,7 @@ class Collection:
                 if problem:
                     raise CollectionError(problem)
         if layout.exists():
-            existing = cls(root, progress=progress)
+            existing = cls(root, progress=progress, convert=True)
             existing.check_same_build(settings)
             return existing
         if layout.root.exists() and any(layout.root.iterdir()):
@@ -155,7 +168,8 @@ class Collection:
             self._write_lease(number)
             if read_current(self.layout) == number:
                 try:
-                    return Generation.load(self.layout, number) if number else Generation.empty()
+                    model = self.settings.records.vector_model
+                    return Generation.load(self.layout, number, vector_model=model) if number else Generation.empty(model)
                 except BaseException:
                     self._lease.unlink(missing_ok=True)  # a reader that failed to open holds nothing
                     raise
@@ -181,21 +195,9 @@ class Collection:
         return self.generation.corpus
 
     def environment(self) -> Environment:
-        """What a pipeline warms up on to search this generation: its chunks and indexes, read-only."""
+        """What a pipeline warms up on to search this generation: its segments and their indexes, read-only."""
         return Environment(self.generation.corpus, work_dir=self.layout.artefacts, progress=self.progress,
-                           read_only=True, vectors=self.vectors())
-
-    def vectors(self) -> CorpusVectors | None:
-        """The generation's precomputed vectors (memory-mapped), None for a collection that encodes."""
-        model = self.settings.records.vector_model
-        if model is None or not len(self.generation.chunks):
-            return None
-        array, fingerprint = self.generation.vectors, self.generation.vectors_fingerprint
-        if array is None or fingerprint is None:
-            raise CollectionDamaged(f"generation {self.generation.number} of {self.layout.root} has no vectors.npy, "
-                                    "though its records carry vectors; `stagegraph collection repair DIR` goes back "
-                                    "to the newest intact generation")
-        return CorpusVectors(model, array, fingerprint=fingerprint)
+                           read_only=True)
 
     def text_cache(self) -> TextCache:
         if self._cache is None:
@@ -216,10 +218,13 @@ class Collection:
 
     # -- writing --------------------------------------------------------------------------------
     def writer(self, *, timeout: float = DEFAULT_LOCK_TIMEOUT_S, say: Callable[[str], None] | None = None,
-               encode: Callable[[Any, list[str]], Any] | None = None) -> Writer:
-        """The one writer (a file lock); `encode` embeds new chunks (`Environment.encode`, e.g. on Ray)."""
+               encode: Callable[[Any, list[str]], Any] | None = None, merge_policy: MergePolicy | None = None,
+               merge_after_commit: bool = True) -> Writer:
+        """The one writer (a file lock); `encode` embeds new chunks (`Environment.encode`, e.g. on Ray);
+        `merge_policy` the merges after each commit (`merge_after_commit=False`: none)."""
         return Writer(self.layout, self.settings, chunker=self.chunker, text_cache=self.text_cache, timeout=timeout,
-                      progress=self.progress, say=say, encode=encode)
+                      progress=self.progress, say=say, encode=encode, merge_policy=merge_policy,
+                      merge_after_commit=merge_after_commit)
 
     def _write(self, change: Callable[[Writer], Any]) -> Generation:
         with self.writer() as w:
@@ -248,6 +253,20 @@ class Collection:
     def delete(self, doc_ids: Iterable[str]) -> Generation:
         return self._write(lambda w: w.delete(list(doc_ids)))
 
+    def merge(self, *, timeout: float = DEFAULT_LOCK_TIMEOUT_S, say: Callable[[str], None] | None = None) -> int:
+        """Run every merge the policy asks for (any size); returns how many ran. Searches go on meanwhile."""
+        with self.writer(timeout=timeout, say=say) as w:
+            done = w.merge()
+        self.refresh()
+        return done
+
+    def compact(self, *, timeout: float = DEFAULT_LOCK_TIMEOUT_S, say: Callable[[str], None] | None = None) -> Generation:
+        """Merge every segment into one, deleted rows dropped (and convert a collection written before segments)."""
+        with self.writer(timeout=timeout, say=say) as w:
+            generation = w.compact()
+        self.refresh()
+        return generation
+
     # -- information ----------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
         m = self.generation.manifest
@@ -264,13 +283,13 @@ class Collection:
             "pipeline": self.settings.pipeline,
             "stages": m.stages,
             "artefacts": m.artefacts,
+            "segments": [{"id": r.id, "chunks": r.live_chunks, "deleted_chunks": r.deleted_chunks}
+                         for r in m.segments or []],
         }
 
     def sources(self) -> list[dict[str, Any]]:
         """Where this generation's documents came from: `{source, label, documents}` per source, most first."""
-        counts: dict[str, int] = {}
-        for entry in self.generation.documents:
-            counts[entry.source] = counts.get(entry.source, 0) + 1
+        counts = self.generation.manifest.source_counts
         labels = {UNKNOWN.key: UNKNOWN.label, **self.generation.manifest.sources}
         rows = [{"source": k, "label": labels.get(k, k), "documents": n} for k, n in counts.items()]
         return sorted(rows, key=lambda r: (-r["documents"], r["label"]))
@@ -310,7 +329,12 @@ def _repair(layout: Layout) -> int:
         if layout.generations.is_dir() else []
     for number in numbers:
         try:
-            Generation.load(layout, number)
+            Generation.load(layout, number, verify=True)
+        except LegacyGeneration:
+            try:
+                legacy_tables(layout, number)
+            except CollectionDamaged:
+                continue
         except CollectionDamaged:
             continue
         if read_current_or_none(layout) != number:

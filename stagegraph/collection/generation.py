@@ -1,25 +1,30 @@
-"""One generation of a collection: its documents and chunks, read, checked and turned into a corpus.
+"""One generation of a collection: the segments it is made of, each with the rows it has deleted.
 
-`Generation.load(layout, number)` reads `manifest.json`, checks the tables' SHA-256 against it and
-parses them; anything missing or damaged is a `CollectionDamaged` that names the repair command.
-`corpus()` is what stages index and rank: one row per chunk, in the stored order (document id, then
-chunk index), so two collections holding the same documents have the same rows, the same corpus
-fingerprint, and therefore identical indexes and rankings. `write_tables` is the writer's half.
+`Generation.load(layout, number)` reads `manifest.json` and opens the segments it names
+(`stagegraph.collection.segments`: memory-mapped, cached per process, sizes checked; with
+`verify=True` every file's SHA-256, which `repair` does) and their deletion files. Opening reads
+manifests and maps files: its cost does not grow with the number of chunks.
 
-A collection whose records carry precomputed vectors (`RecordFields.vector`) keeps them in the
-generation itself: `vectors.npy`, one float32 row per chunk in the chunks' order (a document with a
-vector is one chunk), checksummed in the manifest like the tables. That file, not the text cache,
-is where they live: the cache holds what can be recomputed, these cannot, and a vector stored per
-document can never be served for another document with the same text. The next generation's writer
-reads the rows of unchanged documents from it (memory-mapped) and writes the file anew.
+`corpus` is what stages index and rank: a `SegmentedCorpus` (the segments' rows one after the
+other, deleted rows masked out by every retriever; ties ordered by chunk key, so the same live
+chunks give the same rankings in any layout). A collection whose records carry precomputed vectors
+keeps them per segment (`vectors.npy`, a row per chunk) and `corpus` hands each segment's vectors to
+stages (`Part.vectors`). Documents are found by id per segment (`document`, `chunks_of`), newest
+segment first; `documents()` walks every live one (for listings and `collection info`).
+
+Generations written before segments (format 1 and 2: whole `documents.jsonl`/`chunks.jsonl` tables)
+are not searched as they are: `LegacyGeneration` says so, and the writer converts one into a single
+segment (`legacy_tables` reads it) at its next write or at `stagegraph collection compact DIR`.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
+
+import numpy as np
 
 from stagegraph import atomic
 from stagegraph.collection.layout import (
@@ -27,120 +32,161 @@ from stagegraph.collection.layout import (
     DOCUMENTS_FILE,
     MANIFEST_FILE,
     CollectionDamaged,
+    CollectionError,
     DocumentEntry,
     GenerationManifest,
     Layout,
 )
+from stagegraph.collection.segments import Deletions, Segment, open_segment
 from stagegraph.corpora.ingest import Chunk
-from stagegraph.corpora.types import Corpus
-from stagegraph.hashing import check_files, sha256_file
+from stagegraph.corpora.segmented import Part, SegmentedCorpus
+from stagegraph.corpora.vectors import CorpusVectors
+from stagegraph.hashing import check_files, hash_strings
 
-VECTORS_FILE = "vectors.npy"
+LEGACY_VECTORS_FILE = "vectors.npy"
 REPAIR = "`stagegraph collection repair DIR` goes back to the newest intact generation"
 
 
-class Generation:
-    """A published (or just built) generation: manifest, documents and chunks."""
+class LegacyGeneration(CollectionError):
+    """A generation written before segments: convert it once (the message says how)."""
 
-    def __init__(self, directory: Path, manifest: GenerationManifest, documents: list[DocumentEntry], chunks: list[Chunk]):
+
+class Generation:
+    """A published (or just built) generation: its manifest and its segments with their deletions."""
+
+    def __init__(self, directory: Path, manifest: GenerationManifest, segments: list[tuple[Segment, Deletions | None]],
+                 *, vector_model: str | None = None):
         self.directory = directory
         self.manifest = manifest
-        self.documents = documents
-        self.chunks = chunks
+        self.segments = segments
+        self.vector_model = vector_model
 
     @property
     def number(self) -> int:
         return self.manifest.generation
 
     @classmethod
-    def empty(cls) -> Generation:
-        manifest = GenerationManifest(generation=0, documents=0, chunks=0, corpus_fingerprint=Corpus([], [], []).fingerprint)
-        return cls(Path(), manifest, [], [])
+    def empty(cls, vector_model: str | None = None) -> Generation:
+        manifest = GenerationManifest(generation=0, documents=0, chunks=0, corpus_fingerprint=hash_strings([]), segments=[])
+        return cls(Path(), manifest, [], vector_model=vector_model)
 
     @classmethod
-    def load(cls, layout: Layout, number: int, *, verify: bool = True) -> Generation:
-        directory = layout.generation(number)
+    def load(cls, layout: Layout, number: int, *, verify: bool = False, vector_model: str | None = None) -> Generation:
+        manifest = read_manifest(layout, number)
         where = f"generation {number} of the collection {layout.root}"
-        path = directory / MANIFEST_FILE
-        try:
-            manifest = GenerationManifest.model_validate_json(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise CollectionDamaged(f"{where} is missing ({path}); {REPAIR}") from None
-        except (OSError, ValueError) as exc:
-            raise CollectionDamaged(f"the manifest of {where} is unreadable ({type(exc).__name__}); {REPAIR}") from None
-        problem = check_files(directory, manifest.files, owner=where, fix=REPAIR, checksums=verify)
-        if problem:
-            raise CollectionDamaged(problem)
-        try:
-            documents = [DocumentEntry.model_validate_json(line) for line in _lines(directory / DOCUMENTS_FILE)]
-            chunks = [Chunk.model_validate_json(line) for line in _lines(directory / CHUNKS_FILE)]
-        except (OSError, ValueError) as exc:
-            raise CollectionDamaged(f"the tables of {where} cannot be read ({type(exc).__name__}); {REPAIR}") from None
-        if len(documents) != manifest.documents or len(chunks) != manifest.chunks:
-            raise CollectionDamaged(f"{where} holds {len(documents)} documents / {len(chunks)} chunks, its manifest says "
-                                    f"{manifest.documents} / {manifest.chunks}; {REPAIR}")
-        return cls(directory, manifest, documents, chunks)
+        if manifest.segments is None:
+            raise LegacyGeneration(
+                f"{where} was written by an older stagegraph (generation format {manifest.format_version}, before "
+                f"segments); convert it once with `stagegraph collection compact {layout.root}` (or write to it)"
+            )
+        segments = []
+        for ref in manifest.segments:
+            segment = open_segment(layout.segment(ref.id), verify=verify, owner=f"{where}, segment {ref.id}")
+            deletions = None
+            if ref.deleted:
+                path = layout.segment(ref.id) / ref.deleted
+                try:
+                    deletions = Deletions.load(path)
+                except (OSError, ValueError, KeyError) as exc:
+                    raise CollectionDamaged(f"{where}: the deletion file {path} cannot be read ({type(exc).__name__}); "
+                                            f"{REPAIR}") from None
+                if len(deletions.documents) != ref.deleted_documents or len(deletions.chunks) != ref.deleted_chunks:
+                    raise CollectionDamaged(f"{where}: the deletion file {path} does not match its manifest; {REPAIR}")
+            segments.append((segment, deletions))
+        return cls(layout.generation(number), manifest, segments, vector_model=vector_model)
 
+    # -- what stages see --------------------------------------------------------------------------
     @cached_property
-    def by_id(self) -> dict[str, DocumentEntry]:
-        return {d.id: d for d in self.documents}
-
-    @cached_property
-    def chunks_of(self) -> dict[str, list[Chunk]]:
-        out: dict[str, list[Chunk]] = {}
-        for chunk in self.chunks:
-            out.setdefault(chunk.doc_id, []).append(chunk)
-        return out
-
-    @cached_property
-    def corpus(self) -> Corpus:
-        return corpus_of(self.chunks)
-
-    @cached_property
-    def vectors(self):
-        """The chunks' precomputed vectors (memory-mapped float32, a row per chunk), None without them."""
-        if VECTORS_FILE not in self.manifest.files:
-            return None
-        import numpy as np
-
-        return np.load(self.directory / VECTORS_FILE, mmap_mode="r")
+    def corpus(self) -> SegmentedCorpus:
+        parts = []
+        for segment, deletions in self.segments:
+            vectors = None
+            if self.vector_model is not None:
+                array = segment.vectors()
+                if array is None:
+                    raise CollectionDamaged(f"segment {segment.id} of {self.directory} has no vectors.npy, though its "
+                                            f"records carry vectors; {REPAIR}")
+                vectors = CorpusVectors(self.vector_model, array, fingerprint=segment.info.files["vectors.npy"])
+            parts.append(segment.part(deletions, vectors))
+        return SegmentedCorpus(parts, fingerprint=self.manifest.corpus_fingerprint)
 
     @property
-    def vectors_fingerprint(self) -> str | None:
-        """The SHA-256 of `vectors.npy` (None without it): what keys a dense index built from it."""
-        return self.manifest.files.get(VECTORS_FILE)
+    def live_chunks(self) -> int:
+        return self.manifest.chunks
+
+    # -- documents by id ----------------------------------------------------------------------------
+    def locate(self, doc_id: str) -> tuple[int, int] | None:
+        """(segment position, document row) of the live document `doc_id`, None when it is not live."""
+        for position in range(len(self.segments) - 1, -1, -1):
+            segment, deletions = self.segments[position]
+            row = segment.doc_row(doc_id)
+            if row is not None and not (deletions is not None and _contains(deletions.documents, row)):
+                return position, row
+        return None
+
+    def document(self, doc_id: str) -> DocumentEntry | None:
+        found = self.locate(doc_id)
+        return None if found is None else self.segments[found[0]][0].entry(found[1])
+
+    def chunks_of(self, doc_id: str) -> list[Chunk]:
+        """The live document `doc_id`'s chunks in chunk order (empty when it is not live)."""
+        found = self.locate(doc_id)
+        if found is None:
+            return []
+        segment = self.segments[found[0]][0]
+        chunks = [segment.chunk(int(r)) for r in segment.chunk_rows(np.array([found[1]]))]
+        return sorted(chunks, key=lambda c: c.index)
+
+    def documents(self) -> Iterator[DocumentEntry]:
+        """Every live document (segment order, then id order within a segment)."""
+        for segment, deletions in self.segments:
+            dead = set() if deletions is None else set(deletions.documents.tolist())
+            for row in range(segment.info.documents):
+                if row not in dead:
+                    yield segment.entry(row)
+
+    def live_ids(self, source: str | None = None) -> list[str]:
+        """The ids of live documents (of `source` only, when given), read column-wise."""
+        out: list[str] = []
+        for segment, deletions in self.segments:
+            ids, sources = segment.column("documents", "id"), segment.column("documents", "source")
+            dead = set() if deletions is None else set(deletions.documents.tolist())
+            out.extend(d for row, (d, s) in enumerate(zip(ids, sources)) if row not in dead and (source is None or s == source))
+        return out
 
 
-def corpus_of(chunks: Sequence[Chunk]) -> Corpus:
-    """The corpus stages index: a row per chunk, with its document id and metadata."""
-    return Corpus(
-        [c.id for c in chunks],
-        [c.title for c in chunks],
-        [c.text for c in chunks],
-        doc_ids=[c.doc_id for c in chunks],
-        metadata=[c.metadata for c in chunks],
-    )
+def _contains(sorted_rows: np.ndarray, row: int) -> bool:
+    i = int(np.searchsorted(sorted_rows, row))
+    return i < len(sorted_rows) and int(sorted_rows[i]) == row
 
 
-def write_tables(directory: Path, documents: Sequence[DocumentEntry], chunks: Sequence[Chunk]) -> dict[str, str]:
-    """Write the two tables (durably) into `directory`; returns their checksums for the manifest."""
-    files = {}
-    for name, rows in ((DOCUMENTS_FILE, documents), (CHUNKS_FILE, chunks)):
-        with atomic.atomic_file(directory / name, durable=True) as fh:
-            for row in rows:
-                fh.write(row.model_dump_json())
-                fh.write("\n")
-        files[name] = sha256_file(directory / name)
-    return files
+def read_manifest(layout: Layout, number: int) -> GenerationManifest:
+    directory = layout.generation(number)
+    where = f"generation {number} of the collection {layout.root}"
+    path = directory / MANIFEST_FILE
+    try:
+        return GenerationManifest.model_validate_json(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CollectionDamaged(f"{where} is missing ({path}); {REPAIR}") from None
+    except (OSError, ValueError) as exc:
+        raise CollectionDamaged(f"the manifest of {where} is unreadable ({type(exc).__name__}); {REPAIR}") from None
 
 
-def write_vectors(directory: Path, array) -> str:
-    """Write the chunks' vectors (n x dim float32) as `vectors.npy`, durably; returns its checksum."""
-    import numpy as np
-
-    with atomic.atomic_file(directory / VECTORS_FILE, mode="wb", durable=True) as fh:
-        np.save(fh, np.ascontiguousarray(array, dtype=np.float32))
-    return sha256_file(directory / VECTORS_FILE)
+def legacy_tables(layout: Layout, number: int) -> tuple[list[DocumentEntry], list[Chunk], np.ndarray | None]:
+    """The documents, chunks and vectors of a format-1/2 generation (checksums checked), to convert it."""
+    directory = layout.generation(number)
+    manifest = read_manifest(layout, number)
+    where = f"generation {number} of the collection {layout.root}"
+    problem = check_files(directory, manifest.files, owner=where, fix=REPAIR)
+    if problem:
+        raise CollectionDamaged(problem)
+    try:
+        documents = [DocumentEntry.model_validate_json(line) for line in _lines(directory / DOCUMENTS_FILE)]
+        chunks = [Chunk.model_validate_json(line) for line in _lines(directory / CHUNKS_FILE)]
+    except (OSError, ValueError) as exc:
+        raise CollectionDamaged(f"the tables of {where} cannot be read ({type(exc).__name__}); {REPAIR}") from None
+    vectors = np.load(directory / LEGACY_VECTORS_FILE) if LEGACY_VECTORS_FILE in manifest.files else None
+    return documents, chunks, vectors
 
 
 def write_manifest(directory: Path, manifest: GenerationManifest) -> None:

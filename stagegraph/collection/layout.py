@@ -4,22 +4,25 @@
 COLLECTION/
   collection.json            CollectionSettings: the pipeline config, the chunker, record fields (fixed at creation)
   CURRENT                    the published generation's number: replaced in one atomic, fsync'ed rename
+  segments/<id>/             an immutable segment: chunks and documents in Arrow IPC files, memory-mapped,
+                             its precomputed vectors, and the deletion files of later generations
+                             (stagegraph.collection.segments)
   generations/00000007/      one generation, immutable once published:
-      manifest.json          GenerationManifest: counts, checksums, the artefacts it uses, model identities
-      documents.jsonl        one DocumentEntry per document (id, title, metadata, content hash, chunk count,
-                             source: see stagegraph.collection.sources)
-      chunks.jsonl           one Chunk per line, sorted by (document id, chunk index)
-  artefacts/<kind>/<key>/    the indexes stages built for a generation's chunks (shared by generations
-                             whose chunks are identical), each with its own manifest
+      manifest.json          GenerationManifest: the segments it is made of, each with its deletion file,
+                             counts, documents per source, the artefacts it uses, model identities
+  artefacts/<kind>/<key>/    the indexes stages built per segment (BM25 postings, FAISS indexes), each with
+                             its own manifest, shared by every generation that names the segment
   cache.sqlite               per-text work (embeddings, BM25 terms) by text hash: only new text is encoded
   readers/<pid>-<id>.lease   the generation each open reader uses, so the writer never removes it
   writer.lock                one writer at a time (a file lock)
 ```
 
-A generation is written beside the current one (`generations/.building-*`), completely (tables,
-then every index its pipeline needs, then the manifest with the tables' checksums), renamed into
-place, and only then published by replacing `CURRENT`. A crash at any point leaves `CURRENT`
-naming an intact generation; the debris is removed by the next writer.
+A commit writes one new segment (its new and changed documents), a deletion file for each older
+segment it deletes rows of, the indexes of the new segment only, then the generation's manifest,
+renamed into place and published by replacing `CURRENT`. A crash at any point leaves `CURRENT`
+naming an intact generation; the debris is removed by the next writer. Generations of format 1 and
+2 (whole tables per generation, written before segments) are converted by `stagegraph collection
+compact DIR` or by the next write.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ from stagegraph.errors import InputError, StageError
 FORMAT_VERSION = 1  # collection.json
 # generations: 2 records each document's source (`DocumentEntry.source`, `GenerationManifest.sources`);
 # a format-1 generation still reads, its documents of source `unknown`
-GENERATION_FORMAT_VERSION = 2
+# 3: a generation is a list of segments (`SegmentRef`); 1 and 2 are converted by the next write or `compact`
+GENERATION_FORMAT_VERSION = 3
 SETTINGS_FILE = "collection.json"
 CURRENT_FILE = "CURRENT"
 MANIFEST_FILE = "manifest.json"
@@ -90,6 +94,27 @@ class DocumentEntry(BaseModel):
     source: str = "unknown"  # absent in format-1 generations, written before sources were recorded
 
 
+class SegmentRef(BaseModel):
+    """A segment as one generation uses it: its id and the rows it has deleted there."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str
+    documents: int  # rows of the segment, deleted ones included
+    chunks: int
+    deleted: str | None = None  # the deletion file in the segment's directory (None: nothing deleted)
+    deleted_documents: int = 0
+    deleted_chunks: int = 0
+
+    @property
+    def live_documents(self) -> int:
+        return self.documents - self.deleted_documents
+
+    @property
+    def live_chunks(self) -> int:
+        return self.chunks - self.deleted_chunks
+
+
 class GenerationManifest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -106,6 +131,9 @@ class GenerationManifest(BaseModel):
     stages: dict[str, str] = Field(default_factory=dict)  # stage name -> fingerprint (model identities included)
     changes: dict[str, int] = Field(default_factory=dict)  # added, updated, moved, deleted, unchanged documents
     sources: dict[str, str] = Field(default_factory=dict)  # source key -> label, for the sources its documents have
+    segments: list[SegmentRef] | None = None  # format 3; None: a format-1/2 generation (tables in files)
+    source_counts: dict[str, int] = Field(default_factory=dict)  # source key -> live documents (format 3)
+    merges: list[str] = Field(default_factory=list)  # what the writer merged into this generation, for the log
 
 
 class Layout:
@@ -128,6 +156,13 @@ class Layout:
 
     def generation(self, number: int) -> Path:
         return self.generations / f"{number:08d}"
+
+    @property
+    def segments(self) -> Path:
+        return self.root / "segments"
+
+    def segment(self, segment_id: str) -> Path:
+        return self.segments / segment_id
 
     @property
     def artefacts(self) -> Path:

@@ -106,7 +106,7 @@ class Stack:
     def _bind(self, previous: Runner | None) -> _Live:
         generation = self.collection.generation
         runner = None
-        if len(generation.corpus):
+        if generation.live_chunks:
             env = self.collection.environment()
             runner = previous.rebind(env) if previous is not None else self.pipeline.bind(env)
             if self._prepare is not None:

@@ -119,7 +119,7 @@ class Service:
         assert self.stack is not None
         if self.stack.runner is None:  # an empty collection: nothing bound yet, the stages described as they are
             self._stages = [_describe(step, _fingerprint(step.stage)) for step in self.stack.pipeline.steps]
-        if len(self.stack.collection.corpus):
+        if self.stack.collection.generation.live_chunks:
             self.stack.search("warm up", k=1)
         reranker = self.reranker()
         if reranker is not None:
@@ -307,11 +307,11 @@ class Service:
     # -- answers from memory --------------------------------------------------------------------
     def document(self, doc_id: str) -> DocumentOut:
         generation = self.stack.collection.generation  # the newest durable one this process knows
-        entry = generation.by_id.get(doc_id)
+        entry = generation.document(doc_id)
         if entry is None:
             raise ApiError(404, "not_found", f"no document {doc_id!r} in the collection (generation "
                            f"{generation.number})", "doc_id")
-        chunks = generation.chunks_of.get(doc_id, [])
+        chunks = generation.chunks_of(doc_id)
         return DocumentOut(id=entry.id, title=entry.title, metadata=entry.metadata, generation=generation.number,
                            chunks=[ChunkOut(id=c.id, index=c.index, text=c.text) for c in chunks])
 

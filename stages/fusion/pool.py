@@ -50,7 +50,7 @@ from pydantic import Field, field_validator, model_validator
 from stagegraph.corpora.types import Queries
 from stagegraph.errors import InputError, StageError
 from stagegraph.pipeline.ranking import Ranking
-from stagegraph.pipeline.stage import Inputs, Arity, StageConfig
+from stagegraph.pipeline.stage import Arity, Environment, Inputs, StageConfig
 from stagegraph.stages.base import StageBase
 from stagegraph.stages.fusion import methods
 from stagegraph.stages.fusion.align import Aligned, align
@@ -195,7 +195,14 @@ class CandidatePool(StageBase):
         return np.asarray(weights, dtype=np.float64)
 
     # -- running ----------------------------------------------------------------------------------
-    def run(self, queries: Queries, inputs: Sequence[Sequence[Ranking]]) -> list[Ranking]:
+    def bind(self, env: Environment) -> CandidatePool | KeyedPool:
+        """Itself, except over a corpus whose ties are ordered by key rather than row (a segmented
+        collection, `stagegraph.corpora.segmented`): then a pool that orders equal fused scores by key,
+        so that the same chunks in any segment layout give the same pool."""
+        tie_keys = getattr(env.corpus, "tie_keys", None)
+        return self if tie_keys is None else KeyedPool(self, tie_keys)
+
+    def run(self, queries: Queries, inputs: Sequence[Sequence[Ranking]], tie_keys: Any = None) -> list[Ranking]:
         if not inputs:
             raise StageError(f"pool {self.name!r} got no inputs; put two or more branches before it: (a | b) >> pool")
         for j, branch in enumerate(inputs):
@@ -205,9 +212,9 @@ class CandidatePool(StageBase):
                     "every upstream stage must return one ranking per query"
                 )
         weights = self.branch_weights(Inputs.wrap(inputs).names)
-        return [self.fuse(per_query, weights) for per_query in zip(*inputs)]
+        return [self.fuse(per_query, weights, tie_keys) for per_query in zip(*inputs)]
 
-    def fuse(self, rankings: Sequence[Ranking], weights: np.ndarray) -> Ranking:
+    def fuse(self, rankings: Sequence[Ranking], weights: np.ndarray, tie_keys: Any = None) -> Ranking:
         """One query: the fused, de-duplicated pool of `rankings`."""
         cfg = self.config
         aligned = align(rankings)
@@ -222,16 +229,30 @@ class CandidatePool(StageBase):
                 fused = methods.weighted_max(values, weights)
             else:  # combsum (unit weights) and wsum
                 fused = methods.weighted_sum(values, weights)
-        return _pool(aligned, fused, cfg.k)
+        return _pool(aligned, fused, cfg.k, tie_keys)
 
 
-def _pool(aligned: Aligned, fused: np.ndarray, k: int) -> Ranking:
+class KeyedPool:
+    """A `CandidatePool` bound to a corpus that orders ties by key (`CandidatePool.bind`)."""
+
+    def __init__(self, stage: CandidatePool, tie_keys: Any):
+        self.stage, self.tie_keys = stage, tie_keys
+
+    def run(self, queries: Queries, inputs: Sequence[Sequence[Ranking]]) -> list[Ranking]:
+        return self.stage.run(queries, inputs, self.tie_keys)
+
+
+def _pool(aligned: Aligned, fused: np.ndarray, k: int, tie_keys: Any = None) -> Ranking:
     """The top `k` of the union by fused score.
 
     Same order as `Ranking.from_scores` (float32 score desc, row asc) in one stable sort: the union's
-    rows are already ascending, so a stable sort on the score keeps ties in row order.
+    rows are already ascending, so a stable sort on the score keeps ties in row order. With
+    `tie_keys` (rows -> int64 keys), ties are ordered by key instead.
     """
     scores = fused.astype(np.float32)
+    if tie_keys is not None:
+        order = np.lexsort((tie_keys(aligned.rows), -scores))[:k]
+        return Ranking(aligned.rows.take(order), scores.take(order))
     order = (-scores).argsort(kind="stable")[:k]
     return Ranking(aligned.rows.take(order), scores.take(order))
 

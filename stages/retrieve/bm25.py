@@ -9,7 +9,12 @@
   and builds and saves it there when it is missing, stale or damaged.
 
 `bind(env)` returns a `BM25Search`: the loaded index, the corpus and the stage's filter masks; the
-stage itself stays a value. `fingerprint()` hashes the config and, for a given index, the index's
+stage itself stays a value. Over a segmented corpus (a collection: `stagegraph.corpora.segmented`)
+it returns a `SegmentedBM25Search` instead: per segment, postings with raw term frequencies
+(`stagegraph.indexes.bm25_segments`, under `env.artefact_dir("bm25-segment", key)`, built once
+when the segment is new and then only loaded), scored lazily with N, avgdl and document
+frequencies of the live chunks of all segments, so results equal a single index over those chunks.
+The `rank_bm25` backend has no segmented form (it is a reference); it is refused there. `fingerprint()` hashes the config and, for a given index, the index's
 identity (corpus + settings); a stage that builds its own index is fully described by its config
 plus the corpus, which the cache key adds. Queries are analysed with the index's own tokenizer;
 an empty or stopword-only query gives an empty ranking and an `EmptyQueryWarning`, never an error.
@@ -23,10 +28,13 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from pydantic import Field
 
+from stagegraph.corpora.segmented import SegmentedCorpus
 from stagegraph.corpora.types import DataError, Queries
-from stagegraph.indexes.bm25 import FORMAT_VERSION, BM25Index, BM25Settings
+from stagegraph.indexes.bm25 import FORMAT_VERSION, BM25Index, BM25Settings, cached_analysis
+from stagegraph.indexes.bm25_segments import CorpusStats, SegmentPostings, SegmentSearch, search_segments
 from stagegraph.indexes.manifest import IndexLoadError
 from stagegraph.errors import StageError
 from stagegraph.hashing import stable_hash
@@ -34,9 +42,13 @@ from stagegraph.pipeline.ranking import Ranking
 from stagegraph.pipeline.stage import Arity, Environment, StageConfig
 from stagegraph.stages.base import EmptyQueryWarning, StageBase
 from stagegraph.stages.retrieve.filtering import RowFilter
+from stagegraph.stages.retrieve.segments import LoadedCache, segment_mask
 from stagegraph.pipeline.registry import register
 
 log = logging.getLogger(__name__)
+SEGMENT_FORMAT = 1
+#: segment postings loaded in this process (a segment never changes): each generation reuses them
+_LOADED: LoadedCache = LoadedCache()
 READ_ONLY_HINT = "build it with the writer: `stagegraph ingest ... --collection DIR` (or `stagegraph index CONFIG --dataset D`)"
 
 
@@ -97,8 +109,36 @@ class BM25Retriever(StageBase):
     def artefact_fingerprint(self) -> str:
         return self.index.identity if self.index is not None else ""
 
-    def bind(self, env: Environment) -> BM25Search:
+    def bind(self, env: Environment) -> BM25Search | SegmentedBM25Search:
+        if isinstance(env.corpus, SegmentedCorpus) and self.index is None:
+            return SegmentedBM25Search(self, [self._postings_for(env, part) for part in env.corpus.parts], env.corpus)
         return BM25Search(self, self._index_for(env), env.corpus)
+
+    def _postings_for(self, env: Environment, part: Any) -> SegmentSearch:
+        """One segment's postings (loaded, or built and saved when the segment is new) and deletion stats."""
+        settings = self.config.index_settings()
+        if settings.backend != "sparse":
+            raise StageError(f"stage {self.name!r}: the {settings.backend!r} backend cannot search a segmented "
+                             "collection; use backend: sparse (the default)")
+        corpus = part.corpus
+        analysis = stable_hash({"tokenizer": settings.tokenizer.model_dump(mode="json"), "format": SEGMENT_FORMAT})
+        directory = env.artefact_dir("bm25-segment", stable_hash({"segment": corpus.fingerprint, "analysis": analysis})[:16])
+        postings = _LOADED.get((str(directory), corpus.fingerprint))
+        if postings is None:
+            try:
+                postings = SegmentPostings.load(directory, fingerprint=corpus.fingerprint)
+            except IndexLoadError as exc:
+                env.refuse_build(self.name, f"usable BM25 segment postings at {directory} ({exc})", READ_ONLY_HINT)
+                texts = corpus.doc_texts()
+                if env.text_cache is not None:
+                    token_lists = cached_analysis(texts, settings.tokenizer, env.text_cache)
+                else:
+                    token_lists = [settings.tokenizer.analyze(t) for t in texts]
+                postings = SegmentPostings.build(token_lists, corpus.fingerprint)
+                postings.save(directory)
+            _LOADED.put((str(directory), corpus.fingerprint), postings)
+        dead = np.flatnonzero(~part.live) if part.live is not None else np.empty(0, dtype=np.int64)
+        return SegmentSearch(postings, postings.deleted_stats(dead), part.live, part.offset, corpus.keys)
 
     def _index_for(self, env: Environment) -> BM25Index:
         fingerprint = env.corpus.fingerprint
@@ -128,6 +168,32 @@ class BM25Retriever(StageBase):
         return index
 
 
+class SegmentedBM25Search:
+    """A `BM25Retriever` bound to a segmented corpus: every segment's postings, statistics of the live rows."""
+
+    def __init__(self, stage: BM25Retriever, segments: list[SegmentSearch], corpus: SegmentedCorpus):
+        self.stage = stage
+        self.stats = CorpusStats(segments)
+        self.corpus = corpus
+        self._filter = RowFilter(stage.config.filter)
+        self._tokenizer = stage.config.index_settings().tokenizer
+
+    def run(self, queries: Queries, inputs: Sequence[Sequence[Ranking]] = ()) -> list[Ranking]:
+        cfg = self.stage.config
+        out: list[Ranking] = []
+        for position, (qid, text) in enumerate(queries):
+            terms = self._tokenizer.analyze(text)
+            if not terms:
+                _warn_empty(qid, text)
+                out.append(Ranking.empty())
+                continue
+            query_filter = queries.filter_of(position)
+            masks = [segment_mask(self._filter, part, query_filter) for part in self.corpus.parts]
+            rows, scores = search_segments(self.stats, terms, cfg.k, variant=cfg.variant, k1=cfg.k1, b=cfg.b, masks=masks)
+            out.append(Ranking(rows, scores))
+        return out
+
+
 class BM25Search:
     """A `BM25Retriever` bound to one corpus: its index, and its filter masks for that corpus."""
 
@@ -144,14 +210,18 @@ class BM25Search:
             allowed = self._filter.allowed(corpus, queries.filter_of(position))
             terms = index.tokenizer.analyze(text)
             if not terms:
-                warnings.warn(
-                    f"BM25 query {qid!r} has no terms after analysis (empty or only stopwords/punctuation: "
-                    f"{text[:60]!r}); returning an empty ranking.",
-                    EmptyQueryWarning,
-                    stacklevel=2,
-                )
+                _warn_empty(qid, text)
                 out.append(Ranking.empty())
                 continue
             hits = index.search_terms(terms, k, allowed=allowed)
             out.append(Ranking(hits.rows, hits.scores))
         return out
+
+
+def _warn_empty(qid: str, text: str) -> None:
+    warnings.warn(
+        f"BM25 query {qid!r} has no terms after analysis (empty or only stopwords/punctuation: "
+        f"{text[:60]!r}); returning an empty ranking.",
+        EmptyQueryWarning,
+        stacklevel=3,
+    )

@@ -10,6 +10,11 @@ index="Flat", ef_search=None, nprobe=None, max_seq_length=256, ...)`:
   otherwise builds it from the cached document embeddings (`stagegraph.indexes.embeddings`, under
   `env.work_dir/embeddings`), so changing only the factory string never re-encodes the corpus.
 * `bind(env)` returns a `DenseSearch` (the encoder, the index, the corpus); the stage stays a value.
+  Over a segmented corpus (a collection: `stagegraph.corpora.segmented`) it returns a
+  `SegmentedDenseSearch`: one index per segment (keyed by the segment's fingerprint, so built once
+  when the segment is new and then only loaded), each searched with the segment's live rows as the
+  FAISS selector, the lists merged by (score desc, tie key asc). With `Flat` that is exactly a
+  single index over the live chunks; HNSW and IVF keep their recall per segment.
 * `fingerprint()` works before binding: the config (without the speed-only settings `batch_size`
   and `device`) plus the model's content identity, or the given index' identity.
 * Threads are not a stage setting: the executor's policy (`stagegraph.pipeline.threads`) sets torch's
@@ -35,11 +40,13 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import Field
 
+from stagegraph.corpora.segmented import ColumnCorpus, SegmentedCorpus, merge_top
 from stagegraph.corpora.types import Queries
 from stagegraph.indexes.dense import DEFAULT_TRAIN_SAMPLE, FORMAT_VERSION, DenseIndex
 from stagegraph.indexes.embeddings import cached_embeddings, text_embeddings
@@ -59,6 +66,7 @@ from stagegraph.pipeline.ranking import Ranking
 from stagegraph.pipeline.stage import Arity, Environment, StageConfig
 from stagegraph.stages.base import EmptyQueryWarning, StageBase
 from stagegraph.stages.retrieve.filtering import RowFilter
+from stagegraph.stages.retrieve.segments import LoadedCache, segment_mask
 from stagegraph.pipeline.registry import register
 
 log = logging.getLogger(__name__)
@@ -66,6 +74,8 @@ log = logging.getLogger(__name__)
 #: Settings that change speed only, never the ranking: left out of the fingerprint (cache key).
 SPEED_ONLY = {"name", "batch_size", "device"}
 READ_ONLY_HINT = "build it with the writer: `stagegraph ingest ... --collection DIR` (or `stagegraph index CONFIG --dataset D`)"
+#: indexes loaded in this process, by (directory, corpus fingerprint): a segment's never changes
+_LOADED: LoadedCache = LoadedCache()
 THREADS_MOVED = "the executor sets torch and FAISS threads for every stage (stagegraph.pipeline.threads)"
 
 
@@ -193,8 +203,16 @@ class DenseRetriever(StageBase):
             return f"unresolved:{self.config.model}"  # bind raises the full error
 
     # ------------------------------------------------------------------ binding
-    def bind(self, env: Environment) -> DenseSearch:
+    def bind(self, env: Environment) -> DenseSearch | SegmentedDenseSearch:
+        if isinstance(env.corpus, SegmentedCorpus) and self.index is None:
+            return self._bind_segments(env, None)
         return DenseSearch(self, *self._load(env, None))
+
+    def _bind_segments(self, env: Environment, encoder: Encoder | None) -> SegmentedDenseSearch:
+        encoder = encoder or self._encoder(env.progress)
+        indexes = [self._load(replace(env, corpus=part.corpus, vectors=part.vectors), encoder)[1]
+                   for part in env.corpus.parts]
+        return SegmentedDenseSearch(self, encoder, indexes, env.corpus)
 
     def _encoder(self, progress: bool) -> Encoder:
         cfg = self.config
@@ -218,6 +236,10 @@ class DenseRetriever(StageBase):
             self._check_supplied(supplied, encoder, env.corpus)
         key = artefact_key(fingerprint, identity, cfg, supplied.fingerprint if supplied is not None else None)
         directory = env.artefact_dir("dense", key)
+        segment = isinstance(env.corpus, ColumnCorpus)  # a segment's index is kept for the next generations
+        loaded = _LOADED.get((str(directory), fingerprint)) if segment else None
+        if loaded is not None:
+            return encoder, loaded, env.corpus
         if env.read_only and not directory.is_dir():
             env.refuse_build(self.name, f"dense index at {directory}", READ_ONLY_HINT)
         try:
@@ -228,6 +250,8 @@ class DenseRetriever(StageBase):
                 max_seq_length=encoder.max_seq_length,
                 factory=cfg.index,
             )
+            if segment:
+                _LOADED.put((str(directory), fingerprint), index)
             return encoder, index, env.corpus
         except IndexLoadError as exc:
             if directory.exists():
@@ -262,6 +286,8 @@ class DenseRetriever(StageBase):
                 f"{first}{'' if isinstance(exc, ValueError) else '; use index: Flat, or a smaller IVF/PQ'}"
             ) from exc
         index.save(directory)
+        if segment:
+            _LOADED.put((str(directory), fingerprint), index)
         return encoder, index, env.corpus
 
     def _check_supplied(self, supplied: Any, encoder: Encoder, corpus: Any) -> None:
@@ -333,4 +359,46 @@ class DenseSearch:
             scores, rows = self.index.search(vector, cfg.k, ef_search=cfg.ef_search, nprobe=cfg.nprobe, allowed=allowed)
             found = rows[0] >= 0
             out[pos] = Ranking.from_scores(rows[0][found], scores[0][found], k=cfg.k)
+        return out
+
+
+class SegmentedDenseSearch:
+    """A `DenseRetriever` bound to a segmented corpus: the encoder, one index per segment, the masks."""
+
+    def __init__(self, stage: DenseRetriever, encoder: Encoder, indexes: list[DenseIndex], corpus: SegmentedCorpus):
+        self.stage = stage
+        self.encoder = encoder
+        self.indexes = indexes
+        self.corpus = corpus
+        self._filter = RowFilter(stage.config.filter)
+
+    def rebind(self, env: Environment) -> DenseSearch | SegmentedDenseSearch:
+        """The same stage on another generation, with this binding's encoder (no model load)."""
+        if isinstance(env.corpus, SegmentedCorpus):
+            return self.stage._bind_segments(env, self.encoder)
+        return DenseSearch(self.stage, *self.stage._load(env, self.encoder))
+
+    def run(self, queries: Queries, inputs: Sequence[Sequence[Ranking]] = ()) -> list[Ranking]:
+        cfg = self.stage.config
+        out: list[Ranking] = []
+        for pos, (qid, text) in enumerate(queries):  # one query at a time, as DenseSearch (same floats)
+            if not (text and text.strip()):
+                warnings.warn(f"Dense query {qid!r} is empty; returning an empty ranking.", EmptyQueryWarning, stacklevel=2)
+                out.append(Ranking.empty())
+                continue
+            query_filter = queries.filter_of(pos)
+            masks = [segment_mask(self._filter, part, query_filter) for part in self.corpus.parts]
+            if all(m is not None and not m.any() for m in masks):
+                out.append(Ranking.empty())
+                continue
+            vector = self.encoder.encode_query(text)
+            found = []
+            for part, index, mask in zip(self.corpus.parts, self.indexes, masks):
+                if mask is not None and not mask.any():
+                    continue
+                scores, rows = index.search(vector, cfg.k, ef_search=cfg.ef_search, nprobe=cfg.nprobe, allowed=mask)
+                keep = rows[0] >= 0
+                local = rows[0][keep]
+                found.append((local + part.offset, scores[0][keep], part.corpus.keys[local]))
+            out.append(Ranking(*merge_top(found, cfg.k)))
         return out

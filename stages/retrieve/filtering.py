@@ -17,7 +17,7 @@ import numpy as np
 from stagegraph.corpora.filters import MetadataIndex, combine
 from stagegraph.corpora.types import Corpus
 
-_CACHE_SIZE = 64
+_CACHE_SIZE = 256
 
 
 class RowFilter:
@@ -45,3 +45,4 @@ class RowFilter:
             while len(self._masks) > _CACHE_SIZE:
                 self._masks.popitem(last=False)
         return mask
+
