@@ -490,7 +490,7 @@ def test_a_client_that_disconnects_cancels_its_queued_work(gated):
 def test_a_deadline_during_the_first_stages_stops_the_run_before_the_reranker(service, monkeypatch):
     one = Service(ServeSettings(workers=1, in_progress=1))
     one.stack, one._stages = service.stack, service._stages
-    pool = service.stack.pipeline.step("pool").stage
+    pool = service.stack.runner.bound("pool")  # the pool bound to the collection (it orders ties by chunk key)
     reranker = service.reranker()
     slow_run = pool.run
 

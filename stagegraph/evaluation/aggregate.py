@@ -38,12 +38,14 @@ class DocumentRuns:
 
 
 def document_corpus(chunks: Corpus) -> tuple[Corpus, np.ndarray]:
-    """A corpus of the documents the chunks come from (first-appearance order), and each chunk's document row."""
+    """A corpus of the documents the chunks come from (in id order, so that documents of equal score
+    rank by id whatever order the chunks are stored in), and each chunk's document row."""
     if chunks.doc_ids is None:
         raise InputError("document aggregation needs a chunked corpus (a collection): this corpus has no document ids")
-    order: dict[str, int] = {}
-    doc_of_row = np.fromiter((order.setdefault(d, len(order)) for d in chunks.doc_ids), dtype=np.int64, count=len(chunks))
-    ids = list(order)
+    doc_ids = list(chunks.doc_ids)
+    ids = sorted(set(doc_ids))
+    order = {d: i for i, d in enumerate(ids)}
+    doc_of_row = np.fromiter((order[d] for d in doc_ids), dtype=np.int64, count=len(chunks))
     return Corpus(ids, [""] * len(ids), [""] * len(ids)), doc_of_row
 
 

@@ -202,7 +202,11 @@ class CandidatePool(StageBase):
         tie_keys = getattr(env.corpus, "tie_keys", None)
         return self if tie_keys is None else KeyedPool(self, tie_keys)
 
-    def run(self, queries: Queries, inputs: Sequence[Sequence[Ranking]], tie_keys: Any = None) -> list[Ranking]:
+    def run(self, queries: Queries, inputs: Sequence[Sequence[Ranking]]) -> list[Ranking]:
+        return self.pool(queries, inputs)
+
+    def pool(self, queries: Queries, inputs: Sequence[Sequence[Ranking]], tie_keys: Any = None) -> list[Ranking]:
+        """Every query's fused pool; equal fused scores by row, or by `tie_keys(rows)` when given."""
         if not inputs:
             raise StageError(f"pool {self.name!r} got no inputs; put two or more branches before it: (a | b) >> pool")
         for j, branch in enumerate(inputs):
@@ -239,7 +243,7 @@ class KeyedPool:
         self.stage, self.tie_keys = stage, tie_keys
 
     def run(self, queries: Queries, inputs: Sequence[Sequence[Ranking]]) -> list[Ranking]:
-        return self.stage.run(queries, inputs, self.tie_keys)
+        return self.stage.pool(queries, inputs, self.tie_keys)
 
 
 def _pool(aligned: Aligned, fused: np.ndarray, k: int, tie_keys: Any = None) -> Ranking:
