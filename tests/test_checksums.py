@@ -8,9 +8,9 @@ import re
 
 import pytest
 
-from stagegraph.collection.generation import REPAIR, Generation, corpus_of, write_manifest, write_tables
-from stagegraph.collection.layout import CHUNKS_FILE, CollectionDamaged, DocumentEntry, GenerationManifest, Layout
-from stagegraph.corpora.ingest import Chunk
+from stagegraph.collection import Collection
+from stagegraph.collection.generation import REPAIR, Generation
+from stagegraph.collection.layout import CollectionDamaged, Layout
 from stagegraph.corpora.types import Corpus
 from stagegraph.hashing import check_files, sha256_file
 from stagegraph.indexes.bm25 import REBUILD_HINT, BM25Index
@@ -33,35 +33,35 @@ def an_index(tmp_path):
     return directory
 
 
+CHUNKS_FILE = "chunks.arrow"
+
+
 def a_generation(tmp_path):
+    """A collection's generation 1: one segment; returns the layout and the segment's directory."""
+    with Collection.create(tmp_path / "collection", {"pipeline": [{"type": "bm25", "name": "bm25"}]}) as c:
+        c.upsert([{"id": f"d{i}", "text": f"text of {i}"} for i in range(3)])
     layout = Layout(tmp_path / "collection")
-    directory = layout.generation(1)
-    directory.mkdir(parents=True)
-    chunks = [Chunk(id=f"d{i}#0", doc_id=f"d{i}", index=0, start=0, end=9, title="", text=f"text of {i}") for i in range(3)]
-    documents = [DocumentEntry(id=c.doc_id, title="", content_hash=c.doc_id, chunks=1) for c in chunks]
-    files = write_tables(directory, documents, chunks)
-    write_manifest(directory, GenerationManifest(generation=1, documents=3, chunks=3, files=files,
-                                                 corpus_fingerprint=corpus_of(chunks).fingerprint))
-    return layout, directory
+    return layout, layout.segment("g00000001")
 
 
 def test_a_corrupted_file_is_refused_in_the_same_words_by_an_index_and_a_collection(tmp_path):
     index = an_index(tmp_path)
     layout, generation = a_generation(tmp_path)
-    assert BM25Index.load(index) and Generation.load(layout, 1).number == 1  # intact: both load
+    assert BM25Index.load(index) and Generation.load(layout, 1, verify=True).number == 1  # intact: both load
     flip_a_byte(index / "data.npy")
     flip_a_byte(generation / CHUNKS_FILE)
 
     with pytest.raises(IndexLoadError) as from_index:
         BM25Index.load(index)
     with pytest.raises(CollectionDamaged) as from_collection:
-        Generation.load(layout, 1)
+        Generation.load(layout, 1, verify=True)  # what repair does; opening checks sizes only
     a = re.match(DAMAGED, str(from_index.value))
     b = re.match(DAMAGED, str(from_collection.value))
     assert a and b, (str(from_index.value), str(from_collection.value))
     assert (a["owner"], a["file"]) == (f"The index at {index}", "data.npy")
     assert a["fix"] == f"{REBUILD_HINT}."
-    assert (b["owner"], b["file"], b["fix"]) == (f"generation 1 of the collection {layout.root}", CHUNKS_FILE, REPAIR)
+    assert (b["owner"], b["file"], b["fix"]) == (f"generation 1 of the collection {layout.root}, segment g00000001",
+                                                 CHUNKS_FILE, REPAIR)
 
 
 def test_a_missing_file_is_refused_in_the_same_words_by_both(tmp_path):

@@ -254,10 +254,16 @@ def test_many_threads_search_while_a_writer_publishes(tmp_path):
 CRASHING_WRITER = textwrap.dedent("""
     import sys
     from stagegraph.collection import Collection
-    store = Collection.open(sys.argv[1])
+    from stagegraph.collection.merges import MergePolicy
+    # merges every third segment, so that kills also land inside merges and compactions
+    store = Collection.open(sys.argv[1], merge_policy=MergePolicy(segments_per_tier=3, max_merge_at_once=3, floor_chunks=1))
     for i in range(int(sys.argv[2]), 10_000):
         store.upsert([{"id": f"d{i}", "text": f"note {i} about heat flow and pressure " * 3}])
         print(f"ack {i}", flush=True)
+        if i % 4 == 3:
+            print(f"deleting {i - 1}", flush=True)  # from here on, d{i-1} may be gone
+            store.delete([f"d{i - 1}"])
+            print(f"del {i - 1}", flush=True)
 """)
 
 
@@ -266,6 +272,8 @@ def test_a_writer_killed_at_random_moments_never_loses_an_acknowledged_update(tm
     Collection.create(root, BM25_ONLY).close()
     rng = random.Random(11)
     acked: set[int] = set()
+    deleted: set[int] = set()
+    deleting: set[int] = set()
     start = 0
     env = {**os.environ, "PYTHONPATH": ""}
     for trial in range(10):
@@ -275,14 +283,19 @@ def test_a_writer_killed_at_random_moments_never_loses_an_acknowledged_update(tm
         proc.send_signal(signal.SIGKILL)
         out, _ = proc.communicate()
         acked |= {int(line.split()[1]) for line in out.splitlines() if line.startswith("ack ")}
+        deleted |= {int(line.split()[1]) for line in out.splitlines() if line.startswith("del ")}
+        deleting |= {int(line.split()[1]) for line in out.splitlines() if line.startswith("deleting ")}
         with Collection.open(root) as store:  # loads, at the previous or the new generation
             ids = {d.id for d in store.generation.documents()}
+            merged = any(ref.id.startswith("m") for ref in store.generation.manifest.segments)
             start = max(int(i[1:]) for i in ids) + 1 if ids else 0
-        assert {f"d{i}" for i in acked} <= ids, trial
-    assert len(acked) >= 10  # the kills landed between and inside commits, not before the first
+        assert {f"d{i}" for i in acked - deleting} <= ids, trial
+        assert not {f"d{i}" for i in deleted} & ids, trial
+    assert len(acked) >= 10 and deleted  # the kills landed between and inside commits, not before the first
+    assert merged  # and merges ran
     with sg.open(collection=root) as stack:  # the survivor is searchable, its indexes whole
         assert len(stack.search("heat flow pressure", k=100).hits) == min(100, stack.collection.generation.manifest.documents)
-        assert len(list(stack.collection.generation.documents())) >= len(acked)
+        assert len(list(stack.collection.generation.documents())) >= len(acked - deleting)
 
 
 def test_a_damaged_collection_is_refused_with_the_repair_command_and_repair_recovers(tmp_path, capsys):

@@ -74,9 +74,12 @@ def dense_models(pipeline_config: dict[str, Any]) -> list[tuple[str, str]]:
 class Collection:
     """A reader of one collection directory (and the door to its writer)."""
 
-    def __init__(self, root: str | Path, *, progress: bool = False, convert: bool = False):
+    def __init__(self, root: str | Path, *, progress: bool = False, convert: bool = False,
+                 merge_policy: MergePolicy | None = None):
         self.layout = Layout(root)
         self.progress = progress
+        #: the merges every writer of this object runs after a commit (None: the defaults)
+        self.merge_policy = merge_policy
         if not self.layout.exists():
             raise CollectionError(
                 f"{self.layout.root} is not a collection (no {self.layout.settings.name}); create one with "
@@ -139,8 +142,8 @@ class Collection:
         return cls(root, progress=progress)
 
     @classmethod
-    def open(cls, root: str | Path, *, progress: bool = False) -> Collection:
-        return cls(root, progress=progress)
+    def open(cls, root: str | Path, *, progress: bool = False, merge_policy: MergePolicy | None = None) -> Collection:
+        return cls(root, progress=progress, merge_policy=merge_policy)
 
     def check_same_build(self, wanted: CollectionSettings) -> None:
         """Refuse settings that would mix chunks or indexes of another kind into this collection."""
@@ -223,7 +226,7 @@ class Collection:
         """The one writer (a file lock); `encode` embeds new chunks (`Environment.encode`, e.g. on Ray);
         `merge_policy` the merges after each commit (`merge_after_commit=False`: none)."""
         return Writer(self.layout, self.settings, chunker=self.chunker, text_cache=self.text_cache, timeout=timeout,
-                      progress=self.progress, say=say, encode=encode, merge_policy=merge_policy,
+                      progress=self.progress, say=say, encode=encode, merge_policy=merge_policy or self.merge_policy,
                       merge_after_commit=merge_after_commit)
 
     def _write(self, change: Callable[[Writer], Any]) -> Generation:
@@ -257,15 +260,22 @@ class Collection:
         """Run every merge the policy asks for (any size); returns how many ran. Searches go on meanwhile."""
         with self.writer(timeout=timeout, say=say) as w:
             done = w.merge()
-        self.refresh()
+        self._collect_after_refresh(timeout)
         return done
 
     def compact(self, *, timeout: float = DEFAULT_LOCK_TIMEOUT_S, say: Callable[[str], None] | None = None) -> Generation:
         """Merge every segment into one, deleted rows dropped (and convert a collection written before segments)."""
         with self.writer(timeout=timeout, say=say) as w:
             generation = w.compact()
-        self.refresh()
+        self._collect_after_refresh(timeout)
         return generation
+
+    def _collect_after_refresh(self, timeout: float) -> None:
+        """Move this reader to the newest generation, then remove what only older ones used (which
+        this reader's own lease kept while the writer ran): the space a merge frees is freed now."""
+        self.refresh()
+        with self.writer(timeout=timeout):
+            collect_garbage(self.layout)
 
     # -- information ----------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:

@@ -42,7 +42,7 @@ from stagegraph.collection.layout import CollectionDamaged, DocumentEntry
 from stagegraph.corpora.ingest import Chunk
 from stagegraph.corpora.segmented import ColumnCorpus, Part, tie_keys_of
 from stagegraph.corpora.types import joined_text
-from stagegraph.hashing import sha256_file, stable_hash
+from stagegraph.hashing import check_files, sha256_file, stable_hash
 from stagegraph.indexes.text_cache import text_key
 
 CHUNKS = "chunks.arrow"
@@ -211,15 +211,15 @@ def open_segment(directory: Path, *, verify: bool = False, owner: str = "") -> S
     except (OSError, ValueError) as exc:
         raise CollectionDamaged(f"{where}: {directory / INFO} is unreadable ({type(exc).__name__}); {REPAIR}") from None
     for name, size in info.sizes.items():  # cheap (a stat per file), so also for a segment opened before
-        path = directory / name
         try:
-            actual = path.stat().st_size
+            actual = (directory / name).stat().st_size
         except FileNotFoundError:
-            raise CollectionDamaged(f"{where}: the file {path} is missing; {REPAIR}") from None
+            raise CollectionDamaged(f"{where}: the file {name} is missing; {REPAIR}") from None
         if actual != size:
-            raise CollectionDamaged(f"{where}: the file {path} is damaged (size {actual}, written {size}); {REPAIR}")
-        if verify and sha256_file(path) != info.files.get(name):
-            raise CollectionDamaged(f"{where}: the file {path} is damaged (checksum mismatch); {REPAIR}")
+            raise CollectionDamaged(f"{where}: the file {name} is damaged (size {actual}, written {size}); {REPAIR}")
+    problem = check_files(directory, info.files, owner=where, fix=REPAIR) if verify else None
+    if problem:
+        raise CollectionDamaged(problem)
     key = (str(directory.resolve()), info.fingerprint)
     with _OPEN_LOCK:
         cached = _OPEN.get(key)

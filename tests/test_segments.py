@@ -1,0 +1,189 @@
+"""Segmented collections: writes proportional to the change, exact statistics in any layout, merges."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+from collection_support import QUERIES, rankings
+from tiny_models import WORDS, make_tiny_sentence_transformer
+
+import stagegraph as sg
+from stagegraph.collection import Collection
+from stagegraph.collection.layout import SegmentRef
+from stagegraph.collection.merges import MergePolicy
+from stagegraph.collection.sources import PYTHON
+from stagegraph.corpora.ingest import ChunkerConfig
+from stagegraph.corpora.types import Corpus
+from stagegraph.indexes.bm25 import BM25Index, BM25Settings
+
+SMALL_CHUNKS = ChunkerConfig(max_tokens=24, overlap_tokens=4)
+BM25_ONLY = {"pipeline": [{"type": "bm25", "name": "bm25", "k": 50}]}
+NO_MERGES = MergePolicy(segments_per_tier=1000, deletes_pct_allowed=100.0)
+EAGER_MERGES = MergePolicy(segments_per_tier=2, max_merge_at_once=2, floor_chunks=1, deletes_pct_allowed=10.0)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> str:
+    return str(make_tiny_sentence_transformer(tmp_path_factory.mktemp("models") / "tiny-st"))
+
+
+def hybrid(model: str) -> dict:
+    return {"pipeline": [
+        {"parallel": [{"type": "bm25", "name": "bm25", "k": 20},
+                      {"type": "dense", "name": "dense", "k": 20, "model": model, "index": "Flat"}]},
+        {"type": "pool", "name": "pool", "k": 20},
+    ]}
+
+
+def text(rng: random.Random, words: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(words)) + "."
+
+
+def doc(i: int, rng: random.Random) -> dict:
+    return {"id": f"doc{i:03d}", "title": f"title {rng.choice(WORDS)}", "text": text(rng, rng.randint(5, 80)),
+            "metadata": {"n": i, "group": "even" if i % 2 == 0 else "odd"}}
+
+
+def same(a: dict, b: dict, tol: float = 1e-5) -> None:
+    for stage in a:
+        for q in a[stage]:
+            assert [i for i, _ in a[stage][q]] == [i for i, _ in b[stage][q]], (stage, q)
+            np.testing.assert_allclose([s for _, s in a[stage][q]], [s for _, s in b[stage][q]], rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("policy", [NO_MERGES, EAGER_MERGES], ids=["a-segment-per-commit", "merging-often"])
+def test_any_layout_of_segments_ranks_like_a_fresh_single_segment_build(tmp_path, tiny_model, policy):
+    """Random adds, updates and deletes, committed one batch at a time: every stage's rankings (ids in
+    order, ties included, and scores), filtered or not, equal those of one segment built from the final
+    documents; after `compact` too. Equal fused scores in the pool are frequent (RRF), so this also
+    checks that ties are ordered by chunk key, not by where a chunk is stored."""
+    config = hybrid(tiny_model)
+    rng = random.Random(5)
+    live: dict[str, dict] = {}
+    store = Collection.create(tmp_path / "live", config, chunker=SMALL_CHUNKS)
+    store.merge_policy = policy
+    next_id = 0
+    for step in range(7):
+        with store.writer() as w:
+            for _ in range(rng.randint(2, 7)):
+                d = doc(next_id, rng)
+                next_id += 1
+                live[d["id"]] = d
+                w.upsert([d], source=PYTHON)
+            for doc_id in rng.sample(sorted(live), k=min(len(live), rng.randint(0, 3))):
+                live[doc_id] = {**live[doc_id], "text": text(rng, rng.randint(5, 60))}
+                w.upsert([live[doc_id]], source=PYTHON)
+            for doc_id in rng.sample(sorted(live), k=min(max(len(live) - 3, 0), rng.randint(0, 3))):
+                del live[doc_id]
+                w.delete([doc_id])
+            w.commit()
+        store.refresh()
+        if step in (2, 6):
+            fresh = Collection.create(tmp_path / f"fresh{step}", config, chunker=SMALL_CHUNKS)
+            fresh.upsert(list(live.values()))
+            assert len(fresh.generation.manifest.segments) == 1
+            for flt in (None, {"group": "even"}):
+                same(rankings(tmp_path / "live", config, flt), rankings(tmp_path / f"fresh{step}", config, flt))
+            fresh.close()
+    layout = [(r.id, r.deleted_chunks) for r in store.generation.manifest.segments]
+    if policy is NO_MERGES:
+        assert len(layout) >= 6 and any(deleted for _, deleted in layout)  # many segments, rows deleted in old ones
+    else:
+        assert any(segment.startswith("m") for segment, _ in layout)  # merged
+    before = rankings(tmp_path / "live", config)
+    store.compact()
+    assert [(r.deleted_chunks) for r in store.generation.manifest.segments] == [0]
+    same(rankings(tmp_path / "live", config), before)
+    store.close()
+
+
+def test_segmented_bm25_scores_equal_an_eager_index_over_the_live_chunks(tmp_path):
+    """An independent implementation: the eager backend (`BM25Index`, contributions precomputed with N,
+    avgdl and df of exactly the given corpus) over the live chunks only. Deleted rows stay in their
+    segments until a merge; if their statistics counted, scores would differ (the drift of tantivy#798)."""
+    rng = random.Random(9)
+    store = Collection.create(tmp_path / "c", BM25_ONLY, chunker=ChunkerConfig(kind="none"))
+    store.merge_policy = NO_MERGES
+    docs = {f"d{i:02d}": {"id": f"d{i:02d}", "text": text(rng, rng.randint(3, 40))} for i in range(40)}
+    store.upsert(list(docs.values())[:25])
+    store.upsert(list(docs.values())[25:])
+    gone = [f"d{i:02d}" for i in range(0, 40, 3)]
+    store.delete(gone)
+    for doc_id in gone:
+        del docs[doc_id]
+    assert sum(r.deleted_chunks for r in store.generation.manifest.segments) == len(gone)
+    ids = sorted(docs)
+    plain = Corpus([f"{d}#0" for d in ids], [""] * len(ids), [docs[d]["text"] for d in ids])
+    eager = BM25Index.build(plain, BM25Settings())
+    with sg.open(BM25_ONLY, collection=tmp_path / "c") as stack:
+        for query in QUERIES:
+            hits = eager.search(query, k=50)
+            expected = [(plain.ids[r], float(s)) for r, s in zip(hits.rows, hits.scores)]
+            got = [(h.id, h.score) for h in stack.search(query, k=50).hits]
+            assert sorted(i for i, _ in got) == sorted(i for i, _ in expected)
+            want = dict(expected)
+            np.testing.assert_allclose([s for _, s in got], [want[i] for i, _ in got], rtol=1e-6, atol=0)
+    store.close()
+
+
+def test_a_commit_writes_one_segment_and_leaves_the_others_untouched(tmp_path):
+    store = Collection.create(tmp_path / "c", BM25_ONLY)
+    store.merge_policy = NO_MERGES
+    store.upsert([{"id": f"a{i}", "text": f"alpha {i} beta"} for i in range(20)])
+    store.upsert([{"id": f"b{i}", "text": f"gamma {i} delta"} for i in range(20)])
+    segments = tmp_path / "c" / "segments"
+    artefacts = tmp_path / "c" / "artefacts"
+
+    def stamp(folder):
+        return {p.relative_to(folder): (p.stat().st_ino, p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
+
+    before_segments, before_artefacts = stamp(segments), stamp(artefacts)
+    store.upsert([{"id": "a3", "text": "alpha changed"}])  # replaces a row of the first segment only
+    after_segments, after_artefacts = stamp(segments), stamp(artefacts)
+    assert all(after_segments[p] == s for p, s in before_segments.items())  # nothing rewritten
+    assert all(after_artefacts[p] == s for p, s in before_artefacts.items())  # no index rebuilt
+    added = sorted(str(p) for p in set(after_segments) - set(before_segments))
+    assert [p for p in added if not p.startswith("g00000003/")] == ["g00000001/deleted-00000003.npz"]
+    refs = store.generation.manifest.segments
+    assert [(r.id, r.deleted_documents) for r in refs] == [("g00000001", 1), ("g00000002", 0), ("g00000003", 0)]
+    assert store.generation.document("a3").chunks == 1 and store.generation.chunks_of("a3")[0].text == "alpha changed"
+    store.close()
+
+
+def test_merges_bound_the_segment_count_and_compact_drops_deleted_rows(tmp_path, capsys):
+    from stagegraph.cli.app import main
+
+    policy = MergePolicy(segments_per_tier=3, max_merge_at_once=3, floor_chunks=1, deletes_pct_allowed=100.0)
+    store = Collection.create(tmp_path / "c", BM25_ONLY)
+    store.merge_policy = policy
+    for i in range(12):
+        store.upsert([{"id": f"d{i}", "text": f"note {i} heat flow"}])
+        assert len(store.generation.manifest.segments) <= 2 * policy.segments_per_tier
+    store.delete(["d1", "d2"])
+    assert sum(r.deleted_chunks for r in store.generation.manifest.segments) == 2
+    before = rankings(tmp_path / "c", BM25_ONLY)
+    store.close()  # its lease would keep the generation it reads, and that generation's segments
+    assert main(["collection", "compact", str(tmp_path / "c")]) == 0
+    with Collection.open(tmp_path / "c") as c:
+        assert [(r.live_chunks, r.deleted_chunks) for r in c.generation.manifest.segments] == [(10, 0)]
+    assert rankings(tmp_path / "c", BM25_ONLY) == before
+    assert main(["collection", "info", str(tmp_path / "c")]) == 0
+    assert "segments: 1 (10 live chunks; 0 deleted rows not yet merged away)" in capsys.readouterr().out
+    kept = {p.name for p in (tmp_path / "c" / "segments").iterdir()}
+    assert len(kept) == 1  # the merged-away segments are collected (no reader holds them)
+
+
+def test_the_merge_policy_merges_a_full_tier_and_compacts_a_segment_heavy_with_deletions():
+    policy = MergePolicy(segments_per_tier=3, max_merge_at_once=2, floor_chunks=10, deletes_pct_allowed=20.0)
+
+    def ref(name, chunks, deleted=0):
+        return SegmentRef(id=name, documents=chunks, chunks=chunks, deleted_documents=deleted, deleted_chunks=deleted)
+
+    assert policy.choose([ref("a", 5), ref("b", 8)]) is None  # tier 0 not full
+    assert policy.choose([ref("a", 5), ref("b", 3), ref("c", 8)]) == ["b", "a"]  # the two smallest of a full tier
+    assert policy.choose([ref("a", 50), ref("b", 3), ref("c", 500)]) is None  # three tiers, one each
+    assert policy.choose([ref("a", 100, deleted=30), ref("b", 100, deleted=10)]) == ["a"]  # 30% > 20%
+    assert policy.choose([ref("a", 5, deleted=4)]) is None  # under floor_chunks: its tier merges it later
+    assert policy.choose([ref("a", 5), ref("b", 3), ref("c", 8)], max_chunks=7) is None  # too big to merge inline
