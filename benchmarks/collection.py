@@ -1,26 +1,33 @@
-"""Collections: full build, a 1% update, and search before and after, for BM25 alone and BM25 + dense.
+"""Segmented collections at scale: build, open, one-document upserts, a 1% update, segments and merges.
 
-    nice -n 10 .venv/bin/python benchmarks/collection.py [--chunks 100000] [--dense-chunks 20000]
-                                                          [--scifact ../shared/datasets/scifact]
+    nice -n 10 .venv/bin/python benchmarks/collection.py [--chunks 1000000] [--dense-chunks 20000]
+        [--upserts 100] [--vectors 100000 --vector-index Flat] [--batch 1000000] [--scifact DIR]
 
-A synthetic corpus of one-chunk documents (30-50 Zipfian pseudo-words each, a `year` in metadata)
-is written as JSONL and ingested with the real command-line path (`stagegraph.collection.ingest`,
-chunker `none`, so the chunk count is exact), once for the BM25-only pipeline on `--chunks`
-documents and once for BM25 | dense (all-MiniLM-L6-v2, Flat) -> RRF on `--dense-chunks` documents
-(encoding 100k chunks takes the better part of an hour on 2 cores). Each build and each update runs
-in its own subprocess, so its peak memory (`ru_maxrss`, includes the interpreter and libraries) is
-its own. The update adds, changes and deletes a third of 1% of the documents each, in one
-generation, and is timed as a ratio of the full build of the same pipeline in the same run (target,
-issue 14: <= 10% with BM25 + dense, where encoding dominates). Search P50/P95 are 200 online
-`stack.search` calls (after warm-up) on the first generation and on the updated one.
-With `--scifact`, the SciFact corpus (5,183 abstracts) is ingested as JSONL the same way.
+A synthetic corpus of one-chunk documents (30-50 Zipfian pseudo-words each, a `year` in metadata;
+chunker `none`, so the chunk count is exact) goes into a BM25-only collection of `--chunks`
+documents, built `--batch` documents per commit (one segment each: a 10M-chunk build in one
+commit would hold every chunk as a Python object at once). Each step runs in its own subprocess,
+so its peak memory (`ru_maxrss`) is its own. Printed, with the machine and its load average:
 
-With `--visible N` (BM25 only), a reader in this process (`stagegraph.open`, watching `CURRENT` every
-0.25 s, as a server does) and a writer in another process: N times, the writer upserts one new
-document and commits, and the reader searches for it until it is found. Printed: the writer's
-upsert-and-commit time and the time from the commit returning to the document being found, P50 and
-P99 (issue 22's "one-document upsert, commit to visible"). A generation is still rewritten whole,
-so both grow with the collection; docs/segments.md is the design that makes them not.
+* build: seconds, peak GB, chunks/s;
+* open: `stagegraph.open` in a fresh process until the first search answers, seconds, and the
+  resident memory then (RSS, interpreter and libraries included);
+* upserts: `--upserts` one-document upserts by a long-lived writer process (`Collection.upsert`:
+  the writer lock, a new segment, its indexes, publish, at most one small merge), each found by a
+  reader in this process (`stagegraph.open`, watching `CURRENT` every 0.1 s, as a server does):
+  commit seconds (writer side) and upsert-to-visible seconds (from the call to the first search
+  that finds it), P50 / P99;
+* a 1% update (a third added, changed, deleted) in one commit, as a ratio of the full build;
+* search: `stack.search` k=100 P50 / P95 over 200 queries drawn as `benchmarks/bm25.py` draws them
+  (2-5 Zipfian terms, the 100 most frequent excluded) on the fresh single-segment build (or the
+  build's segments), after the upserts and the update (more segments, deleted rows), as a ratio;
+* merge: `stagegraph collection compact` in another process: its seconds, and search P50 / P95
+  in this process while it runs.
+
+`--dense-chunks N` adds the encoded BM25 + dense (all-MiniLM-L6-v2, Flat) -> RRF build of N documents
+(build, 1% update, search); `--vectors N` a hybrid collection whose records carry precomputed
+384-wide vectors (random, unit length: this measures the index, not the encoder) with
+`--vector-index` (Flat or HNSW32): build, open, upserts. `--scifact DIR` ingests SciFact's corpus.
 """
 
 from __future__ import annotations
@@ -28,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -41,159 +47,260 @@ import numpy as np
 from tables import print_markdown  # benchmarks/tables.py (scripts run with benchmarks/ on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
+MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 BM25 = {"pipeline": [{"type": "bm25", "name": "bm25", "k": 100}]}
 HYBRID = {"pipeline": [
     {"parallel": [{"type": "bm25", "name": "bm25", "k": 100},
-                  {"type": "dense", "name": "dense", "k": 100, "model": "sentence-transformers/all-MiniLM-L6-v2"}]},
+                  {"type": "dense", "name": "dense", "k": 100, "model": MODEL}]},
     {"type": "pool", "name": "pool", "method": "rrf", "k": 100},
 ]}
+VOCABULARY = 20_000
 
 
-def write_corpus(path: Path, n: int, seed: int = 0) -> list[dict]:
+def record(i: int, rng, prefix: str = "doc") -> dict:
+    words = (rng.zipf(1.3, rng.integers(30, 51)) - 1) % VOCABULARY
+    return {"id": f"{prefix}{i:08d}", "title": "", "text": " ".join(f"w{w}" for w in words),
+            "metadata": {"year": int(2015 + i % 10)}}
+
+
+def queries(n: int, seed: int = 3) -> list[str]:
+    """2-5 Zipfian terms each, the 100 most frequent excluded (as benchmarks/bm25.py draws them)."""
     rng = np.random.default_rng(seed)
-    records = []
-    for i in range(n):
-        words = (rng.zipf(1.3, rng.integers(30, 51)) - 1) % 20_000
-        records.append({"id": f"doc{i:07d}", "title": "", "text": " ".join(f"w{w}" for w in words),
-                        "metadata": {"year": int(2015 + i % 10)}})
-    path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
-    return records
+    out = []
+    while len(out) < n:
+        terms = [t for t in (rng.zipf(1.3, rng.integers(2, 6)) - 1) % VOCABULARY if t >= 100]
+        if terms:
+            out.append(" ".join(f"w{t}" for t in terms))
+    return out
 
 
-CHILD = r"""
+PRELUDE = r"""
 import json, resource, sys, time
 from pathlib import Path
-from stagegraph.collection import Collection, ingest
-from stagegraph.collection.sources import PYTHON
-from stagegraph.corpora.ingest import ChunkerConfig
-mode, config, root, data = sys.argv[1], json.loads(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4])
-started = time.perf_counter()
-if mode == "build":
-    report = ingest([data], root, pipeline=config, chunker=ChunkerConfig(kind="none"), progress=False, warn=lambda l: None)
-    chunks = report.chunks
-else:
-    change = json.loads(data.read_text())
-    store = Collection.open(root)
-    with store.writer() as w:
-        w.upsert(change["upsert"], source=PYTHON)
-        w.delete(change["delete"])
-        chunks = w.commit().manifest.chunks
-    store.close()
-print(json.dumps({"seconds": time.perf_counter() - started, "chunks": chunks,
-                  "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}))
-"""
-
-SEARCH = r"""
-import json, sys, time
 import numpy as np
-import stagegraph as sg
-root, queries = sys.argv[1], json.loads(sys.argv[2])
-with sg.open(collection=root) as stack:
-    for q in queries[:10]:
-        stack.search(q, k=100)
-    ns = []
-    for q in queries:
-        t = time.perf_counter_ns(); stack.search(q, k=100); ns.append(time.perf_counter_ns() - t)
-ms = np.array(ns) / 1e6
-print(json.dumps({"p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95))}))
+def rss_gb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1e6
+def peak_gb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+def record(i, rng, prefix="doc"):
+    words = (rng.zipf(1.3, rng.integers(30, 51)) - 1) % VOCABULARY_SIZE
+    return {"id": f"{prefix}{i:08d}", "title": "", "text": " ".join(f"w{w}" for w in words),
+            "metadata": {"year": int(2015 + i % 10)}}
+def unit_vectors(n, dim, seed):
+    v = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+""".replace("VOCABULARY_SIZE", str(VOCABULARY))
+
+BUILD = PRELUDE + r"""
+from stagegraph.collection import Collection
+from stagegraph.corpora.ingest import ChunkerConfig, RecordFields
+config, root, n, batch, dim = json.loads(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+records = RecordFields(vector="vector", vector_model=sys.argv[6]) if dim else None
+started = time.perf_counter()
+store = Collection.create(root, config, chunker=ChunkerConfig(kind="none"), records=records)
+rng = np.random.default_rng(0)
+for first in range(0, n, batch):
+    docs = [record(i, rng) for i in range(first, min(n, first + batch))]
+    if dim:
+        for doc, row in zip(docs, unit_vectors(len(docs), dim, first)):
+            doc["vector"] = row.tolist()
+    store.upsert(docs)
+    del docs
+    print(f"built {min(n, first + batch)} of {n} in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+print(json.dumps({"seconds": time.perf_counter() - started, "chunks": store.generation.manifest.chunks,
+                  "segments": len(store.generation.manifest.segments), "peak_gb": peak_gb()}))
 """
 
+OPEN = PRELUDE + r"""
+import stagegraph as sg
+started = time.perf_counter()
+with sg.open(collection=sys.argv[1], watch=None) as stack:
+    stack.search(sys.argv[2], k=10)
+    seconds = time.perf_counter() - started
+    print(json.dumps({"seconds": seconds, "rss_gb": rss_gb()}))
+"""
 
-def child(code: str, *args: str) -> dict:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "PYTHONPATH": ""}
-    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env)
-    if done.returncode:
-        raise SystemExit(done.stderr[-3000:])
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def measure(label: str, config: dict, records: list[dict], data: Path, work: Path, rng) -> list[str]:
-    root = work / label
-    queries = [" ".join(r["text"].split()[:4]) for r in rng.choice(records, 200)]
-    build = child(CHILD, "build", json.dumps(config), str(root), str(data))
-    before = child(SEARCH, str(root), json.dumps(queries))
-    n = len(records)
-    third = max(1, n // 300)
-    changed = [{**r, "text": r["text"] + " updated"} for r in records[:third]]
-    added = [{"id": f"new{i:07d}", "title": "", "text": records[-1 - i]["text"] + " added", "metadata": {"year": 2025}}
-             for i in range(third)]
-    change = work / f"{label}-change.json"
-    change.write_text(json.dumps({"upsert": changed + added, "delete": [r["id"] for r in records[third : 2 * third]]}))
-    update = child(CHILD, "update", json.dumps(config), str(root), str(change))
-    after = child(SEARCH, str(root), json.dumps(queries))
-    return [label, f"{n:,}", f"{build['seconds']:.1f}", f"{build['peak_gb']:.2f}", f"{n / build['seconds']:,.0f}",
-            f"{3 * third:,}", f"{update['seconds']:.1f}", f"{100 * update['seconds'] / build['seconds']:.1f}%",
-            f"{update['peak_gb']:.2f}", f"{before['p50']:.2f} / {before['p95']:.2f}", f"{after['p50']:.2f} / {after['p95']:.2f}"]
-
-
-WRITE_ONE = r"""
-import json, sys, time
+UPDATE = PRELUDE + r"""
 from stagegraph.collection import Collection
-root, doc_id = sys.argv[1], sys.argv[2]
+root, n = Path(sys.argv[1]), int(sys.argv[2])
+third = max(1, n // 300)
+rng = np.random.default_rng(7)
 store = Collection.open(root)
-started = time.time()
-store.upsert([{"id": doc_id, "title": "", "text": f"zzvisible{doc_id} marker", "metadata": {"year": 2025}}])
-print(json.dumps({"started": started, "committed": time.time()}))
+started = time.perf_counter()
+with store.writer() as w:
+    changed = [record(i, rng) for i in range(third)]
+    for doc in changed:
+        doc["text"] += " updated"
+    w.upsert(changed + [record(i, rng, "new") for i in range(third)], source=__import__("stagegraph.collection.sources", fromlist=["PYTHON"]).PYTHON)
+    w.delete([f"doc{i:08d}" for i in range(third, 2 * third)])
+    w.commit()
+print(json.dumps({"seconds": time.perf_counter() - started, "documents": 3 * third, "peak_gb": peak_gb(),
+                  "segments": len(store.generation.manifest.segments)}))
+"""
+
+WRITER = PRELUDE + r"""
+from stagegraph.collection import Collection
+root, dim, seed = Path(sys.argv[1]), int(sys.argv[2]), 11
+store = Collection.open(root)
+print("ready", flush=True)
+for line in sys.stdin:
+    doc_id = line.strip()
+    doc = {"id": doc_id, "title": "", "text": f"zz{doc_id} marker", "metadata": {"year": 2025}}
+    if dim:
+        doc["vector"] = unit_vectors(1, dim, seed).tolist()[0]
+        seed += 1
+    started = time.time()
+    store.upsert([doc])
+    print(json.dumps({"started": started, "committed": time.time(), "segments": len(store.generation.manifest.segments)}), flush=True)
 store.close()
 """
 
+COMPACT = PRELUDE + r"""
+from stagegraph.collection import Collection
+started = time.perf_counter()
+with Collection.open(sys.argv[1]) as store:
+    store.compact()
+print(json.dumps({"seconds": time.perf_counter() - started, "peak_gb": peak_gb()}))
+"""
 
-def visibility(root: Path, n: int) -> list[str]:
-    """Upsert one document N times from another process; how long until this process's stack finds it."""
+
+def env() -> dict:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "PYTHONPATH": "", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def child(code: str, *args: str) -> dict:
+    done = subprocess.run([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, text=True, env=env())
+    if done.returncode:
+        raise SystemExit(f"a benchmark step failed (exit {done.returncode})")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def search_times(stack, texts: list[str], *, until=None) -> np.ndarray:
+    for q in texts[:10]:
+        stack.search(q, k=100)
+    ms = []
+    while True:
+        for q in texts:
+            t = time.perf_counter_ns()
+            stack.search(q, k=100)
+            ms.append((time.perf_counter_ns() - t) / 1e6)
+        if until is None or until():
+            return np.array(ms)
+
+
+def pct(values, *ps: float) -> str:
+    return " / ".join(f"{np.percentile(values, p):.2f}" for p in ps)
+
+
+def upserts(root: Path, n: int, dim: int) -> dict:
+    """`n` one-document upserts by another (long-lived) process; how long until this process finds each."""
     import stagegraph as sg
 
-    commit_s, visible_s = [], []
-    with sg.open(collection=root) as stack:
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(root), str(dim)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=env())
+    assert writer.stdout.readline().strip() == "ready"
+    commit, visible, segments = [], [], []
+    with sg.open(collection=root, watch=0.1) as stack:
         for i in range(n):
-            doc_id = f"visible{i:04d}"
-            times = child(WRITE_ONE, str(root), doc_id)
-            deadline = time.time() + 600
-            while not any(h.doc_id == doc_id for h in stack.search(f"zzvisible{doc_id}", k=1).hits):
+            doc_id = f"visible{i:05d}"
+            writer.stdin.write(doc_id + "\n")
+            writer.stdin.flush()
+            deadline = time.time() + 300
+            while not any(h.doc_id == doc_id for h in stack.search(f"zz{doc_id}", k=1).hits):
                 if time.time() > deadline:
                     raise SystemExit(f"{doc_id} never became visible")
-                time.sleep(0.005)
-            visible_s.append(time.time() - times["committed"])
-            commit_s.append(times["committed"] - times["started"])
-    c, v = np.array(commit_s), np.array(visible_s)
-    return [f"{stack.current.manifest.chunks:,}", str(n), f"{np.percentile(c, 50):.2f} / {np.percentile(c, 99):.2f}",
-            f"{np.percentile(v, 50):.2f} / {np.percentile(v, 99):.2f}"]
+                time.sleep(0.002)
+            found = time.time()
+            times = json.loads(writer.stdout.readline())
+            commit.append(times["committed"] - times["started"])
+            visible.append(found - times["started"])
+            segments.append(times["segments"])
+    writer.stdin.close()
+    writer.wait()
+    return {"commit": pct(commit, 50, 99), "visible": pct(visible, 50, 99), "segments": max(segments)}
+
+
+def scale_run(label: str, config: dict, n: int, batch: int, dim: int, n_upserts: int, work: Path) -> list[list[str]]:
+    import stagegraph as sg
+
+    root = work / label.replace(" ", "-")
+    texts = queries(200)
+    build = child(BUILD, json.dumps(config), str(root), str(n), str(batch), str(dim), MODEL)
+    opened = child(OPEN, str(root), texts[0])
+    with sg.open(collection=root, watch=None) as stack:
+        single = search_times(stack, texts)
+    ups = upserts(root, n_upserts, dim) if n_upserts else None
+    update = child(UPDATE, str(root), str(n)) if not dim else None
+    with sg.open(collection=root, watch=None) as stack:
+        segmented = search_times(stack, texts)
+        segments = len(stack.current.manifest.segments)
+        merging = subprocess.Popen([sys.executable, "-c", COMPACT, str(root)], stdout=subprocess.PIPE, text=True, env=env())
+        during = search_times(stack, texts, until=lambda: merging.poll() is not None)
+    merge = json.loads(merging.stdout.read().strip().splitlines()[-1])
+    rows = [
+        [label, "build", f"{build['chunks']:,} chunks in {build['segments']} segment(s), {batch:,} per commit",
+         f"{build['seconds']:.1f} s, peak {build['peak_gb']:.2f} GB, {build['chunks'] / build['seconds']:,.0f} chunks/s"],
+        [label, "open (fresh process, to the first answer)", "", f"{opened['seconds']:.2f} s, {opened['rss_gb']:.2f} GB resident"],
+    ]
+    if ups:
+        rows.append([label, f"one-document upsert x {n_upserts} (another process; reader polls every 0.1 s)",
+                     f"up to {ups['segments']} segments", f"commit {ups['commit']} s; upsert to visible {ups['visible']} s (P50 / P99)"])
+    if update:
+        rows.append([label, f"1% update ({update['documents']:,} documents, one commit)", f"{update['segments']} segments after",
+                     f"{update['seconds']:.1f} s = {100 * update['seconds'] / build['seconds']:.1f}% of the build, "
+                     f"peak {update['peak_gb']:.2f} GB"])
+    rows += [
+        [label, "search k=100, single-segment build", f"{build['segments']} segment(s)", f"P50 / P95 {pct(single, 50, 95)} ms"],
+        [label, "search k=100 after the writes", f"{segments} segments",
+         f"P50 / P95 {pct(segmented, 50, 95)} ms = {np.percentile(segmented, 50) / np.percentile(single, 50):.2f}x P50"],
+        [label, "compact (another process) / search meanwhile", f"{segments} -> 1 segment",
+         f"{merge['seconds']:.1f} s, peak {merge['peak_gb']:.2f} GB / P50 / P95 {pct(during, 50, 95)} ms"],
+    ]
+    return rows
+
+
+def encoded_run(label: str, config: dict, n: int, work: Path) -> list[list[str]]:
+    """The encoded hybrid: build (encoding every chunk), a 1% update, search (small n: encoding is slow)."""
+    import stagegraph as sg
+
+    root = work / label.replace(" ", "-")
+    texts = queries(200)
+    build = child(BUILD, json.dumps(config), str(root), str(n), str(n), "0", MODEL)
+    update = child(UPDATE, str(root), str(n))
+    with sg.open(collection=root, watch=None) as stack:
+        after = search_times(stack, texts)
+    return [[label, "build", f"{build['chunks']:,} chunks", f"{build['seconds']:.1f} s, peak {build['peak_gb']:.2f} GB"],
+            [label, f"1% update ({update['documents']:,} documents)", f"{update['segments']} segments after",
+             f"{update['seconds']:.1f} s = {100 * update['seconds'] / build['seconds']:.1f}% of the build"],
+            [label, "search k=100 after the update", "", f"P50 / P95 {pct(after, 50, 95)} ms"]]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--chunks", type=int, default=100_000, help="documents (= chunks) of the BM25-only build")
-    parser.add_argument("--dense-chunks", type=int, default=20_000, help="documents of the BM25 + dense build (0: none)")
-    parser.add_argument("--scifact", help="also ingest this BEIR folder's corpus.jsonl (SciFact)")
-    parser.add_argument("--visible", type=int, default=0, metavar="N",
-                        help="also: N one-document upserts from another process, commit to visible in a reader (BM25)")
+    parser.add_argument("--chunks", type=int, default=100_000, help="documents (= chunks) of the BM25-only collection (0: none)")
+    parser.add_argument("--batch", type=int, default=1_000_000, help="documents per commit while building")
+    parser.add_argument("--upserts", type=int, default=100, help="one-document upserts to time (0: none)")
+    parser.add_argument("--dense-chunks", type=int, default=0, help="documents of the encoded BM25 + dense build (0: none)")
+    parser.add_argument("--vectors", type=int, default=0, help="documents of the precomputed-vector hybrid (0: none)")
+    parser.add_argument("--vector-index", default="Flat", help="FAISS factory of the precomputed-vector hybrid")
     args = parser.parse_args(argv)
-    rng = np.random.default_rng(1)
     work = Path(tempfile.mkdtemp(prefix="sg-collection-bench-"))
-    rows = []
+    rows: list[list[str]] = []
     try:
-        records = write_corpus(work / "bm25.jsonl", args.chunks)
-        rows.append(measure("BM25", BM25, records, work / "bm25.jsonl", work, rng))
-        if args.visible:
-            visible = visibility(work / "BM25", args.visible)
+        if args.chunks:
+            rows += scale_run("BM25", BM25, args.chunks, args.batch, 0, args.upserts, work)
+        if args.vectors:
+            hybrid = json.loads(json.dumps(HYBRID))
+            hybrid["pipeline"][0]["parallel"][1]["index"] = args.vector_index
+            rows += scale_run(f"hybrid, vectors, {args.vector_index}", hybrid, args.vectors, args.batch, 384, args.upserts, work)
         if args.dense_chunks:
-            dense = records[: args.dense_chunks]
-            (work / "dense.jsonl").write_text("\n".join(json.dumps(r) for r in dense) + "\n")
-            rows.append(measure("BM25 + dense", HYBRID, dense, work / "dense.jsonl", work, rng))
-        if args.scifact:
-            corpus = Path(args.scifact) / "corpus.jsonl"
-            records = [json.loads(line) for line in corpus.read_text().splitlines() if line.strip()]
-            records = [{"id": r["_id"], "title": r.get("title", ""), "text": r["text"]} for r in records]
-            (work / "scifact.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
-            rows.append(measure("SciFact BM25 + dense", HYBRID, records, work / "scifact.jsonl", work, rng))
+            rows += encoded_run("BM25 + dense, encoded", HYBRID, args.dense_chunks, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end; chunker none (one chunk per document)")
-    head = ["pipeline", "chunks", "build s", "peak GB", "chunks/s", "update docs", "update s", "update / build",
-            "update peak GB", "search P50/P95 ms before", "after"]
-    print_markdown(head, rows)
-    if args.visible:
-        print("\nOne-document upserts from another process, BM25 only, a reader watching CURRENT every 0.25 s:")
-        print_markdown(["chunks", "upserts", "upsert + commit s P50 / P99", "commit to visible s P50 / P99"], [visible])
+    print_markdown(["collection", "step", "layout", "figures"], rows)
     return 0
 
 

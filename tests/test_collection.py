@@ -257,6 +257,7 @@ CRASHING_WRITER = textwrap.dedent("""
     from stagegraph.collection.merges import MergePolicy
     # merges every third segment, so that kills also land inside merges and compactions
     store = Collection.open(sys.argv[1], merge_policy=MergePolicy(segments_per_tier=3, max_merge_at_once=3, floor_chunks=1))
+    print("ready", flush=True)
     for i in range(int(sys.argv[2]), 10_000):
         store.upsert([{"id": f"d{i}", "text": f"note {i} about heat flow and pressure " * 3}])
         print(f"ack {i}", flush=True)
@@ -279,7 +280,8 @@ def test_a_writer_killed_at_random_moments_never_loses_an_acknowledged_update(tm
     for trial in range(10):
         proc = subprocess.Popen([sys.executable, "-c", CRASHING_WRITER, str(root), str(start)],
                                 stdout=subprocess.PIPE, text=True, env=env)
-        time.sleep(rng.uniform(1.2, 3.0))
+        assert proc.stdout.readline().strip() == "ready"  # imports and opening take longer on a busy machine
+        time.sleep(rng.uniform(0.2, 1.5))
         proc.send_signal(signal.SIGKILL)
         out, _ = proc.communicate()
         acked |= {int(line.split()[1]) for line in out.splitlines() if line.startswith("ack ")}
@@ -362,9 +364,11 @@ READER = textwrap.dedent("""
     import sys, time
     import stagegraph as sg
     stack = sg.open(collection=sys.argv[1])
-    deadline, sizes = time.time() + float(sys.argv[2]), set()
-    while time.time() < deadline:
+    deadline, target, sizes = time.time() + 60, int(sys.argv[2]), set()
+    while time.time() < deadline:  # until the writer's last generation is here (bounded: 60 s)
         sizes.add(len(stack.search("heat flow", k=100).hits))
+        if stack.generation >= target:
+            break
         stack.refresh()
     print(sorted(sizes), stack.generation, flush=True)
     stack.close()

@@ -42,7 +42,7 @@ def register(sub) -> None:
     p.add_argument("--max-document-chars", type=int, default=20_000, help="longest rerank document (default 20000)")
     p.add_argument("--max-write-documents", type=int, default=1000, help="documents per PUT (default 1000)")
     p.add_argument("--read-only", action="store_true", help="refuse every write (PUT and DELETE answer 403)")
-    p.add_argument("--watch", type=float, default=0.25, metavar="SECONDS",
+    p.add_argument("--watch", type=float, default=0.1, metavar="SECONDS",
                    help="look this often for a generation another process published, and serve it (default 0.25; 0: off)")
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="let browsers call from this origin (repeatable; default: no CORS)")

@@ -95,6 +95,7 @@ class Collection:
         self._lease = self.layout.readers / f"{os.getpid()}-{uuid.uuid4().hex[:12]}.lease"
         self._lock = threading.Lock()
         self._cache: TextCache | None = None
+        self._chunker: Chunker | None = None
         try:
             self.generation = self._open_current()
         except LegacyGeneration:
@@ -208,6 +209,12 @@ class Collection:
         return self._cache
 
     def chunker(self) -> Chunker:
+        """The collection's chunker, built once (loading its tokenizer costs a tenth of a second)."""
+        if self._chunker is None:
+            self._chunker = self._make_chunker()
+        return self._chunker
+
+    def _make_chunker(self) -> Chunker:
         from tokenizers import Tokenizer
 
         from stagegraph.indexes.encoder import locate_model

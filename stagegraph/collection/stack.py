@@ -48,7 +48,7 @@ from stagegraph.pipeline.runner import Runner
 log = logging.getLogger("stagegraph.collection")
 
 #: seconds between two looks at `CURRENT` for a generation published by another process
-WATCH_INTERVAL_S = 0.25
+WATCH_INTERVAL_S = 0.1
 
 
 class _Live:

@@ -71,7 +71,7 @@ class ServeSettings(BaseModel):
     limits: Limits = Field(default_factory=Limits)
     batching: Batching = Field(default_factory=Batching)
     #: seconds between looks for a generation another process published (0: only the server's own writes)
-    watch_s: float = Field(0.25, ge=0)
+    watch_s: float = Field(0.1, ge=0)
 
     @property
     def cores(self) -> int:
