@@ -55,16 +55,22 @@ def rerank_config(st: str, ce: str) -> dict:
 
 
 class ThreadServer:
-    """uvicorn serving `app` on 127.0.0.1:<ephemeral> in a thread; `url`; stops on exit."""
+    """uvicorn serving `app` on 127.0.0.1:<ephemeral> in a thread; `url`; stops on exit. With `settings`,
+    configured as `stagegraph serve` configures it (`stagegraph.serve.server.uvicorn_config`)."""
 
-    def __init__(self, app):
+    def __init__(self, app, settings=None):
         import uvicorn
+
+        from stagegraph.serve.server import uvicorn_config
 
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(128)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5))
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = (uvicorn_config(app, settings, timeout_graceful_shutdown=5) if settings is not None else
+                  uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5))
+        self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     def __enter__(self) -> ThreadServer:

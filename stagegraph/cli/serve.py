@@ -34,7 +34,12 @@ def register(sub) -> None:
                    help="micro-batch cross-encoder pairs of concurrent requests (default off)")
     p.add_argument("--batch-tokens", type=int, default=8192, help="token budget of one batched model call (default 8192)")
     p.add_argument("--batch-wait-ms", type=float, default=2.0, help="most a request waits for company (default 2)")
-    p.add_argument("--max-body-kb", type=int, default=1024, help="request body limit (default 1024 KiB)")
+    p.add_argument("--max-body-kb", type=int, default=1024, help="request body limit, every method (default 1024 KiB)")
+    p.add_argument("--max-header-kb", type=int, default=32,
+                   help="request line + headers limit; beyond, 431 and the connection closed (default 32 KiB)")
+    p.add_argument("--header-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="headers not complete this long after their first byte: 408, connection closed (default 10)")
+    p.add_argument("--max-json-depth", type=int, default=64, help="nesting of a JSON body; beyond, 422 (default 64)")
     p.add_argument("--max-query-chars", type=int, default=2048, help="longest query (default 2048)")
     p.add_argument("--max-k", type=int, default=100, help="largest k (default 100)")
     p.add_argument("--max-batch-queries", type=int, default=32, help="queries per /v1/search/batch (default 32)")
@@ -62,9 +67,11 @@ def settings_of(args: argparse.Namespace):
         return ServeSettings(
             host=args.host, port=args.port, workers=args.workers, queue=args.queue, deadline_ms=args.deadline_ms,
             write_timeout_s=args.write_timeout, lock_timeout_s=args.lock_timeout, shutdown_timeout_s=args.shutdown_timeout,
+            header_timeout_s=args.header_timeout,
             read_only=args.read_only, cors_origins=args.cors_origin, api_key_env=args.api_key_env, watch_s=args.watch,
             batching=Batching(enabled=args.batching == "on", max_tokens=args.batch_tokens, max_wait_ms=args.batch_wait_ms),
-            limits=Limits(max_body_bytes=args.max_body_kb * 1024, max_query_chars=args.max_query_chars, max_k=args.max_k,
+            limits=Limits(max_body_bytes=args.max_body_kb * 1024, max_header_bytes=args.max_header_kb * 1024,
+                          max_json_depth=args.max_json_depth, max_query_chars=args.max_query_chars, max_k=args.max_k,
                           max_batch_queries=args.max_batch_queries, max_rerank_documents=args.max_rerank_documents,
                           max_document_chars=args.max_document_chars, max_write_documents=args.max_write_documents),
         )

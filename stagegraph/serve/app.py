@@ -40,7 +40,7 @@ from starlette.responses import Response
 from stagegraph import __version__
 from stagegraph.errors import StagegraphError
 from stagegraph.serve.errors import ApiError, api_error_response, error_response, from_exception, validation_error
-from stagegraph.serve.middleware import BodyLimit, RequestContext
+from stagegraph.serve.middleware import BodyLimit, RequestContext, WriteGate
 from stagegraph.serve.models import (
     DocumentOut,
     ErrorBody,
@@ -104,7 +104,9 @@ def create_app(service: Service, *, api_key: str | None = None) -> FastAPI:
                                      allow_methods=["GET", "POST", "PUT", "DELETE"],
                                      allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-Timeout-Ms"],
                                      expose_headers=["Server-Timing", "X-Request-Id", "Retry-After"]))
-    middleware += [Middleware(ApiKeyAuth, key=api_key), Middleware(BodyLimit, max_body_bytes=settings.limits.max_body_bytes)]
+    middleware += [Middleware(ApiKeyAuth, key=api_key), Middleware(WriteGate, check=service.check_writes),
+                   Middleware(BodyLimit, max_body_bytes=settings.limits.max_body_bytes,
+                              max_json_depth=settings.limits.max_json_depth)]
     app = FastAPI(title="stagegraph", version=__version__, lifespan=lifespan, middleware=middleware,
                   docs_url="/docs", redoc_url=None,
                   description="Retrieval pipeline over a collection: search, rerank, documents. See the README, section Serving over HTTP.")
@@ -120,8 +122,10 @@ def create_app(service: Service, *, api_key: str | None = None) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        message = {404: f"no route {request.url.path}; see /docs", 405: f"{request.method} is not allowed on "
+        # FastAPI's one 400 is a body its JSON parser gave up on (e.g. an integer of over 4300 digits)
+        code = {400: "invalid_json", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        message = {400: f"the body could not be parsed as JSON ({exc.__cause__ or exc.detail})",
+                   404: f"no route {request.url.path}; see /docs", 405: f"{request.method} is not allowed on "
                    f"{request.url.path}; see /docs"}.get(exc.status_code, str(exc.detail))
         return error_response(exc.status_code, code, message, headers=getattr(exc, "headers", None))
 

@@ -7,6 +7,10 @@ SIGINT uvicorn stops accepting connections, lets requests in flight finish for u
 `shutdown_timeout_s` (then cancels them), the app's lifespan drains the workers, and `run` closes
 the stack, which releases the collection's reader lease. The signal is taken over for the
 duration, so the process then returns normally (exit 0) instead of dying by it.
+
+`uvicorn_config` is the one place uvicorn is configured: the guarded protocol of
+`stagegraph.serve.protocol` (header size and time limits, no draining of unread bodies) runs under
+every request, before the app and its API key.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from stagegraph.serve.service import Service
+from stagegraph.serve.settings import ServeSettings
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -40,6 +45,28 @@ def url_of(sock: socket.socket) -> str:
     return f"http://{shown}:{port}"
 
 
+def uvicorn_config(app: Any, settings: ServeSettings, **overrides: Any) -> Any:
+    """The uvicorn configuration `run` serves `app` with: the guarded HTTP protocol
+    (`stagegraph.serve.protocol`: header size and time limits before the app), keep-alive, the
+    connection cap, graceful shutdown. Tests start in-thread servers from it too."""
+    import uvicorn
+
+    # uvicorn's own cap on open connections and tasks (its 503 comes before any parsing): a guard for the
+    # process's file descriptors, well above what the runtimes admit (admission is theirs: --queue)
+    limit = 1024 + settings.in_progress_count + settings.queue + settings.write_queue
+    try:
+        from stagegraph.serve.protocol import guarded_protocol
+
+        http: Any = guarded_protocol(settings.limits.max_header_bytes, settings.header_timeout_s)
+    except ImportError:  # no httptools (it comes with the serve extra): h11 caps the header size, not its time
+        http = "h11"
+    options = dict(log_level="warning", access_log=False, lifespan="on", server_header=False, http=http,
+                   h11_max_incomplete_event_size=settings.limits.max_header_bytes,
+                   timeout_graceful_shutdown=settings.shutdown_timeout_s, timeout_keep_alive=5,
+                   limit_concurrency=limit)
+    return uvicorn.Config(app, **{**options, **overrides})
+
+
 def run(service: Service, *, api_key: str | None = None, say: Callable[[str], None] = print) -> int:
     import uvicorn
 
@@ -48,13 +75,7 @@ def run(service: Service, *, api_key: str | None = None, say: Callable[[str], No
     settings = service.settings
     app = create_app(service, api_key=api_key)
     sock = bind(settings.host, settings.port)
-    # uvicorn's own cap on open connections and tasks (its 503 comes before any parsing): a guard for the
-    # process's file descriptors, well above what the runtimes admit (admission is theirs: --queue)
-    limit = 1024 + settings.in_progress_count + settings.queue + settings.write_queue
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", server_header=False,
-                            timeout_graceful_shutdown=settings.shutdown_timeout_s, timeout_keep_alive=5,
-                            limit_concurrency=limit)
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(uvicorn_config(app, settings))
     caught: list[int] = []
 
     def remember(signum: int, frame: Any) -> None:  # uvicorn re-raises the signal it handled: absorb it

@@ -24,7 +24,11 @@ class Limits(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_body_bytes: int = Field(1_048_576, ge=1024, description="--max-body-kb")
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="--max-body-kb (every method)")
+    #: the request line and headers together; beyond it 431 and the connection closed (stagegraph.serve.protocol)
+    max_header_bytes: int = Field(32_768, ge=1024, description="--max-header-kb")
+    #: nesting of a JSON body ({"a": [1]} is 2); beyond it 422 json_too_deep, before the body is parsed
+    max_json_depth: int = Field(64, ge=2, le=512, description="--max-json-depth")
     max_query_chars: int = Field(2048, ge=1, description="--max-query-chars")
     max_k: int = Field(100, ge=1, description="--max-k")
     max_batch_queries: int = Field(32, ge=1, description="--max-batch-queries")
@@ -65,6 +69,9 @@ class ServeSettings(BaseModel):
     write_timeout_s: float = Field(120.0, gt=0)
     lock_timeout_s: float = Field(60.0, gt=0)
     shutdown_timeout_s: float = Field(30.0, ge=0)
+    #: a request line and headers not complete this long after their first byte (or the connection's
+    #: opening) get 408 and the connection closed (stagegraph.serve.protocol)
+    header_timeout_s: float = Field(10.0, gt=0)
     read_only: bool = False
     cors_origins: list[str] = Field(default_factory=list)
     api_key_env: str = DEFAULT_API_KEY_ENV
