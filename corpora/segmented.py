@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from stagegraph.corpora.types import Corpus
+from stagegraph.corpora.types import Corpus, take
 from stagegraph.hashing import hash_strings
 
 
@@ -113,6 +113,18 @@ class _Concat(Sequence):
         for column in self._columns:
             yield from column
 
+    def take(self, rows: list[int]) -> list:
+        """The values of `rows` (global), read per part with each part's own `take`."""
+        positions = np.asarray(rows, dtype=np.int64)
+        parts = np.searchsorted(self._starts, positions, side="right") - 1
+        out: list = [None] * len(rows)
+        for part in np.unique(parts).tolist():
+            where = np.flatnonzero(parts == part)
+            local = (positions[where] - self._starts[part]).tolist()
+            for i, value in zip(where.tolist(), take(self._columns[part], local)):
+                out[i] = value
+        return out
+
 
 class SegmentedCorpus(Corpus):
     """The rows of several segments as one corpus (see the module docstring); `parts` in order."""
@@ -151,6 +163,19 @@ class SegmentedCorpus(Corpus):
             sel = part_of == p
             out[sel] = self.parts[p].corpus.keys[rows[sel] - self._starts[p]]
         return out
+
+    def records(self, rows):  # type: ignore[override]
+        """As `Corpus.records`, rows grouped by segment once for all five columns."""
+        positions = np.asarray([int(r) for r in rows], dtype=np.int64)
+        parts = np.searchsorted(self._starts, positions, side="right") - 1
+        columns: tuple[list, ...] = tuple([None] * len(positions) for _ in range(5))
+        for part in np.unique(parts).tolist():
+            where = np.flatnonzero(parts == part).tolist()
+            got = self.parts[part].corpus.records((positions[where] - self._starts[part]).tolist())
+            for column, values in zip(columns, got):
+                for i, value in zip(where, values):
+                    column[i] = value
+        return columns  # type: ignore[return-value]
 
     def locate(self, row: int) -> tuple[Part, int]:
         part = int(np.searchsorted(self._starts, int(row), side="right")) - 1

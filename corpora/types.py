@@ -8,7 +8,7 @@ fingerprint that indexes and caches record, and nothing else.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,8 +103,23 @@ class Corpus:
         return joined_text(self.titles[row], self.texts[row], separator)
 
     def doc_texts(self, rows: Iterable[int] | None = None) -> list[str]:
-        rows = range(len(self)) if rows is None else rows
-        return [self.doc_text(int(r)) for r in rows]
+        rows = list(range(len(self))) if rows is None else [int(r) for r in rows]
+        return [joined_text(t, x) for t, x in zip(take(self.titles, rows), take(self.texts, rows))]
+
+    def records(self, rows: Sequence[int]) -> tuple[list[str], list[str], list[str], list[str], list[dict[str, Any]]]:
+        """(ids, document ids, titles, texts, metadata) of `rows`, in order: one read per column, which
+        a corpus whose columns are stored (a collection's segments) answers without a Python loop."""
+        rows = [int(r) for r in rows]
+        ids = take(self.ids, rows)
+        doc_ids = take(self.doc_ids, rows) if self.doc_ids is not None else ids
+        metadata = take(self.metadata, rows) if self.metadata is not None else [{} for _ in rows]
+        return ids, doc_ids, take(self.titles, rows), take(self.texts, rows), metadata
+
+
+def take(column: Sequence[Any], rows: list[int]) -> list[Any]:
+    """`[column[r] for r in rows]`, by the column's own `take` where it has one (stored columns)."""
+    taker = getattr(column, "take", None)
+    return taker(rows) if taker is not None else [column[r] for r in rows]
 
 
 def joined_text(title: str, text: str, separator: str = " ") -> str:

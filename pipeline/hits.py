@@ -90,15 +90,13 @@ def hits_of(ranking: Ranking, corpus: Corpus, steps: Sequence[Step], k: int) -> 
         if t.model_score is not None:
             cross_encoder = [m if m is not None else c for m, c in zip(_values(t.model_score, n), cross_encoder)]
     rows, scores = ranking.doc_rows[:n].tolist(), ranking.scores[:n].tolist()
-    ids, titles, texts = corpus.ids, corpus.titles, corpus.texts
-    doc_ids = corpus.doc_ids if corpus.doc_ids is not None else ids
-    metadata = corpus.metadata
+    ids, doc_ids, titles, texts, metadata = corpus.records(rows)
     records = [
-        {"id": ids[row], "doc_id": doc_ids[row], "rank": i + 1, "score": scores[i], "title": titles[row],
-         "text": texts[row], "metadata": metadata[row] if metadata is not None else {},
+        {"id": ids[i], "doc_id": doc_ids[i], "rank": i + 1, "score": scores[i], "title": titles[i],
+         "text": texts[i], "metadata": metadata[i],
          "stages": {name: {"rank": rank[i], "score": score[i]} for name, rank, score in columns},
          "cross_encoder_score": cross_encoder[i]}
-        for i, row in enumerate(rows)
+        for i in range(len(rows))
     ]
     return _HITS.validate_python(records)  # one validation call for all; it copies each metadata dict
 

@@ -99,6 +99,9 @@ class Deletions:
             return cls(data["documents"], data["chunks"])
 
 
+_TAKE_FROM = 12
+
+
 class _Column(Sequence):
     """An Arrow array read per row as Python values (never copied whole unless iterated)."""
 
@@ -113,6 +116,13 @@ class _Column(Sequence):
             return [self[i] for i in range(*row.indices(len(self)))]
         value = self._array[int(row)].as_py()
         return self._decode(value) if self._decode else value
+
+    def take(self, rows: list[int]) -> list:
+        if len(rows) < _TAKE_FROM:  # a take costs ~8 us whatever its size, a value ~0.7 us
+            values = [self._array[r].as_py() for r in rows]
+        else:
+            values = self._array.take(pa.array(rows, pa.int64())).to_pylist()
+        return [self._decode(v) for v in values] if self._decode else values
 
     def __iter__(self) -> Iterator:
         step = 65536
