@@ -366,10 +366,11 @@ READER = textwrap.dedent("""
     stack = sg.open(collection=sys.argv[1])
     deadline, target, sizes = time.time() + 60, int(sys.argv[2]), set()
     while time.time() < deadline:  # until the writer's last generation is here (bounded: 60 s)
-        sizes.add(len(stack.search("heat flow", k=100).hits))
         if stack.generation >= target:
             break
+        sizes.add(len(stack.search("heat flow", k=100).hits))
         stack.refresh()
+    sizes.add(len(stack.search("heat flow", k=100).hits))  # on the generation it ends on
     print(sorted(sizes), stack.generation, flush=True)
     stack.close()
 """)
