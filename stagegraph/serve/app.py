@@ -211,7 +211,7 @@ def create_app(service: Service, *, api_key: str | None = None) -> FastAPI:
                      wait: bool = Query(False, description="answer once the change is searchable")) -> Response:
         """Add or replace documents (chunked as ingest does); the answer means durable."""
         service.check_writes(len(body.documents))
-        docs = [d.model_dump() for d in body.documents]
+        docs = service.check_documents(body)
         return await run(service.write_pool, request, partial(service.upsert, documents=docs, wait=wait),
                          settings.write_timeout_s)
 

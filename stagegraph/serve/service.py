@@ -30,6 +30,8 @@ from stagegraph.collection.generation import read_current
 from stagegraph.collection.layout import CollectionError
 from stagegraph.collection.sources import HTTP
 from stagegraph.collection.stack import Stack
+from stagegraph.collection.writer import as_document
+from stagegraph.corpora.validate import DocumentError, FieldBudget, check_record, fields_of, normalize_id, text_problem
 from stagegraph.pipeline import threads
 from stagegraph.serve.batching import install
 from stagegraph.serve.errors import ApiError
@@ -48,6 +50,7 @@ from stagegraph.serve.models import (
     SearchBatchResponse,
     SearchRequest,
     SearchResponse,
+    UpsertRequest,
     WriteResponse,
 )
 from stagegraph.serve.runtime import Job, Runtime, Slots
@@ -164,6 +167,7 @@ class Service:
     def check_query(self, query: str, field: str) -> None:
         if not query.strip():
             raise ApiError(422, "empty_query", "the query is empty; give a question or keywords", field)
+        check_text(query, field)
         limit = self.settings.limits.max_query_chars
         if len(query) > limit:
             raise ApiError(422, "query_too_long", f"the query has {len(query)} characters; the limit is {limit} "
@@ -199,6 +203,7 @@ class Service:
                            f"{limits.max_rerank_documents} (--max-rerank-documents); split the call", "documents")
         for i, doc in enumerate(body.documents):
             text = doc if isinstance(doc, str) else doc.text
+            check_text(text, f"documents[{i}]")
             if len(text) > limits.max_document_chars:
                 raise ApiError(422, "document_too_long", f"documents[{i}] has {len(text)} characters; the limit is "
                                f"{limits.max_document_chars} (--max-document-chars); cut it into passages",
@@ -218,6 +223,18 @@ class Service:
         if count is not None and count > limit:
             raise ApiError(422, "too_many_documents", f"{count} documents; the limit is {limit} "
                            "(--max-write-documents); send them in several calls", "documents")
+
+    def check_documents(self, body: UpsertRequest) -> list[dict[str, Any]]:
+        """The documents as the writer takes them (ids NFC, text and titles cleaned, metadata within
+        `settings.metadata`), or a 422 `invalid_document` naming the first that breaks a rule and its
+        field, before anything is queued or written."""
+        out = []
+        for i, doc in enumerate(body.documents):
+            try:
+                out.append(check_record(doc.model_dump(), self.settings.metadata))
+            except DocumentError as exc:
+                raise document_error(i, exc) from None
+        return out
 
     # -- work (on the runtimes' threads) ---------------------------------------------------------
     def _observe(self, timings_ms: dict[str, float]) -> None:
@@ -271,15 +288,33 @@ class Service:
     def upsert(self, job: Job, documents: list[dict[str, Any]], wait: bool) -> Done:
         collection = self.stack.collection
         with _writer(collection, self.settings.lock_timeout_s) as w:
+            collection.refresh()  # the generation this writer starts from: its fields count against the limit
+            budget = FieldBudget(self._fields_of(collection.generation), self.settings.metadata)
+            checked = []
+            for i, record in enumerate(documents):
+                try:
+                    doc = as_document(record, self.settings.metadata)
+                    budget.admit(doc.id, doc.metadata)
+                except DocumentError as exc:
+                    raise document_error(i, exc) from None
+                checked.append(doc)
             with self.slots.hold():
-                w.upsert(documents, source=HTTP)  # issue 22.6: HTTP writes are of source "http"
+                w.upsert(checked, source=HTTP)  # issue 22.6: HTTP writes are of source "http"
                 generation = w.commit()
             changes, published = dict(w.changes), w.changed
         collection.refresh()
         return self._publish(job, generation.number, changes, published, wait, "upsert")
 
+    def _fields_of(self, generation: Any) -> set[str]:
+        """The distinct metadata fields of `generation` (kept for the next write while it is current)."""
+        cached = getattr(self, "_fields", None)
+        if cached is None or cached[0] != generation.number:
+            cached = self._fields = (generation.number, fields_of(e.metadata for e in generation.documents))
+        return cached[1]
+
     def delete(self, job: Job, doc_id: str, wait: bool) -> Done:
         collection = self.stack.collection
+        doc_id = _known_id(doc_id)
         with _writer(collection, self.settings.lock_timeout_s) as w:
             if w.delete([doc_id], missing_ok=True):
                 raise ApiError(404, "not_found", f"no document {doc_id!r} in the collection", "doc_id")
@@ -307,7 +342,7 @@ class Service:
     # -- answers from memory --------------------------------------------------------------------
     def document(self, doc_id: str) -> DocumentOut:
         generation = self.stack.collection.generation  # the newest durable one this process knows
-        entry = generation.by_id.get(doc_id)
+        entry = generation.by_id.get(_known_id(doc_id))
         if entry is None:
             raise ApiError(404, "not_found", f"no document {doc_id!r} in the collection (generation "
                            f"{generation.number})", "doc_id")
@@ -356,6 +391,26 @@ def _writer(collection: Collection, timeout: float):
             return writer.__exit__(*exc)
 
     return _Guard()
+
+
+def check_text(text: str, field: str) -> None:
+    """422 `invalid_text` for a query or passage holding a lone surrogate or a control character."""
+    problem = text_problem(text)
+    if problem is not None:
+        raise ApiError(422, "invalid_text", f"{field} holds {problem}; send text without them", field)
+
+
+def document_error(index: int, exc: DocumentError) -> ApiError:
+    """A document of a PUT that breaks a rule, as a 422 naming it and its field (documents[3].metadata.n)."""
+    return ApiError(422, "invalid_document", f"documents[{index}]: {exc}", f"documents[{index}].{exc.field}")
+
+
+def _known_id(doc_id: str) -> str:
+    """The id as the collection stores it (NFC); one that no document can have stays as given (a 404)."""
+    try:
+        return normalize_id(doc_id)
+    except DocumentError:
+        return doc_id
 
 
 def _response(result: Any, explain: bool, queue_ms: float) -> SearchResponse:
