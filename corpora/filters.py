@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from stagegraph.corpora.validate import MAX_SAFE_INTEGER
+from stagegraph.corpora.validate import MAX_SAFE_INTEGER, digits
 from stagegraph.errors import InputError
 from stagegraph.hashing import stable_hash
 
@@ -101,7 +101,7 @@ def check_shape(expression: Any, limits: FilterLimits = DEFAULT_LIMITS) -> None:
         elif isinstance(value, float) and not math.isfinite(value):
             raise FilterError(f"{value} is not a number a filter can compare; give a finite number")
         elif isinstance(value, int) and not isinstance(value, bool) and not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
-            raise FilterError(f"an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits is out of "
+            raise FilterError(f"an integer of {digits(value)} digits is out of "
                               f"range: filters compare integers within +-{MAX_SAFE_INTEGER} (2**53 - 1)")
 
 

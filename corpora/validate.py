@@ -103,6 +103,13 @@ def _describe(char: str) -> str:
     return f"{kind} U+{ord(char):04X}"
 
 
+def digits(value: int) -> int:
+    """How many decimal digits `value` has (str() refuses integers of over 4,300 digits)."""
+    if value.bit_length() < 13_000:  # under 3,900 digits: exact
+        return len(str(abs(value)))
+    return math.floor(math.log10(abs(value))) + 1
+
+
 # -- text -------------------------------------------------------------------------------------------
 def text_problem(text: str) -> str | None:
     """Why `text` (a query, a metadata string) cannot be taken: its first lone surrogate or control
@@ -189,8 +196,7 @@ def _check_value(value: Any, where: str, depth: int, limits: MetadataLimits, doc
         return
     if isinstance(value, int):
         if not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
-            digits = int(value.bit_length() * math.log10(2)) + 1  # str() refuses over 4,300 digits
-            raise DocumentError(doc_id, where, f"an integer of about {digits} digits is out of range: filters compare "
+            raise DocumentError(doc_id, where, f"an integer of {digits(value)} digits is out of range: filters compare "
                                 f"integers within +-{MAX_SAFE_INTEGER} (2**53 - 1); store it as a string")
         return
     if isinstance(value, float):

@@ -103,7 +103,7 @@ def ingest(
     fields = records or (Collection.open(collection).settings.records if layout.exists() else RecordFields())
     summary = IngestSummary()
     limits = limits or MetadataLimits()
-    read = _read(paths, fields=fields, max_file_bytes=max_file_bytes, progress=progress, summary=summary, warn=warn,
+    read, origins = _read(paths, fields=fields, max_file_bytes=max_file_bytes, progress=progress, summary=summary, warn=warn,
                  limits=limits, file_facts=file_facts or FileFacts())
     documents = [d for found in read.values() for d in found]
     if not documents and not delete and not (sync and paths and layout.exists()):
@@ -117,7 +117,7 @@ def ingest(
             store.refresh()  # the generation this writer starts from: its fields count against the limit
             budget = FieldBudget(fields_of(e.metadata for e in store.generation.documents), limits)
             for source, found in read.items():
-                found[:] = _within_budget(found, budget, summary, warn)
+                found[:] = _within_budget(found, budget, summary, warn, origins)
                 w.upsert(found, source=source)
             if sync:
                 for source, found in read.items():
@@ -144,14 +144,14 @@ def ingest(
 
 
 def _within_budget(found: list[Document], budget: FieldBudget, summary: IngestSummary,
-                   warn: Callable[[str], None]) -> list[Document]:
+                   warn: Callable[[str], None], origins: dict[str, str]) -> list[Document]:
     """`found` less the documents that would take the collection past its distinct-field limit (warned about)."""
     kept = []
     for doc in found:
         try:
             budget.admit(doc.id, doc.metadata)
         except DocumentError as exc:
-            _skip(doc, str(exc), summary, warn)
+            _skip(doc, str(exc), summary, warn, where=origins.get(doc.id))
             continue
         kept.append(doc)
     return kept
@@ -175,9 +175,9 @@ def _skip(doc: Document, reason: str, summary: IngestSummary, warn: Callable[[st
 
 def _read(paths: Sequence[str | Path], *, fields: RecordFields, max_file_bytes: int, progress: bool,
           summary: IngestSummary, warn: Callable[[str], None], limits: MetadataLimits,
-          file_facts: FileFacts) -> dict[Source, list[Document]]:
-    """The documents under each path, by its source, each checked against `limits`; every skip is warned
-    about as it happens."""
+          file_facts: FileFacts) -> tuple[dict[Source, list[Document]], dict[str, str]]:
+    """The documents under each path, by its source, each checked against `limits`, and the file each
+    document id was read from; every skip is warned about as it happens."""
     walks = [(Path(p), read_paths([Path(p)], fields=fields, max_file_bytes=max_file_bytes, file_facts=file_facts,
                                   progress=progress, summary=summary)) for p in paths]  # every path checked before any is read
     sources = _distinct_roots([root for root, _ in walks])
@@ -204,7 +204,7 @@ def _read(paths: Sequence[str | Path], *, fields: RecordFields, max_file_bytes: 
             else:
                 first[item.id] = _where(root, item)
                 found.append(item)
-    return out
+    return out, first
 
 
 def _distinct_roots(roots: list[Path]) -> list[Source | None]:

@@ -342,7 +342,8 @@ class Service:
     # -- answers from memory --------------------------------------------------------------------
     def document(self, doc_id: str) -> DocumentOut:
         generation = self.stack.collection.generation  # the newest durable one this process knows
-        entry = generation.by_id.get(_known_id(doc_id))
+        doc_id = _known_id(doc_id)
+        entry = generation.by_id.get(doc_id)
         if entry is None:
             raise ApiError(404, "not_found", f"no document {doc_id!r} in the collection (generation "
                            f"{generation.number})", "doc_id")
