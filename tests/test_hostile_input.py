@@ -202,6 +202,30 @@ def test_finding_3_client_mistakes_are_4xx_not_500(served):
     assert search(client, filter={"kind": "even"}).status_code == 200
 
 
+def test_rerank_passages_are_cleaned_for_scoring_and_refused_with_a_lone_surrogate(tmp_path):
+    from tiny_models import make_tiny_cross_encoder, make_tiny_sentence_transformer
+
+    from serve_support import rerank_config
+
+    config = rerank_config(str(make_tiny_sentence_transformer(tmp_path / "st")),
+                           str(make_tiny_cross_encoder(tmp_path / "ce", max_length=64)))
+    service = Service.open(config, build_collection(tmp_path / "c", config, n=6), ServeSettings(), pin_threads=False)
+    try:
+        with TestClient(create_app(service)) as client:
+            body = {"query": "protein", "documents": ["protein cell", "a\x00b\x0cc"], "return_documents": True}
+            r = client.post("/v1/rerank", content=json.dumps(body), headers=JSON)
+            assert r.status_code == 200, r.text  # control characters: cleaned for scoring, sent back as given
+            assert {x["index"]: x["document"]["text"] for x in r.json()["results"]} == {0: "protein cell", 1: "a\x00b\x0cc"}
+            for documents, field in ((["ok", "protein\ud800 cell"], "documents[1]"),
+                                     ([{"text": "ok", "source": ["x", "\udfff"]}], "documents[0].source[1]")):
+                r = client.post("/v1/rerank", content=json.dumps({**body, "documents": documents}), headers=JSON)
+                assert (r.status_code, r.json()["error"]["code"], r.json()["error"]["field"]) == (422, "invalid_text", field), r.text
+            r = client.post("/v1/rerank", content=json.dumps({**body, "query": "protein\ud800"}), headers=JSON)
+            assert (r.status_code, r.json()["error"]["code"]) == (422, "invalid_text")
+    finally:
+        service.close()
+
+
 def test_finding_3_in_python_a_lone_surrogate_is_an_input_error_not_a_crash(tmp_path):
     assert hash_strings(["\ud800x"]) != hash_strings(["x"])  # the crash of the probe: UnicodeEncodeError
     root = build_collection(tmp_path / "c", BM25_ONLY, n=5)
@@ -500,3 +524,26 @@ def test_python_records_are_written_or_refused_with_one_of_our_errors(tmp_path_f
     assert doc.id == unicodedata.normalize("NFC", doc_id or "x")
     doc.model_dump_json()  # what the generation's table stores: serialisable
     assert not any(isinstance(v, float) and not math.isfinite(v) for v in doc.metadata.values())
+
+
+# -- the command line -------------------------------------------------------------------------------
+def test_the_flags_reach_ingest_and_serve(tmp_path, capsys):
+    from stagegraph.cli.app import build_parser, main
+    from stagegraph.cli.serve import settings_of
+
+    folder = tmp_path / "docs"
+    write(folder / "wide.md", "---\na: 1\nb: 2\nc: 3\n---\nwide text\n")
+    write(folder / "narrow.md", "---\na: 1\n---\nnarrow text\n")
+    args = ["ingest", str(folder), "--collection", str(tmp_path / "c"), "--config", "bm25", "--quiet"]
+    assert main([*args, "--max-metadata-fields", "6", "--file-facts", "--absolute-paths"]) == 0, capsys.readouterr().err
+    assert f"warning: skipped {folder / 'wide.md'}: document 'wide.md': metadata: 7 fields; the limit is 6" in capsys.readouterr().err
+    with Collection.open(tmp_path / "c") as store:
+        assert sorted(store.generation.by_id) == ["narrow.md"]
+        metadata = store.generation.by_id["narrow.md"].metadata
+    assert metadata["path"] == str((folder / "narrow.md").absolute()) and metadata["size"] > 0
+    assert main([*args, "--max-metadata-depth", "0"]) == 2
+    assert "--max-metadata-depth: Input should be greater than or equal to 1" in capsys.readouterr().err
+    parsed = build_parser().parse_args(["serve", "bm25", "--collection", str(tmp_path / "c"), "--max-metadata-kb", "8",
+                                        "--max-collection-fields", "10"])
+    limits = settings_of(parsed).metadata
+    assert (limits.max_metadata_bytes, limits.max_collection_fields, limits.max_fields) == (8192, 10, 256)

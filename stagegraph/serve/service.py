@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import platform
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,15 @@ from stagegraph.collection.layout import CollectionError
 from stagegraph.collection.sources import HTTP
 from stagegraph.collection.stack import Stack
 from stagegraph.collection.writer import as_document
-from stagegraph.corpora.validate import DocumentError, FieldBudget, check_record, fields_of, normalize_id, text_problem
+from stagegraph.corpora.validate import (
+    DocumentError,
+    FieldBudget,
+    check_record,
+    clean_text,
+    fields_of,
+    normalize_id,
+    text_problem,
+)
 from stagegraph.pipeline import threads
 from stagegraph.serve.batching import install
 from stagegraph.serve.errors import ApiError
@@ -58,6 +67,7 @@ from stagegraph.serve.settings import ServeSettings
 from stagegraph.stages.rerank.cross_encoder import CrossEncoderReranker
 
 log = logging.getLogger("stagegraph.serve")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 VERSIONED = ("stagegraph", "fastapi", "starlette", "uvicorn", "pydantic", "prometheus-client", "numpy", "torch",
              "faiss-cpu", "sentence-transformers", "transformers")
@@ -203,7 +213,7 @@ class Service:
                            f"{limits.max_rerank_documents} (--max-rerank-documents); split the call", "documents")
         for i, doc in enumerate(body.documents):
             text = doc if isinstance(doc, str) else doc.text
-            check_text(text, f"documents[{i}]")
+            check_unicode(doc if isinstance(doc, str) else _document_fields(doc), f"documents[{i}]")
             if len(text) > limits.max_document_chars:
                 raise ApiError(422, "document_too_long", f"documents[{i}] has {len(text)} characters; the limit is "
                                f"{limits.max_document_chars} (--max-document-chars); cut it into passages",
@@ -265,7 +275,7 @@ class Service:
     def rerank(self, job: Job, body: RerankRequest, request_id: str) -> Done:
         queue_ms = job.queue_s * 1000.0
         stage = self.reranker()
-        texts = [d if isinstance(d, str) else d.text for d in body.documents]
+        texts = [clean_text(d if isinstance(d, str) else d.text) for d in body.documents]  # as a document's text is
         t0 = time.perf_counter()
         scores = np.asarray(stage.predict([(body.query, t) for t in texts]), dtype=np.float64)
         ms = (time.perf_counter() - t0) * 1000.0
@@ -395,10 +405,28 @@ def _writer(collection: Collection, timeout: float):
 
 
 def check_text(text: str, field: str) -> None:
-    """422 `invalid_text` for a query or passage holding a lone surrogate or a control character."""
+    """422 `invalid_text` for a query holding a lone surrogate or a control character (passages to rerank
+    are cleaned for scoring instead, as a document's text is; `check_unicode` refuses lone surrogates in them)."""
     problem = text_problem(text)
     if problem is not None:
         raise ApiError(422, "invalid_text", f"{field} holds {problem}; send text without them", field)
+
+
+def check_unicode(value: Any, field: str) -> None:
+    """422 `invalid_text` for a lone surrogate in any string of `value` (a rerank document, whose fields
+    are sent back as given, and a lone surrogate cannot be written as UTF-8)."""
+    stack = [(value, field)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            found = _SURROGATE.search(item)
+            if found is not None:
+                raise ApiError(422, "invalid_text", f"{where} holds a lone surrogate U+{ord(found.group()):04X} at "
+                               f"character {found.start()}; send valid Unicode", where)
+        elif isinstance(item, dict):
+            stack += [(k, where) for k in item] + [(v, f"{where}.{k}") for k, v in item.items() if isinstance(k, str)]
+        elif isinstance(item, list):
+            stack += [(v, f"{where}[{n}]") for n, v in enumerate(item)]
 
 
 def document_error(index: int, exc: DocumentError) -> ApiError:
