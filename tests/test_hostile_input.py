@@ -154,6 +154,7 @@ def test_finding_2_over_http_the_wide_document_is_refused_and_searches_build_one
         assert search(client, filter={"kind": "odd"}).status_code == 200
     index = MetadataIndex.of(service.stack.collection.corpus)
     assert index.built() == ["kind"] and index.builds == 1
+    assert client.get("/v1/info").json()["limits"]["metadata"]["max_fields"] == 256  # the operator can see them
 
 
 def test_the_collection_bounds_its_distinct_fields(served, tmp_path):

@@ -379,7 +379,7 @@ class Service:
                         "documents": manifest.documents, "chunks": manifest.chunks, "created": manifest.created},
             read_only=s.read_only, workers=s.worker_count, threads_per_worker=s.threads,
             in_progress=self.search_pool.thread_count, queue=s.queue, deadline_ms=s.deadline_ms,
-            batching=s.batching.model_dump(), limits=s.limits.model_dump(),
+            batching=s.batching.model_dump(), limits={**s.limits.model_dump(), "metadata": s.metadata.model_dump()},
             versions={"python": platform.python_version(), **{n: v for n in VERSIONED if (v := _version(n))}},
         )
 
