@@ -201,6 +201,10 @@ def test_finding_3_client_mistakes_are_4xx_not_500(served):
         assert r.status_code == 422, r.text
         assert (r.json()["error"]["code"], r.json()["error"]["field"]) == (code, field), r.text
     assert search(client, filter={"kind": "even"}).status_code == 200
+    # past the JSON parser's own recursion (the probe's 490 levels), before our limit can look: a 400 of the table
+    body = '{"query": "x", "filter": ' + '{"$and": [' * 490 + '{"n": 1}' + ']}' * 490 + '}'
+    r = client.post("/v1/search", content=body, headers=JSON)
+    assert (r.status_code, r.json()["error"]["code"]) == (400, "invalid_json"), r.text
 
 
 def test_rerank_passages_are_cleaned_for_scoring_and_refused_with_a_lone_surrogate(tmp_path):

@@ -120,6 +120,10 @@ def create_app(service: Service, *, api_key: str | None = None) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":  # FastAPI's own parse:
+            # bytes that are not UTF-8, or JSON nested past the parser's recursion (a filter 490 levels deep)
+            return error_response(400, "invalid_json", "the body could not be read as JSON (not UTF-8, or nested too "
+                                  "deep: filters allow 16 levels, metadata 8); send one JSON object in UTF-8")
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         message = {404: f"no route {request.url.path}; see /docs", 405: f"{request.method} is not allowed on "
                    f"{request.url.path}; see /docs"}.get(exc.status_code, str(exc.detail))
