@@ -171,16 +171,30 @@ def normalize_newlines(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-def jsonable(value: Any) -> Any:
-    """User metadata made JSON-safe: dates become ISO-8601 strings, tuples lists, unknown objects strings."""
+#: the most values user metadata may expand to while being read (`MetadataLimits.max_values` can be
+#: raised to this); YAML aliases let a 1 KB front matter stand for billions ("billion laughs")
+MAX_METADATA_VALUES = 100_000
+#: nesting a reader follows (`MetadataLimits.max_depth` can be raised to 32)
+MAX_METADATA_DEPTH = 64
+
+
+def jsonable(value: Any, _budget: list[int] | None = None, _depth: int = 0) -> Any:
+    """User metadata made JSON-safe: dates become ISO-8601 strings, tuples lists, unknown objects strings.
+    `Unreadable` past `MAX_METADATA_VALUES` values or `MAX_METADATA_DEPTH` levels, before expanding them."""
+    budget = _budget if _budget is not None else [MAX_METADATA_VALUES]
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise Unreadable(f"metadata of more than {MAX_METADATA_VALUES} values (YAML aliases expand to copies)")
+    if _depth > MAX_METADATA_DEPTH:
+        raise Unreadable(f"metadata nested more than {MAX_METADATA_DEPTH} levels deep")
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, (dt.date, dt.datetime, dt.time)):
         return value.isoformat()
     if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v, budget, _depth + 1) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
+        return [jsonable(v, budget, _depth + 1) for v in value]
     return str(value)
 
 
