@@ -171,6 +171,24 @@ def test_finding_2_over_http_the_wide_document_is_refused_and_searches_build_one
     assert client.get("/v1/info").json()["limits"]["metadata"]["max_fields"] == 256  # the operator can see them
 
 
+def test_the_columns_go_with_their_generation(served):
+    """A filter's columns belong to one generation's index: when a write moves the server on, the old
+    index (and the columns of documents since deleted) is released, and the new one builds on demand."""
+    import gc
+    import weakref
+
+    client, service = served
+    assert search(client, filter={"kind": "odd"}).status_code == 200
+    old = weakref.ref(MetadataIndex.of(service.stack.collection.corpus))
+    assert old().built() == ["kind"]
+    assert put(client, {"id": "new", "text": "protein cancer", "metadata": {"kind": "odd"}}).status_code == 200
+    assert client.delete("/v1/documents/doc001?wait=true").status_code == 200
+    assert search(client, filter={"kind": "odd"}).status_code == 200
+    gc.collect()
+    assert old() is None
+    assert MetadataIndex.of(service.stack.collection.corpus).built() == ["kind"]
+
+
 def test_the_collection_bounds_its_distinct_fields(served, tmp_path):
     client, service = served
     service.settings.metadata = MetadataLimits(max_collection_fields=4)  # the collection holds n and kind
