@@ -28,6 +28,7 @@ from typing import Any
 
 from stagegraph.corpora.filters import MetadataIndex, combine
 from stagegraph.corpora.types import Corpus, Queries
+from stagegraph.corpora.validate import check_query
 from stagegraph.errors import InputError
 from stagegraph.pipeline import threads as thread_policy
 from stagegraph.pipeline.cache import StageCache
@@ -147,6 +148,7 @@ class Runner:
         exist) and applied inside every retriever before its top k."""
         if not isinstance(query, str) or not query.strip():
             raise InputError("the query is empty; give a question or keywords")
+        check_query(query)  # a lone surrogate or a control character: an InputError, not a crash in a stage
         if k < 1:
             raise InputError(f"k must be a positive number of hits, got {k}")
         self.check_filter(filter)
@@ -159,6 +161,8 @@ class Runner:
         empty = [i for i, q in enumerate(texts) if not isinstance(q, str) or not q.strip()]
         if empty:
             raise InputError(f"queries {empty[:5]} are empty; give a question or keywords for each")
+        for query in texts:
+            check_query(query)
         if k < 1:
             raise InputError(f"k must be a positive number of hits, got {k}")
         self.check_filter(filter)

@@ -29,10 +29,11 @@ def stable_hash(payload: Any) -> str:
 
 
 def hash_strings(parts: Iterable[str]) -> str:
-    """SHA-256 over length-prefixed UTF-8 strings (no two sequences of strings collide by joining)."""
+    """SHA-256 over length-prefixed UTF-8 strings (no two sequences of strings collide by joining).
+    A lone surrogate is hashed as its own code unit ("surrogatepass"), so no string makes it fail."""
     digest = hashlib.sha256()
     for part in parts:
-        encoded = part.encode("utf-8")
+        encoded = part.encode("utf-8", "surrogatepass")
         digest.update(len(encoded).to_bytes(8, "little"))
         digest.update(encoded)
     return digest.hexdigest()

@@ -55,7 +55,7 @@ def test_each_operator_selects_the_rows_it_names(expression, rows):
 @pytest.mark.parametrize(
     ("expression", "message"),
     [
-        ({"extension": "md"}, r"unknown filter field 'extension'; the documents' fields are: date \(date\), draft \(bool\), ext \(text\), tags \(list\), year \(number\)"),
+        ({"extension": "md"}, r"^unknown filter field 'extension': no document has it; check its spelling"),
         ({"ext": {"$gt": "a"}}, r"\$gt does not fit field ext \(text\): comparisons take numbers or dates"),
         ({"year": {"$gte": "recent"}}, r"field 'year' holds numbers: give a number, not 'recent'"),
         ({"date": {"$lt": 5}}, r"field 'date' holds dates: compare it with an ISO date"),

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from stagegraph.corpora.ingest import Document, IngestSummary, RecordFields, Skipped, read_paths
+from stagegraph.corpora.ingest import Document, FileFacts, IngestSummary, RecordFields, Skipped, read_paths
 from stagegraph.errors import InputError
 from stagegraph.hashing import stable_hash
 
@@ -129,19 +129,25 @@ def test_markdown_front_matter_becomes_metadata_and_headings_become_sections(tmp
     assert doc.metadata["title"] == "Front-matter title"
     assert doc.metadata["date"] == "2024-01-02"
     assert doc.metadata["tags"] == ["setup", "gpu"]
-    assert doc.metadata["path"] == str(path)  # the file's facts win over a user field of the same name
+    assert doc.metadata["path"] == "notes/guide.md"  # the file's facts (relative) win over a user field of the same name
     assert [s.title for s in doc.sections] == ["Getting started", "Install it", "Configure"]
     assert doc.text[doc.sections[1].start :].startswith("## Install **it**")
     assert doc.text[doc.sections[2].start :].startswith("Configure\n---------")
     assert doc.content_hash == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_file_facts_are_path_extension_size_and_utc_mtime(tmp_path):
-    path = write(tmp_path / "Report.MARKDOWN", "plain words\n")
+def test_file_facts_are_a_relative_path_and_extension_unless_the_operator_asks_for_more(tmp_path):
+    """Issue 23.5 (finding 6): no client learns the server's folders, file sizes or times by default."""
+    path = write(tmp_path / "docs" / "sub" / "Report.MARKDOWN", "plain words\n")
     os.utime(path, (1_700_000_000.25, 1_700_000_000.25))
     doc = only_document(path)
     assert doc.id == "Report.MARKDOWN"  # a single file's id is its name
-    assert {k: doc.metadata[k] for k in ("path", "ext", "size")} == {"path": str(path), "ext": "markdown", "size": 12}
+    assert doc.metadata == {"path": "Report.MARKDOWN", "ext": "markdown"}
+    (doc,) = documents(read(tmp_path / "docs")).values()
+    assert doc.metadata["path"] == "sub/Report.MARKDOWN" and str(tmp_path) not in json.dumps(doc.metadata)
+    assert "size" not in doc.metadata and "mtime" not in doc.metadata
+    doc = only_document(path, file_facts=FileFacts(absolute_paths=True, size_and_mtime=True))
+    assert {k: doc.metadata[k] for k in ("path", "ext", "size")} == {"path": str(path.absolute()), "ext": "markdown", "size": 12}
     mtime = dt.datetime.fromisoformat(doc.metadata["mtime"])
     assert mtime.utcoffset() == dt.timedelta(0)
     assert mtime.timestamp() == pytest.approx(1_700_000_000.25)
@@ -247,7 +253,7 @@ def test_jsonl_records_with_duplicates_missing_text_and_bad_lines(tmp_path):
     docs = documents(items)
     assert list(docs) == ["a", "7"]
     assert docs["a"].title == "Alpha" and docs["a"].text == "first"
-    assert docs["a"].metadata == {"lang": "en", "year": 2020, "path": str(path), "line": 1}
+    assert docs["a"].metadata == {"lang": "en", "year": 2020, "path": path.name, "line": 1}
     assert docs["7"].title == "" and docs["7"].metadata["line"] == 2
     assert skips(items) == {
         f"{path}:4": "duplicate record id 'a' (first at line 1)",
@@ -274,7 +280,7 @@ def test_field_mapping_and_chosen_metadata_fields(tmp_path):
     fields = RecordFields(id="doc", title="heading", text="body", metadata=["url", "missing"])
     doc = only_document(path, fields=fields)
     assert (doc.id, doc.title, doc.text) == ("p1", "H", "the body")
-    assert doc.metadata == {"url": "u", "path": str(path), "record": 1}
+    assert doc.metadata == {"url": "u", "path": path.name, "record": 1}
     with pytest.raises(ValidationError):
         RecordFields(identifier="doc")
 

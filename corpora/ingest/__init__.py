@@ -11,7 +11,7 @@ from stagegraph.corpora.ingest.chunking import Chunk, Chunker, ChunkerConfig
 from stagegraph.corpora.ingest.documents import Document, Section, Skipped
 from stagegraph.corpora.ingest.readers import SUPPORTED_EXTENSIONS, read_file
 from stagegraph.corpora.ingest.records import RecordFields
-from stagegraph.corpora.ingest.sources import DEFAULT_MAX_FILE_BYTES
+from stagegraph.corpora.ingest.sources import DEFAULT_MAX_FILE_BYTES, FileFacts
 from stagegraph.corpora.ingest.walk import IngestSummary, read_paths
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "Chunker",
     "ChunkerConfig",
     "Document",
+    "FileFacts",
     "IngestSummary",
     "RecordFields",
     "Section",

@@ -30,8 +30,9 @@ class Section(BaseModel):
 class Document(BaseModel):
     """One document: a file (id = its path relative to the root given, POSIX form) or a JSON record (id = its id).
 
-    `metadata` always holds `path` (the file as walked), and for files `ext` (lower case, no dot),
-    `size` (bytes) and `mtime` (ISO-8601, UTC); user fields (Markdown front matter, JSON record
+    `metadata` always holds `path` (the file relative to the path walked; absolute only with
+    `FileFacts.absolute_paths`), and for files `ext` (lower case, no dot), plus `size` (bytes) and
+    `mtime` (ISO-8601, UTC) only with `FileFacts.size_and_mtime`; user fields (Markdown front matter, JSON record
     fields) come on top, except that these facts of the file win over a user field of the same name.
     `sections` are sorted by `start`. `vector` is a precomputed embedding of the document (a record's
     `--vector-field`), kept as float32 bytes (a list of numbers is accepted and converted): a million

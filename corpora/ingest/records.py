@@ -5,7 +5,7 @@ record), `text`, and `metadata`, the fields to keep as user metadata (None: ever
 three). A `.jsonl` file holds one object a line and is streamed, so it is not held to the size
 limit; a `.json` file holds one object or a list of them and is read whole. Each record is its own
 document: id = the record's id (integers become strings), `content_hash` = `stable_hash` of the
-record (its canonical JSON: sorted keys), metadata = the user fields plus `path` (the file) and
+record (its canonical JSON: sorted keys), metadata = the user fields plus `path` (the file, as `SourceFile.shown_path` gives it) and
 `line` (JSONL, 1-based) or `record` (JSON, 1-based position in the list).
 
 Precomputed vectors (`stagegraph.corpora.vectors`): with `vector` set (`--vector-field embedding`),
@@ -152,7 +152,7 @@ def record_document(
     if not isinstance(text, str):
         raise Unreadable(f"record text ({fields.text!r}) is {type(text).__name__}, not a string")
     title = record.get(fields.title)
-    metadata = {**fields.user_metadata(record), "path": source.label, position_word: position}
+    metadata = {**fields.user_metadata(record), "path": source.shown_path, position_word: position}
     vector = None
     if fields.vector is not None and record.get(fields.vector) is not None:
         try:

@@ -13,7 +13,11 @@ Every reader goes through here, so the rules are the same for every format:
   best guess, preferring cp1252 (a superset of latin-1) when it is as plausible as the best guess,
   since charset-normalizer cannot tell Western European code pages apart on short texts. Line endings
   become `\\n`.
-* `make_document(...)` assembles the `Document` with the file's facts as metadata.
+* `make_document(...)` assembles the `Document` with the file's facts as metadata: `path` relative to
+  the path the walk was given (a file given on its own: its name) and `ext`; `FileFacts` is what the
+  operator may ask for on top (the absolute path, the size and the modification time). A document's
+  metadata is what any client that can search reads, so nothing of the server's disk is in it unless
+  asked for (issue 23.5).
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ import stat as stat_module
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict
 
 from stagegraph.corpora.ingest.documents import Document, Section
 from stagegraph.errors import InputError
@@ -47,6 +53,20 @@ class Unreadable(InputError):
         self.reason = reason
 
 
+class FileFacts(BaseModel):
+    """What a file's document records about the file beyond `path` (relative) and `ext`: each an opt-in."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: `path` is the absolute path of the file on the ingesting machine (`--absolute-paths`); default: relative to the path given
+    absolute_paths: bool = False
+    #: add `size` (bytes) and `mtime` (ISO-8601, UTC) (`--file-facts`); default: neither
+    size_and_mtime: bool = False
+
+
+NO_FILE_FACTS = FileFacts()
+
+
 @dataclass(frozen=True)
 class SourceFile:
     """A regular file found by the walker: where it is, the id it will have, and its `os.stat` result."""
@@ -55,6 +75,7 @@ class SourceFile:
     id: str
     stat: os.stat_result
     max_bytes: int = DEFAULT_MAX_FILE_BYTES
+    file_facts: FileFacts = NO_FILE_FACTS
 
     @property
     def ext(self) -> str:
@@ -65,9 +86,18 @@ class SourceFile:
         """How messages name the file: its path as walked."""
         return str(self.path)
 
+    @property
+    def shown_path(self) -> str:
+        """The file as its documents' `path` gives it: relative to the path walked (POSIX form), or absolute
+        with `FileFacts.absolute_paths`."""
+        return str(self.path.absolute()) if self.file_facts.absolute_paths else self.id
+
     def facts(self) -> dict[str, Any]:
-        mtime = dt.datetime.fromtimestamp(self.stat.st_mtime, tz=dt.timezone.utc)
-        return {"path": self.label, "ext": self.ext, "size": self.stat.st_size, "mtime": mtime.isoformat()}
+        out: dict[str, Any] = {"path": self.shown_path, "ext": self.ext}
+        if self.file_facts.size_and_mtime:
+            mtime = dt.datetime.fromtimestamp(self.stat.st_mtime, tz=dt.timezone.utc)
+            out.update(size=self.stat.st_size, mtime=mtime.isoformat())
+        return out
 
 
 def too_large_reason(max_bytes: int) -> str:
@@ -141,16 +171,30 @@ def normalize_newlines(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-def jsonable(value: Any) -> Any:
-    """User metadata made JSON-safe: dates become ISO-8601 strings, tuples lists, unknown objects strings."""
+#: the most values user metadata may expand to while being read (`MetadataLimits.max_values` can be
+#: raised to this); YAML aliases let a 1 KB front matter stand for billions ("billion laughs")
+MAX_METADATA_VALUES = 100_000
+#: nesting a reader follows (`MetadataLimits.max_depth` can be raised to 32)
+MAX_METADATA_DEPTH = 64
+
+
+def jsonable(value: Any, _budget: list[int] | None = None, _depth: int = 0) -> Any:
+    """User metadata made JSON-safe: dates become ISO-8601 strings, tuples lists, unknown objects strings.
+    `Unreadable` past `MAX_METADATA_VALUES` values or `MAX_METADATA_DEPTH` levels, before expanding them."""
+    budget = _budget if _budget is not None else [MAX_METADATA_VALUES]
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise Unreadable(f"metadata of more than {MAX_METADATA_VALUES} values (YAML aliases expand to copies)")
+    if _depth > MAX_METADATA_DEPTH:
+        raise Unreadable(f"metadata nested more than {MAX_METADATA_DEPTH} levels deep")
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, (dt.date, dt.datetime, dt.time)):
         return value.isoformat()
     if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v, budget, _depth + 1) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
+        return [jsonable(v, budget, _depth + 1) for v in value]
     return str(value)
 
 

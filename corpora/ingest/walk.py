@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from stagegraph.corpora.ingest.documents import Document, Skipped
 from stagegraph.corpora.ingest.readers import RECORD_READERS, read_file
 from stagegraph.corpora.ingest.records import RecordFields
-from stagegraph.corpora.ingest.sources import DEFAULT_MAX_FILE_BYTES, SourceFile, os_error_reason
+from stagegraph.corpora.ingest.sources import DEFAULT_MAX_FILE_BYTES, NO_FILE_FACTS, FileFacts, SourceFile, os_error_reason
 from stagegraph.errors import InputError
 
 _Key = tuple[int, int]  # (st_dev, st_ino)
@@ -55,6 +55,7 @@ def read_paths(
     *,
     fields: RecordFields = DEFAULT_FIELDS,
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    file_facts: FileFacts = NO_FILE_FACTS,
     progress: bool = True,
     summary: IngestSummary | None = None,
 ) -> Iterator[Document | Skipped]:
@@ -69,13 +70,13 @@ def read_paths(
         raise InputError(f"{missing[0]}: no such file or folder; give existing files or folders to read.")
     if max_file_bytes < 1:
         raise InputError(f"max_file_bytes is {max_file_bytes}; give a positive size limit (--max-file-mb).")
-    return _read_roots(roots, fields, max_file_bytes, progress, summary if summary is not None else IngestSummary())
+    return _read_roots(roots, fields, _Walker(max_file_bytes, file_facts), progress,
+                       summary if summary is not None else IngestSummary())
 
 
 def _read_roots(
-    roots: list[Path], fields: RecordFields, max_file_bytes: int, progress: bool, summary: IngestSummary
+    roots: list[Path], fields: RecordFields, walker: _Walker, progress: bool, summary: IngestSummary
 ) -> Iterator[Document | Skipped]:
-    walker = _Walker(max_file_bytes)
     first_source: dict[str, str] = {}
     with tqdm(desc="reading files", unit="file", disable=not progress) as bar:
         for root in roots:
@@ -123,8 +124,9 @@ def _unique(item: Document | Skipped, source: str, first_source: dict[str, str])
 class _Walker:
     """Finds the regular files under the given paths, each (device, inode) once, in sorted order."""
 
-    def __init__(self, max_file_bytes: int):
+    def __init__(self, max_file_bytes: int, file_facts: FileFacts = NO_FILE_FACTS):
         self.max_file_bytes = max_file_bytes
+        self.file_facts = file_facts
         self.first_seen: dict[_Key, str] = {}
 
     def walk(self, root: Path) -> Iterator[SourceFile | Skipped]:
@@ -149,7 +151,7 @@ class _Walker:
             yield from self._folder(path, root, ancestors | {key})
         elif stat_module.S_ISREG(st.st_mode):
             self.first_seen[key] = str(path)
-            yield SourceFile(path=path, id=file_id, stat=st, max_bytes=self.max_file_bytes)
+            yield SourceFile(path=path, id=file_id, stat=st, max_bytes=self.max_file_bytes, file_facts=self.file_facts)
         else:
             yield Skipped(source=str(path), reason="not a regular file (a device, pipe or socket)")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 
 from stagegraph.cli.app import Exit, add_executor_args, executor_config, opened_executor, progress, say
+from stagegraph.cli.limits import add_metadata_limit_args, metadata_limits_of
 
 
 def register(sub) -> None:
@@ -34,6 +35,10 @@ def register(sub) -> None:
     p.add_argument("--vector-model", help="the model that made those embeddings: the dense stage's model: (it encodes the queries)")
     p.add_argument("--max-file-mb", type=float, default=50.0, help="skip files larger than this (default 50)")
     p.add_argument("--lock-timeout", type=float, default=60.0, help="seconds to wait for another writer (default 60)")
+    p.add_argument("--absolute-paths", action="store_true", help="metadata.path is the file's absolute path "
+                   "(default: relative to the path given, so no client learns the server's folders)")
+    p.add_argument("--file-facts", action="store_true", help="add each file's size and mtime to its metadata (default: not)")
+    add_metadata_limit_args(p)
     add_executor_args(p)
     p.set_defaults(func=handle)
 
@@ -44,7 +49,7 @@ def handle(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from stagegraph.collection.ingest import ingest
-    from stagegraph.corpora.ingest import ChunkerConfig, RecordFields
+    from stagegraph.corpora.ingest import ChunkerConfig, FileFacts, RecordFields
     from stagegraph.errors import InputError
     from stagegraph.pipeline.compose import Pipeline
     from stagegraph.pipeline.config import load_config
@@ -73,6 +78,8 @@ def handle(args: argparse.Namespace) -> int:
         report = ingest(
             args.paths, args.collection, pipeline=pipeline, chunker=chunker,
             records=records, sync=args.sync, delete=args.delete, max_file_bytes=int(args.max_file_mb * 1024 * 1024),
+            limits=metadata_limits_of(args), file_facts=FileFacts(absolute_paths=args.absolute_paths,
+                                                                  size_and_mtime=args.file_facts),
             lock_timeout=args.lock_timeout, progress=progress(args), warn=lambda line: print(f"warning: {line}", file=sys.stderr),
             encode=executor.encoder() if executor is not None else None,
         )

@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from stagegraph.cli.app import Exit, load_pipeline
+from stagegraph.cli.limits import add_metadata_limit_args, metadata_limits_of
 
 
 def register(sub) -> None:
@@ -46,6 +47,7 @@ def register(sub) -> None:
     p.add_argument("--max-rerank-documents", type=int, default=256, help="documents per /v1/rerank (default 256)")
     p.add_argument("--max-document-chars", type=int, default=20_000, help="longest rerank document (default 20000)")
     p.add_argument("--max-write-documents", type=int, default=1000, help="documents per PUT (default 1000)")
+    add_metadata_limit_args(p)
     p.add_argument("--read-only", action="store_true", help="refuse every write (PUT and DELETE answer 403)")
     p.add_argument("--watch", type=float, default=0.1, metavar="SECONDS",
                    help="look this often for a generation another process published, and serve it (default 0.25; 0: off)")
@@ -74,6 +76,7 @@ def settings_of(args: argparse.Namespace):
                           max_json_depth=args.max_json_depth, max_query_chars=args.max_query_chars, max_k=args.max_k,
                           max_batch_queries=args.max_batch_queries, max_rerank_documents=args.max_rerank_documents,
                           max_document_chars=args.max_document_chars, max_write_documents=args.max_write_documents),
+            metadata=metadata_limits_of(args),
         )
     except ValidationError as exc:
         first = exc.errors()[0]

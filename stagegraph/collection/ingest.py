@@ -12,6 +12,13 @@ on its own, and every document read records it. With `sync`, the documents of th
 were not found again are deleted; documents of other sources (other folders, the Python API, HTTP)
 never are, and the report counts them. Paths inside one another are refused (the documents under
 both would belong to two sources); a document id read under two paths is kept from the first.
+
+Every document read is checked (`stagegraph.corpora.validate`, with `limits`: the defaults of
+`MetadataLimits` unless given): its id NFC-normalised, its text and title cleaned, and a file or
+record whose id or metadata (front matter, record fields) breaks a rule is skipped with one warning
+line naming it and the field, the rest ingested. So is one that would take the collection past
+`max_collection_fields` distinct metadata fields. `file_facts` (`FileFacts`) says what the documents
+record about their files: `path` relative to the path given, unless asked for more.
 """
 
 from __future__ import annotations
@@ -26,8 +33,9 @@ from pydantic import BaseModel, Field
 from stagegraph.collection.collection import Collection
 from stagegraph.collection.layout import CollectionError, Layout
 from stagegraph.collection.sources import UNKNOWN, Source, path_source
-from stagegraph.corpora.ingest import ChunkerConfig, Document, IngestSummary, RecordFields, Skipped, read_paths
+from stagegraph.corpora.ingest import ChunkerConfig, Document, FileFacts, IngestSummary, RecordFields, Skipped, read_paths
 from stagegraph.corpora.ingest.sources import DEFAULT_MAX_FILE_BYTES
+from stagegraph.corpora.validate import DocumentError, FieldBudget, MetadataLimits, check_document, fields_of
 
 
 class IngestReport(BaseModel):
@@ -77,6 +85,8 @@ def ingest(
     sync: bool = False,
     delete: Sequence[str] = (),
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    limits: MetadataLimits | None = None,
+    file_facts: FileFacts | None = None,
     lock_timeout: float = 60.0,
     progress: bool = True,
     warn: Callable[[str], None] = print,
@@ -92,7 +102,9 @@ def ingest(
     layout = Layout(collection)
     fields = records or (Collection.open(collection).settings.records if layout.exists() else RecordFields())
     summary = IngestSummary()
-    read = _read(paths, fields=fields, max_file_bytes=max_file_bytes, progress=progress, summary=summary, warn=warn)
+    limits = limits or MetadataLimits()
+    read, origins = _read(paths, fields=fields, max_file_bytes=max_file_bytes, progress=progress, summary=summary, warn=warn,
+                 limits=limits, file_facts=file_facts or FileFacts())
     documents = [d for found in read.values() for d in found]
     if not documents and not delete and not (sync and paths and layout.exists()):
         raise CollectionError(
@@ -102,7 +114,10 @@ def ingest(
     store = _collection(collection, pipeline, chunker, records, progress)  # created only now, with something to hold
     try:
         with store.writer(timeout=lock_timeout, encode=encode) as w:
+            store.refresh()  # the generation this writer starts from: its fields count against the limit
+            budget = FieldBudget(fields_of(e.metadata for e in store.generation.documents), limits)
             for source, found in read.items():
+                found[:] = _within_budget(found, budget, summary, warn, origins)
                 w.upsert(found, source=source)
             if sync:
                 for source, found in read.items():
@@ -128,11 +143,43 @@ def ingest(
     return report
 
 
+def _within_budget(found: list[Document], budget: FieldBudget, summary: IngestSummary,
+                   warn: Callable[[str], None], origins: dict[str, str]) -> list[Document]:
+    """`found` less the documents that would take the collection past its distinct-field limit (warned about)."""
+    kept = []
+    for doc in found:
+        try:
+            budget.admit(doc.id, doc.metadata)
+        except DocumentError as exc:
+            _skip(doc, str(exc), summary, warn, where=origins.get(doc.id))
+            continue
+        kept.append(doc)
+    return kept
+
+
+def _where(root: Path, doc: Document) -> str:
+    """The file a document came from, for the operator's warnings: as walked (its metadata has it relative)."""
+    path = doc.metadata.get("path")
+    if not isinstance(path, str) or root.is_file():
+        return str(root)
+    return str(root / path)
+
+
+def _skip(doc: Document, reason: str, summary: IngestSummary, warn: Callable[[str], None], *,
+          where: str | None = None) -> None:
+    item = Skipped(source=where or str(doc.metadata.get("path", doc.id)), reason=reason)
+    summary.documents -= 1
+    summary.skipped.append(item)
+    warn(f"skipped {item}")
+
+
 def _read(paths: Sequence[str | Path], *, fields: RecordFields, max_file_bytes: int, progress: bool,
-          summary: IngestSummary, warn: Callable[[str], None]) -> dict[Source, list[Document]]:
-    """The documents under each path, by its source; every skip is warned about as it happens."""
-    walks = [(Path(p), read_paths([Path(p)], fields=fields, max_file_bytes=max_file_bytes, progress=progress,
-                                  summary=summary)) for p in paths]  # every path checked before any is read
+          summary: IngestSummary, warn: Callable[[str], None], limits: MetadataLimits,
+          file_facts: FileFacts) -> tuple[dict[Source, list[Document]], dict[str, str]]:
+    """The documents under each path, by its source, each checked against `limits`, and the file each
+    document id was read from; every skip is warned about as it happens."""
+    walks = [(Path(p), read_paths([Path(p)], fields=fields, max_file_bytes=max_file_bytes, file_facts=file_facts,
+                                  progress=progress, summary=summary)) for p in paths]  # every path checked before any is read
     sources = _distinct_roots([root for root, _ in walks])
     out: dict[Source, list[Document]] = {}
     first: dict[str, str] = {}  # document id -> the file it was first read from
@@ -141,17 +188,23 @@ def _read(paths: Sequence[str | Path], *, fields: RecordFields, max_file_bytes: 
             continue  # the same path given again
         found = out.setdefault(source, [])
         for item in walk:
+            if isinstance(item, Document):
+                try:
+                    item = check_document(item, limits)
+                except DocumentError as exc:
+                    _skip(item, str(exc), summary, warn, where=_where(root, item))
+                    continue
             if isinstance(item, Document) and item.id in first:  # read under an earlier path: keep that one
-                where = str(item.metadata.get("path", root))
+                where = _where(root, item)
                 item = Skipped(source=where, reason=f"duplicate document id {item.id!r} (first from {first[item.id]})")
                 summary.documents -= 1
                 summary.skipped.append(item)
             if isinstance(item, Skipped):
                 warn(f"skipped {item}")
             else:
-                first[item.id] = str(item.metadata.get("path", root))
+                first[item.id] = _where(root, item)
                 found.append(item)
-    return out
+    return out, first
 
 
 def _distinct_roots(roots: list[Path]) -> list[Source | None]:

@@ -76,6 +76,7 @@ from stagegraph.collection.merges import MergePolicy
 from stagegraph.collection.segments import Deletions, Segment, merge_segments, open_segment, write_segment
 from stagegraph.collection.sources import UNKNOWN, Source
 from stagegraph.corpora.ingest import Chunk, Chunker, Document
+from stagegraph.corpora.validate import MetadataLimits, check_document, check_record
 from stagegraph.corpora.vectors import as_vector
 from stagegraph.hashing import hash_strings, stable_hash
 from stagegraph.indexes.text_cache import TextCache, text_key
@@ -87,11 +88,13 @@ from stagegraph import atomic
 DEFAULT_LOCK_TIMEOUT_S = 60.0
 
 
-def as_document(item: Document | dict[str, Any]) -> Document:
+def as_document(item: Document | dict[str, Any], limits: MetadataLimits | None = None) -> Document:
     """A `Document` from a record `{id, text, title?, metadata?, vector?}` (its content hash computed;
-    `vector`, a list of numbers, is the document's precomputed embedding)."""
+    `vector`, a list of numbers, is the document's precomputed embedding), checked by
+    `stagegraph.corpora.validate` (id NFC, text cleaned, metadata within `limits`: the defaults for a
+    record, the ceilings for a `Document`, which ingest checked with its own)."""
     if isinstance(item, Document):
-        return item
+        return check_document(item, limits or MetadataLimits.ceiling())
     if not isinstance(item, dict):
         raise CollectionError(f"a document is a Document or a dict with 'id' and 'text', not {type(item).__name__}")
     missing = [f for f in ("id", "text") if not isinstance(item.get(f), str) or not item.get(f)]
@@ -100,6 +103,7 @@ def as_document(item: Document | dict[str, Any]) -> Document:
     unknown = set(item) - {"id", "text", "title", "metadata", "vector"}
     if unknown:
         raise CollectionError(f"document {item['id']!r} has unknown field(s) {sorted(unknown)}; put them under 'metadata'")
+    item = check_record(item, limits)
     fields = {"id": item["id"], "title": item.get("title") or "", "text": item["text"], "metadata": dict(item.get("metadata") or {})}
     vector = item.get("vector")
     if vector is None:

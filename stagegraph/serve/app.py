@@ -122,7 +122,11 @@ def create_app(service: Service, *, api_key: str | None = None) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
-        # FastAPI's one 400 is a body its JSON parser gave up on (e.g. an integer of over 4300 digits)
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":  # FastAPI's own parse:
+            # bytes that are not UTF-8, or JSON nested past the parser's recursion (a filter 490 levels deep)
+            return error_response(400, "invalid_json", "the body could not be read as JSON (not UTF-8, or nested too "
+                                  "deep: filters allow 16 levels, metadata 8); send one JSON object in UTF-8")
+        # FastAPI's other 400 is a body its JSON parser gave up on (e.g. an integer of over 4300 digits)
         code = {400: "invalid_json", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         message = {400: f"the body could not be parsed as JSON ({exc.__cause__ or exc.detail})",
                    404: f"no route {request.url.path}; see /docs", 405: f"{request.method} is not allowed on "
@@ -215,7 +219,7 @@ def create_app(service: Service, *, api_key: str | None = None) -> FastAPI:
                      wait: bool = Query(False, description="answer once the change is searchable")) -> Response:
         """Add or replace documents (chunked as ingest does); the answer means durable."""
         service.check_writes(len(body.documents))
-        docs = [d.model_dump() for d in body.documents]
+        docs = service.check_documents(body)
         return await run(service.write_pool, request, partial(service.upsert, documents=docs, wait=wait),
                          settings.write_timeout_s)
 

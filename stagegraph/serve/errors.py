@@ -3,20 +3,25 @@
 * `ApiError(status, code, message, field)`: what routes raise for a request that breaks a rule;
 * `validation_error(errors)`: FastAPI's validation errors (invalid JSON, wrong types, unknown or
   missing fields) as one `ApiError`, the first error named with its field path (`documents[3].text`);
-* `from_exception(exc)`: stagegraph's own errors: an `InputError` (a filter naming an unknown field,
-  a document the collection refuses) is the client's 422; anything else is a 500 whose body carries
-  only a request id (the traceback goes to the server's log, never to the client);
+* `from_exception(exc)`: stagegraph's own errors: a `FilterError` is `invalid_filter`, a
+  `DocumentError` (`stagegraph.corpora.validate`) `invalid_document` with the field at fault, any
+  other `InputError` (a document the collection refuses) `invalid_input`, each the client's 422, with
+  every absolute path in the message replaced by `<path>` (no server path in any response); anything
+  else is a 500 whose body carries only a request id (the traceback goes to the server's log, never
+  to the client);
 * `error_response` / `send_error`: the response, for routes and for the ASGI middlewares.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
 from starlette.responses import Response
 
 from stagegraph.corpora.filters import FilterError
+from stagegraph.corpora.validate import DocumentError
 from stagegraph.errors import InputError
 from stagegraph.serve.models import ErrorBody, ErrorDetail
 
@@ -86,7 +91,18 @@ def from_exception(exc: BaseException) -> ApiError | None:
     if isinstance(exc, ApiError):
         return exc
     if isinstance(exc, FilterError):
-        return ApiError(422, "invalid_filter", " ".join(str(exc).split()), "filter")
+        return ApiError(422, "invalid_filter", redact(exc), "filter")
+    if isinstance(exc, DocumentError):
+        return ApiError(422, "invalid_document", redact(exc), f"documents.{exc.field}")
     if isinstance(exc, InputError):
-        return ApiError(422, "invalid_input", " ".join(str(exc).split()))
+        return ApiError(422, "invalid_input", redact(exc))
     return None
+
+
+# an absolute POSIX path of two or more parts (/srv/data/x), or a Windows one (C:\data), after a space, quote or bracket
+_ABSOLUTE_PATH = re.compile(r"""(?<![\w.~/-])(?:/[^\s'"/]+){2,}/?|\b[A-Za-z]:\\[^\s'"]*""")
+
+
+def redact(exc: BaseException) -> str:
+    """The exception's message on one line, with every absolute path in it replaced by `<path>`."""
+    return _ABSOLUTE_PATH.sub("<path>", " ".join(str(exc).split()))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import platform
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,16 @@ from stagegraph.collection.generation import read_current
 from stagegraph.collection.layout import CollectionError
 from stagegraph.collection.sources import HTTP
 from stagegraph.collection.stack import Stack
+from stagegraph.collection.writer import as_document
+from stagegraph.corpora.validate import (
+    DocumentError,
+    FieldBudget,
+    check_record,
+    clean_text,
+    fields_of,
+    normalize_id,
+    text_problem,
+)
 from stagegraph.pipeline import threads
 from stagegraph.serve.batching import install
 from stagegraph.serve.errors import ApiError
@@ -48,6 +59,7 @@ from stagegraph.serve.models import (
     SearchBatchResponse,
     SearchRequest,
     SearchResponse,
+    UpsertRequest,
     WriteResponse,
 )
 from stagegraph.serve.runtime import Job, Runtime, Slots
@@ -55,6 +67,7 @@ from stagegraph.serve.settings import ServeSettings
 from stagegraph.stages.rerank.cross_encoder import CrossEncoderReranker
 
 log = logging.getLogger("stagegraph.serve")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 VERSIONED = ("stagegraph", "fastapi", "starlette", "uvicorn", "pydantic", "prometheus-client", "numpy", "torch",
              "faiss-cpu", "sentence-transformers", "transformers")
@@ -164,6 +177,7 @@ class Service:
     def check_query(self, query: str, field: str) -> None:
         if not query.strip():
             raise ApiError(422, "empty_query", "the query is empty; give a question or keywords", field)
+        check_text(query, field)
         limit = self.settings.limits.max_query_chars
         if len(query) > limit:
             raise ApiError(422, "query_too_long", f"the query has {len(query)} characters; the limit is {limit} "
@@ -199,6 +213,7 @@ class Service:
                            f"{limits.max_rerank_documents} (--max-rerank-documents); split the call", "documents")
         for i, doc in enumerate(body.documents):
             text = doc if isinstance(doc, str) else doc.text
+            check_unicode(doc if isinstance(doc, str) else _document_fields(doc), f"documents[{i}]")
             if len(text) > limits.max_document_chars:
                 raise ApiError(422, "document_too_long", f"documents[{i}] has {len(text)} characters; the limit is "
                                f"{limits.max_document_chars} (--max-document-chars); cut it into passages",
@@ -218,6 +233,18 @@ class Service:
         if count is not None and count > limit:
             raise ApiError(422, "too_many_documents", f"{count} documents; the limit is {limit} "
                            "(--max-write-documents); send them in several calls", "documents")
+
+    def check_documents(self, body: UpsertRequest) -> list[dict[str, Any]]:
+        """The documents as the writer takes them (ids NFC, text and titles cleaned, metadata within
+        `settings.metadata`), or a 422 `invalid_document` naming the first that breaks a rule and its
+        field, before anything is queued or written."""
+        out = []
+        for i, doc in enumerate(body.documents):
+            try:
+                out.append(check_record(doc.model_dump(), self.settings.metadata))
+            except DocumentError as exc:
+                raise document_error(i, exc) from None
+        return out
 
     # -- work (on the runtimes' threads) ---------------------------------------------------------
     def _observe(self, timings_ms: dict[str, float]) -> None:
@@ -248,7 +275,7 @@ class Service:
     def rerank(self, job: Job, body: RerankRequest, request_id: str) -> Done:
         queue_ms = job.queue_s * 1000.0
         stage = self.reranker()
-        texts = [d if isinstance(d, str) else d.text for d in body.documents]
+        texts = [clean_text(d if isinstance(d, str) else d.text) for d in body.documents]  # as a document's text is
         t0 = time.perf_counter()
         scores = np.asarray(stage.predict([(body.query, t) for t in texts]), dtype=np.float64)
         ms = (time.perf_counter() - t0) * 1000.0
@@ -271,15 +298,33 @@ class Service:
     def upsert(self, job: Job, documents: list[dict[str, Any]], wait: bool) -> Done:
         collection = self.stack.collection
         with _writer(collection, self.settings.lock_timeout_s) as w:
+            collection.refresh()  # the generation this writer starts from: its fields count against the limit
+            budget = FieldBudget(self._fields_of(collection.generation), self.settings.metadata)
+            checked = []
+            for i, record in enumerate(documents):
+                try:
+                    doc = as_document(record, self.settings.metadata)
+                    budget.admit(doc.id, doc.metadata)
+                except DocumentError as exc:
+                    raise document_error(i, exc) from None
+                checked.append(doc)
             with self.slots.hold():
-                w.upsert(documents, source=HTTP)  # issue 22.6: HTTP writes are of source "http"
+                w.upsert(checked, source=HTTP)  # issue 22.6: HTTP writes are of source "http"
                 generation = w.commit()
             changes, published = dict(w.changes), w.changed
         collection.refresh()
         return self._publish(job, generation.number, changes, published, wait, "upsert")
 
+    def _fields_of(self, generation: Any) -> set[str]:
+        """The distinct metadata fields of `generation` (kept for the next write while it is current)."""
+        cached = getattr(self, "_fields", None)
+        if cached is None or cached[0] != generation.number:
+            cached = self._fields = (generation.number, fields_of(e.metadata for e in generation.documents))
+        return cached[1]
+
     def delete(self, job: Job, doc_id: str, wait: bool) -> Done:
         collection = self.stack.collection
+        doc_id = _known_id(doc_id)
         with _writer(collection, self.settings.lock_timeout_s) as w:
             if w.delete([doc_id], missing_ok=True):
                 raise ApiError(404, "not_found", f"no document {doc_id!r} in the collection", "doc_id")
@@ -307,6 +352,7 @@ class Service:
     # -- answers from memory --------------------------------------------------------------------
     def document(self, doc_id: str) -> DocumentOut:
         generation = self.stack.collection.generation  # the newest durable one this process knows
+        doc_id = _known_id(doc_id)
         entry = generation.document(doc_id)
         if entry is None:
             raise ApiError(404, "not_found", f"no document {doc_id!r} in the collection (generation "
@@ -333,7 +379,7 @@ class Service:
                         "documents": manifest.documents, "chunks": manifest.chunks, "created": manifest.created},
             read_only=s.read_only, workers=s.worker_count, threads_per_worker=s.threads,
             in_progress=self.search_pool.thread_count, queue=s.queue, deadline_ms=s.deadline_ms,
-            batching=s.batching.model_dump(), limits=s.limits.model_dump(),
+            batching=s.batching.model_dump(), limits={**s.limits.model_dump(), "metadata": s.metadata.model_dump()},
             versions={"python": platform.python_version(), **{n: v for n in VERSIONED if (v := _version(n))}},
         )
 
@@ -356,6 +402,44 @@ def _writer(collection: Collection, timeout: float):
             return writer.__exit__(*exc)
 
     return _Guard()
+
+
+def check_text(text: str, field: str) -> None:
+    """422 `invalid_text` for a query holding a lone surrogate or a control character (passages to rerank
+    are cleaned for scoring instead, as a document's text is; `check_unicode` refuses lone surrogates in them)."""
+    problem = text_problem(text)
+    if problem is not None:
+        raise ApiError(422, "invalid_text", f"{field} holds {problem}; send text without them", field)
+
+
+def check_unicode(value: Any, field: str) -> None:
+    """422 `invalid_text` for a lone surrogate in any string of `value` (a rerank document, whose fields
+    are sent back as given, and a lone surrogate cannot be written as UTF-8)."""
+    stack = [(value, field)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            found = _SURROGATE.search(item)
+            if found is not None:
+                raise ApiError(422, "invalid_text", f"{where} holds a lone surrogate U+{ord(found.group()):04X} at "
+                               f"character {found.start()}; send valid Unicode", where)
+        elif isinstance(item, dict):
+            stack += [(k, where) for k in item] + [(v, f"{where}.{k}") for k, v in item.items() if isinstance(k, str)]
+        elif isinstance(item, list):
+            stack += [(v, f"{where}[{n}]") for n, v in enumerate(item)]
+
+
+def document_error(index: int, exc: DocumentError) -> ApiError:
+    """A document of a PUT that breaks a rule, as a 422 naming it and its field (documents[3].metadata.n)."""
+    return ApiError(422, "invalid_document", f"documents[{index}]: {exc}", f"documents[{index}].{exc.field}")
+
+
+def _known_id(doc_id: str) -> str:
+    """The id as the collection stores it (NFC); one that no document can have stays as given (a 404)."""
+    try:
+        return normalize_id(doc_id)
+    except DocumentError:
+        return doc_id
 
 
 def _response(result: Any, explain: bool, queue_ms: float) -> SearchResponse:

@@ -13,6 +13,7 @@ import ipaddress
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from stagegraph.corpora.validate import MetadataLimits
 from stagegraph.pipeline.threads import usable_cores
 
 DEFAULT_API_KEY_ENV = "STAGEGRAPH_API_KEY"
@@ -76,6 +77,8 @@ class ServeSettings(BaseModel):
     cors_origins: list[str] = Field(default_factory=list)
     api_key_env: str = DEFAULT_API_KEY_ENV
     limits: Limits = Field(default_factory=Limits)
+    #: what a PUT's documents may carry (--max-metadata-fields, --max-metadata-depth, --max-metadata-kb, --max-collection-fields)
+    metadata: MetadataLimits = Field(default_factory=MetadataLimits)
     batching: Batching = Field(default_factory=Batching)
     #: seconds between looks for a generation another process published (0: only the server's own writes)
     watch_s: float = Field(0.1, ge=0)
