@@ -245,14 +245,6 @@ class FieldBudget:
         self.fields.update(new)
 
 
-def fields_of(metadatas: Iterable[Mapping[str, Any]]) -> set[str]:
-    """The distinct top-level fields of these documents' metadata."""
-    out: set[str] = set()
-    for metadata in metadatas:
-        out.update(metadata)
-    return out
-
-
 # -- whole documents -------------------------------------------------------------------------------
 def check_record(record: dict[str, Any], limits: MetadataLimits | None = None) -> dict[str, Any]:
     """A record `{id, text, title?, metadata?, ...}` with its id normalised, its text and title cleaned

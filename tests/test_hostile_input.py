@@ -85,7 +85,7 @@ def test_finding_1_a_400_digit_integer_is_refused_on_every_write_path_and_filter
     assert error["code"] == "invalid_document" and error["field"] == "documents[1].metadata.n"
     assert "document 'x'" in error["message"] and "out of range" in error["message"]
     assert service.stack.collection.generation.number == generation  # nothing of the request was written
-    assert "ok" not in service.stack.collection.generation.by_id
+    assert "ok" not in set(service.stack.collection.generation.live_ids())
     for _ in range(2):
         r = search(client, filter={"kind": "even"})
         assert r.status_code == 200 and r.json()["hits"]
@@ -107,7 +107,7 @@ def test_finding_1_a_400_digit_integer_is_refused_on_every_write_path_and_filter
           + '{"id": "r2", "text": "two", "score": NaN}\n')
     warnings: list[str] = []
     report = ingest([folder], tmp_path / "ingested", pipeline=BM25_ONLY, progress=False, warn=warnings.append)
-    assert sorted(Collection.open(tmp_path / "ingested").generation.by_id) == ["good.md", "r1"]
+    assert sorted(Collection.open(tmp_path / "ingested").generation.live_ids()) == ["good.md", "r1"]
     assert len(warnings) == 2 and report.added == 2
     assert warnings[0].startswith(f"skipped {folder / 'big.md'}: document 'big.md': metadata.n: an integer of 400 digits")
     assert warnings[1].startswith(f"skipped {folder / 'records.jsonl'}: document 'r2': metadata.score: nan is not a number")
@@ -224,19 +224,20 @@ def test_finding_3_client_mistakes_are_4xx_not_500(served):
         (search(client, query="\ud800x"), "invalid_text", "query"),
         (search(client, query="protein\x00"), "invalid_text", "query"),
         (client.post("/v1/search/batch", content=json.dumps({"queries": ["ok", "\udfffx"]}), headers=JSON), "invalid_text", "queries[1]"),
-        (put(client, {"id": "d", "text": "t", "metadata": deep(400)}), "invalid_document", "documents[0].metadata.a.a.a.a.a.a.a.a"),
+        (put(client, {"id": "d", "text": "t", "metadata": deep(40)}), "invalid_document", "documents[0].metadata.a.a.a.a.a.a.a.a"),
+        (put(client, {"id": "d", "text": "t", "metadata": deep(400)}), "json_too_deep", None),  # the body's own depth limit
         (search(client, filter=deep(40, {"$exists": True})), "invalid_filter", "filter"),
         (search(client, filter={"$and": [deep(10, {"n": 1})] * 200}), "invalid_filter", "filter"),
         (put(client, {"id": "d", "text": "t", "metadata": {"k": "a\ud800"}}), "invalid_document", "documents[0].metadata.k"),
     ]
     for r, code, field in cases:
         assert r.status_code == 422, r.text
-        assert (r.json()["error"]["code"], r.json()["error"]["field"]) == (code, field), r.text
+        assert (r.json()["error"]["code"], r.json()["error"].get("field")) == (code, field), r.text
     assert search(client, filter={"kind": "even"}).status_code == 200
-    # past the JSON parser's own recursion (the probe's 490 levels), before our limit can look: a 400 of the table
+    # the probe's 490 levels: refused by the body's depth limit (--max-json-depth) before any parser recurses
     body = '{"query": "x", "filter": ' + '{"$and": [' * 490 + '{"n": 1}' + ']}' * 490 + '}'
     r = client.post("/v1/search", content=body, headers=JSON)
-    assert (r.status_code, r.json()["error"]["code"]) == (400, "invalid_json"), r.text
+    assert (r.status_code, r.json()["error"]["code"]) == (422, "json_too_deep"), r.text
 
 
 def test_rerank_passages_are_cleaned_for_scoring_and_refused_with_a_lone_surrogate(tmp_path):
@@ -276,8 +277,8 @@ def test_finding_3_in_python_a_lone_surrogate_is_an_input_error_not_a_crash(tmp_
         assert pipe.search("protein", k=1).hits is not None
         # a title and text are cleaned (one character for one), the document kept
         store.upsert([{"id": "t", "title": "a\ud800b", "text": "x\x00y\x0cz"}])
-        entry = store.generation.by_id["t"]
-        assert entry.title == "a\ufffdb" and store.generation.chunks_of["t"][0].text == "x y z"
+        entry = store.generation.document("t")
+        assert entry.title == "a\ufffdb" and store.generation.chunks_of("t")[0].text == "x y z"
 
 
 # -- finding 6 --------------------------------------------------------------------------------------
@@ -306,7 +307,7 @@ def test_finding_6_no_server_path_size_time_or_other_field_reaches_a_client(tmp_
     ingest([folder], tmp_path / "c2", pipeline=BM25_ONLY, progress=False, warn=lambda line: None,
            file_facts=FileFacts(absolute_paths=True, size_and_mtime=True))
     with Collection.open(tmp_path / "c2") as store:
-        metadata = store.generation.by_id["team/guide.md"].metadata
+        metadata = store.generation.document("team/guide.md").metadata
     assert metadata["path"] == str((folder / "team" / "guide.md").absolute()) and metadata["size"] > 0 and "mtime" in metadata
 
 
@@ -335,7 +336,7 @@ def test_finding_8_ids_are_nfc_and_names_only(served, tmp_path):
     # Python API and ingest: the same rules
     with Collection.open(tmp_path / "c") as store:
         store.upsert([{"id": decomposed, "text": "t"}])
-        assert composed in store.generation.by_id and decomposed not in store.generation.by_id
+        assert store.generation.document(composed) is not None and decomposed not in store.generation.live_ids()
         with pytest.raises(DocumentError, match="control character U\\+0000"):
             store.upsert([{"id": "a\x00", "text": "t"}])
     folder = tmp_path / "names"
@@ -575,8 +576,8 @@ def test_the_flags_reach_ingest_and_serve(tmp_path, capsys):
     assert main([*args, "--max-metadata-fields", "6", "--file-facts", "--absolute-paths"]) == 0, capsys.readouterr().err
     assert f"warning: skipped {folder / 'wide.md'}: document 'wide.md': metadata: 7 fields; the limit is 6" in capsys.readouterr().err
     with Collection.open(tmp_path / "c") as store:
-        assert sorted(store.generation.by_id) == ["narrow.md"]
-        metadata = store.generation.by_id["narrow.md"].metadata
+        assert sorted(store.generation.live_ids()) == ["narrow.md"]
+        metadata = store.generation.document("narrow.md").metadata
     assert metadata["path"] == str((folder / "narrow.md").absolute()) and metadata["size"] > 0
     assert main([*args, "--max-metadata-depth", "0"]) == 2
     assert "--max-metadata-depth: Input should be greater than or equal to 1" in capsys.readouterr().err
@@ -584,3 +585,31 @@ def test_the_flags_reach_ingest_and_serve(tmp_path, capsys):
                                         "--max-collection-fields", "10"])
     limits = settings_of(parsed).metadata
     assert (limits.max_metadata_bytes, limits.max_collection_fields, limits.max_fields) == (8192, 10, 256)
+
+
+def test_the_python_api_bounds_distinct_fields_and_a_merge_frees_a_deleted_documents_fields(tmp_path):
+    """`max_collection_fields` in the writer itself (the Python API; ingest and HTTP pass their limits to
+    it). Each segment records its documents' fields, so the count reads no document; a deleted
+    document's fields count until its segment is merged away."""
+    from stagegraph.collection.sources import PYTHON
+
+    limits = MetadataLimits(max_collection_fields=3)
+    store = Collection.create(tmp_path / "c", BM25_ONLY)
+    with store.writer(limits=limits) as w:
+        w.upsert([{"id": "a", "text": "alpha", "metadata": {"f1": 1, "f2": 2}}], source=PYTHON)
+        w.commit()
+    wide = {"id": "b", "text": "beta", "metadata": {"f3": 1, "f4": 2}}
+    with pytest.raises(DocumentError, match="more than 3 distinct metadata fields"), store.writer(limits=limits) as w:
+        w.upsert([wide], source=PYTHON)
+    store.refresh()
+    assert store.generation.fields() == {"f1", "f2"} and store.generation.document("b") is None  # nothing written
+    store.delete(["a"])
+    assert store.generation.fields() == {"f1", "f2"}  # still in its segment's rows
+    store.compact()
+    assert store.generation.fields() == set()
+    with store.writer(limits=limits) as w:  # the fix: the old fields are gone, the new ones fit
+        w.upsert([wide], source=PYTHON)
+        w.commit()
+    store.refresh()
+    assert store.generation.fields() == {"f3", "f4"}
+    store.close()

@@ -41,6 +41,7 @@ from stagegraph.collection.sources import UNKNOWN, named_source
 from stagegraph.collection.merges import MergePolicy
 from stagegraph.collection.writer import DEFAULT_LOCK_TIMEOUT_S, Writer, collect_garbage
 from stagegraph.corpora.ingest import Chunker, ChunkerConfig, Document, RecordFields
+from stagegraph.corpora.validate import MetadataLimits
 from stagegraph.indexes.text_cache import TextCache
 from stagegraph.pipeline.stage import Environment
 
@@ -229,12 +230,13 @@ class Collection:
     # -- writing --------------------------------------------------------------------------------
     def writer(self, *, timeout: float = DEFAULT_LOCK_TIMEOUT_S, say: Callable[[str], None] | None = None,
                encode: Callable[[Any, list[str]], Any] | None = None, merge_policy: MergePolicy | None = None,
-               merge_after_commit: bool = True) -> Writer:
+               merge_after_commit: bool = True, limits: MetadataLimits | None = None) -> Writer:
         """The one writer (a file lock); `encode` embeds new chunks (`Environment.encode`, e.g. on Ray);
-        `merge_policy` the merges after each commit (`merge_after_commit=False`: none)."""
+        `merge_policy` the merges after each commit (`merge_after_commit=False`: none); `limits` what a
+        document's metadata may hold (`stagegraph.corpora.validate`; None: the defaults)."""
         return Writer(self.layout, self.settings, chunker=self.chunker, text_cache=self.text_cache, timeout=timeout,
                       progress=self.progress, say=say, encode=encode, merge_policy=merge_policy or self.merge_policy,
-                      merge_after_commit=merge_after_commit)
+                      merge_after_commit=merge_after_commit, limits=limits)
 
     def _write(self, change: Callable[[Writer], Any]) -> Generation:
         with self.writer() as w:

@@ -145,6 +145,11 @@ class Generation:
                 if row not in dead:
                     yield segment.entry(row)
 
+    def fields(self) -> set[str]:
+        """The top-level metadata fields of this generation's segments (each segment records its own,
+        so no document is read; a deleted document's fields count until its segment is merged)."""
+        return {name for segment, _ in self.segments for name in segment.info.fields}
+
     def live_ids(self, source: str | None = None) -> list[str]:
         """The ids of live documents (of `source` only, when given), read column-wise."""
         out: list[str] = []

@@ -35,7 +35,7 @@ from stagegraph.collection.layout import CollectionError, Layout
 from stagegraph.collection.sources import UNKNOWN, Source, path_source
 from stagegraph.corpora.ingest import ChunkerConfig, Document, FileFacts, IngestSummary, RecordFields, Skipped, read_paths
 from stagegraph.corpora.ingest.sources import DEFAULT_MAX_FILE_BYTES
-from stagegraph.corpora.validate import DocumentError, FieldBudget, MetadataLimits, check_document, fields_of
+from stagegraph.corpora.validate import DocumentError, FieldBudget, MetadataLimits, check_document
 
 
 class IngestReport(BaseModel):
@@ -113,9 +113,9 @@ def ingest(
         )
     store = _collection(collection, pipeline, chunker, records, progress)  # created only now, with something to hold
     try:
-        with store.writer(timeout=lock_timeout, encode=encode) as w:
+        with store.writer(timeout=lock_timeout, encode=encode, limits=limits) as w:
             store.refresh()  # the generation this writer starts from: its fields count against the limit
-            budget = FieldBudget(fields_of(e.metadata for e in store.generation.documents), limits)
+            budget = FieldBudget(store.generation.fields(), limits)
             for source, found in read.items():
                 found[:] = _within_budget(found, budget, summary, warn, origins)
                 w.upsert(found, source=source)

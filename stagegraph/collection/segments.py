@@ -74,6 +74,7 @@ class SegmentInfo(BaseModel):
     files: dict[str, str] = Field(default_factory=dict)  # file -> sha256
     sizes: dict[str, int] = Field(default_factory=dict)  # file -> bytes
     fingerprint: str
+    fields: list[str] = Field(default_factory=list)  # the top-level metadata fields its documents have
 
 
 class Deletions:
@@ -276,7 +277,8 @@ def write_segment(directory: Path, segment_id: str, documents: Sequence[Document
         "source": [d.source for d in documents],
     }, schema=DOCUMENT_SCHEMA)
     chosen = None if vectors is None else np.asarray(vectors, dtype=np.float32)[order]
-    return _write(directory, segment_id, chunk_table, document_table, chosen, tokens)
+    fields = sorted({key for d in documents for key in d.metadata})
+    return _write(directory, segment_id, chunk_table, document_table, chosen, tokens, fields)
 
 
 def merge_segments(directory: Path, segment_id: str, sources: Sequence[tuple[Segment, Deletions | None]]) -> Segment:
@@ -318,11 +320,16 @@ def merge_segments(directory: Path, segment_id: str, sources: Sequence[tuple[Seg
     chunks = chunks.set_column(chunks.schema.get_field_index("doc_row"), "doc_row", pa.array(remapped, pa.int32()))
     chunks = chunks.cast(CHUNK_SCHEMA)
     merged_vectors = np.concatenate(vectors)[order] if vectors else None
-    return _write(directory, segment_id, chunks, documents, merged_vectors, sum(s.info.tokens for s, _ in sources))
+    fields: set[str] = set()
+    if any(s.info.fields for s, _ in sources):  # the live documents' fields: a deleted document's go
+        for metadata in _single(documents, "metadata").to_pylist():
+            fields.update(json.loads(metadata))
+    return _write(directory, segment_id, chunks, documents, merged_vectors, sum(s.info.tokens for s, _ in sources),
+                  sorted(fields))
 
 
 def _write(directory: Path, segment_id: str, chunk_table: pa.Table, document_table: pa.Table,
-           vectors: np.ndarray | None, tokens: int) -> Segment:
+           vectors: np.ndarray | None, tokens: int, fields: list[str]) -> Segment:
     with atomic.atomic_dir(directory) as tmp:
         files: dict[str, str] = {}
         for name, table in ((CHUNKS, chunk_table), (DOCUMENTS, document_table)):
@@ -335,7 +342,7 @@ def _write(directory: Path, segment_id: str, chunk_table: pa.Table, document_tab
             files[path.name] = sha256_file(path)
         info = SegmentInfo(id=segment_id, documents=document_table.num_rows, chunks=chunk_table.num_rows, tokens=tokens,
                            files=files, sizes={n: (tmp / n).stat().st_size for n in files},
-                           fingerprint=stable_hash({"segment": segment_id, "files": files}))
+                           fingerprint=stable_hash({"segment": segment_id, "files": files}), fields=fields)
         atomic.write_text(tmp / INFO, info.model_dump_json(indent=2), durable=True)
     return open_segment(directory)
 

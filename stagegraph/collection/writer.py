@@ -76,7 +76,7 @@ from stagegraph.collection.merges import MergePolicy
 from stagegraph.collection.segments import Deletions, Segment, merge_segments, open_segment, write_segment
 from stagegraph.collection.sources import UNKNOWN, Source
 from stagegraph.corpora.ingest import Chunk, Chunker, Document
-from stagegraph.corpora.validate import MetadataLimits, check_document, check_record
+from stagegraph.corpora.validate import FieldBudget, MetadataLimits, check_document, check_record
 from stagegraph.corpora.vectors import as_vector
 from stagegraph.hashing import hash_strings, stable_hash
 from stagegraph.indexes.text_cache import TextCache, text_key
@@ -143,7 +143,8 @@ class Writer:
     def __init__(self, layout: Layout, settings: CollectionSettings, *, chunker: Callable[[], Chunker],
                  text_cache: Callable[[], TextCache], timeout: float = DEFAULT_LOCK_TIMEOUT_S, progress: bool = False,
                  say: Callable[[str], None] | None = None, encode: Callable[[Any, list[str]], Any] | None = None,
-                 merge_policy: MergePolicy | None = None, merge_after_commit: bool = True):
+                 merge_policy: MergePolicy | None = None, merge_after_commit: bool = True,
+                 limits: MetadataLimits | None = None):
         self.layout = layout
         self.settings = settings
         self._make_chunker = chunker
@@ -154,6 +155,8 @@ class Writer:
         self.say = say or (lambda text: None)
         self.merge_policy = merge_policy or MergePolicy()
         self.merge_after_commit = merge_after_commit
+        self.limits = limits
+        self._budget: FieldBudget | None = None  # the collection's metadata fields, and how many it may hold
         self._lock = FileLock(str(self.layout.lock))
         self._base: Generation | None = None
         self._legacy: dict[str, _New] = {}  # a format-1/2 generation's documents, written as a segment at commit
@@ -233,6 +236,14 @@ class Writer:
             self._chunker = self._make_chunker()
         return self._chunker
 
+    def _fields(self) -> FieldBudget:
+        """The distinct metadata fields the collection holds (`max_collection_fields` of `limits`)."""
+        if self._budget is None:
+            assert self._base is not None
+            self._budget = FieldBudget(self._base.fields() | {k for n in self._legacy.values() for k in n.entry.metadata},
+                                       self.limits)
+        return self._budget
+
     def _find(self, doc_id: str) -> tuple[DocumentEntry, int | None, int | None] | None:
         """(record, segment position, document row) of the live document `doc_id` as the next commit
         would see it (position None: staged in this writer), None when it is not there."""
@@ -266,7 +277,8 @@ class Writer:
         self._require_lock()
         self._labels[source.key] = source.label
         for item in documents:
-            doc = as_document(item)
+            doc = as_document(item, self.limits)
+            self._fields().admit(doc.id, doc.metadata)
             found = self._find(doc.id)
             old = found[0] if found else None
             if mode == "add" and old is not None:
@@ -450,9 +462,9 @@ class Writer:
         refs, placed = [], False
         for segment, deletions in base.segments:  # the merged segment takes the place of the first it replaces
             if segment.id in ids:
-                if not placed:
+                if not placed and merged.info.documents:  # (every row deleted: the segments just go)
                     refs.append(_ref(merged, None))
-                    placed = True
+                placed = True
             else:
                 refs.append(next(r for r in base.manifest.segments or [] if r.id == segment.id))
         self.say(f"merging {len(ids)} segments ({merged.info.chunks} live chunks) into {merged.id}")

@@ -37,7 +37,6 @@ from stagegraph.corpora.validate import (
     FieldBudget,
     check_record,
     clean_text,
-    fields_of,
     normalize_id,
     text_problem,
 )
@@ -297,9 +296,9 @@ class Service:
 
     def upsert(self, job: Job, documents: list[dict[str, Any]], wait: bool) -> Done:
         collection = self.stack.collection
-        with _writer(collection, self.settings.lock_timeout_s) as w:
+        with _writer(collection, self.settings.lock_timeout_s, self.settings.metadata) as w:
             collection.refresh()  # the generation this writer starts from: its fields count against the limit
-            budget = FieldBudget(self._fields_of(collection.generation), self.settings.metadata)
+            budget = FieldBudget(collection.generation.fields(), self.settings.metadata)
             checked = []
             for i, record in enumerate(documents):
                 try:
@@ -314,13 +313,6 @@ class Service:
             changes, published = dict(w.changes), w.changed
         collection.refresh()
         return self._publish(job, generation.number, changes, published, wait, "upsert")
-
-    def _fields_of(self, generation: Any) -> set[str]:
-        """The distinct metadata fields of `generation` (kept for the next write while it is current)."""
-        cached = getattr(self, "_fields", None)
-        if cached is None or cached[0] != generation.number:
-            cached = self._fields = (generation.number, fields_of(e.metadata for e in generation.documents))
-        return cached[1]
 
     def delete(self, job: Job, doc_id: str, wait: bool) -> Done:
         collection = self.stack.collection
@@ -384,9 +376,9 @@ class Service:
         )
 
 
-def _writer(collection: Collection, timeout: float):
+def _writer(collection: Collection, timeout: float, limits: Any = None):
     """The collection's writer; another process holding the lock is a 503 to retry, not the client's fault."""
-    writer = collection.writer(timeout=timeout)
+    writer = collection.writer(timeout=timeout, limits=limits)
 
     class _Guard:
         def __enter__(self):
