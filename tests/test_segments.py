@@ -187,3 +187,24 @@ def test_the_merge_policy_merges_a_full_tier_and_compacts_a_segment_heavy_with_d
     assert policy.choose([ref("a", 100, deleted=30), ref("b", 100, deleted=10)]) == ["a"]  # 30% > 20%
     assert policy.choose([ref("a", 5, deleted=4)]) is None  # under floor_chunks: its tier merges it later
     assert policy.choose([ref("a", 5), ref("b", 3), ref("c", 8)], max_chunks=7) is None  # too big to merge inline
+
+
+def test_a_document_is_found_by_a_binary_search_of_its_key_even_when_two_ids_share_a_key(tmp_path, monkeypatch):
+    """Writers find documents by the sorted key column of each segment, with no id -> row map; ids
+    whose keys collide (forced here) are told apart by comparing the ids."""
+    from stagegraph.collection import segments
+    from stagegraph.corpora import segmented
+
+    real = segmented.tie_key
+    monkeypatch.setattr(segmented, "tie_key", lambda s: 7 if s in ("x", "y") else real(s))
+    store = Collection.create(tmp_path / "c", BM25_ONLY)
+    store.upsert([{"id": d, "text": f"text of {d}"} for d in ("x", "y", "z")])
+    segment = store.generation.segments[0][0]
+    assert isinstance(segment, segments.Segment)
+    rows = segment.doc_rows(["y", "x", "z", "absent"])
+    assert [segment.entry(int(r)).id for r in rows[:3]] == ["y", "x", "z"] and rows[3] == -1
+    store.upsert([{"id": "y", "text": "y changed"}])
+    store.delete(["x"])
+    assert sorted(store.generation.live_ids()) == ["y", "z"]
+    assert store.generation.chunks_of("y")[0].text == "y changed"
+    store.close()

@@ -39,7 +39,7 @@ from stagegraph.collection.layout import (
 )
 from stagegraph.collection.segments import Deletions, Segment, open_segment
 from stagegraph.corpora.ingest import Chunk
-from stagegraph.corpora.segmented import Part, SegmentedCorpus
+from stagegraph.corpora.segmented import Part, SegmentedCorpus, tie_keys_of
 from stagegraph.corpora.vectors import CorpusVectors
 from stagegraph.hashing import check_files, hash_strings
 
@@ -117,12 +117,28 @@ class Generation:
     # -- documents by id ----------------------------------------------------------------------------
     def locate(self, doc_id: str) -> tuple[int, int] | None:
         """(segment position, document row) of the live document `doc_id`, None when it is not live."""
+        return self.locate_many([doc_id]).get(doc_id)
+
+    def locate_many(self, doc_ids: list[str]) -> dict[str, tuple[int, int]]:
+        """(segment position, document row) of each of `doc_ids` that is live: a binary search per
+        segment, newest first. An id found in a segment is looked for no further, deleted there or
+        not: an older segment's copy of it was deleted when the newer one was written."""
+        found: dict[str, tuple[int, int]] = {}
+        keys = tie_keys_of(doc_ids)
+        pending = np.arange(len(doc_ids))
         for position in range(len(self.segments) - 1, -1, -1):
+            if not len(pending):
+                break
             segment, deletions = self.segments[position]
-            row = segment.doc_row(doc_id)
-            if row is not None and not (deletions is not None and _contains(deletions.documents, row)):
-                return position, row
-        return None
+            rows = segment.doc_rows([doc_ids[i] for i in pending.tolist()], keys[pending])
+            here = rows >= 0
+            live = here.copy()
+            if deletions is not None and len(deletions.documents):
+                live &= ~np.isin(rows, deletions.documents)
+            for i, row in zip(pending[live].tolist(), rows[live].tolist()):
+                found[doc_ids[i]] = (position, row)
+            pending = pending[~here]
+        return found
 
     def document(self, doc_id: str) -> DocumentEntry | None:
         found = self.locate(doc_id)
@@ -158,11 +174,6 @@ class Generation:
             dead = set() if deletions is None else set(deletions.documents.tolist())
             out.extend(d for row, (d, s) in enumerate(zip(ids, sources)) if row not in dead and (source is None or s == source))
         return out
-
-
-def _contains(sorted_rows: np.ndarray, row: int) -> bool:
-    i = int(np.searchsorted(sorted_rows, row))
-    return i < len(sorted_rows) and int(sorted_rows[i]) == row
 
 
 def read_manifest(layout: Layout, number: int) -> GenerationManifest:

@@ -2,14 +2,16 @@
 
     segments/<id>/
       chunks.arrow      id, doc_id, index, start, end, title, text, metadata (JSON), key, doc_row, text_key
-      documents.arrow   id, title, metadata (JSON), content_hash, chunks, source
+      documents.arrow   id, title, metadata (JSON), content_hash, chunks, source, key (rows in key order)
       vectors.npy       precomputed vectors, a row per chunk (collections with a vector field only)
       segment.json      counts, the SHA-256 of each file, the segment's fingerprint
       deleted-<n>.npz   which documents and chunks of this segment generation n deleted (see below)
 
 A segment is written once, by a commit (its new and changed documents) or a merge (the live rows of
 several segments), and never changed again. Its chunks are stored in tie-key order
-(`stagegraph.corpora.segmented`), its documents in id order. Later generations delete rows of it by
+(`stagegraph.corpora.segmented`), its documents in the order of the same key of their id, so a
+writer finds a document by a binary search of that column (`doc_rows`, vectorised over many ids)
+with no id -> row map in memory. Later generations delete rows of it by
 naming a deletion file written beside it (`deleted-<n>.npz`: sorted document rows and chunk rows,
 the complete set as of generation n); a segment the commit does not touch keeps the file it had, so
 a commit writes one new segment and a small file per touched segment, and never reads, rewrites or
@@ -58,7 +60,7 @@ CHUNK_SCHEMA = pa.schema([
 ])
 DOCUMENT_SCHEMA = pa.schema([
     ("id", pa.string()), ("title", pa.string()), ("metadata", pa.string()), ("content_hash", pa.string()),
-    ("chunks", pa.int32()), ("source", pa.string()),
+    ("chunks", pa.int32()), ("source", pa.string()), ("key", pa.int64()),
 ])
 
 
@@ -145,8 +147,8 @@ class Segment:
         self.info = info
         self.chunks = _read_arrow(directory / CHUNKS)
         self.documents = _read_arrow(directory / DOCUMENTS)
-        self._doc_rows: dict[str, int] | None = None
-        self._lock = threading.Lock()
+        self._doc_keys = _single(self.documents, "key").to_numpy()
+        self._doc_ids = _single(self.documents, "id")
         self.keys = _single(self.chunks, "key").to_numpy()
         self.chunk_doc_rows = _single(self.chunks, "doc_row").to_numpy()
         self.corpus = ColumnCorpus(
@@ -163,14 +165,21 @@ class Segment:
     def vectors(self) -> np.ndarray | None:
         return np.load(self.directory / VECTORS, mmap_mode="r") if VECTORS in self.info.files else None
 
-    def doc_row(self, doc_id: str) -> int | None:
-        """The row of document `doc_id` in this segment (deleted or not), None when it never was here."""
-        if self._doc_rows is None:
-            with self._lock:
-                if self._doc_rows is None:
-                    ids = _single(self.documents, "id").to_pylist()
-                    self._doc_rows = {d: i for i, d in enumerate(ids)}
-        return self._doc_rows.get(doc_id)
+    def doc_rows(self, doc_ids: Sequence[str], keys: np.ndarray | None = None) -> np.ndarray:
+        """The row of each of `doc_ids` in this segment (deleted or not), -1 where it never was here:
+        a binary search of the key column (`keys`: the ids' tie keys, when the caller has them)."""
+        keys = tie_keys_of(doc_ids) if keys is None else keys
+        n = len(self._doc_keys)
+        start = np.searchsorted(self._doc_keys, keys, side="left")
+        out = np.full(len(doc_ids), -1, dtype=np.int64)
+        for i in np.flatnonzero((start < n) & (self._doc_keys[np.minimum(start, n - 1)] == keys)).tolist():
+            row = int(start[i])
+            while row < n and self._doc_keys[row] == keys[i]:  # the same key for two ids: compare the ids
+                if self._doc_ids[row].as_py() == doc_ids[i]:
+                    out[i] = row
+                    break
+                row += 1
+        return out
 
     def entry(self, row: int) -> DocumentEntry:
         d = {name: self.documents.column(name)[row].as_py() for name in DOCUMENT_SCHEMA.names}
@@ -256,7 +265,9 @@ def write_segment(directory: Path, segment_id: str, documents: Sequence[Document
 
     `documents` and `chunks` are the segment's (every chunk's document among `documents`);
     `vectors`, when given, a row per chunk in the order of `chunks`."""
-    documents = sorted(documents, key=lambda d: d.id)
+    doc_keys = tie_keys_of([d.id for d in documents])
+    documents = [documents[i] for i in np.argsort(doc_keys, kind="stable").tolist()]
+    doc_keys = np.sort(doc_keys, kind="stable")
     doc_row = {d.id: i for i, d in enumerate(documents)}
     keys = tie_keys_of([c.id for c in chunks])
     order = np.argsort(keys, kind="stable")
@@ -274,7 +285,7 @@ def write_segment(directory: Path, segment_id: str, documents: Sequence[Document
         "id": [d.id for d in documents], "title": [d.title for d in documents],
         "metadata": [json.dumps(d.metadata, sort_keys=True, ensure_ascii=False) for d in documents],
         "content_hash": [d.content_hash for d in documents], "chunks": pa.array([d.chunks for d in documents], pa.int32()),
-        "source": [d.source for d in documents],
+        "source": [d.source for d in documents], "key": pa.array(doc_keys, pa.int64()),
     }, schema=DOCUMENT_SCHEMA)
     chosen = None if vectors is None else np.asarray(vectors, dtype=np.float32)[order]
     fields = sorted({key for d in documents for key in d.metadata})
@@ -284,8 +295,6 @@ def write_segment(directory: Path, segment_id: str, documents: Sequence[Document
 def merge_segments(directory: Path, segment_id: str, sources: Sequence[tuple[Segment, Deletions | None]]) -> Segment:
     """Write one segment holding the live rows of `sources` (their deleted rows dropped), column-wise:
     no row becomes a Python object, so a merge of millions of chunks costs a few array copies."""
-    import pyarrow.compute as pc
-
     doc_tables, chunk_tables, vectors, doc_base = [], [], [], 0
     position_of: list[np.ndarray] = []  # per source: old document row -> row in the concatenated live documents
     for segment, deletions in sources:
@@ -309,7 +318,7 @@ def merge_segments(directory: Path, segment_id: str, sources: Sequence[tuple[Seg
         if array is not None:
             vectors.append(np.asarray(array)[keep_chunks])
     documents = pa.concat_tables(doc_tables).combine_chunks()
-    doc_order = pc.sort_indices(documents, sort_keys=[("id", "ascending")]).to_numpy()
+    doc_order = np.argsort(_single(documents, "key").to_numpy(), kind="stable")
     new_row = np.empty(len(doc_order), dtype=np.int64)
     new_row[doc_order] = np.arange(len(doc_order))
     documents = documents.take(pa.array(doc_order))

@@ -86,6 +86,7 @@ from stagegraph.pipeline.stage import Environment
 from stagegraph import atomic
 
 DEFAULT_LOCK_TIMEOUT_S = 60.0
+LOOKUP_BATCH = 4096  # documents whose ids are looked up in the segments at once
 
 
 def as_document(item: Document | dict[str, Any], limits: MetadataLimits | None = None) -> Document:
@@ -244,9 +245,11 @@ class Writer:
                                        self.limits)
         return self._budget
 
-    def _find(self, doc_id: str) -> tuple[DocumentEntry, int | None, int | None] | None:
+    def _find(self, doc_id: str, located: dict[str, tuple[int, int]] | None = None
+              ) -> tuple[DocumentEntry, int | None, int | None] | None:
         """(record, segment position, document row) of the live document `doc_id` as the next commit
-        would see it (position None: staged in this writer), None when it is not there."""
+        would see it (position None: staged in this writer), None when it is not there. `located`:
+        the base generation's answer for a batch of ids (`Generation.locate_many`), when looked up."""
         staged = self._staged.new.get(doc_id)
         if staged is not None:
             return staged.entry, None, None
@@ -254,7 +257,7 @@ class Writer:
         if legacy is not None:
             return legacy.entry, None, None
         assert self._base is not None
-        found = self._base.locate(doc_id)
+        found = self._base.locate(doc_id) if located is None else located.get(doc_id)
         if found is None or found[1] in self._staged.deleted.get(found[0], ()):
             return None
         return self._base.segments[found[0]][0].entry(found[1]), found[0], found[1]
@@ -276,33 +279,40 @@ class Writer:
         "update" missing ones. An unchanged document of another source takes this one (counted "moved")."""
         self._require_lock()
         self._labels[source.key] = source.label
-        for item in documents:
-            doc = as_document(item, self.limits)
-            self._fields().admit(doc.id, doc.metadata)
-            found = self._find(doc.id)
-            old = found[0] if found else None
-            if mode == "add" and old is not None:
-                raise CollectionError(f"document {doc.id!r} is already in the collection; use update (or upsert)")
-            if mode == "update" and old is None:
-                raise CollectionError(f"document {doc.id!r} is not in the collection; use add (or upsert)")
-            if old is not None and old.content_hash == doc.content_hash:
-                if old.source == source.key:
-                    self.changes["unchanged"] += 1
-                else:  # same content from another source: the record moves, its chunks as they were
-                    self._move(found, source)  # type: ignore[arg-type]
-                    self.changes["moved"] += 1
-                continue
-            chunks = self.chunker.chunk(doc)
-            self._check_vector(doc, chunks)
-            if found is not None:
-                self._drop(doc.id, found[1], found[2])
-                self._count(old.source, -1)  # type: ignore[union-attr]
-            entry = DocumentEntry(id=doc.id, title=doc.title, metadata=doc.metadata, content_hash=doc.content_hash,
-                                  chunks=len(chunks), source=source.key)
-            self._staged.new[doc.id] = _New(entry, chunks, doc.vector_array() if doc.vector is not None else None)
-            self._count(source.key, +1)
-            self.new_chunks.extend(chunks)
-            self.changes["updated" if old is not None else "added"] += 1
+        for batch in _batches(documents, LOOKUP_BATCH):
+            docs = [as_document(item, self.limits) for item in batch]
+            assert self._base is not None
+            located = self._base.locate_many([d.id for d in docs])  # one vectorised search per segment
+            for doc in docs:
+                self._upsert_one(doc, located, source, mode)
+
+    def _upsert_one(self, doc: Document, located: dict[str, tuple[int, int]], source: Source, mode: str) -> None:
+        """One document of `upsert` (see there)."""
+        self._fields().admit(doc.id, doc.metadata)
+        found = self._find(doc.id, located)
+        old = found[0] if found else None
+        if mode == "add" and old is not None:
+            raise CollectionError(f"document {doc.id!r} is already in the collection; use update (or upsert)")
+        if mode == "update" and old is None:
+            raise CollectionError(f"document {doc.id!r} is not in the collection; use add (or upsert)")
+        if old is not None and old.content_hash == doc.content_hash:
+            if old.source == source.key:
+                self.changes["unchanged"] += 1
+            else:  # same content from another source: the record moves, its chunks as they were
+                self._move(found, source)  # type: ignore[arg-type]
+                self.changes["moved"] += 1
+            return
+        chunks = self.chunker.chunk(doc)
+        self._check_vector(doc, chunks)
+        if found is not None:
+            self._drop(doc.id, found[1], found[2])
+            self._count(old.source, -1)  # type: ignore[union-attr]
+        entry = DocumentEntry(id=doc.id, title=doc.title, metadata=doc.metadata, content_hash=doc.content_hash,
+                              chunks=len(chunks), source=source.key)
+        self._staged.new[doc.id] = _New(entry, chunks, doc.vector_array() if doc.vector is not None else None)
+        self._count(source.key, +1)
+        self.new_chunks.extend(chunks)
+        self.changes["updated" if old is not None else "added"] += 1
 
     def _move(self, found: tuple[DocumentEntry, int | None, int | None], source: Source) -> None:
         entry, position, row = found
@@ -358,8 +368,11 @@ class Writer:
         """Remove documents (and their chunks); returns the ids that were not there."""
         self._require_lock()
         absent = []
+        doc_ids = list(doc_ids)
+        assert self._base is not None
+        located = self._base.locate_many(doc_ids)
         for doc_id in doc_ids:
-            found = self._find(doc_id)
+            found = self._find(doc_id, located)
             if found is None:
                 absent.append(doc_id)
                 continue
@@ -562,6 +575,17 @@ class Writer:
         removed = self._text_cache().forget(dead.values()) if dead else 0
         if removed:
             self.say(f"text cache: {removed} entries of {len(dead)} texts no chunk has any more removed")
+
+
+def _batches(items: Iterable[Any], size: int) -> Iterable[list[Any]]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def _ref(segment: Segment, deleted: str | None, deletions: Deletions | None = None) -> SegmentRef:
