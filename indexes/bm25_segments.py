@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,8 +69,8 @@ class SegmentPostings:
         return len(self.lengths)
 
     @classmethod
-    def build(cls, token_lists: list[list[str]], fingerprint: str) -> SegmentPostings:
-        """Postings of already-analysed documents (row `d` = `token_lists[d]`; an empty list is a document
+    def build(cls, token_lists: Iterable[list[str]], fingerprint: str) -> SegmentPostings:
+        """Postings of already-analysed documents (row `d` = the d-th term list; an empty list is a document
         with no term, which BM25 never returns but which counts in N and avgdl, as in a single index)."""
         tokens = TokenizedCorpus.from_token_lists(token_lists)
         tf = term_frequencies(tokens.term_ids, tokens.offsets, len(tokens.vocab))

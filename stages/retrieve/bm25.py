@@ -129,12 +129,7 @@ class BM25Retriever(StageBase):
                 postings = SegmentPostings.load(directory, fingerprint=corpus.fingerprint)
             except IndexLoadError as exc:
                 env.refuse_build(self.name, f"usable BM25 segment postings at {directory} ({exc})", READ_ONLY_HINT)
-                texts = corpus.doc_texts()
-                if env.text_cache is not None:
-                    token_lists = cached_analysis(texts, settings.tokenizer, env.text_cache)
-                else:
-                    token_lists = [settings.tokenizer.analyze(t) for t in texts]
-                postings = SegmentPostings.build(token_lists, corpus.fingerprint)
+                postings = SegmentPostings.build(_analysed(corpus, settings.tokenizer, env.text_cache), corpus.fingerprint)
                 postings.save(directory)
             _LOADED.put((str(directory), corpus.fingerprint), postings)
         dead = np.flatnonzero(~part.live) if part.live is not None else np.empty(0, dtype=np.int64)
@@ -216,6 +211,14 @@ class BM25Search:
             hits = index.search_terms(terms, k, allowed=allowed)
             out.append(Ranking(hits.rows, hits.scores))
         return out
+
+
+def _analysed(corpus: Any, tokenizer: Any, cache: Any, block: int = 50_000) -> Any:
+    """Each row's terms, in order, a block of rows at a time (read from the text cache where it has
+    them): a segment of millions of chunks is analysed without holding every text and term list."""
+    for start in range(0, len(corpus), block):
+        texts = corpus.doc_texts(range(start, min(len(corpus), start + block)))
+        yield from (cached_analysis(texts, tokenizer, cache) if cache is not None else map(tokenizer.analyze, texts))
 
 
 def _warn_empty(qid: str, text: str) -> None:
