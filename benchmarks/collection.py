@@ -233,7 +233,7 @@ def upserts(root: Path, n: int, dim: int) -> dict:
             writer.stdin.write(doc_id + "\n")
             writer.stdin.flush()
             deadline = time.time() + 300
-            while not any(h.doc_id == doc_id for h in stack.search(f"zz{doc_id}", k=1).hits):
+            while not any(h.doc_id == doc_id for h in stack.search(f"zz{doc_id}", k=10).hits):  # (a hybrid fuses ties)
                 if time.time() > deadline:
                     raise SystemExit(f"{doc_id} never became visible")
                 time.sleep(0.002)

@@ -312,11 +312,13 @@ class DenseIndex:
         max_seq_length: int | None | str = "any",
         factory: str | None = None,
         verify_checksums: bool = True,
+        mmap: bool = False,
     ) -> DenseIndex:
         """Read an index saved by `save`; refuse it (`IndexLoadError`) when it does not match.
 
         Each given expectation (corpus fingerprint, model identity, max_seq_length, requested
-        factory) is checked against the manifest; a mismatch means the index is stale.
+        factory) is checked against the manifest; a mismatch means the index is stale. `mmap`: map
+        the index file read-only (FAISS's `IO_FLAG_MMAP`) instead of reading it into memory.
         """
         directory = Path(directory)
         manifest = read_manifest(
@@ -345,7 +347,8 @@ class DenseIndex:
                 f"{where} is a {info.get('factory_requested')!r} index, not {factory!r}; {REBUILD_HINT}."
             )
         try:
-            index = faiss.read_index(str(directory / INDEX_FILE))
+            flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
+            index = faiss.read_index(str(directory / INDEX_FILE), flags)
         except RuntimeError as exc:
             raise IndexLoadError(f"{where} cannot be read by FAISS ({_first_line(exc)}); {REBUILD_HINT}.") from None
         if index.ntotal != info.get("ntotal") or index.d != info.get("dim"):

@@ -249,6 +249,9 @@ class DenseRetriever(StageBase):
                 model_identity=identity,
                 max_seq_length=encoder.max_seq_length,
                 factory=cfg.index,
+                # a segment's index: checked when written (its writer), mapped rather than read
+                verify_checksums=not segment,
+                mmap=segment,
             )
             if segment:
                 _LOADED.put((str(directory), fingerprint), index)
