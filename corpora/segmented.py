@@ -148,6 +148,12 @@ class SegmentedCorpus(Corpus):
         self._fingerprint = fingerprint or hash_strings(
             s for p in parts for s in (p.corpus.fingerprint, _mask_digest(p.live)))
 
+    def live_mask(self) -> np.ndarray | None:
+        """A bool per global row, False for deleted rows (None: nothing deleted)."""
+        if all(p.live is None for p in self.parts):
+            return None
+        return np.concatenate([np.ones(len(p.corpus), dtype=bool) if p.live is None else p.live for p in self.parts])
+
     @property
     def live_rows(self) -> int:
         return sum(p.live_count for p in self.parts)

@@ -204,15 +204,45 @@ class Stage(Protocol):
 
 def bind_stage(stage: Any, env: Environment) -> BoundStage:
     """`stage.bind(env)`; for an older stage with only `warm_up(env)` and `run`, a warmed copy of it
-    (so the value itself is never changed by binding)."""
+    (so the value itself is never changed by binding).
+
+    Over a segmented corpus (a collection) whose rows include deleted ones, a stage that starts a chain
+    (arity NONE: it finds rows in the corpus) but does not declare `searches_segments` (a plugin
+    written for a plain corpus, which would see every row) is bound with its rankings cut to live rows
+    (`LiveRowsOnly`), so no deleted chunk ever leaves it; the built-in retrievers search live rows
+    themselves, and stages with inputs only see rows their inputs gave them."""
     bind = getattr(stage, "bind", None)
     if callable(bind):
-        return bind(env)
-    bound = copy.copy(stage)
-    warm = getattr(bound, "warm_up", None)
-    if callable(warm):
-        warm(env)
+        bound = bind(env)
+    else:
+        bound = copy.copy(stage)
+        warm = getattr(bound, "warm_up", None)
+        if callable(warm):
+            warm(env)
+    live = getattr(env.corpus, "live_mask", None)
+    if callable(live) and getattr(stage, "arity", None) == Arity.NONE and not getattr(stage, "searches_segments", False):
+        mask = live()
+        if mask is not None:
+            return LiveRowsOnly(bound, mask)
     return bound
+
+
+class LiveRowsOnly:
+    """A bound stage whose rankings keep only rows `live` marks (see `bind_stage`)."""
+
+    def __init__(self, bound: Any, live: Any):
+        self.bound, self.live = bound, live
+
+    def run(self, queries: Any, inputs: Sequence[Sequence[Ranking]]) -> list[Ranking]:
+        out = []
+        for ranking in self.bound.run(queries, inputs):
+            keep = self.live[ranking.doc_rows]
+            out.append(ranking if keep.all() else Ranking(ranking.doc_rows[keep], ranking.scores[keep],
+                                                          {n: t.take(keep) for n, t in ranking.provenance.items()}))
+        return out
+
+    def close(self) -> None:
+        release_stage(self.bound)
 
 
 def release_stage(bound: Any) -> None:

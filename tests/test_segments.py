@@ -208,3 +208,22 @@ def test_a_document_is_found_by_a_binary_search_of_its_key_even_when_two_ids_sha
     assert sorted(store.generation.live_ids()) == ["y", "z"]
     assert store.generation.chunks_of("y")[0].text == "y changed"
     store.close()
+
+
+def test_a_plugin_stage_written_for_a_plain_corpus_never_returns_a_deleted_chunk(tmp_path):
+    """A retriever that does not search segments (here: one that ranks every row by a hash, as a
+    plugin written for a plain corpus would see it) is bound with its rankings cut to live rows; the
+    built-in retrievers search live rows themselves."""
+    from stubs import StubRetriever
+
+    from stagegraph.pipeline.compose import as_pipeline
+
+    store = Collection.create(tmp_path / "c", BM25_ONLY)
+    store.merge_policy = NO_MERGES
+    store.upsert([{"id": f"d{i}", "text": f"note {i}"} for i in range(6)])
+    store.delete(["d1", "d4"])
+    corpus = store.generation.corpus
+    assert len(corpus) == 6 and corpus.live_rows == 4  # deleted rows keep their place until a merge
+    runner = as_pipeline(StubRetriever(name="every", k=10)).bind(store)
+    assert {corpus.doc_id(int(r)) for r in runner.run(["anything"])[0].doc_rows} == {"d0", "d2", "d3", "d5"}
+    store.close()

@@ -162,6 +162,7 @@ class Writer:
         self._base: Generation | None = None
         self._legacy: dict[str, _New] = {}  # a format-1/2 generation's documents, written as a segment at commit
         self._staged = _Staged()
+        self._dirty = False  # something staged since the last commit
         self._chunker: Chunker | None = None
         self._labels: dict[str, str] = {}
         self._source_counts: dict[str, int] = {}
@@ -301,6 +302,7 @@ class Writer:
             else:  # same content from another source: the record moves, its chunks as they were
                 self._move(found, source)  # type: ignore[arg-type]
                 self.changes["moved"] += 1
+                self._dirty = True
             return
         chunks = self.chunker.chunk(doc)
         self._check_vector(doc, chunks)
@@ -313,6 +315,7 @@ class Writer:
         self._count(source.key, +1)
         self.new_chunks.extend(chunks)
         self.changes["updated" if old is not None else "added"] += 1
+        self._dirty = True
 
     def _move(self, found: tuple[DocumentEntry, int | None, int | None], source: Source) -> None:
         entry, position, row = found
@@ -379,6 +382,7 @@ class Writer:
             self._drop(doc_id, found[1], found[2])
             self._count(found[0].source, -1)
             self.changes["deleted"] += 1
+            self._dirty = True
         if absent and not missing_ok:
             raise CollectionError(f"no document {', '.join(map(repr, absent[:5]))} in the collection to delete")
         return absent
@@ -411,7 +415,8 @@ class Writer:
 
     @property
     def changed(self) -> bool:
-        return bool(self._legacy) or any(self.changes[k] for k in ("added", "updated", "moved", "deleted"))
+        """Whether the next commit publishes something (`changes` counts over the writer's whole life)."""
+        return bool(self._legacy) or self._dirty
 
     # -- publishing -----------------------------------------------------------------------------
     def commit(self) -> Generation:
@@ -549,7 +554,7 @@ class Writer:
             raise
         publish(layout, number)
         self.say(f"published generation {number}")
-        self._base, self._staged, self._legacy = generation, _Staged(), {}
+        self._base, self._staged, self._legacy, self._dirty = generation, _Staged(), {}, False
         return generation
 
     def _forget_texts(self, previous: Generation, current: Generation) -> None:

@@ -77,6 +77,7 @@ class BM25Retriever(StageBase):
     Config = BM25RetrieverConfig
     arity = Arity.NONE
     indexes_corpus = True
+    searches_segments = True  # over a segmented corpus: per-segment postings, live rows only
     libraries = ("PyStemmer", "rank-bm25")
     config: BM25RetrieverConfig
 

@@ -143,6 +143,7 @@ class DenseRetriever(StageBase):
     Config = DenseRetrieverConfig
     arity = Arity.NONE
     indexes_corpus = True
+    searches_segments = True  # over a segmented corpus: one index per segment, live rows only
     libraries = ("faiss-cpu", "torch", "sentence-transformers", "transformers")
     speed_only = frozenset(SPEED_ONLY)
     intra_op_threads = 1
