@@ -132,7 +132,7 @@ def ingest(
             generation = w.commit()
             new_tokens = sum(w.chunker.count_tokens(c.text) for c in w.new_chunks) if w.new_chunks else 0
             report = IngestReport(
-                collection=str(store.layout.root), generation=generation.number, published=w.changed,
+                collection=str(store.layout.root), generation=generation.number, published=w.published,
                 files_read=summary.files_read, documents_read=len(documents), skipped=[str(s) for s in summary.skipped],
                 new_chunks=len(w.new_chunks), new_tokens=new_tokens, chunks=generation.manifest.chunks,
                 left_alone=left_alone, **w.changes,

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
 from stagegraph import atomic
@@ -199,8 +200,6 @@ class Segment:
 
     def rows_with_texts(self, keys: set[str]) -> np.ndarray:
         """The chunk rows whose text (title and text, as `text_key` hashes them) is one of `keys`."""
-        import pyarrow.compute as pc
-
         found = pc.is_in(_single(self.chunks, "text_key"), value_set=pa.array(sorted(keys), pa.string()))
         return np.flatnonzero(found.to_numpy(zero_copy_only=False))
 

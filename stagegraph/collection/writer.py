@@ -163,6 +163,8 @@ class Writer:
         self._legacy: dict[str, _New] = {}  # a format-1/2 generation's documents, written as a segment at commit
         self._staged = _Staged()
         self._dirty = False  # something staged since the last commit
+        #: whether a commit of this writer published a generation (merges aside)
+        self.published = False
         self._chunker: Chunker | None = None
         self._labels: dict[str, str] = {}
         self._source_counts: dict[str, int] = {}
@@ -435,6 +437,7 @@ class Writer:
             segment = self._write_new_segment(f"g{number:08d}", new)
             refs.append(_ref(segment, None))
         generation = self._publish(number, refs, changes=dict(self.changes))
+        self.published = True
         self._forget_texts(previous, generation)
         if self.merge_after_commit:
             self._merge_once(self.merge_policy.max_inline_chunks)

@@ -310,7 +310,7 @@ class Service:
             with self.slots.hold():
                 w.upsert(checked, source=HTTP)  # issue 22.6: HTTP writes are of source "http"
                 generation = w.commit()
-            changes, published = dict(w.changes), w.changed
+            changes, published = dict(w.changes), w.published
         collection.refresh()
         return self._publish(job, generation.number, changes, published, wait, "upsert")
 
@@ -322,7 +322,7 @@ class Service:
                 raise ApiError(404, "not_found", f"no document {doc_id!r} in the collection", "doc_id")
             with self.slots.hold():
                 generation = w.commit()
-            changes, published = dict(w.changes), w.changed
+            changes, published = dict(w.changes), w.published
         collection.refresh()
         return self._publish(job, generation.number, changes, published, wait, "delete")
 
