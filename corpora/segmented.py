@@ -64,15 +64,6 @@ class ColumnCorpus(Corpus):
             self._row_of = {doc_id: row for row, doc_id in enumerate(self.ids)}
         return self._row_of
 
-    def row_of(self, doc_id: str) -> int:
-        try:
-            return self._rows()[doc_id]
-        except KeyError:
-            raise KeyError(f"document id {doc_id!r} is not in the corpus ({len(self)} documents)") from None
-
-    def has(self, doc_id: str) -> bool:
-        return doc_id in self._rows()
-
 
 @dataclass
 class Part:
@@ -198,14 +189,6 @@ class SegmentedCorpus(Corpus):
             self._row_of = rows
         return self._row_of
 
-    def row_of(self, doc_id: str) -> int:
-        try:
-            return self._rows()[doc_id]
-        except KeyError:
-            raise KeyError(f"document id {doc_id!r} is not in the corpus ({self.live_rows} live rows)") from None
-
-    def has(self, doc_id: str) -> bool:
-        return doc_id in self._rows()
 
 
 def _mask_digest(live: np.ndarray | None) -> str:

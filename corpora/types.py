@@ -78,15 +78,19 @@ class Corpus:
             )
         return self._fingerprint
 
+    def _rows(self) -> dict[str, int]:
+        """The id -> row map (a stored corpus builds it when first asked)."""
+        return self._row_of
+
     def row_of(self, doc_id: str) -> int:
         """The row of `doc_id`; a `KeyError` that names the id when it is not in the corpus."""
         try:
-            return self._row_of[doc_id]
+            return self._rows()[doc_id]
         except KeyError:
             raise KeyError(f"document id {doc_id!r} is not in the corpus ({len(self)} documents)") from None
 
     def has(self, doc_id: str) -> bool:
-        return doc_id in self._row_of
+        return doc_id in self._rows()
 
     def rows_of(self, doc_ids: Iterable[str]) -> np.ndarray:
         return np.fromiter((self.row_of(d) for d in doc_ids), dtype=np.int64)
