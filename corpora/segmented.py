@@ -174,10 +174,6 @@ class SegmentedCorpus(Corpus):
                     column[i] = value
         return columns  # type: ignore[return-value]
 
-    def locate(self, row: int) -> tuple[Part, int]:
-        part = int(np.searchsorted(self._starts, int(row), side="right")) - 1
-        return self.parts[part], int(row) - int(self._starts[part])
-
     def _rows(self) -> dict[str, int]:
         if self._row_of is None:
             rows: dict[str, int] = {}

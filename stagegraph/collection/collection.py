@@ -39,7 +39,8 @@ from stagegraph.collection.generation import Generation, LegacyGeneration, dump_
 from stagegraph.collection.layout import CollectionDamaged, CollectionError, CollectionSettings, Layout
 from stagegraph.collection.sources import UNKNOWN, named_source
 from stagegraph.collection.merges import MergePolicy
-from stagegraph.collection.writer import DEFAULT_LOCK_TIMEOUT_S, Writer, collect_garbage
+from stagegraph.collection.garbage import collect_garbage
+from stagegraph.collection.writer import DEFAULT_LOCK_TIMEOUT_S, Writer
 from stagegraph.corpora.ingest import Chunker, ChunkerConfig, Document, RecordFields
 from stagegraph.corpora.validate import MetadataLimits
 from stagegraph.indexes.text_cache import TextCache
