@@ -136,7 +136,9 @@ class Environment:
       the work over a cluster with the model loaded once per worker;
     * `vectors`: precomputed vectors of the corpus' rows (a `stagegraph.corpora.vectors.CorpusVectors`,
       "bring your own vectors"): a dense stage indexes them instead of encoding the documents, and
-      refuses them when its model is not the one that made them (None: stages encode).
+      refuses them when its model is not the one that made them (None: stages encode);
+    * `artefact_roots`: more work directories a read-only stage may find an artefact in (a sharded
+      collection read as one: each shard keeps its segments' indexes under its own directory).
     """
 
     corpus: Corpus
@@ -146,11 +148,15 @@ class Environment:
     read_only: bool = False
     encode: Any = None
     vectors: Any = None
+    artefact_roots: tuple[Path, ...] = ()
     artefacts: list[Path] = field(default_factory=list, compare=False, repr=False)
 
     def artefact_dir(self, kind: str, key: str) -> Path:
-        """`work_dir/<kind>/<key>`: where a stage keeps an index or model it built for this corpus."""
+        """`work_dir/<kind>/<key>`: where a stage keeps an index or model it built for this corpus
+        (or the first of `artefact_roots` that holds `<kind>/<key>`)."""
         path = Path(self.work_dir) / kind / key
+        if self.artefact_roots and not path.exists():
+            path = next((p for p in (Path(r) / kind / key for r in self.artefact_roots) if p.exists()), path)
         if path not in self.artefacts:
             self.artefacts.append(path)
         return path

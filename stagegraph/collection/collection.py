@@ -77,8 +77,11 @@ class Collection:
     """A reader of one collection directory (and the door to its writer)."""
 
     def __init__(self, root: str | Path, *, progress: bool = False, convert: bool = False,
-                 merge_policy: MergePolicy | None = None):
+                 merge_policy: MergePolicy | None = None, pin: Callable[[], int] | None = None):
         self.layout = Layout(root)
+        #: which generation this reader opens and refreshes to: the one `CURRENT` names, unless pinned
+        #: (a shard of a sharded collection opens the generation its sharded generation names)
+        self._wanted = pin or (lambda: read_current(self.layout))
         self.progress = progress
         #: the merges every writer of this object runs after a commit (None: the defaults)
         self.merge_policy = merge_policy
@@ -170,9 +173,9 @@ class Collection:
     def _open_current(self) -> Generation:
         """Lease the current generation, then load it (re-checking that it is still current)."""
         for _ in range(20):
-            number = read_current(self.layout)
+            number = self._wanted()
             self._write_lease(number)
-            if read_current(self.layout) == number:
+            if self._wanted() == number:
                 try:
                     model = self.settings.records.vector_model
                     return Generation.load(self.layout, number, vector_model=model) if number else Generation.empty(model)
@@ -187,7 +190,7 @@ class Collection:
     def refresh(self) -> bool:
         """Move to the newest published generation; True when it changed."""
         with self._lock:
-            if read_current(self.layout) == self.generation.number:
+            if self._wanted() == self.generation.number:
                 return False
             try:
                 self.generation = self._open_current()

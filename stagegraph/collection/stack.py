@@ -39,6 +39,7 @@ from typing import Any, ContextManager
 
 from stagegraph.collection.collection import Collection
 from stagegraph.collection.generation import Generation, read_current
+from stagegraph.collection.sharded import ShardedCollection, open_collection
 from stagegraph.corpora.ingest import Document
 from stagegraph.errors import InputError
 from stagegraph.pipeline.compose import Pipeline
@@ -68,7 +69,7 @@ class _Live:
 class Stack:
     """A pipeline over a collection: search, write, refresh (see the module docstring)."""
 
-    def __init__(self, config: Any, collection: Collection, *, prepare: Callable[[Runner], None] | None = None,
+    def __init__(self, config: Any, collection: Collection | ShardedCollection, *, prepare: Callable[[Runner], None] | None = None,
                  on_refresh: Callable[[int], None] | None = None, watch: float | None = WATCH_INTERVAL_S,
                  guard: Callable[[], ContextManager[Any]] | None = None):
         self.collection = collection
@@ -250,4 +251,4 @@ def open_stack(config: Any = None, *, collection: str | Path, progress: bool = F
     """The stack of `config` (a YAML path or bundled name, a dict, a Pipeline; None: the collection's
     own pipeline) over the collection at `collection`; it picks up generations other processes publish
     within `watch` seconds (None: only on `refresh()`)."""
-    return Stack(config, Collection.open(collection, progress=progress), watch=watch)
+    return Stack(config, open_collection(collection, progress=progress), watch=watch)

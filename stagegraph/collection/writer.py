@@ -144,8 +144,11 @@ class Writer:
                  text_cache: Callable[[], TextCache], timeout: float = DEFAULT_LOCK_TIMEOUT_S, progress: bool = False,
                  say: Callable[[str], None] | None = None, encode: Callable[[Any, list[str]], Any] | None = None,
                  merge_policy: MergePolicy | None = None, merge_after_commit: bool = True,
-                 limits: MetadataLimits | None = None):
+                 limits: MetadataLimits | None = None, deferred: bool = False):
         self.layout = layout
+        #: write generations without publishing them or collecting garbage: a shard of a sharded
+        #: collection, whose commit publishes every shard's generation at once (`collection.sharded`)
+        self.deferred = deferred
         self.settings = settings
         self._make_chunker = chunker
         self._text_cache = text_cache
@@ -318,6 +321,18 @@ class Writer:
         self.changes["updated" if old is not None else "added"] += 1
         self._dirty = True
 
+    def adopt(self, entry: DocumentEntry, chunks: list[Chunk], vector: np.ndarray | None, label: str) -> None:
+        """Stage a document exactly as another collection holds it (record, chunks, vector; `label` its
+        source's): a reshard moves documents without chunking or encoding them again."""
+        self._require_lock()
+        if self._find(entry.id) is not None:
+            raise CollectionError(f"document {entry.id!r} is already in the collection {self.layout.root}")
+        self._labels[entry.source] = label
+        self._staged.new[entry.id] = _New(entry, chunks, vector)
+        self._count(entry.source, +1)
+        self.changes["added"] += 1
+        self._dirty = True
+
     def _move(self, found: tuple[DocumentEntry, int | None, int | None], source: Source) -> None:
         entry, position, row = found
         moved = entry.model_copy(update={"source": source.key})
@@ -440,8 +455,12 @@ class Writer:
         self._forget_texts(previous, generation)
         if self.merge_after_commit:
             self._merge_once(self.merge_policy.max_inline_chunks)
-        collect_garbage(self.layout)
+        self._collect()
         return self._base
+
+    def _collect(self) -> None:
+        if not self.deferred:  # a deferred generation is not current yet: collecting now would remove it
+            collect_garbage(self.layout)
 
     def merge(self) -> int:
         """Run every merge the policy asks for, whatever its size; returns how many ran."""
@@ -449,7 +468,7 @@ class Writer:
         done = 0
         while self._merge_once(None):
             done += 1
-        collect_garbage(self.layout)
+        self._collect()
         return done
 
     def compact(self) -> Generation:
@@ -461,7 +480,7 @@ class Writer:
         refs = self._base.manifest.segments or []
         if len(refs) > 1 or any(r.deleted for r in refs):
             self._merge([r.id for r in refs])
-        collect_garbage(self.layout)
+        self._collect()
         return self._base
 
     def _merge_once(self, max_chunks: int | None) -> bool:
@@ -554,8 +573,9 @@ class Writer:
         except BaseException:
             shutil.rmtree(building, ignore_errors=True)
             raise
-        publish(layout, number)
-        self.say(f"published generation {number}")
+        if not self.deferred:
+            publish(layout, number)
+            self.say(f"published generation {number}")
         self._base, self._staged, self._legacy, self._dirty = generation, _Staged(), {}, False
         return generation
 
