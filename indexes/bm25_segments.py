@@ -161,8 +161,8 @@ class CorpusStats:
     def __init__(self, segments: list[SegmentSearch]):
         self.segments = segments
         self.n_docs = sum(s.postings.n_docs - s.deleted.n for s in segments)
-        total = sum(s.postings.length_total - s.deleted.length_total for s in segments)
-        self.avgdl = total / self.n_docs if self.n_docs else 0.0
+        self.length_total = sum(s.postings.length_total - s.deleted.length_total for s in segments)
+        self.avgdl = self.length_total / self.n_docs if self.n_docs else 0.0
 
     def df(self, term: str) -> int:
         out = 0
@@ -173,7 +173,24 @@ class CorpusStats:
         return out
 
 
-def search_segments(stats: CorpusStats, terms: list[str], k: int, *, variant: str, k1: float, b: float,
+class GivenStats:
+    """N, avgdl and document frequencies given from outside, for `segments` to be scored with: a
+    sharded collection's, summed over every shard by its coordinator (`stagegraph.scale.shards`, as
+    Elasticsearch's `dfs_query_then_fetch`), so each shard scores its chunks as one collection would.
+    `df` needs only the query's terms."""
+
+    def __init__(self, segments: list[SegmentSearch], n_docs: int, length_total: int, df: dict[str, int]):
+        self.segments = segments
+        self.n_docs = n_docs
+        self.length_total = length_total
+        self.avgdl = length_total / n_docs if n_docs else 0.0
+        self._df = df
+
+    def df(self, term: str) -> int:
+        return self._df.get(term, 0)
+
+
+def search_segments(stats: CorpusStats | GivenStats, terms: list[str], k: int, *, variant: str, k1: float, b: float,
                     masks: list[np.ndarray | None]) -> tuple[np.ndarray, np.ndarray]:
     """The best `k` live rows for analysed query `terms` (repeats count twice): (global rows int64,
     scores float32), score desc then tie key asc. `masks[i]`: segment i's allowed rows (bool, the

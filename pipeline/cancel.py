@@ -7,8 +7,9 @@ rest of the run (a reranker after the first stages, say) is never computed. A st
 finishes: stages are not interrupted inside. Without `cancellable` the checkpoints cost one
 context-variable read each and never raise.
 
-The check is a context variable, so it holds in the thread that entered `cancellable` (and in what
-that thread calls), not in the pipeline's branch threads; checkpoints run in the calling thread.
+The check is a context variable, so it holds in the thread that entered `cancellable`, in what that
+thread calls, and in the pipeline's branch threads (the executor runs each branch in a copy of the
+caller's context); checkpoints run in the calling thread.
 """
 
 from __future__ import annotations

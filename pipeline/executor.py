@@ -26,6 +26,8 @@ latency. Every stage that runs is bound (models and indexes loaded) before any t
 
 from __future__ import annotations
 
+import contextvars
+
 import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -314,7 +316,9 @@ def _run_online(steps, todo, bound, queries, outputs, result, keys, show, warmup
             side_by_side = concurrent and pool is not None and len(group) > 1
             side = len(group) if side_by_side else 1
             if side_by_side:
-                futures = {s.name: pool.submit(timed, s, one, i, results, side) for s in group}
+                # each branch runs in the caller's context (its cancel check, its search report)
+                futures = {s.name: pool.submit(contextvars.copy_context().run, timed, s, one, i, results, side)
+                           for s in group}
                 done = {name: f.result() for name, f in futures.items()}
             else:
                 done = {s.name: timed(s, one, i, results, side) for s in group}

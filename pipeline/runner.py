@@ -22,7 +22,7 @@ threads and files.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -45,9 +45,12 @@ class Runner:
     `stagegraph.pipeline.compose.Pipeline` value (not imported here: compose imports this module)."""
 
     def __init__(self, pipeline: Any, env: Environment, *, eager: bool = True,
-                 shared: dict[str, Any] | None = None):
+                 shared: dict[str, Any] | None = None, bind_step: Callable[[Step, Environment], Any] | None = None):
         pipeline.require_complete()
         self.pipeline = pipeline
+        #: how a step is bound when not by `bind_stage` (returns None for the steps it leaves to it):
+        #: a sharded collection on Ray binds its retrievers to remote shards this way
+        self._bind_step = bind_step
         self.env = env
         self.steps: list[Step] = list(pipeline.steps)
         self._width = max(len(level) for level in levels(self.steps))
@@ -84,9 +87,11 @@ class Runner:
             if found is not None:
                 return found
             thread_policy.apply(thread_policy.threads_for(1))  # builds and loads: every core
-            donor = (shared or {}).get(step.name)
-            rebind = getattr(donor, "rebind", None) if donor is not step.stage else None
-            bound = rebind(self.env) if callable(rebind) else bind_stage(step.stage, self.env)
+            bound = self._bind_step(step, self.env) if self._bind_step is not None else None
+            if bound is None:
+                donor = (shared or {}).get(step.name)
+                rebind = getattr(donor, "rebind", None) if donor is not step.stage else None
+                bound = rebind(self.env) if callable(rebind) else bind_stage(step.stage, self.env)
             self._bound[step.name] = bound
             return bound
 
@@ -177,11 +182,12 @@ class Runner:
             MetadataIndex.of(self.env.corpus).mask(expression)
 
     # -- another environment, and the end ------------------------------------------------------
-    def rebind(self, target: Any, *, work_dir: Any = None, progress: bool | None = None) -> Runner:
+    def rebind(self, target: Any, *, work_dir: Any = None, progress: bool | None = None,
+               bind_step: Callable[[Step, Environment], Any] | None = None) -> Runner:
         """The same pipeline bound to `target` (a corpus, dataset, environment or collection), sharing
-        with this runner what does not depend on the corpus (loaded models)."""
+        with this runner what does not depend on the corpus (loaded models); `bind_step` as in `Runner`."""
         env = environment_for(target, work_dir=work_dir, progress=progress)
-        return Runner(self.pipeline, env, shared=dict(self._bound))
+        return Runner(self.pipeline, env, shared=dict(self._bound), bind_step=bind_step)
 
     def close(self) -> None:
         """Stop the branch threads and let bound stages release what they hold (score caches, files)."""

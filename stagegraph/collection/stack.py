@@ -71,8 +71,12 @@ class Stack:
 
     def __init__(self, config: Any, collection: Collection | ShardedCollection, *, prepare: Callable[[Runner], None] | None = None,
                  on_refresh: Callable[[int], None] | None = None, watch: float | None = WATCH_INTERVAL_S,
-                 guard: Callable[[], ContextManager[Any]] | None = None):
+                 guard: Callable[[], ContextManager[Any]] | None = None,
+                 bind: Callable[[Pipeline, Any, Runner | None], Runner] | None = None):
         self.collection = collection
+        #: how each generation is bound: `bind(pipeline, collection, previous runner)` (None: in this
+        #: process; a sharded collection on Ray binds its retrievers to the shards' actors)
+        self._binder = bind
         #: the pipeline value every generation is bound to
         self.pipeline: Pipeline = _pipeline_of(config, collection)
         self._prepare = prepare
@@ -108,8 +112,11 @@ class Stack:
         generation = self.collection.generation
         runner = None
         if generation.live_chunks:
-            env = self.collection.environment()
-            runner = previous.rebind(env) if previous is not None else self.pipeline.bind(env)
+            if self._binder is not None:
+                runner = self._binder(self.pipeline, self.collection, previous)
+            else:
+                env = self.collection.environment()
+                runner = previous.rebind(env) if previous is not None else self.pipeline.bind(env)
             if self._prepare is not None:
                 self._prepare(runner)
         return _Live(runner, generation)

@@ -34,7 +34,7 @@ from pydantic import Field
 from stagegraph.corpora.segmented import SegmentedCorpus
 from stagegraph.corpora.types import DataError, Queries
 from stagegraph.indexes.bm25 import FORMAT_VERSION, BM25Index, BM25Settings, cached_analysis
-from stagegraph.indexes.bm25_segments import CorpusStats, SegmentPostings, SegmentSearch, search_segments
+from stagegraph.indexes.bm25_segments import CorpusStats, GivenStats, SegmentPostings, SegmentSearch, search_segments
 from stagegraph.indexes.manifest import IndexLoadError
 from stagegraph.errors import StageError
 from stagegraph.hashing import stable_hash
@@ -174,7 +174,22 @@ class SegmentedBM25Search:
         self._filter = RowFilter(stage.config.filter)
         self._tokenizer = stage.config.index_settings().tokenizer
 
-    def run(self, queries: Queries, inputs: Sequence[Sequence[Ranking]] = ()) -> list[Ranking]:
+    # -- a shard of a sharded collection: its statistics out, the collection's in -------------------
+    def analyze(self, text: str) -> list[str]:
+        return self._tokenizer.analyze(text)
+
+    def totals(self) -> tuple[int, int]:
+        """(live chunks, their length total) over this binding's segments."""
+        return self.stats.n_docs, self.stats.length_total
+
+    def frequencies(self, terms: list[str]) -> list[int]:
+        """The document frequency of each of `terms` among this binding's live chunks."""
+        return [self.stats.df(t) for t in terms]
+
+    def run(self, queries: Queries, inputs: Sequence[Sequence[Ranking]] = (), *,
+            given: Sequence[tuple[int, int, dict[str, int]]] | None = None) -> list[Ranking]:
+        """One ranking per query; with `given`, each query is scored with those (N, length total,
+        df of its terms) instead of this binding's own: a shard scoring as its whole collection."""
         cfg = self.stage.config
         out: list[Ranking] = []
         for position, (qid, text) in enumerate(queries):
@@ -185,7 +200,8 @@ class SegmentedBM25Search:
                 continue
             query_filter = queries.filter_of(position)
             masks = [segment_mask(self._filter, part, query_filter) for part in self.corpus.parts]
-            rows, scores = search_segments(self.stats, terms, cfg.k, variant=cfg.variant, k1=cfg.k1, b=cfg.b, masks=masks)
+            stats = self.stats if given is None else GivenStats(self.stats.segments, *given[position])
+            rows, scores = search_segments(stats, terms, cfg.k, variant=cfg.variant, k1=cfg.k1, b=cfg.b, masks=masks)
             out.append(Ranking(rows, scores))
         return out
 

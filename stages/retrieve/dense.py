@@ -44,6 +44,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 from pydantic import Field
 
 from stagegraph.corpora.segmented import ColumnCorpus, SegmentedCorpus, merge_top
@@ -390,19 +391,24 @@ class SegmentedDenseSearch:
                 warnings.warn(f"Dense query {qid!r} is empty; returning an empty ranking.", EmptyQueryWarning, stacklevel=2)
                 out.append(Ranking.empty())
                 continue
-            query_filter = queries.filter_of(pos)
-            masks = [segment_mask(self._filter, part, query_filter) for part in self.corpus.parts]
-            if all(m is not None and not m.any() for m in masks):
-                out.append(Ranking.empty())
-                continue
-            vector = self.encoder.encode_query(text)
-            found = []
-            for part, index, mask in zip(self.corpus.parts, self.indexes, masks):
-                if mask is not None and not mask.any():
-                    continue
-                scores, rows = index.search(vector, cfg.k, ef_search=cfg.ef_search, nprobe=cfg.nprobe, allowed=mask)
-                keep = rows[0] >= 0
-                local = rows[0][keep]
-                found.append((local + part.offset, scores[0][keep], part.corpus.keys[local]))
-            out.append(Ranking(*merge_top(found, cfg.k)))
+            out.append(self.search_vector(None, queries.filter_of(pos), text=text))
         return out
+
+    def search_vector(self, vector: np.ndarray | None, query_filter: dict[str, Any] | None, *, text: str = "") -> Ranking:
+        """The top k for one query vector (None: `text` encoded here), among the rows `query_filter`
+        allows: a sharded collection's coordinator encodes a query once and sends every shard its vector."""
+        cfg = self.stage.config
+        masks = [segment_mask(self._filter, part, query_filter) for part in self.corpus.parts]
+        if all(m is not None and not m.any() for m in masks):
+            return Ranking.empty()
+        if vector is None:
+            vector = self.encoder.encode_query(text)
+        found = []
+        for part, index, mask in zip(self.corpus.parts, self.indexes, masks):
+            if mask is not None and not mask.any():
+                continue
+            scores, rows = index.search(vector, cfg.k, ef_search=cfg.ef_search, nprobe=cfg.nprobe, allowed=mask)
+            keep = rows[0] >= 0
+            local = rows[0][keep]
+            found.append((local + part.offset, scores[0][keep], part.corpus.keys[local]))
+        return Ranking(*merge_top(found, cfg.k))

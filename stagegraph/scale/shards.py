@@ -1,0 +1,450 @@
+"""Searching a sharded collection on Ray: shard actors with replicas, scatter, gather, one result.
+
+    with RayCluster(address) as cluster:
+        search = ShardedSearch(cluster, "docs.sg", pipeline, replicas=2)
+        stack = Stack(pipeline, ShardedCollection("docs.sg"), bind=search.bind)   # what `serve --executor ray` does
+        stack.search("query")                                                       # = one collection's result
+
+**Where each part runs.** Every shard has `replicas` actors (`ShardWorker`), each holding that
+shard's retrieval stages (BM25, dense) bound to the shard's generation, read from the shared
+storage the collection lives on. The coordinator (the process that serves) binds the pipeline to
+the sharded generation read as one corpus (`ShardedCollection.environment`, memory-mapped, never
+copied), with its retrievers replaced by `RemoteLeg`s: a query's retriever step scatters to one
+replica of every shard, gathers each shard's top k and merges them by (score desc, chunk key asc),
+exactly as segments merge within one collection. Fusion, rerank, hits and provenance then run on the
+coordinator, unchanged, over rows of that corpus; only row numbers, scores and keys travel.
+
+**Equal to one collection.** BM25 scores need the collection's N, average length and document
+frequencies, not a shard's (per-shard IDF ranks the same query differently as shards fill unevenly).
+N and the length total are gathered from every shard when a generation is bound; the document
+frequencies of a query's terms are gathered per query, as Elasticsearch's `dfs_query_then_fetch`
+does, and cached per generation, so a term costs that extra round trip once. The dense leg's query
+vector is encoded once, here, and sent; exact (Flat) indexes then give every shard's true top k.
+
+**Faults.** Actors are restarted by Ray when they die (`max_restarts=-1`); a call that fails because
+its actor died is retried here on another replica of the shard, within the search's deadline, and
+the log says when a replica dies and when it answers again. A shard with no replica left fails the
+search with one clear error, unless the caller asked for partial results
+(`stagegraph.pipeline.partial.search_report(allow_partial=True)`), which then lists the shard as
+missing. An error inside a stage (bad input) is raised as it is, never retried.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import threading
+import time
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from stagegraph.collection.sharded import ShardedCollection, ShardedLayout, read_sharded_manifest
+from stagegraph.corpora.segmented import merge_top
+from stagegraph.corpora.types import Queries
+from stagegraph.errors import InputError, StageError
+from stagegraph.pipeline.partial import current_report
+from stagegraph.pipeline.ranking import Ranking
+from stagegraph.pipeline.runner import Runner
+from stagegraph.scale.cluster import RayCluster, worker_failure
+from stagegraph.stages.base import EmptyQueryWarning
+
+log = logging.getLogger("stagegraph.shards")
+
+DEFAULT_DEADLINE_S = 10.0
+#: seconds before a replica that failed is tried again (Ray restarts it meanwhile)
+RETRY_DOWN_AFTER_S = 1.0
+LEG_TYPES = ("bm25", "dense")
+
+
+class ShardUnavailable(StageError):
+    """A shard could not be reached on any replica; the message names the shard and the fixes."""
+
+
+class ShardWorker:
+    """One Ray actor: one shard's retrieval stages bound to the shard generation a sharded
+    generation names (moved lazily: every call says which sharded generation it is for)."""
+
+    def __init__(self, root: str, index: int, config: dict[str, Any]):
+        from stagegraph.pipeline import threads
+        from stagegraph.pipeline.compose import Pipeline
+
+        threads.pin(1)  # one actor per CPU share: its FAISS and torch use one thread
+        self.layout = ShardedLayout(root)
+        self.index = index
+        self.pipeline = Pipeline.from_config(config)
+        self.legs = {s.name: s for s in self.pipeline.steps if not s.inputs}
+        self.number = -1
+        self._wanted = 0
+        self.collection: Any = None
+        self.bound: dict[str, Any] = {}
+
+    def ping(self) -> int:
+        return os.getpid()
+
+    def _move(self, number: int) -> None:
+        if number == self.number:
+            return
+        from stagegraph.collection.collection import Collection
+        from stagegraph.pipeline.stage import bind_stage
+
+        self._wanted = read_sharded_manifest(self.layout, number).shards[self.index] if number else 0
+        if self.collection is None:
+            self.collection = Collection(self.layout.shard(self.index), pin=lambda: self._wanted)
+        else:
+            self.collection.refresh()
+        env = self.collection.environment()
+        previous, self.bound = self.bound, {}
+        for name, step in self.legs.items():
+            donor = previous.get(name)
+            rebind = getattr(donor, "rebind", None)
+            self.bound[name] = rebind(env) if callable(rebind) else bind_stage(step.stage, env)
+        self.number = number
+
+    def move(self, number: int) -> dict[str, tuple[int, int]]:
+        """Bind generation `number`; (live chunks, length total) of each BM25 leg."""
+        self._move(number)
+        return {name: bound.totals() for name, bound in self.bound.items() if hasattr(bound, "totals")}
+
+    def frequencies(self, number: int, leg: str, terms: list[str]) -> list[int]:
+        self._move(number)
+        return self.bound[leg].frequencies(terms)
+
+    def search(self, number: int, leg: str, ids: list[str], texts: list[str], filters: list | None,
+               given: list | None, vectors: list | None) -> tuple[list[tuple[np.ndarray, np.ndarray, np.ndarray]], int]:
+        """This shard's top k of each query (rows of the shard, scores, tie keys), and the time it took."""
+        started = time.perf_counter_ns()
+        self._move(number)
+        bound = self.bound[leg]
+        if vectors is not None:
+            rankings = [bound.search_vector(v, filters[i] if filters else None) if v is not None else Ranking.empty()
+                        for i, v in enumerate(vectors)]
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", EmptyQueryWarning)  # the coordinator warns, once
+                rankings = bound.run(Queries(ids, texts, filters), given=given)
+        corpus = self.collection.corpus
+        out = [(r.doc_rows, r.scores, corpus.tie_keys(r.doc_rows)) for r in rankings]
+        return out, time.perf_counter_ns() - started
+
+
+class _Replicas:
+    """One shard's actors, picked in turn; a replica that failed is skipped for a while."""
+
+    def __init__(self, index: int, actors: list[Any]):
+        self.index = index
+        self.actors = actors
+        self.down: dict[int, float] = {}  # replica -> when it failed
+        self._turn = 0
+        self._lock = threading.Lock()
+
+    def pick(self, tried: set[int]) -> int | None:
+        with self._lock:
+            now = time.monotonic()
+            order = [(self._turn + i) % len(self.actors) for i in range(len(self.actors))]
+            self._turn += 1
+            fresh = [r for r in order if r not in tried and now - self.down.get(r, -1e9) > RETRY_DOWN_AFTER_S]
+            if fresh:
+                return fresh[0]
+            rest = [r for r in order if r not in tried]  # every one failed lately: try the oldest failure
+            return min(rest, key=lambda r: self.down.get(r, 0.0)) if rest else None
+
+    def failed(self, replica: int, exc: BaseException) -> None:
+        with self._lock:
+            first = replica not in self.down
+            self.down[replica] = time.monotonic()
+        if first:
+            log.warning("shard %d replica %d died or cannot be reached (%s); Ray restarts it, its searches go to the "
+                        "other replicas", self.index, replica, type(exc).__name__)
+
+    def answered(self, replica: int) -> None:
+        if replica in self.down:
+            with self._lock:
+                back = self.down.pop(replica, None) is not None
+            if back:
+                log.warning("shard %d replica %d answers again", self.index, replica)
+
+
+class ShardedSearch:
+    """The coordinator of a sharded collection's searches on Ray (see the module docstring)."""
+
+    def __init__(self, cluster: RayCluster, root: str, pipeline: Any, *, replicas: int = 1,
+                 deadline_s: float = DEFAULT_DEADLINE_S, cpus_per_actor: float | None = None, measure: bool = False):
+        if replicas < 1:
+            raise InputError(f"--replicas {replicas}: every shard needs at least one replica")
+        self.cluster = cluster
+        self.root = str(root)
+        self.layout = ShardedLayout(root)
+        self.replicas = replicas
+        self.deadline_s = deadline_s
+        self.measure = measure
+        with ShardedCollection(root) as collection:
+            shards = collection.shard_count
+        self._check(pipeline)
+        config = {k: v for k, v in pipeline.to_config().items() if k not in ("executor", "filter")}
+        ray = cluster.ray
+        actors = shards * replicas
+        cpus = cpus_per_actor if cpus_per_actor is not None else min(1.0, cluster.worker_count() / actors)
+        remote = ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=cpus)(ShardWorker)
+        self.groups = [_Replicas(i, [remote.options(scheduling_strategy="SPREAD").remote(self.root, i, config)
+                                     for _ in range(replicas)]) for i in range(shards)]
+        self._errors = self._ray_errors(ray)
+        self._metrics: dict[str, Any] = {}
+        self._stats_lock = threading.Lock()
+        self.stats: list[dict[str, float]] = []  # with `measure`: per scatter, wall, slowest shard, bytes
+
+    @staticmethod
+    def _check(pipeline: Any) -> None:
+        for step in pipeline.steps:
+            kind = getattr(step.stage, "type_name", type(step.stage).__name__)
+            if not step.inputs and kind not in LEG_TYPES:
+                raise InputError(f"stage {step.name!r} ({kind}) cannot search a sharded collection on Ray (only "
+                                 f"{' and '.join(LEG_TYPES)} retrievers can); serve without --executor ray to read the "
+                                 "shards as one collection in this process")
+
+    @staticmethod
+    def _ray_errors(ray: Any) -> tuple[type[BaseException], ...]:
+        names = ("RayActorError", "ActorDiedError", "ActorUnavailableError", "ActorUnschedulableError",
+                 "ObjectLostError", "OwnerDiedError")
+        return tuple(getattr(ray.exceptions, n) for n in names if hasattr(ray.exceptions, n))
+
+    @property
+    def shards(self) -> int:
+        return len(self.groups)
+
+    # -- binding a generation -------------------------------------------------------------------
+    def bind(self, pipeline: Any, collection: ShardedCollection, previous: Runner | None) -> Runner:
+        """`Stack`'s binder: the pipeline over `collection`'s current generation, retrievers remote."""
+        generation = collection.generation
+        number, offsets = generation.number, generation.offsets
+        moved = self._everywhere("move", number)  # every replica binds now, not on its first search
+        totals: dict[str, tuple[int, int]] = {}
+        for answer in moved:
+            for leg, (n, length) in answer.items():
+                have = totals.get(leg, (0, 0))
+                totals[leg] = (have[0] + n, have[1] + length)
+        legs = {step.name: RemoteLeg(self, step, number, offsets, totals.get(step.name))
+                for step in pipeline.steps if not step.inputs}
+        for name, leg in legs.items():
+            donor = previous.bound(name) if previous is not None else None
+            leg.encoder = donor.encoder if isinstance(donor, RemoteLeg) and donor.encoder is not None else leg.load_encoder()
+        env = collection.environment()
+        if previous is not None:
+            return previous.rebind(env, bind_step=lambda step, _env: legs.get(step.name))
+        return Runner(pipeline, env, bind_step=lambda step, _env: legs.get(step.name))
+
+    def _everywhere(self, method: str, *args: Any) -> list[Any]:
+        """`method(*args)` on every replica of every shard: one answer per shard (from any replica)."""
+        ray = self.cluster.ray
+        refs = {(s, r): getattr(actor, method).remote(*args) for s, g in enumerate(self.groups)
+                for r, actor in enumerate(g.actors)}
+        answers: dict[int, Any] = {}
+        errors: dict[int, BaseException] = {}
+        for (s, r), ref in refs.items():
+            try:
+                answers.setdefault(s, ray.get(ref, timeout=max(60.0, self.deadline_s)))
+                self.groups[s].answered(r)
+            except self._errors as exc:
+                self.groups[s].failed(r, exc)
+                errors[s] = exc
+            except Exception as exc:  # noqa: BLE001 - a stage error: the same on every replica
+                raise worker_failure(exc, f"shard {s}") from None
+        missing = [s for s in range(self.shards) if s not in answers]
+        if missing:
+            raise self._unavailable(missing[0], errors.get(missing[0]))
+        return [answers[s] for s in range(self.shards)]
+
+    # -- one round trip to every shard ----------------------------------------------------------
+    def scatter(self, method: str, *args: Any) -> list[Any | None]:
+        """`method(*args)` on one replica of each shard, retried on another replica when an actor died;
+        one answer per shard (None for a shard left out of a partial result)."""
+        ray = self.cluster.ray
+        report = current_report()
+        started = time.perf_counter_ns()
+        deadline = time.monotonic() + self.deadline_s
+        tried: list[set[int]] = [set() for _ in self.groups]
+        pending: dict[Any, tuple[int, int, int]] = {}  # ref -> (shard, replica, submitted ns)
+        answers: list[Any] = [None] * self.shards
+        failed: dict[int, BaseException | None] = {}
+
+        def submit(shard: int) -> bool:
+            replica = self.groups[shard].pick(tried[shard])
+            if replica is None:
+                return False
+            tried[shard].add(replica)
+            ref = getattr(self.groups[shard].actors[replica], method).remote(*args)
+            pending[ref] = (shard, replica, time.perf_counter_ns())
+            return True
+
+        for shard in range(self.shards):
+            submit(shard)
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+            if not ready:
+                for shard, _, _ in pending.values():
+                    failed[shard] = None
+                break
+            ref = ready[0]
+            shard, replica, submitted = pending.pop(ref)
+            try:
+                answers[shard] = ray.get(ref)
+            except self._errors as exc:
+                self.groups[shard].failed(replica, exc)
+                if time.monotonic() < deadline and submit(shard):
+                    report.retried()
+                    self._count("retried")
+                else:
+                    failed[shard] = exc
+                continue
+            except Exception as exc:  # noqa: BLE001 - raised by a stage: the same on any replica, not retried
+                raise worker_failure(exc, f"shard {shard}") from None
+            self.groups[shard].answered(replica)
+            self._observe(shard, (time.perf_counter_ns() - submitted) / 1e9)
+        if failed:
+            if not report.allow_partial:
+                shard = min(failed)
+                raise self._unavailable(shard, failed[shard])
+            for shard in sorted(failed):
+                report.left_out(f"shard {shard}")
+            self._count("partial")
+        if self.measure:
+            self._record(started, answers, args)
+        return answers
+
+    def _unavailable(self, shard: int, exc: BaseException | None) -> ShardUnavailable:
+        cause = "no answer within the deadline" if exc is None else type(exc).__name__
+        return ShardUnavailable(
+            f"shard {shard} of {self.shards} cannot be reached ({cause}; its {self.replicas} replica(s) tried); retry "
+            "in a moment (Ray restarts dead actors), run more replicas (--replicas 2), or ask for partial results "
+            "(allow_partial)")
+
+    # -- what an operator watches ---------------------------------------------------------------
+    def health(self, timeout: float = 2.0) -> list[dict[str, Any]]:
+        """Per shard: replicas, how many answered a ping within `timeout` seconds."""
+        ray = self.cluster.ray
+        refs = [[a.ping.remote() for a in g.actors] for g in self.groups]
+        out = []
+        for g, shard_refs in zip(self.groups, refs):
+            live = 0
+            for replica, ref in enumerate(shard_refs):
+                try:
+                    ray.get(ref, timeout=timeout)
+                    live += 1
+                    g.answered(replica)
+                except Exception:  # noqa: BLE001 - dead, restarting or slow: not live now
+                    continue
+            out.append({"shard": g.index, "replicas": len(g.actors), "live": live})
+        return out
+
+    def register(self, registry: Any) -> None:
+        """Per-shard latency histograms and partial/retried counters in a Prometheus registry."""
+        from prometheus_client import Counter, Histogram
+
+        buckets = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+        self._metrics = {
+            "shard": Histogram("stagegraph_shard_duration_seconds", "one shard's answer to one scatter, as the "
+                               "coordinator waited for it", ["shard"], buckets=buckets, registry=registry),
+            "retried": Counter("stagegraph_shard_retried", "shard calls retried on another replica", registry=registry),
+            "partial": Counter("stagegraph_partial_results", "searches answered without some shard (allow_partial)",
+                               registry=registry),
+        }
+        for shard in range(self.shards):
+            self._metrics["shard"].labels(str(shard))
+
+    def _observe(self, shard: int, seconds: float) -> None:
+        histogram = self._metrics.get("shard")
+        if histogram is not None:
+            histogram.labels(str(shard)).observe(seconds)
+
+    def _count(self, what: str) -> None:
+        counter = self._metrics.get(what)
+        if counter is not None:
+            counter.inc()
+
+    def _record(self, started: int, answers: list[Any], args: tuple) -> None:
+        own = [a[1] for a in answers if isinstance(a, tuple) and len(a) == 2 and isinstance(a[1], int)]
+        sent = len(pickle.dumps(args, protocol=5)) * self.shards
+        received = sum(len(pickle.dumps(a, protocol=5)) for a in answers if a is not None)
+        with self._stats_lock:
+            self.stats.append({"wall_ns": time.perf_counter_ns() - started, "slowest_shard_ns": max(own, default=0),
+                               "bytes": sent + received})
+
+    def close(self) -> None:
+        ray = self.cluster.ray
+        for g in self.groups:
+            for actor in g.actors:
+                try:
+                    ray.kill(actor)
+                except Exception:  # noqa: BLE001 - already gone
+                    pass
+        self.groups = []
+
+
+class RemoteLeg:
+    """A retriever step of the coordinator's pipeline: every shard's top k, merged (module docstring)."""
+
+    def __init__(self, search: ShardedSearch, step: Any, number: int, offsets: list[int], totals: tuple[int, int] | None):
+        self.search = search
+        self.step = step
+        self.stage = step.stage
+        self.kind = getattr(step.stage, "type_name", "")
+        self.number = number
+        self.offsets = np.asarray(offsets, dtype=np.int64)
+        self.totals = totals
+        self.k = int(step.stage.config.k)
+        self.encoder: Any = None
+        self._df: dict[str, int] = {}  # this generation's document frequencies, gathered once per term
+        self._df_lock = threading.Lock()
+        self._analyzer = step.stage.config.index_settings().tokenizer if self.kind == "bm25" else None
+
+    def load_encoder(self) -> Any:
+        return self.stage._encoder(False) if self.kind == "dense" else None
+
+    def run(self, queries: Queries, inputs: Sequence[Sequence[Ranking]] = ()) -> list[Ranking]:
+        ids, texts, filters = list(queries.ids), list(queries.texts), queries.filters
+        live = [i for i, t in enumerate(texts) if self._searchable(i, ids[i], t)]
+        out = [Ranking.empty() for _ in texts]
+        if not live:
+            return out
+        sub = queries.select(live)
+        given = vectors = None
+        if self.kind == "bm25":
+            given = self._given([texts[i] for i in live])
+        else:
+            vectors = [self.encoder.encode_query(texts[i]) for i in live]
+        answers = self.search.scatter("search", self.number, self.step.name, list(sub.ids), list(sub.texts),
+                                      sub.filters, given, vectors)
+        for position, i in enumerate(live):
+            found = [(rows + self.offsets[shard], scores, keys)
+                     for shard, answer in enumerate(answers) if answer is not None
+                     for rows, scores, keys in [answer[0][position]] if len(rows)]
+            out[i] = Ranking(*merge_top(found, self.k))
+        return out
+
+    def _searchable(self, position: int, qid: str, text: str) -> bool:
+        empty = not (text and text.strip()) or (self._analyzer is not None and not self._analyzer.analyze(text))
+        if empty:
+            warnings.warn(f"query {qid!r} ({text[:60]!r}) is empty or has only stopwords for stage {self.step.name!r}; "
+                          "returning an empty ranking.", EmptyQueryWarning, stacklevel=3)
+        return not empty
+
+    def _given(self, texts: list[str]) -> list[tuple[int, int, dict[str, int]]]:
+        """(N, length total, df of its terms) of each query over the whole collection."""
+        assert self._analyzer is not None and self.totals is not None
+        terms = [self._analyzer.analyze(t) for t in texts]
+        with self._df_lock:
+            unknown = sorted({t for ts in terms for t in ts if t not in self._df})
+        if unknown:
+            answers = self.search.scatter("frequencies", self.number, self.step.name, unknown)
+            reached = [a for a in answers if a is not None]
+            summed = dict(zip(unknown, np.sum(np.asarray(reached, dtype=np.int64), axis=0).tolist()))
+            if len(reached) == len(answers):  # a partial answer's statistics are not the collection's: not kept
+                with self._df_lock:
+                    self._df.update(summed)
+        else:
+            summed = {}
+        with self._df_lock:
+            return [(self.totals[0], self.totals[1], {t: self._df.get(t, summed.get(t, 0)) for t in ts}) for ts in terms]
