@@ -22,6 +22,13 @@ from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
+from stagegraph.errors import StageError
+
+
+class PartUnavailable(StageError):
+    """Part of the documents (a shard) could not be reached and partial results were not allowed;
+    the message names the part and the fixes. A server answers it with 503 (retry later)."""
+
 
 @dataclass
 class SearchReport:

@@ -1,7 +1,8 @@
-"""`stagegraph collection info|repair|merge|compact DIR`: what a collection holds (documents per source,
-segments), going back to its newest intact generation, and merging its segments (`merge`: what the
-merge policy asks for; `compact`: everything into one segment, which also converts a collection
-written before segments)."""
+"""`stagegraph collection info|repair|merge|compact DIR` and `reshard SRC DST --shards N`: what a collection
+holds (documents per source, segments, shards), going back to its newest intact generation, merging
+its segments (`merge`: what the merge policy asks for; `compact`: everything into one segment per
+shard, which also converts a collection written before segments), and rebuilding it into another
+number of shards. Every verb takes sharded and unsharded collections alike."""
 
 from __future__ import annotations
 
@@ -28,12 +29,18 @@ def register(sub) -> None:
                                                "(converts a collection written before segments)")
     compact.add_argument("collection")
     compact.set_defaults(func=handle_compact)
+    reshard = verbs.add_parser("reshard", help="rebuild a collection into a new directory with another number of "
+                                               "shards (chunks and vectors copied, nothing encoded again)")
+    reshard.add_argument("collection", help="the collection to read (sharded or not; only read)")
+    reshard.add_argument("target", help="a new directory")
+    reshard.add_argument("--shards", type=int, required=True, help="shards of the new collection (1-256)")
+    reshard.set_defaults(func=handle_reshard)
 
 
 def handle_info(args: argparse.Namespace) -> int:
-    from stagegraph.collection import Collection
+    from stagegraph.collection.sharded import open_collection
 
-    with Collection.open(args.collection) as collection:
+    with open_collection(args.collection) as collection:
         info = collection.info()
     if args.json:
         print(json.dumps(info, indent=2, sort_keys=True))
@@ -49,6 +56,9 @@ def handle_info(args: argparse.Namespace) -> int:
     deleted = sum(s["deleted_chunks"] for s in segments)
     print(f"  segments: {len(segments)} ({', '.join(str(s['chunks']) for s in segments) or '-'} live chunks; "
           f"{deleted} deleted rows not yet merged away)")
+    for shard in info.get("shards", []):
+        print(f"  shard {shard['shard']}: generation {shard['generation']}, {shard['documents']} documents, "
+              f"{shard['chunks']} chunks")
     for row in info["sources"]:  # what `ingest --sync` of each folder may delete, and what it never does
         print(f"  source {row['label']}: {row['documents']} documents")
     return Exit.OK
@@ -57,8 +67,9 @@ def handle_info(args: argparse.Namespace) -> int:
 def handle_repair(args: argparse.Namespace) -> int:
     from stagegraph.collection import repair
     from stagegraph.collection.layout import CollectionDamaged
+    from stagegraph.collection.sharded import is_sharded, repair_sharded
 
-    number = repair(args.collection)
+    number = repair_sharded(args.collection) if is_sharded(args.collection) else repair(args.collection)
     if number == 0:
         raise CollectionDamaged(
             f"no intact generation in {args.collection}: rebuild it with `stagegraph ingest PATH --collection NEW_DIR`"
@@ -68,9 +79,9 @@ def handle_repair(args: argparse.Namespace) -> int:
 
 
 def handle_merge(args: argparse.Namespace) -> int:
-    from stagegraph.collection import Collection
+    from stagegraph.collection.sharded import open_collection
 
-    with Collection.open(args.collection) as collection:
+    with open_collection(args.collection) as collection:
         done = collection.merge(say=lambda line: say(args, line))
         count = len(collection.generation.manifest.segments or [])
     say(args, f"{args.collection}: {done} merge{'s' if done != 1 else ''}; {count} segments")
@@ -79,8 +90,21 @@ def handle_merge(args: argparse.Namespace) -> int:
 
 def handle_compact(args: argparse.Namespace) -> int:
     from stagegraph.collection import Collection
+    from stagegraph.collection.sharded import ShardedCollection, is_sharded
 
-    with Collection(args.collection, convert=True) as collection:
+    opened = ShardedCollection(args.collection) if is_sharded(args.collection) else Collection(args.collection, convert=True)
+    with opened as collection:
         generation = collection.compact(say=lambda line: say(args, line))
-    say(args, f"{args.collection}: generation {generation.number}, one segment of {generation.manifest.chunks} chunks")
+    say(args, f"{args.collection}: generation {generation.number}, one segment {'per shard ' if is_sharded(args.collection) else ''}"
+              f"of {generation.manifest.chunks} chunks")
+    return Exit.OK
+
+
+def handle_reshard(args: argparse.Namespace) -> int:
+    from stagegraph.collection.sharded import reshard
+
+    generation = reshard(args.collection, args.target, shards=args.shards, progress=not getattr(args, "quiet", False),
+                         say=lambda line: say(args, line))
+    say(args, f"{args.target}: {args.shards} shards, {generation.manifest.documents} documents, "
+              f"{generation.manifest.chunks} chunks (generation {generation.number})")
     return Exit.OK

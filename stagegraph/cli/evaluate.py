@@ -98,7 +98,7 @@ def handle(args: argparse.Namespace) -> int:
 def collection_dataset(args: argparse.Namespace):
     """(dataset of the collection's chunks with the given queries and document qrels, its read-only
     environment, a function that closes the collection)."""
-    from stagegraph.collection.collection import Collection
+    from stagegraph.collection.sharded import open_collection
     from stagegraph.corpora.jsonl import read_queries
     from stagegraph.corpora.qrels import read_qrels, resolve_qrels
     from stagegraph.corpora.types import Dataset
@@ -106,7 +106,7 @@ def collection_dataset(args: argparse.Namespace):
 
     if not args.queries or not args.qrels:
         raise InputError("evaluating a collection needs --queries Q.jsonl and --qrels QRELS.tsv (judgments naming documents)")
-    collection = Collection.open(args.collection, progress=progress(args))
+    collection = open_collection(args.collection, progress=progress(args))
     queries = read_queries(args.queries)
     documents, _ = document_corpus(collection.corpus) if len(collection.corpus) else (collection.corpus, None)
     qrels = resolve_qrels(read_qrels(args.qrels), documents, queries, source=args.qrels, queries_source=args.queries)

@@ -34,6 +34,8 @@ def register(sub) -> None:
                                           "every record carries one; needs --vector-model; the chunker defaults to none)")
     p.add_argument("--vector-model", help="the model that made those embeddings: the dense stage's model: (it encodes the queries)")
     p.add_argument("--max-file-mb", type=float, default=50.0, help="skip files larger than this (default 50)")
+    p.add_argument("--shards", type=int, help="a new collection split into this many shards by document id, searched "
+                   "on Ray by `serve --executor ray` (README, 'Scaling out'); an existing one keeps its own")
     p.add_argument("--lock-timeout", type=float, default=60.0, help="seconds to wait for another writer (default 60)")
     p.add_argument("--absolute-paths", action="store_true", help="metadata.path is the file's absolute path "
                    "(default: relative to the path given, so no client learns the server's folders)")
@@ -81,7 +83,7 @@ def handle(args: argparse.Namespace) -> int:
             limits=metadata_limits_of(args), file_facts=FileFacts(absolute_paths=args.absolute_paths,
                                                                   size_and_mtime=args.file_facts),
             lock_timeout=args.lock_timeout, progress=progress(args), warn=lambda line: print(f"warning: {line}", file=sys.stderr),
-            encode=executor.encoder() if executor is not None else None,
+            encode=executor.encoder() if executor is not None else None, shards=args.shards,
         )
     for line in report.lines():
         say(args, line)

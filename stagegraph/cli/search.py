@@ -38,9 +38,9 @@ def handle(args: argparse.Namespace) -> int:
     pipeline = load_pipeline(args)
     if args.collection:
         from stagegraph.collection import Stack
-        from stagegraph.collection.collection import Collection
+        from stagegraph.collection.sharded import open_collection
 
-        with Stack(pipeline, Collection.open(args.collection)) as stack:
+        with Stack(pipeline, open_collection(args.collection)) as stack:
             if args.warm:
                 stack.search(args.query, k=args.top, filter=query_filter)
             print_search(stack.search(args.query, k=args.top, filter=query_filter), stack.pipeline)

@@ -56,6 +56,11 @@ def register(sub) -> None:
     p.add_argument("--api-key-env", default="STAGEGRAPH_API_KEY", metavar="NAME",
                    help="the environment variable holding the API key (default STAGEGRAPH_API_KEY)")
     p.add_argument("--api-key", help=argparse.SUPPRESS)  # refused with the reason, see handle()
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="ray: search a sharded collection's shards on Ray actors (README, 'Scaling out'); "
+                        "local (default): in this process")
+    p.add_argument("--ray-address", help="the Ray cluster (HOST:PORT of its head; default $RAY_ADDRESS, else a local one)")
+    p.add_argument("--replicas", type=int, default=1, help="actors per shard with --executor ray (default 1)")
     p.set_defaults(func=handle)
 
 
@@ -98,6 +103,25 @@ def handle(args: argparse.Namespace) -> int:
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     pipeline = load_pipeline(args)
-    service = Service.open(pipeline, args.collection, settings)
-    run(service, api_key=key)
+    if args.executor != "ray":
+        if args.ray_address or args.replicas != 1:
+            raise InputError("--ray-address and --replicas need --executor ray")
+        run(Service.open(pipeline, args.collection, settings), api_key=key)
+        return Exit.OK
+    from stagegraph.collection.sharded import is_sharded
+    from stagegraph.scale.cluster import RayCluster
+    from stagegraph.scale.shards import ShardedSearch
+
+    if not is_sharded(args.collection):
+        raise InputError(f"--executor ray serves a sharded collection, and {args.collection} is not one; shard it into a new "
+                         f"directory with `stagegraph collection reshard {args.collection} NEW_DIR --shards N`")
+    with RayCluster(args.ray_address) as cluster:
+        search = ShardedSearch(cluster, args.collection, pipeline, replicas=args.replicas,
+                               deadline_s=settings.deadline_ms / 1000.0)
+        try:
+            service = Service.open(pipeline, args.collection, settings, searcher=search)
+        except BaseException:
+            search.close()
+            raise
+        run(service, api_key=key)
     return Exit.OK

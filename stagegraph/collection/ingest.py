@@ -32,6 +32,7 @@ from pydantic import BaseModel, Field
 
 from stagegraph.collection.collection import Collection
 from stagegraph.collection.layout import CollectionError, Layout
+from stagegraph.collection.sharded import ShardedCollection, create_collection, is_sharded, open_collection
 from stagegraph.collection.sources import UNKNOWN, Source, path_source
 from stagegraph.corpora.ingest import ChunkerConfig, Document, FileFacts, IngestSummary, RecordFields, Skipped, read_paths
 from stagegraph.corpora.ingest.sources import DEFAULT_MAX_FILE_BYTES
@@ -91,27 +92,30 @@ def ingest(
     progress: bool = True,
     warn: Callable[[str], None] = print,
     encode: Callable[[Any, list[str]], Any] | None = None,
+    shards: int | None = None,
 ) -> IngestReport:
     """Ingest `paths` into the collection at `collection` (created with `pipeline` when new).
 
     `encode`: how new chunks are embedded (`Environment.encode`; `stagegraph.scale` passes a Ray
-    encoder); the pipeline's `executor:` is where it runs, not part of how the collection is built."""
+    encoder); the pipeline's `executor:` is where it runs, not part of how the collection is built.
+    `shards`: a new collection is sharded into that many shards (`stagegraph.collection.sharded`;
+    an existing one must have as many)."""
     if pipeline is not None:
         pipeline = {k: v for k, v in pipeline.items() if k != "executor"}
     started = time.perf_counter()
-    layout = Layout(collection)
-    fields = records or (Collection.open(collection).settings.records if layout.exists() else RecordFields())
+    exists = Layout(collection).exists() or is_sharded(collection)
+    fields = records or (_settings_of(collection).records if exists else RecordFields())
     summary = IngestSummary()
     limits = limits or MetadataLimits()
     read, origins = _read(paths, fields=fields, max_file_bytes=max_file_bytes, progress=progress, summary=summary, warn=warn,
                  limits=limits, file_facts=file_facts or FileFacts())
     documents = [d for found in read.values() for d in found]
-    if not documents and not delete and not (sync and paths and layout.exists()):
+    if not documents and not delete and not (sync and paths and exists):
         raise CollectionError(
             f"nothing to ingest from {', '.join(map(str, paths)) or 'no path'}: no document could be read "
             f"({len(summary.skipped)} skipped, see above); give files of a supported type (.txt .md .rst .html .pdf .json .jsonl)"
         )
-    store = _collection(collection, pipeline, chunker, records, progress)  # created only now, with something to hold
+    store = _collection(collection, pipeline, chunker, records, progress, shards)  # created only now, with something to hold
     try:
         with store.writer(timeout=lock_timeout, encode=encode, limits=limits) as w:
             store.refresh()  # the generation this writer starts from: its fields count against the limit
@@ -225,9 +229,20 @@ def _distinct_roots(roots: list[Path]) -> list[Source | None]:
     return out
 
 
-def _collection(root, pipeline, chunker, records, progress) -> Collection:
-    if Layout(root).exists():
-        store = Collection.open(root, progress=progress)
+def _settings_of(root: str | Path) -> Any:
+    with open_collection(root) as store:
+        return store.settings
+
+
+def _collection(root, pipeline, chunker, records, progress, shards=None) -> Collection | ShardedCollection:
+    if Layout(root).exists() or is_sharded(root):
+        store = open_collection(root, progress=progress)
+        have = store.shard_count if isinstance(store, ShardedCollection) else None
+        if shards is not None and shards != have:
+            store.close()
+            raise CollectionError(
+                f"{root} has {f'{have} shards' if have else 'no shards'}, not {shards}; documents never move between "
+                f"shards: reshard into a new directory with `stagegraph collection reshard {root} NEW_DIR --shards {shards}`")
         if pipeline is not None or chunker is not None or records is not None:
             from stagegraph.collection.layout import CollectionSettings
 
@@ -243,7 +258,7 @@ def _collection(root, pipeline, chunker, records, progress) -> Collection:
         from stagegraph.pipeline.config import load_config
 
         pipeline = load_config("hybrid")
-    return Collection.create(root, pipeline, chunker=chunker, records=records, progress=progress)
+    return create_collection(root, pipeline, shards=shards, chunker=chunker, records=records, progress=progress)
 
 
 def _tokenizer(pipeline: dict[str, Any]) -> str:

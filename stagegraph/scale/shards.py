@@ -45,8 +45,8 @@ import numpy as np
 from stagegraph.collection.sharded import ShardedCollection, ShardedLayout, read_sharded_manifest
 from stagegraph.corpora.segmented import merge_top
 from stagegraph.corpora.types import Queries
-from stagegraph.errors import InputError, StageError
-from stagegraph.pipeline.partial import current_report
+from stagegraph.errors import InputError
+from stagegraph.pipeline.partial import PartUnavailable, current_report
 from stagegraph.pipeline.ranking import Ranking
 from stagegraph.pipeline.runner import Runner
 from stagegraph.scale.cluster import RayCluster, worker_failure
@@ -60,7 +60,7 @@ RETRY_DOWN_AFTER_S = 1.0
 LEG_TYPES = ("bm25", "dense")
 
 
-class ShardUnavailable(StageError):
+class ShardUnavailable(PartUnavailable):
     """A shard could not be reached on any replica; the message names the shard and the fixes."""
 
 

@@ -42,6 +42,8 @@ class SearchRequest(BaseModel):
     filter: dict[str, Any] | None = Field(
         None, description='a metadata filter: {"ext": "md", "year": {"$gte": 2024}} (see stagegraph.corpora.filters)')
     explain: bool = Field(False, description="add each stage's rank and score to every hit")
+    allow_partial: bool = Field(False, description="a sharded collection on Ray: answer from the shards that can be "
+                                "reached when one cannot (listed in `partial`) instead of failing with 503")
 
 
 class SearchBatchRequest(BaseModel):
@@ -51,6 +53,7 @@ class SearchBatchRequest(BaseModel):
     k: int = 10
     filter: dict[str, Any] | None = None
     explain: bool = False
+    allow_partial: bool = False
 
 
 class HitOut(Hit):
@@ -73,6 +76,8 @@ class SearchResponse(BaseModel):
     timings_ms: dict[str, float] = Field(description="time in each stage")
     total_ms: float = Field(description="the pipeline, end to end")
     queue_ms: float = Field(description="time the request waited for a worker")
+    partial: list[str] | None = Field(None, description="the shards left out (only with allow_partial, when one could "
+                                      "not be reached): these hits come from the other shards")
 
 
 class SearchBatchResponse(BaseModel):
@@ -179,6 +184,8 @@ class Ready(BaseModel):
     ready: bool
     generation: int | None = None
     reason: str | None = None
+    shards: list[dict[str, int]] | None = Field(None, description="a sharded collection on Ray: per shard, its "
+                                                "replicas and how many answer (ready while each shard has one)")
 
 
 class Info(BaseModel):

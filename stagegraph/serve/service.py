@@ -15,6 +15,7 @@ FAISS's threads to `cores // workers` for the process. Then:
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import logging
 import platform
@@ -30,8 +31,10 @@ from stagegraph.collection.collection import Collection
 from stagegraph.collection.generation import read_current
 from stagegraph.collection.layout import CollectionError
 from stagegraph.collection.sources import HTTP
+from stagegraph.collection.sharded import open_collection
 from stagegraph.collection.stack import Stack
 from stagegraph.collection.writer import as_document
+from stagegraph.pipeline.partial import PartUnavailable, search_report
 from stagegraph.corpora.validate import (
     DocumentError,
     FieldBudget,
@@ -91,6 +94,7 @@ class Service:
         self.write_pool = Runtime("write", threads=1, queue=settings.write_queue, slots=self.slots,
                                   metrics=self.metrics, hold_slot=False, cancel_running=False)
         self.stack: Stack | None = None
+        self.searcher: Any = None
         self.draining = False
         self._pinned = False
         self._stages: list[dict[str, Any]] = []
@@ -98,11 +102,16 @@ class Service:
     # -- opening and closing --------------------------------------------------------------------
     @classmethod
     def open(cls, config: Any, collection: str | Path, settings: ServeSettings | None = None, *,
-             pin_threads: bool = True) -> Service:
+             pin_threads: bool = True, searcher: Any = None) -> Service:
+        """`searcher`: where a sharded collection's retrievers run (`stagegraph.scale.shards.ShardedSearch`:
+        its `bind` binds each generation, `health()` feeds /readyz, `register` /metrics, `close()`)."""
         service = cls(settings or ServeSettings())
-        service.stack = Stack(config, Collection.open(collection), prepare=service._prepare,
+        service.searcher = searcher
+        if searcher is not None:
+            searcher.register(service.metrics.registry)
+        service.stack = Stack(config, open_collection(collection), prepare=service._prepare,
                               on_refresh=service.metrics.generation.set, watch=service.settings.watch_s or None,
-                              guard=service.slots.hold)
+                              guard=service.slots.hold, bind=searcher.bind if searcher is not None else None)
         try:
             service._warm()
         except BaseException:
@@ -157,6 +166,9 @@ class Service:
         if self.stack is not None:
             self.stack.close()
             self.stack = None
+        if self.searcher is not None:
+            self.searcher.close()
+            self.searcher = None
         if self._pinned:
             threads.pin(None)
             self._pinned = False
@@ -252,20 +264,22 @@ class Service:
 
     def search(self, job: Job, body: SearchRequest) -> Done:
         queue_ms = job.queue_s * 1000.0
-        result = self.stack.search(body.query, k=body.k, filter=body.filter)
+        with _partial(body.allow_partial) as report:
+            result = self.stack.search(body.query, k=body.k, filter=body.filter)
         self._observe(result.timings_ms)
-        response = _response(result, body.explain, queue_ms)
+        response = _response(result, body.explain, queue_ms, report.missing)
         return Done(response.model_dump_json(exclude_none=True).encode(),
                     {"queue": queue_ms, **result.timings_ms, "compute": job.compute_s * 1000.0})
 
     def search_batch(self, job: Job, body: SearchBatchRequest) -> Done:
         queue_ms = job.queue_s * 1000.0
-        results = self.stack.search_batch(body.queries, k=body.k, filter=body.filter)
+        with _partial(body.allow_partial) as report:
+            results = self.stack.search_batch(body.queries, k=body.k, filter=body.filter)
         n = len(results)
         stage_ms = {name: ms * n for name, ms in (results[0].timings_ms.items() if results else ())}
         response = SearchBatchResponse(
             generation=results[0].generation if results else self.stack.generation,
-            results=[_response(r, body.explain, queue_ms) for r in results], timings_ms=stage_ms,
+            results=[_response(r, body.explain, queue_ms, report.missing) for r in results], timings_ms=stage_ms,
             total_ms=(results[0].total_ms * n) if results else 0.0, queue_ms=queue_ms,
         )
         return Done(response.model_dump_json(exclude_none=True).encode(),
@@ -356,7 +370,12 @@ class Service:
     def readiness(self) -> Ready:
         if self.stack is None or self.draining:
             return Ready(ready=False, reason="shutting down" if self.draining else "starting")
-        return Ready(ready=True, generation=self.stack.generation)
+        if self.searcher is None:
+            return Ready(ready=True, generation=self.stack.generation)
+        shards = self.searcher.health()
+        down = [s["shard"] for s in shards if not s["live"]]
+        return Ready(ready=not down, generation=self.stack.generation, shards=shards,
+                     reason=f"shard(s) {', '.join(map(str, down))} have no live replica" if down else None)
 
     def info(self) -> Info:
         s = self.settings
@@ -434,10 +453,20 @@ def _known_id(doc_id: str) -> str:
         return doc_id
 
 
-def _response(result: Any, explain: bool, queue_ms: float) -> SearchResponse:
+@contextlib.contextmanager
+def _partial(allow: bool):
+    """A search's report (`stagegraph.pipeline.partial`); a shard no replica answers is a 503 to retry."""
+    try:
+        with search_report(allow_partial=allow) as report:
+            yield report
+    except PartUnavailable as exc:
+        raise ApiError(503, "shard_unavailable", str(exc), headers={"Retry-After": "1"}) from None
+
+
+def _response(result: Any, explain: bool, queue_ms: float, partial: list[str] | None = None) -> SearchResponse:
     hits = [HitOut.of(h, explain=explain) for h in result.hits]
     return SearchResponse(query=result.query, generation=result.generation, hits=hits, timings_ms=result.timings_ms,
-                          total_ms=result.total_ms, queue_ms=queue_ms)
+                          total_ms=result.total_ms, queue_ms=queue_ms, partial=partial or None)
 
 
 def _document_fields(doc: RerankDocument) -> dict[str, Any]:
