@@ -260,6 +260,9 @@ class CrossEncoderRerank:
         self.stage = stage
         self.scoring = scoring
         self.corpus: Corpus = env.corpus
+        #: a collection's chunk keys: equal final scores ordered by key, so the order of ties does not
+        #: depend on where chunks are stored (segments, shards); None: by row
+        self.tie_keys = getattr(env.corpus, "tie_keys", None)
         self.progress = env.progress
         self.stats = RerankStats()
         #: The depth each query of the last `run` was scored to.
@@ -323,7 +326,7 @@ class CrossEncoderRerank:
                 active, j = going, j + 1
         self.last_depths = list(used)
         blend = self.scoring.blend
-        return [finish(pool.top(n), s[:n], blend, k, self.name) for pool, s, n in zip(pools, scores, used)]
+        return [finish(pool.top(n), s[:n], blend, k, self.name, self.tie_keys) for pool, s, n in zip(pools, scores, used)]
 
     def _fill(self, texts, pools, ids, scores, requests) -> None:
         """Score positions [lo, hi) of query i's pool for every (i, lo, hi), from the cache where it has them."""
@@ -369,12 +372,17 @@ class CrossEncoderRerank:
         return np.fromiter((len(x) for x in encoded["input_ids"]), dtype=np.int64, count=len(texts))
 
 
-def finish(pool: Ranking, model_scores: np.ndarray, blend: BlendSpec, k: int, name: str) -> Ranking:
+def finish(pool: Ranking, model_scores: np.ndarray, blend: BlendSpec, k: int, name: str,
+           tie_keys: Any = None) -> Ranking:
     """The stage's output for one query: `pool`'s candidates with their model scores (pool order),
-    blended, the best `k`, with the stage's own trace (final, model and upstream scores)."""
+    blended, the best `k`, with the stage's own trace (final, model and upstream scores). Equal final
+    scores are ordered by row, or by `tie_keys(rows)` (a collection's chunk keys) when given."""
     scores = np.asarray(model_scores, dtype=np.float32)
     final = blend_scores(scores, pool.scores, blend)
-    order = Ranking.order(pool.doc_rows, final, k)
+    if tie_keys is None:
+        order = Ranking.order(pool.doc_rows, final, k)
+    else:
+        order = np.lexsort((tie_keys(pool.doc_rows), -final))[: max(k, 0)]
     own = StepTrace.of(final[order], model_score=scores[order], blended_with=pool.scores[order])
     return Ranking(pool.doc_rows[order], final[order], {name: own})
 

@@ -1,0 +1,230 @@
+"""Sharded search on Ray (`stagegraph.scale.shards`), on a local cluster (loopback, 2 CPUs):
+
+* equality: for random documents and write sequences over 1-4 shards, every query's hits (ids in
+  order, scores to 1e-5, filtered or not) equal those of one unsharded collection, for BM25 alone
+  and for BM25 | dense -> RRF pool -> cross-encoder (so per-shard IDF, a shard-local top k or a
+  tie broken by row would all show), and after the collection moves to a new generation;
+* faults: with 2 replicas, a replica SIGKILLed while searches run loses no search (each is retried
+  on the other replica), the log says it died and came back, and `health()` shows it back; with 1
+  replica a shard that cannot be reached fails the search with one line naming the fixes, and
+  `allow_partial` answers from the other shards, naming the one left out;
+* the HTTP server (`Service` with the Ray searcher): /readyz lists every shard's live replicas,
+  search answers equal the local ones, /metrics has per-shard latency histograms.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("ray")
+
+from collection_support import QUERIES  # noqa: E402
+from serve_support import rerank_config  # noqa: E402
+from test_segments import SMALL_CHUNKS, doc, text  # noqa: E402
+from tiny_models import make_tiny_cross_encoder, make_tiny_sentence_transformer  # noqa: E402
+
+import stagegraph as sg  # noqa: E402
+from stagegraph.collection import Collection  # noqa: E402
+from stagegraph.collection.sharded import ShardedCollection  # noqa: E402
+from stagegraph.collection.sources import PYTHON  # noqa: E402
+from stagegraph.collection.stack import Stack  # noqa: E402
+from stagegraph.pipeline.compose import Pipeline  # noqa: E402
+from stagegraph.pipeline.partial import search_report  # noqa: E402
+from stagegraph.scale.cluster import RayCluster  # noqa: E402
+from stagegraph.scale.shards import ShardedSearch, ShardUnavailable  # noqa: E402
+
+BM25_ONLY = {"pipeline": [{"type": "bm25", "name": "bm25", "k": 20}]}
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with RayCluster(workers=2) as ray_cluster:
+        yield ray_cluster
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> tuple[str, str]:
+    root = tmp_path_factory.mktemp("models")
+    return str(make_tiny_sentence_transformer(root / "st")), str(make_tiny_cross_encoder(root / "ce"))
+
+
+def write(stores, rng: random.Random, live: dict[str, dict], first: int) -> None:
+    """One commit, the same in every store: new documents, a changed one, a deleted one."""
+    batch = [doc(first + i, rng) for i in range(rng.randint(4, 10))]
+    changed = [{**live[d], "text": text(rng, rng.randint(5, 40))} for d in rng.sample(sorted(live), min(1, len(live)))]
+    gone = rng.sample(sorted(live), min(len(live) // 4, 2))
+    for store in stores:
+        with store.writer() as w:
+            w.upsert(batch + changed, source=PYTHON)
+            if gone:
+                w.delete(gone)
+            w.commit()
+        store.refresh()
+    live.update({d["id"]: d for d in batch + changed})
+    for d in gone:
+        live.pop(d)
+
+
+def hits(stack, query: str, flt=None, k: int = 10) -> list[tuple[str, float]]:
+    return [(h.id, h.score) for h in stack.search(query, k=k, filter=flt).hits]
+
+
+def assert_same(expected: list[tuple[str, float]], got: list[tuple[str, float]], where) -> None:
+    assert [i for i, _ in got] == [i for i, _ in expected], where
+    np.testing.assert_allclose([s for _, s in got], [s for _, s in expected], rtol=0, atol=1e-5, err_msg=str(where))
+
+
+@pytest.mark.parametrize("shards", [1, 2, 3, 4])
+def test_ray_search_of_any_shard_count_equals_one_collection_through_write_sequences(cluster, tmp_path, models, shards):
+    config = rerank_config(*models) if shards in (2, 4) else BM25_ONLY  # the full stack where it costs least
+    rng = random.Random(100 + shards)
+    one = Collection.create(tmp_path / "one", config, chunker=SMALL_CHUNKS)
+    split = ShardedCollection.create(tmp_path / "split", config, shards=shards, chunker=SMALL_CHUNKS)
+    live: dict[str, dict] = {}
+    write([one, split], rng, live, 0)
+    pipe = Pipeline.from_config(config)
+    search = ShardedSearch(cluster, tmp_path / "split", pipe, replicas=1)
+    stack = Stack(pipe, ShardedCollection(tmp_path / "split"), bind=search.bind, watch=None)
+    try:
+        for step in range(3):
+            with sg.open(config, collection=tmp_path / "one", watch=None) as local:
+                for query in [*QUERIES, "cell"]:
+                    for flt in (None, {"group": "even"}):
+                        expected = hits(local, query, flt)
+                        assert expected or flt, (query, flt)
+                        assert_same(expected, hits(stack, query, flt), (shards, step, query, flt))
+            write([one, split], rng, live, 100 * (step + 1))
+            assert stack.refresh()  # the actors move to the new sharded generation
+    finally:
+        stack.close()
+        search.close()
+        one.close()
+        split.close()
+
+
+@pytest.fixture(scope="module")
+def bm25_split(tmp_path_factory):
+    root = tmp_path_factory.mktemp("split") / "c"
+    rng = random.Random(4)
+    with ShardedCollection.create(root, BM25_ONLY, shards=2) as store:
+        store.upsert([doc(i, rng) for i in range(60)])
+    return root
+
+
+def kill(search: ShardedSearch, shard: int, replica: int) -> int:
+    pid = search.cluster.ray.get(search.groups[shard].actors[replica].ping.remote())
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+def test_a_replica_killed_under_load_loses_no_search_and_comes_back(cluster, bm25_split, caplog):
+    pipe = Pipeline.from_config(BM25_ONLY)
+    search = ShardedSearch(cluster, bm25_split, pipe, replicas=2)
+    stack = Stack(pipe, ShardedCollection(bm25_split), bind=search.bind, watch=None)
+    expected = {q: hits(stack, q) for q in QUERIES}
+    failures: list[BaseException] = []
+    answered = [0]
+    stop = threading.Event()
+
+    def client(seed: int) -> None:
+        rng = random.Random(seed)
+        while not stop.is_set():
+            query = rng.choice(QUERIES)
+            try:
+                assert_same(expected[query], hits(stack, query), query)
+                answered[0] += 1
+            except BaseException as exc:  # noqa: BLE001 - counted below
+                failures.append(exc)
+            time.sleep(0.005)  # below saturation: the other replica has room for the retried calls
+
+    caplog.set_level(logging.WARNING, logger="stagegraph.shards")
+    clients = [threading.Thread(target=client, args=(i,)) for i in range(2)]
+    for t in clients:
+        t.start()
+    try:
+        time.sleep(1.0)
+        before = answered[0]
+        kill(search, 1, 0)
+        time.sleep(3.0)
+        stop.set()
+        for t in clients:
+            t.join(30)
+        assert not failures, failures[:3]
+        assert answered[0] > before + 10  # searches kept being answered after the kill
+        deadline = time.monotonic() + 60
+        while search.health(timeout=2.0)[1]["live"] < 2:  # Ray restarted it
+            assert time.monotonic() < deadline, "the killed replica did not come back in 60 s"
+            time.sleep(0.5)
+        assert_same(expected[QUERIES[0]], hits(stack, QUERIES[0]), "after the restart")
+        for _ in range(6):  # calls reach the restarted replica again (round robin), which logs that it is back
+            hits(stack, QUERIES[1])
+        text = caplog.text
+        assert "shard 1 replica 0 died or cannot be reached" in text
+        assert "shard 1 replica 0 answers again" in text
+    finally:
+        stop.set()
+        stack.close()
+        search.close()
+
+
+def test_with_one_replica_an_unreachable_shard_fails_clearly_unless_partial_results_are_allowed(cluster, bm25_split):
+    pipe = Pipeline.from_config(BM25_ONLY)
+    search = ShardedSearch(cluster, bm25_split, pipe, replicas=1, deadline_s=3.0)
+    stack = Stack(pipe, ShardedCollection(bm25_split), bind=search.bind, watch=None)
+    try:
+        full = hits(stack, QUERIES[0], k=20)
+        shard_one = {h for h, _ in full if stack.collection.generation.shards[1].document(h.split("#")[0])}
+        assert shard_one and len(shard_one) < len(full)
+        search.cluster.ray.kill(search.groups[1].actors[0], no_restart=True)  # gone for good: shard 1 is unreachable
+        with pytest.raises(ShardUnavailable, match=r"^shard 1 of 2 cannot be reached \(.*\); retry in a moment .*"
+                                                   r"run more replicas \(--replicas 2\), or ask for partial results"):
+            stack.search(QUERIES[0], k=20)
+        with search_report(allow_partial=True) as report:
+            partial = hits(stack, QUERIES[0], k=20)
+        assert report.missing == ["shard 1"]
+        kept = [(h, s) for h, s in full if h not in shard_one]  # shard 0's hits, scored with the whole collection's
+        assert partial[:len(kept)] == kept and len(partial) == 20  # statistics, then more of shard 0's own
+        assert not {h for h, _ in partial} & shard_one
+    finally:
+        stack.close()
+        search.close()
+
+
+def test_the_http_server_serves_a_sharded_collection_on_ray(cluster, bm25_split):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from stagegraph.serve.app import create_app
+    from stagegraph.serve.service import Service
+    from stagegraph.serve.settings import ServeSettings
+
+    pipe = Pipeline.from_config(BM25_ONLY)
+    search = ShardedSearch(cluster, bm25_split, pipe, replicas=1)
+    service = Service.open(pipe, bm25_split, ServeSettings(), pin_threads=False, searcher=search)
+    with sg.open(BM25_ONLY, collection=bm25_split, watch=None) as local:  # the same shards read in this process
+        expected = hits(local, QUERIES[2])
+    try:
+        with TestClient(create_app(service)) as client:
+            ready = client.get("/readyz").json()
+            assert ready["ready"] and ready["shards"] == [{"shard": 0, "replicas": 1, "live": 1},
+                                                          {"shard": 1, "replicas": 1, "live": 1}]
+            body = client.post("/v1/search", json={"query": QUERIES[2], "k": 10}).json()
+            assert_same(expected, [(h["id"], h["score"]) for h in body["hits"]], "http")
+            assert "partial" not in body
+            put = client.put("/v1/documents?wait=true", json={"documents": [{"id": "fresh", "text": "quokka marmot"}]})
+            assert put.status_code == 200, put.text
+            assert client.post("/v1/search", json={"query": "quokka", "k": 1}).json()["hits"][0]["doc_id"] == "fresh"
+            metrics = client.get("/metrics").text
+            assert 'stagegraph_shard_duration_seconds_count{shard="0"}' in metrics
+            assert 'stagegraph_shard_duration_seconds_count{shard="1"}' in metrics
+    finally:
+        service.close()
