@@ -61,6 +61,7 @@ _EXPORTS: dict[str, str] = {
     # collections: a user's own documents
     "open": "stagegraph.collection.stack",
     "Collection": "stagegraph.collection.collection",
+    "ShardedCollection": "stagegraph.collection.sharded",
     "ingest": "stagegraph.collection.ingest",
     # errors
     "StagegraphError": "stagegraph.errors",
@@ -91,6 +92,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from stagegraph.collection.collection import Collection
     from stagegraph.collection.ingest import ingest
+    from stagegraph.collection.sharded import ShardedCollection
     from stagegraph.collection.stack import open_stack as open
     from stagegraph.corpora.registry import load_dataset
     from stagegraph.corpora.types import Corpus, Dataset, Qrels, Queries

@@ -228,3 +228,40 @@ def test_the_http_server_serves_a_sharded_collection_on_ray(cluster, bm25_split)
             assert 'stagegraph_shard_duration_seconds_count{shard="1"}' in metrics
     finally:
         service.close()
+
+
+def test_serve_executor_ray_names_its_fixes_and_fails_fast_on_an_unreachable_cluster(tmp_path, capsys):
+    from stagegraph.cli.app import main
+
+    plain = tmp_path / "plain"
+    with Collection.create(plain, BM25_ONLY) as store:
+        store.upsert([{"id": "a", "text": "heat flow"}, {"id": "b", "text": "wing pressure"}])
+    assert main(["serve", "bm25", "--collection", str(plain), "--executor", "ray"]) == 2
+    fix = f"stagegraph collection reshard {plain} NEW_DIR --shards N"
+    assert fix in capsys.readouterr().err
+    assert main(["collection", "reshard", str(plain), str(tmp_path / "split"), "--shards", "2", "-q"]) == 0  # the fix
+    started = time.monotonic()
+    assert main(["serve", "bm25", "--collection", str(tmp_path / "split"), "--executor", "ray",
+                 "--ray-address", "127.0.0.1:9"]) == 3
+    assert time.monotonic() - started < 15
+    assert "cannot reach the Ray cluster at 127.0.0.1:9" in capsys.readouterr().err
+
+
+def test_stagegraph_serve_executor_ray_end_to_end(tmp_path, bm25_split):
+    """The command itself: its own local cluster, two replicas per shard, the same answers."""
+    from serve_support import SubprocessServer, post_json
+
+    import httpx
+
+    with sg.open(BM25_ONLY, collection=bm25_split, watch=None) as local:
+        expected = hits(local, QUERIES[1])
+    server = SubprocessServer("bm25", "--collection", str(bm25_split), "--executor", "ray", "--replicas", "2",
+                              env={"RAY_ADDRESS": ""})
+    try:
+        ready = httpx.get(f"{server.url}/readyz", timeout=30).json()
+        assert ready["shards"] == [{"shard": 0, "replicas": 2, "live": 2}, {"shard": 1, "replicas": 2, "live": 2}]
+        body = post_json(f"{server.url}/v1/search", {"query": QUERIES[1], "k": 10}).json()
+        assert_same(expected, [(h["id"], h["score"]) for h in body["hits"]], "served")
+    finally:
+        code, _, err = server.stop(timeout=60)
+    assert code == 0, err[-2000:]

@@ -5,12 +5,15 @@
 * `generation` - one generation's tables (documents, chunks), checked and turned into a corpus;
 * `layout`     - the directory's files and the records that describe them;
 * `ingest`     - files and folders into a collection (`stagegraph ingest`);
-* `stack`      - `stagegraph.open(CONFIG, collection=DIR)`: a pipeline over a collection.
+* `stack`      - `stagegraph.open(CONFIG, collection=DIR)`: a pipeline over a collection;
+* `sharded`    - N shard collections under one manifest, published together (`--shards N`).
 """
 
 from stagegraph.collection.collection import Collection, repair
 from stagegraph.collection.ingest import IngestReport, ingest
 from stagegraph.collection.layout import CollectionDamaged, CollectionError
+from stagegraph.collection.sharded import ShardedCollection, open_collection
 from stagegraph.collection.stack import Stack, open_stack
 
-__all__ = ["Collection", "CollectionDamaged", "CollectionError", "IngestReport", "Stack", "ingest", "open_stack", "repair"]
+__all__ = ["Collection", "CollectionDamaged", "CollectionError", "IngestReport", "ShardedCollection", "Stack", "ingest",
+           "open_collection", "open_stack", "repair"]
