@@ -265,3 +265,23 @@ def test_stagegraph_serve_executor_ray_end_to_end(tmp_path, bm25_split):
     finally:
         code, _, err = server.stop(timeout=60)
     assert code == 0, err[-2000:]
+
+
+def test_a_replica_that_stops_answering_is_hedged_around_within_a_fraction_of_a_second(cluster, bm25_split):
+    """A frozen replica (SIGSTOP: alive to Ray, silent) would hold a search until its deadline; after
+    `hedge_after_s` the other replica is asked too and its answer is taken."""
+    pipe = Pipeline.from_config(BM25_ONLY)
+    search = ShardedSearch(cluster, bm25_split, pipe, replicas=2, deadline_s=20.0, hedge_after_s=0.25)
+    stack = Stack(pipe, ShardedCollection(bm25_split), bind=search.bind, watch=None)
+    expected = {q: hits(stack, q) for q in QUERIES}
+    pid = search.cluster.ray.get(search.groups[0].actors[0].ping.remote())
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        for query in QUERIES:  # round robin sends half of these to the frozen replica first
+            started = time.monotonic()
+            assert_same(expected[query], hits(stack, query), query)
+            assert time.monotonic() - started < 5.0  # not the 20 s deadline
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        stack.close()
+        search.close()

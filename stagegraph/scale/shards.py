@@ -21,9 +21,12 @@ frequencies of a query's terms are gathered per query, as Elasticsearch's `dfs_q
 does, and cached per generation, so a term costs that extra round trip once. The dense leg's query
 vector is encoded once, here, and sent; exact (Flat) indexes then give every shard's true top k.
 
-**Faults.** Actors are restarted by Ray when they die (`max_restarts=-1`); a call that fails because
-its actor died is retried here on another replica of the shard, within the search's deadline, and
-the log says when a replica dies and when it answers again. A shard with no replica left fails the
+**Faults.** Actors are restarted by Ray when they die (`max_restarts=-1`) and bind the current
+generation as they start, so a restarted replica is ready when its first call arrives. A call that
+fails because its actor died is retried here on another replica of the shard, within the search's
+deadline; a shard silent for `hedge_after_s` (a replica killed mid-call is only noticed when Ray
+notices, a second or more) also gets a second call on another replica, and the first answer wins.
+The log says when a replica dies and when it answers again. A shard with no replica left fails the
 search with one clear error, unless the caller asked for partial results
 (`stagegraph.pipeline.partial.search_report(allow_partial=True)`), which then lists the shard as
 missing. An error inside a stage (bad input) is raised as it is, never retried.
@@ -42,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from stagegraph.collection.generation import read_current
 from stagegraph.collection.sharded import ShardedCollection, ShardedLayout, read_sharded_manifest
 from stagegraph.corpora.segmented import merge_top
 from stagegraph.corpora.types import Queries
@@ -57,6 +61,8 @@ log = logging.getLogger("stagegraph.shards")
 DEFAULT_DEADLINE_S = 10.0
 #: seconds before a replica that failed is tried again (Ray restarts it meanwhile)
 RETRY_DOWN_AFTER_S = 1.0
+#: seconds a shard may stay silent before a second replica is asked too (first answer wins)
+HEDGE_AFTER_S = 0.25
 LEG_TYPES = ("bm25", "dense")
 
 
@@ -81,6 +87,9 @@ class ShardWorker:
         self._wanted = 0
         self.collection: Any = None
         self.bound: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        # bind the current generation now: a replica Ray restarts is ready when its first call arrives
+        self._move(read_current(self.layout))  # type: ignore[arg-type]
 
     def ping(self) -> int:
         return os.getpid()
@@ -88,6 +97,11 @@ class ShardWorker:
     def _move(self, number: int) -> None:
         if number == self.number:
             return
+        with self._lock:
+            if number != self.number:
+                self._bind(number)
+
+    def _bind(self, number: int) -> None:
         from stagegraph.collection.collection import Collection
         from stagegraph.pipeline.stage import bind_stage
 
@@ -97,12 +111,17 @@ class ShardWorker:
         else:
             self.collection.refresh()
         env = self.collection.environment()
-        previous, self.bound = self.bound, {}
+        bound = {}
         for name, step in self.legs.items():
-            donor = previous.get(name)
+            donor = self.bound.get(name)
             rebind = getattr(donor, "rebind", None)
-            self.bound[name] = rebind(env) if callable(rebind) else bind_stage(step.stage, env)
-        self.number = number
+            bound[name] = rebind(env) if callable(rebind) else bind_stage(step.stage, env)
+        if self.collection.generation.live_chunks:  # one search per leg: compiled kernels, touched pages
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", EmptyQueryWarning)
+                for leg in bound.values():
+                    leg.run(Queries(["warm"], ["warm up"]))
+        self.bound, self.number = bound, number
 
     def move(self, number: int) -> dict[str, tuple[int, int]]:
         """Bind generation `number`; (live chunks, length total) of each BM25 leg."""
@@ -138,14 +157,15 @@ class _Replicas:
         self.index = index
         self.actors = actors
         self.down: dict[int, float] = {}  # replica -> when it failed
-        self._turn = 0
+        self._turns: dict[str, int] = {}  # per kind of call, so that one kind does not always land on one replica
         self._lock = threading.Lock()
 
-    def pick(self, tried: set[int]) -> int | None:
+    def pick(self, tried: set[int], kind: str = "search") -> int | None:
         with self._lock:
             now = time.monotonic()
-            order = [(self._turn + i) % len(self.actors) for i in range(len(self.actors))]
-            self._turn += 1
+            turn = self._turns.get(kind, 0)
+            order = [(turn + i) % len(self.actors) for i in range(len(self.actors))]
+            self._turns[kind] = turn + 1
             fresh = [r for r in order if r not in tried and now - self.down.get(r, -1e9) > RETRY_DOWN_AFTER_S]
             if fresh:
                 return fresh[0]
@@ -172,7 +192,8 @@ class ShardedSearch:
     """The coordinator of a sharded collection's searches on Ray (see the module docstring)."""
 
     def __init__(self, cluster: RayCluster, root: str, pipeline: Any, *, replicas: int = 1,
-                 deadline_s: float = DEFAULT_DEADLINE_S, cpus_per_actor: float | None = None, measure: bool = False):
+                 deadline_s: float = DEFAULT_DEADLINE_S, hedge_after_s: float | None = HEDGE_AFTER_S,
+                 cpus_per_actor: float | None = None, measure: bool = False):
         if replicas < 1:
             raise InputError(f"--replicas {replicas}: every shard needs at least one replica")
         self.cluster = cluster
@@ -180,6 +201,8 @@ class ShardedSearch:
         self.layout = ShardedLayout(root)
         self.replicas = replicas
         self.deadline_s = deadline_s
+        #: seconds before a silent shard gets a second call on another replica (None: never)
+        self.hedge_after_s = hedge_after_s
         self.measure = measure
         with ShardedCollection(root) as collection:
             shards = collection.shard_count
@@ -259,19 +282,23 @@ class ShardedSearch:
 
     # -- one round trip to every shard ----------------------------------------------------------
     def scatter(self, method: str, *args: Any) -> list[Any | None]:
-        """`method(*args)` on one replica of each shard, retried on another replica when an actor died;
-        one answer per shard (None for a shard left out of a partial result)."""
+        """`method(*args)` on one replica of each shard; one answer per shard (None for a shard left out
+        of a partial result). A call whose actor died is retried on another replica; a shard still
+        silent after `hedge_after_s` gets a second call on another replica, and the first answer wins
+        (a replica that dies mid-call is only noticed when Ray notices, a second or more)."""
         ray = self.cluster.ray
         report = current_report()
         started = time.perf_counter_ns()
         deadline = time.monotonic() + self.deadline_s
+        hedge_at = time.monotonic() + self.hedge_after_s if self.hedge_after_s and self.replicas > 1 else deadline
         tried: list[set[int]] = [set() for _ in self.groups]
         pending: dict[Any, tuple[int, int, int]] = {}  # ref -> (shard, replica, submitted ns)
         answers: list[Any] = [None] * self.shards
+        done = [False] * self.shards
         failed: dict[int, BaseException | None] = {}
 
         def submit(shard: int) -> bool:
-            replica = self.groups[shard].pick(tried[shard])
+            replica = self.groups[shard].pick(tried[shard], method)
             if replica is None:
                 return False
             tried[shard].add(replica)
@@ -279,20 +306,32 @@ class ShardedSearch:
             pending[ref] = (shard, replica, time.perf_counter_ns())
             return True
 
+        def open_shards() -> list[int]:
+            return [s for s in range(self.shards) if not done[s] and s not in failed]
+
         for shard in range(self.shards):
             submit(shard)
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+        while pending and open_shards():
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, min(deadline, hedge_at) - time.monotonic()))
             if not ready:
-                for shard, _, _ in pending.values():
-                    failed[shard] = None
-                break
+                if time.monotonic() >= deadline:
+                    failed.update({s: None for s in open_shards()})
+                    break
+                hedge_at = deadline  # once per scatter
+                for shard in open_shards():
+                    if submit(shard):
+                        self._count("hedged")
+                continue
             ref = ready[0]
             shard, replica, submitted = pending.pop(ref)
+            if done[shard]:
+                continue  # the slower of a hedged pair
             try:
-                answers[shard] = ray.get(ref)
+                answer = ray.get(ref)
             except self._errors as exc:
                 self.groups[shard].failed(replica, exc)
+                if any(s == shard for s, _, _ in pending.values()):
+                    continue  # its hedged twin may still answer
                 if time.monotonic() < deadline and submit(shard):
                     report.retried()
                     self._count("retried")
@@ -301,8 +340,11 @@ class ShardedSearch:
                 continue
             except Exception as exc:  # noqa: BLE001 - raised by a stage: the same on any replica, not retried
                 raise worker_failure(exc, f"shard {shard}") from None
+            answers[shard], done[shard] = answer, True
             self.groups[shard].answered(replica)
             self._observe(shard, (time.perf_counter_ns() - submitted) / 1e9)
+        for ref, (shard, replica, _) in pending.items():  # calls nobody waits for now: a death still gets logged
+            ref.future().add_done_callback(lambda f, g=self.groups[shard], r=replica: self._late(g, r, f))
         if failed:
             if not report.allow_partial:
                 shard = min(failed)
@@ -311,8 +353,15 @@ class ShardedSearch:
                 report.left_out(f"shard {shard}")
             self._count("partial")
         if self.measure:
-            self._record(started, answers, args)
+            self._record(method, started, answers, args)
         return answers
+
+    def _late(self, group: _Replicas, replica: int, future: Any) -> None:
+        exc = future.exception()
+        if exc is None:
+            group.answered(replica)
+        elif isinstance(exc, self._errors):
+            group.failed(replica, exc)
 
     def _unavailable(self, shard: int, exc: BaseException | None) -> ShardUnavailable:
         cause = "no answer within the deadline" if exc is None else type(exc).__name__
@@ -350,6 +399,8 @@ class ShardedSearch:
             "retried": Counter("stagegraph_shard_retried", "shard calls retried on another replica", registry=registry),
             "partial": Counter("stagegraph_partial_results", "searches answered without some shard (allow_partial)",
                                registry=registry),
+            "hedged": Counter("stagegraph_shard_hedged", "shard calls also sent to a second replica after "
+                              "hedge_after_s without an answer", registry=registry),
         }
         for shard in range(self.shards):
             self._metrics["shard"].labels(str(shard))
@@ -364,13 +415,15 @@ class ShardedSearch:
         if counter is not None:
             counter.inc()
 
-    def _record(self, started: int, answers: list[Any], args: tuple) -> None:
+    def _record(self, method: str, started: int, answers: list[Any], args: tuple) -> None:
+        wall = time.perf_counter_ns() - started  # before the pickling below, which is only for counting bytes
         own = [a[1] for a in answers if isinstance(a, tuple) and len(a) == 2 and isinstance(a[1], int)]
         sent = len(pickle.dumps(args, protocol=5)) * self.shards
         received = sum(len(pickle.dumps(a, protocol=5)) for a in answers if a is not None)
+        leg = args[1] if len(args) > 1 and isinstance(args[1], str) else ""
         with self._stats_lock:
-            self.stats.append({"wall_ns": time.perf_counter_ns() - started, "slowest_shard_ns": max(own, default=0),
-                               "bytes": sent + received})
+            self.stats.append({"method": method, "leg": leg, "started_ns": started, "wall_ns": wall,
+                               "slowest_shard_ns": max(own, default=0), "bytes": sent + received})
 
     def close(self) -> None:
         ray = self.cluster.ray
