@@ -27,7 +27,6 @@ latency. Every stage that runs is bound (models and indexes loaded) before any t
 from __future__ import annotations
 
 import contextvars
-
 import functools
 import time
 from collections.abc import Callable, Mapping, Sequence

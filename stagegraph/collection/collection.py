@@ -234,13 +234,14 @@ class Collection:
     # -- writing --------------------------------------------------------------------------------
     def writer(self, *, timeout: float = DEFAULT_LOCK_TIMEOUT_S, say: Callable[[str], None] | None = None,
                encode: Callable[[Any, list[str]], Any] | None = None, merge_policy: MergePolicy | None = None,
-               merge_after_commit: bool = True, limits: MetadataLimits | None = None) -> Writer:
+               merge_after_commit: bool = True, limits: MetadataLimits | None = None, deferred: bool = False) -> Writer:
         """The one writer (a file lock); `encode` embeds new chunks (`Environment.encode`, e.g. on Ray);
         `merge_policy` the merges after each commit (`merge_after_commit=False`: none); `limits` what a
-        document's metadata may hold (`stagegraph.corpora.validate`; None: the defaults)."""
+        document's metadata may hold (`stagegraph.corpora.validate`; None: the defaults); `deferred`:
+        generations written, not published (a shard: `stagegraph.collection.sharded` publishes them)."""
         return Writer(self.layout, self.settings, chunker=self.chunker, text_cache=self.text_cache, timeout=timeout,
                       progress=self.progress, say=say, encode=encode, merge_policy=merge_policy or self.merge_policy,
-                      merge_after_commit=merge_after_commit, limits=limits)
+                      merge_after_commit=merge_after_commit, limits=limits, deferred=deferred)
 
     def _write(self, change: Callable[[Writer], Any]) -> Generation:
         with self.writer() as w:

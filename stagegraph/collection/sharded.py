@@ -37,6 +37,7 @@ import hashlib
 import itertools
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -177,7 +178,7 @@ class ShardedGeneration:
         sizes = [len(g.corpus) for g in self.shards]
         return [int(x) for x in np.concatenate([[0], np.cumsum(sizes)[:-1]])] if sizes else []
 
-    @property
+    @cached_property
     def manifest(self) -> GenerationManifest:
         """The shards' manifests summed up (what `info`, a server's `/v1/info` and reports read)."""
         ms = [g.manifest for g in self.shards]
@@ -202,14 +203,11 @@ class ShardedGeneration:
     def fingerprint(self) -> str:
         return hash_strings(g.manifest.corpus_fingerprint for g in self.shards)
 
-    @property
+    @cached_property
     def corpus(self) -> SegmentedCorpus:
         """Every shard's segments as one corpus (fresh `Part`s: a shard's own corpus keeps its offsets)."""
-        cached = getattr(self, "_corpus", None)
-        if cached is None:
-            parts = [dataclasses.replace(p) for g in self.shards for p in g.corpus.parts]
-            cached = self._corpus = SegmentedCorpus(parts, fingerprint=self.fingerprint)
-        return cached
+        parts = [dataclasses.replace(p) for g in self.shards for p in g.corpus.parts]
+        return SegmentedCorpus(parts, fingerprint=self.fingerprint)
 
     def shard_for(self, doc_id: str) -> Generation:
         return self.shards[shard_of(doc_id, self.shard_count)]
@@ -353,9 +351,7 @@ class ShardedCollection:
         """The one writer of every shard (see `Collection.writer` for the arguments)."""
         policy = merge_policy or self.merge_policy
         writers = [s.writer(timeout=timeout, say=say, encode=encode, merge_policy=policy,
-                            merge_after_commit=merge_after_commit, limits=limits) for s in self.shards]
-        for w in writers:
-            w.deferred = True
+                            merge_after_commit=merge_after_commit, limits=limits, deferred=True) for s in self.shards]
         return ShardedWriter(self, writers, timeout=timeout, limits=limits, say=say)
 
     def _write(self, change: Callable[[ShardedWriter], Any]) -> ShardedGeneration:

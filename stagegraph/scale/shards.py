@@ -231,7 +231,7 @@ class ShardedSearch:
     @staticmethod
     def _ray_errors(ray: Any) -> tuple[type[BaseException], ...]:
         names = ("RayActorError", "ActorDiedError", "ActorUnavailableError", "ActorUnschedulableError",
-                 "ObjectLostError", "OwnerDiedError")
+                 "ObjectLostError", "OwnerDiedError", "GetTimeoutError")
         return tuple(getattr(ray.exceptions, n) for n in names if hasattr(ray.exceptions, n))
 
     @property
@@ -276,8 +276,10 @@ class ShardedSearch:
             except Exception as exc:  # noqa: BLE001 - a stage error: the same on every replica
                 raise worker_failure(exc, f"shard {s}") from None
         missing = [s for s in range(self.shards) if s not in answers]
-        if missing:
-            raise self._unavailable(missing[0], errors.get(missing[0]))
+        if missing:  # no replica of a shard could bind it: say why (a damaged shard, a missing model...)
+            cause = worker_failure(errors[missing[0]], f"binding shard {missing[0]}") if missing[0] in errors else None
+            raise ShardUnavailable(f"{self._unavailable(missing[0], errors.get(missing[0]))}"
+                                   + (f" ({cause})" if cause is not None else ""))
         return [answers[s] for s in range(self.shards)]
 
     # -- one round trip to every shard ----------------------------------------------------------
