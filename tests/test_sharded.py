@@ -145,6 +145,24 @@ def test_a_sharded_writer_killed_at_random_moments_publishes_each_batch_whole_or
         assert len(stack.search("heat flow", k=20).hits) == min(20, 4 * len(batches))  # the stage keeps 20
 
 
+def write_everywhere(stores, rng: random.Random, live: dict[str, dict], first: int) -> None:
+    """One commit, the same in every store: new documents (ids from `first`), up to two changed, up to
+    two deleted; `live` follows."""
+    batch = [doc(first + i, rng) for i in range(rng.randint(3, 12))]
+    changed = [{**live[d], "text": text(rng, rng.randint(5, 40))} for d in rng.sample(sorted(live), min(2, len(live)))]
+    gone = rng.sample(sorted(live), min(len(live) // 3, 2))
+    for store in stores:
+        with store.writer() as w:
+            w.upsert(batch + changed, source=PYTHON)
+            if gone:
+                w.delete(gone)
+            w.commit()
+        store.refresh()
+    live.update({d["id"]: d for d in batch + changed})
+    for d in gone:
+        live.pop(d)
+
+
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 10_000), shards=st.integers(1, 4), commits=st.integers(1, 4))
 def test_property_a_sharded_collection_searches_exactly_like_one_collection(tmp_path_factory, seed, shards, commits):
@@ -157,19 +175,7 @@ def test_property_a_sharded_collection_searches_exactly_like_one_collection(tmp_
     split = ShardedCollection.create(tmp / "split", BM25_ONLY, shards=shards, chunker=SMALL_CHUNKS)
     live: dict[str, dict] = {}
     for step in range(commits):
-        batch = [doc(step * 100 + i, rng) for i in range(rng.randint(3, 12))]
-        changed = [{**live[d], "text": text(rng, rng.randint(5, 40))} for d in rng.sample(sorted(live), min(2, len(live)))]
-        gone = rng.sample(sorted(live), min(len(live) // 3, 2))
-        for store in (one, split):
-            with store.writer() as w:
-                w.upsert(batch + changed, source=PYTHON)
-                if gone:
-                    w.delete(gone)
-                w.commit()
-            store.refresh()
-        live.update({d["id"]: d for d in batch + changed})
-        for d in gone:
-            live.pop(d)
+        write_everywhere([one, split], rng, live, step * 100)
     for flt in (None, {"group": "even"}):
         same(rankings(tmp / "one", BM25_ONLY, flt), rankings(tmp / "split", BM25_ONLY, flt))
     one.close()

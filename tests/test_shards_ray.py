@@ -28,13 +28,13 @@ pytest.importorskip("ray")
 
 from collection_support import QUERIES  # noqa: E402
 from serve_support import rerank_config  # noqa: E402
-from test_segments import SMALL_CHUNKS, doc, text  # noqa: E402
+from test_segments import SMALL_CHUNKS, doc  # noqa: E402
+from test_sharded import write_everywhere  # noqa: E402
 from tiny_models import make_tiny_cross_encoder, make_tiny_sentence_transformer  # noqa: E402
 
 import stagegraph as sg  # noqa: E402
 from stagegraph.collection import Collection  # noqa: E402
 from stagegraph.collection.sharded import ShardedCollection  # noqa: E402
-from stagegraph.collection.sources import PYTHON  # noqa: E402
 from stagegraph.collection.stack import Stack  # noqa: E402
 from stagegraph.pipeline.compose import Pipeline  # noqa: E402
 from stagegraph.pipeline.partial import search_report  # noqa: E402
@@ -57,23 +57,6 @@ def models(tmp_path_factory) -> tuple[str, str]:
     return str(make_tiny_sentence_transformer(root / "st")), str(make_tiny_cross_encoder(root / "ce"))
 
 
-def write(stores, rng: random.Random, live: dict[str, dict], first: int) -> None:
-    """One commit, the same in every store: new documents, a changed one, a deleted one."""
-    batch = [doc(first + i, rng) for i in range(rng.randint(4, 10))]
-    changed = [{**live[d], "text": text(rng, rng.randint(5, 40))} for d in rng.sample(sorted(live), min(1, len(live)))]
-    gone = rng.sample(sorted(live), min(len(live) // 4, 2))
-    for store in stores:
-        with store.writer() as w:
-            w.upsert(batch + changed, source=PYTHON)
-            if gone:
-                w.delete(gone)
-            w.commit()
-        store.refresh()
-    live.update({d["id"]: d for d in batch + changed})
-    for d in gone:
-        live.pop(d)
-
-
 def hits(stack, query: str, flt=None, k: int = 10) -> list[tuple[str, float]]:
     return [(h.id, h.score) for h in stack.search(query, k=k, filter=flt).hits]
 
@@ -90,7 +73,7 @@ def test_ray_search_of_any_shard_count_equals_one_collection_through_write_seque
     one = Collection.create(tmp_path / "one", config, chunker=SMALL_CHUNKS)
     split = ShardedCollection.create(tmp_path / "split", config, shards=shards, chunker=SMALL_CHUNKS)
     live: dict[str, dict] = {}
-    write([one, split], rng, live, 0)
+    write_everywhere([one, split], rng, live, 0)
     pipe = Pipeline.from_config(config)
     search = ShardedSearch(cluster, tmp_path / "split", pipe, replicas=1)
     stack = Stack(pipe, ShardedCollection(tmp_path / "split"), bind=search.bind, watch=None)
@@ -102,7 +85,7 @@ def test_ray_search_of_any_shard_count_equals_one_collection_through_write_seque
                         expected = hits(local, query, flt)
                         assert expected or flt, (query, flt)
                         assert_same(expected, hits(stack, query, flt), (shards, step, query, flt))
-            write([one, split], rng, live, 100 * (step + 1))
+            write_everywhere([one, split], rng, live, 100 * (step + 1))
             assert stack.refresh()  # the actors move to the new sharded generation
     finally:
         stack.close()

@@ -56,7 +56,6 @@ from stagegraph.collection.layout import (
     DocumentEntry,
     GenerationManifest,
     Layout,
-    SegmentRef,
     now,
 )
 from stagegraph.collection.merges import MergePolicy

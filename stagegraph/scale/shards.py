@@ -459,7 +459,7 @@ class RemoteLeg:
         return self.stage._encoder(False) if self.kind == "dense" else None
 
     def run(self, queries: Queries, inputs: Sequence[Sequence[Ranking]] = ()) -> list[Ranking]:
-        ids, texts, filters = list(queries.ids), list(queries.texts), queries.filters
+        ids, texts = list(queries.ids), list(queries.texts)
         live = [i for i, t in enumerate(texts) if self._searchable(i, ids[i], t)]
         out = [Ranking.empty() for _ in texts]
         if not live:

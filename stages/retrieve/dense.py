@@ -384,7 +384,6 @@ class SegmentedDenseSearch:
         return DenseSearch(self.stage, *self.stage._load(env, self.encoder))
 
     def run(self, queries: Queries, inputs: Sequence[Sequence[Ranking]] = ()) -> list[Ranking]:
-        cfg = self.stage.config
         out: list[Ranking] = []
         for pos, (qid, text) in enumerate(queries):  # one query at a time, as DenseSearch (same floats)
             if not (text and text.strip()):
