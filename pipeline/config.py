@@ -104,6 +104,26 @@ def has_type(entry: Any, type_name: str) -> bool:
     return False
 
 
+#: the environment variable naming the model of every cross-encoder stage (see `with_reranker`)
+RERANKER_ENV = "STAGEGRAPH_RERANKER"
+
+
+def with_reranker(config: Mapping[str, Any], model: str | None = None) -> dict[str, Any]:
+    """`config` with the model of every cross-encoder stage set: to `model` when given, else to
+    `$STAGEGRAPH_RERANKER` when set, else as the config says. The one rule the CLI (`--reranker`),
+    `stagegraph.open(..., reranker=)` and the server share. A `model` given for a config without a
+    cross-encoder is an error; the environment variable is then ignored."""
+    chosen = model or os.environ.get(RERANKER_ENV) or None
+    if not chosen:
+        return dict(config)
+    if not has_type(config, "cross_encoder"):
+        if model:
+            raise ConfigError(f"reranker {model!r} was given, but the pipeline has no cross_encoder stage to use it; "
+                              "use a config with one (e.g. hybrid-rerank)")
+        return dict(config)
+    return apply_overrides(config, {"cross_encoder": {"model": chosen}})
+
+
 def apply_overrides(config: Mapping[str, Any], overrides: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """A copy of `config` where every stage whose `name` or `type` is a key gets those fields set."""
     config = copy.deepcopy(dict(config))

@@ -91,13 +91,10 @@ def add_dataset_args(p: argparse.ArgumentParser, *, reranker: bool = True) -> No
 def load_pipeline(args: argparse.Namespace, config: str | None = None) -> Any:
     """The pipeline of `args.config`, with `--reranker` (or $STAGEGRAPH_RERANKER) applied."""
     from stagegraph.pipeline.compose import Pipeline
-    from stagegraph.pipeline.config import apply_overrides, has_type, load_config, resolve_path
+    from stagegraph.pipeline.config import load_config, resolve_path, with_reranker
 
     path = resolve_path(config or args.config)
-    data = load_config(path)
-    model = getattr(args, "reranker", None) or os.environ.get("STAGEGRAPH_RERANKER")
-    if model and has_type(data, "cross_encoder"):
-        data = apply_overrides(data, {"cross_encoder": {"model": model}})
+    data = with_reranker(load_config(path), getattr(args, "reranker", None))
     return Pipeline.from_config(data, source=str(path))
 
 

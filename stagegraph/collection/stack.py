@@ -43,6 +43,7 @@ from stagegraph.collection.sharded import ShardedCollection, open_collection
 from stagegraph.corpora.ingest import Document
 from stagegraph.errors import InputError
 from stagegraph.pipeline.compose import Pipeline
+from stagegraph.pipeline.config import with_reranker
 from stagegraph.pipeline.hits import SearchResult
 from stagegraph.pipeline.runner import Runner
 
@@ -243,7 +244,7 @@ class Stack:
         self.close()
 
 
-def _pipeline_of(config: Any, collection: Collection) -> Pipeline:
+def _pipeline_of(config: Any, collection: Collection | ShardedCollection) -> Pipeline:
     if config is None:
         return Pipeline.from_config(collection.settings.pipeline, source=str(collection.layout.settings))
     if isinstance(config, Pipeline):
@@ -254,8 +255,19 @@ def _pipeline_of(config: Any, collection: Collection) -> Pipeline:
 
 
 def open_stack(config: Any = None, *, collection: str | Path, progress: bool = False,
-               watch: float | None = WATCH_INTERVAL_S) -> Stack:
+               watch: float | None = WATCH_INTERVAL_S, reranker: str | None = None) -> Stack:
     """The stack of `config` (a YAML path or bundled name, a dict, a Pipeline; None: the collection's
     own pipeline) over the collection at `collection`; it picks up generations other processes publish
-    within `watch` seconds (None: only on `refresh()`)."""
-    return Stack(config, open_collection(collection, progress=progress), watch=watch)
+    within `watch` seconds (None: only on `refresh()`). `reranker` (a model id or local path) is the
+    model of every cross-encoder stage; without it `$STAGEGRAPH_RERANKER`, when set, is, as for the
+    command line's `--reranker` (`stagegraph.pipeline.config.with_reranker`)."""
+    store = open_collection(collection, progress=progress)
+    try:
+        pipeline = _pipeline_of(config, store)
+        chosen = with_reranker(pipeline.to_config(), reranker)
+        if chosen != pipeline.to_config():
+            pipeline = Pipeline.from_config(chosen)
+        return Stack(pipeline, store, watch=watch)
+    except BaseException:
+        store.close()
+        raise
