@@ -211,6 +211,22 @@ class WarningLines:
                 print(f"warning: ... and {n - self.limit} more {kind} warnings like these", file=sys.stderr)
 
 
+#: optional modules -> the extra that installs them (pyproject.toml's [project.optional-dependencies])
+EXTRAS = {"fastapi": "serve", "uvicorn": "serve", "prometheus_client": "serve", "starlette": "serve",
+          "ray": "ray", "onnxruntime": "onnx", "onnx": "onnx"}
+
+
+def missing_extra(exc: BaseException) -> str | None:
+    """The install line for an optional dependency that is not installed (None: not that)."""
+    if not isinstance(exc, ModuleNotFoundError) or not exc.name:
+        return None
+    extra = EXTRAS.get(exc.name.split(".")[0])
+    if extra is None:
+        return None
+    return (f"this needs the optional module {exc.name.split('.')[0]!r}, which is not installed: "
+            f'pip install "stagegraph[{extra}]"')
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(hoist_global_flags(sys.argv[1:] if argv is None else list(argv)))
@@ -232,6 +248,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if args.debug:
             raise
+        extra = missing_extra(exc)
+        if extra is not None:
+            print(f"error: {extra}", file=sys.stderr)
+            return Exit.BAD_INPUT
         code = exit_code(exc)
         message = " ".join(str(exc).split()) or type(exc).__name__
         if code is Exit.INTERNAL:
