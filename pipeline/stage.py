@@ -162,9 +162,19 @@ class Environment:
         return path
 
     def refuse_build(self, stage: str, what: str, hint: str) -> None:
-        """Raise the `StageError` a read-only environment gives instead of building `what`."""
+        """Raise the `ReadOnlyRefusal` a read-only environment gives instead of building `what`."""
         if self.read_only:
-            raise StageError(f"stage {stage!r} has no {what} here and may not build one (read-only); {hint}")
+            raise ReadOnlyRefusal(f"stage {stage!r} has no {what} here and may not build one (read-only); {hint}",
+                                  stage=stage)
+
+
+class ReadOnlyRefusal(StageError):
+    """A stage found no artefact it needs in a read-only environment and may not build it (a reader of
+    a collection searching with a pipeline the collection was not built for); `stage` names it."""
+
+    def __init__(self, message: str, *, stage: str):
+        super().__init__(message)
+        self.stage = stage
 
 
 class Inputs(tuple):

@@ -36,3 +36,26 @@ def test_only_the_optional_modules_get_an_install_line():
     assert missing_extra(ModuleNotFoundError("x", name="onnxruntime")).endswith('pip install "stagegraph[onnx]"')
     assert missing_extra(ModuleNotFoundError("x", name="nowhere")) is None  # a bug in stagegraph: reported as one
     assert missing_extra(ImportError("x")) is None
+
+
+def test_a_config_the_collection_was_not_built_for_names_the_exact_rebuild_and_it_works(tmp_path, capsys):
+    """`search hybrid` on a BM25-only collection: one line with the rebuild command, which, run as
+    printed (NEW_DIR filled in), gives a collection that config searches."""
+    import re
+    import shlex
+
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    for i in range(4):
+        (folder / f"n{i}.md").write_text(f"note {i} about heat flow and wing pressure\n")
+    root = tmp_path / "c.sg"
+    assert main(["ingest", str(folder), "--collection", str(root), "--config", "bm25", "-q"]) == 0
+    assert main(["search", "hybrid", "heat flow", "--collection", str(root), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "stage 'dense' needs an index the collection" in err and "its pipeline has the stages bm25" in err
+    command = re.search(r"`(stagegraph ingest [^`]+)`", err).group(1)
+    assert command == f"stagegraph ingest {folder.resolve()} --collection NEW_DIR --config hybrid"
+    argv = [a if a != "NEW_DIR" else str(tmp_path / "new.sg") for a in shlex.split(command)[1:]]
+    assert main([*argv, "-q"]) == 0  # the fix, as printed
+    assert main(["search", "hybrid", "heat flow", "--collection", str(tmp_path / "new.sg"), "-q"]) == 0
+    assert "n0" in capsys.readouterr().out

@@ -41,11 +41,13 @@ from stagegraph.collection.collection import Collection
 from stagegraph.collection.generation import Generation, read_current
 from stagegraph.collection.sharded import ShardedCollection, open_collection
 from stagegraph.corpora.ingest import Document
+from stagegraph.collection.layout import CollectionError
 from stagegraph.errors import InputError
 from stagegraph.pipeline.compose import Pipeline
 from stagegraph.pipeline.config import with_reranker
 from stagegraph.pipeline.hits import SearchResult
 from stagegraph.pipeline.runner import Runner
+from stagegraph.pipeline.stage import ReadOnlyRefusal
 
 log = logging.getLogger("stagegraph.collection")
 
@@ -113,11 +115,14 @@ class Stack:
         generation = self.collection.generation
         runner = None
         if generation.live_chunks:
-            if self._binder is not None:
-                runner = self._binder(self.pipeline, self.collection, previous)
-            else:
-                env = self.collection.environment()
-                runner = previous.rebind(env) if previous is not None else self.pipeline.bind(env)
+            try:
+                if self._binder is not None:
+                    runner = self._binder(self.pipeline, self.collection, previous)
+                else:
+                    env = self.collection.environment()
+                    runner = previous.rebind(env) if previous is not None else self.pipeline.bind(env)
+            except ReadOnlyRefusal as exc:
+                raise CollectionError(_not_built_for(self.collection, exc.stage, self.pipeline)) from None
             if self._prepare is not None:
                 self._prepare(runner)
         return _Live(runner, generation)
@@ -242,6 +247,26 @@ class Stack:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _not_built_for(collection: Collection | ShardedCollection, stage: str, pipeline: Pipeline) -> str:
+    """What to do when a pipeline needs an index the collection was not built with: the exact rebuild."""
+    from stagegraph.pipeline.config import ConfigError, resolve_path
+
+    try:
+        resolve_path(pipeline.name)  # a bundled config (or a file here) of that name: the command can name it
+        config = pipeline.name
+    except (ConfigError, OSError, ValueError):
+        config = "CONFIG"
+    own = [step.name for step in Pipeline.from_config(collection.settings.pipeline).steps]
+    paths = [row["label"] for row in collection.sources() if row["source"].startswith("path:")]
+    others = [row["label"] for row in collection.sources() if not row["source"].startswith("path:")]
+    command = (f"stagegraph ingest {' '.join(paths) or 'PATH'} --collection NEW_DIR --config {config}"
+               + (f" --shards {collection.shard_count}" if isinstance(collection, ShardedCollection) else ""))
+    again = f" (documents written from {', '.join(others)} must be written there again)" if others else ""
+    return (f"stage {stage!r} needs an index the collection {collection.layout.root} was not built with (its pipeline "
+            f"has the stages {', '.join(own)}); search with a config of those stages, or rebuild into a new directory "
+            f"with this one: `{command}`{again}")
 
 
 def _pipeline_of(config: Any, collection: Collection | ShardedCollection) -> Pipeline:
