@@ -103,6 +103,11 @@ def bm25_split(tmp_path_factory):
     return root
 
 
+def local_shard_one(root, doc_id: str) -> bool:
+    with ShardedCollection(root) as store:
+        return store.generation.shards[1].document(doc_id) is not None
+
+
 def kill(search: ShardedSearch, shard: int, replica: int) -> int:
     pid = search.cluster.ray.get(search.groups[shard].actors[replica].ping.remote())
     os.kill(pid, signal.SIGKILL)
@@ -209,6 +214,17 @@ def test_the_http_server_serves_a_sharded_collection_on_ray(cluster, bm25_split)
             metrics = client.get("/metrics").text
             assert 'stagegraph_shard_duration_seconds_count{shard="0"}' in metrics
             assert 'stagegraph_shard_duration_seconds_count{shard="1"}' in metrics
+            search.cluster.ray.kill(search.groups[1].actors[0], no_restart=True)  # shard 1 gone for good
+            refused = client.post("/v1/search", json={"query": QUERIES[2], "k": 10})
+            assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+            assert refused.json()["error"]["code"] == "shard_unavailable"
+            assert "--replicas 2" in refused.json()["error"]["message"]
+            partial = client.post("/v1/search", json={"query": QUERIES[2], "k": 10, "allow_partial": True}).json()
+            assert partial["partial"] == ["shard 1"] and partial["hits"]
+            assert all(not local_shard_one(bm25_split, h["doc_id"]) for h in partial["hits"])
+            assert "stagegraph_partial_results_total 1.0" in client.get("/metrics").text
+            ready = client.get("/readyz")
+            assert ready.status_code == 503 and ready.json()["reason"] == "shard(s) 1 have no live replica"
     finally:
         service.close()
 

@@ -351,9 +351,10 @@ class ShardedSearch:
             if not report.allow_partial:
                 shard = min(failed)
                 raise self._unavailable(shard, failed[shard])
+            if not report.missing:  # once per search, whatever its scatters
+                self._count("partial")
             for shard in sorted(failed):
                 report.left_out(f"shard {shard}")
-            self._count("partial")
         if self.measure:
             self._record(method, started, answers, args)
         return answers
