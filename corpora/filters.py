@@ -39,6 +39,7 @@ chunks pass the filter, how many (the query matches none of them). It runs on em
 from __future__ import annotations
 
 import datetime as _dt
+import difflib
 import json
 import math
 import re
@@ -458,7 +459,7 @@ def explain_empty(expression: Mapping[str, Any] | None, corpus: Any, *,
     Only chunks `scope` (a pipeline's own filter) allows are counted or named, and only fields
     `expression` names. `expression` must have passed `MetadataIndex.mask` already (`Runner.check_filter`).
     Meant for empty results only: it costs a few masks and counts over the rows (numpy), and
-    `difflib` over at most `HINT_CANDIDATES` values per condition."""
+    `difflib` over at most `HINT_CANDIDATES` values for each of at most `HINT_VALUES` values given."""
     if not expression:
         return None
     index = MetadataIndex.of(corpus)
@@ -517,8 +518,12 @@ def _notes(index: MetadataIndex, expression: Mapping[str, Any], scope: np.ndarra
 
 
 def _text(value: Any, limit: int = 60) -> str:
+    """`value` as JSON, cut to about `limit` characters (a cut string keeps its closing quote, a list its bracket)."""
     text = json.dumps(value, ensure_ascii=False, default=str)
-    return text if len(text) <= limit else text[: limit - 4] + '..."'
+    if len(text) <= limit:
+        return text
+    end = text[-1] if text[-1] in '"]}' else ""
+    return text[: limit - 3 - len(end)] + "..." + end
 
 
 def _condition_text(part: Mapping[str, Any]) -> str:
@@ -576,8 +581,8 @@ def _field_note(index: MetadataIndex, name: str, condition: Any, context: np.nda
     else:
         given = operators["$in"] if isinstance(operators.get("$in"), list) else []
     if col.kind in ("text", "mixed", "list") and given:
-        candidates = [values[i] for i in order[:HINT_CANDIDATES]]
-        found = [s for s in dict.fromkeys(_nearest(v, candidates) for v in given) if s is not None]
+        nearest = _Nearest([values[i] for i in order[:HINT_CANDIDATES]])
+        found = list({_text(s, 10**6): s for s in map(nearest, given[:HINT_VALUES]) if s is not None}.values())
         if found:
             note += f"; did you mean {_text(found[0]) if '$eq' in operators else _text(found)}?"
     return note
@@ -615,23 +620,30 @@ def _unkey(key: Any) -> Any:
     return json.loads(value) if kind == "json" else value
 
 
-def _nearest(value: Any, candidates: list[Any]) -> Any:
-    """The existing value closest to `value`: the same text once leading dots and spaces are stripped
-    and case folded, else `difflib`'s nearest, of the text as given, then so normalised."""
-    import difflib
+class _Nearest:
+    """The existing value closest to one given: the same text once leading dots and spaces are
+    stripped and case folded, else `difflib`'s nearest to the text as given, then so normalised
+    (texts of at most `MAX_CHARS` characters: difflib's cost grows with their product)."""
 
-    texts = {}
-    for candidate in candidates:
-        texts.setdefault(candidate if isinstance(candidate, str) else json.dumps(candidate, default=str), candidate)
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
-    folded = text.strip().lstrip(". ").casefold()
-    by_fold: dict[str, Any] = {}
-    for shown, candidate in texts.items():
-        by_fold.setdefault(shown.strip().casefold(), candidate)
-    if folded in by_fold:
-        return by_fold[folded]
-    close = difflib.get_close_matches(text, list(texts), n=1)
-    if close:
-        return texts[close[0]]
-    close = difflib.get_close_matches(folded, list(by_fold), n=1)
-    return by_fold[close[0]] if close else None
+    MAX_CHARS = 256
+
+    def __init__(self, candidates: list[Any]):
+        self.texts: dict[str, Any] = {}
+        for candidate in candidates:
+            self.texts.setdefault(candidate if isinstance(candidate, str) else _text(candidate, 10**6), candidate)
+        self.folded: dict[str, Any] = {}
+        for shown, candidate in self.texts.items():
+            self.folded.setdefault(shown.strip().casefold(), candidate)
+
+    def __call__(self, value: Any) -> Any:
+        text = value if isinstance(value, str) else _text(value, 10**6)
+        folded = text.strip().lstrip(". ").casefold()
+        if folded in self.folded:
+            return self.folded[folded]
+        if len(text) > self.MAX_CHARS:
+            return None
+        for probe, among in ((text, self.texts), (folded, self.folded)):
+            close = difflib.get_close_matches(probe, [t for t in among if len(t) <= self.MAX_CHARS], n=1)
+            if close:
+                return among[close[0]]
+        return None
