@@ -168,3 +168,19 @@ def test_http_sends_the_hint_only_when_there_is_one(root):
             assert [r.get("hint") for r in batch["results"]] == ["6 chunks pass the filter; none matches the query", None]
     finally:
         service.close()
+
+
+def test_a_field_of_mixed_kinds_and_long_values_give_a_hint_whose_suggestion_matches():
+    from stagegraph.corpora.filters import MetadataIndex, explain_empty
+    from stagegraph.corpora.types import Corpus
+
+    metadata = [{"mix": [1, 2]}, {"mix": "Draft"}, {"mix": "Draft"}, {"mix": 5}]
+    ids = [f"r{i}" for i in range(len(metadata))]
+    corpus = Corpus(ids, [""] * 4, ["x"] * 4, doc_ids=ids, metadata=metadata)
+    hint = explain_empty({"mix": [1, 3]}, corpus)
+    assert hint == 'the filter matches no chunk: mix = [1, 3] matches nothing; mix has Draft (2), [1, 2] (1), 5 (1); did you mean [1, 2]?'
+    assert MetadataIndex.of(corpus).mask({"mix": [1, 2]}).sum() == 1
+    assert explain_empty({"mix": "draft"}, corpus).endswith('did you mean "Draft"?')
+    long = explain_empty({"mix": {"$in": ["y" * 5000] * 50}}, corpus)  # cut short, and no suggestion for it
+    assert long.startswith('the filter matches no chunk: mix in ["yyyy') and '..."]' not in long and "...]" in long
+    assert "did you mean" not in long
