@@ -1,4 +1,5 @@
-"""What `Pipeline.search` returns: hits with their provenance, and the timings of the query.
+"""What `Pipeline.search` returns: hits with their provenance, the timings of the query, and, for a
+filtered search that found nothing, a one-line `hint` saying why.
 
 A `Hit` is one document (or chunk) of the output: its ids, text, title and metadata, its final rank
 and score, and, for every step of the pipeline, the rank and score it had there (`stages`; `None`
@@ -56,7 +57,8 @@ class Hit(BaseModel):
 
 
 class SearchResult(BaseModel):
-    """One query's hits and timings (ms per step and end to end)."""
+    """One query's hits and timings (ms per step and end to end), and, when a filter let nothing
+    through, a `hint` saying why."""
 
     query: str
     hits: list[Hit]
@@ -66,6 +68,8 @@ class SearchResult(BaseModel):
     timing: Literal["per_query", "batch_share"] = "per_query"
     #: the collection generation that was searched (set by a collection's `Stack`; None otherwise)
     generation: int | None = None
+    #: why a filtered search found nothing, in one line (set only then; `stagegraph.corpora.filters.explain_empty`)
+    hint: str | None = None
 
 
 _HITS = TypeAdapter(list[Hit])

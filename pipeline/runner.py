@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from stagegraph.corpora.filters import MetadataIndex, combine
+from stagegraph.corpora.filters import MetadataIndex, combine, explain_empty
 from stagegraph.corpora.types import Corpus, Queries
 from stagegraph.corpora.validate import check_query
 from stagegraph.errors import InputError
@@ -150,7 +150,9 @@ class Runner:
 
         `filter` (`stagegraph.corpora.filters`) is checked against the corpus' metadata now (an
         unknown field or an operator that does not fit is an `InputError` naming the fields that
-        exist) and applied inside every retriever before its top k."""
+        exist) and applied inside every retriever before its top k. A filtered search that finds
+        nothing says why in `hint` (`stagegraph.corpora.filters.explain_empty`: the values the filter's
+        fields hold, counted among the chunks the pipeline's own filter allows)."""
         if not isinstance(query, str) or not query.strip():
             raise InputError("the query is empty; give a question or keywords")
         check_query(query)  # a lone surrogate or a control character: an InputError, not a crash in a stage
@@ -158,7 +160,7 @@ class Runner:
             raise InputError(f"k must be a positive number of hits, got {k}")
         self.check_filter(filter)
         result = self.execute(Queries.single(query, filter=filter), mode="online", progress=False)
-        return search_results(result, self.steps, self.env.corpus, k)[0]
+        return self._hinted(search_results(result, self.steps, self.env.corpus, k), filter)[0]
 
     def search_batch(self, queries: Iterable[str], k: int = 10, filter: dict[str, Any] | None = None) -> list[SearchResult]:
         """`search` for many queries at once (batch mode: stage times are shared by the batch)."""
@@ -172,7 +174,16 @@ class Runner:
             raise InputError(f"k must be a positive number of hits, got {k}")
         self.check_filter(filter)
         result = self.execute(as_queries(texts).with_filter(filter), mode="batch", progress=False)
-        return search_results(result, self.steps, self.env.corpus, k)
+        return self._hinted(search_results(result, self.steps, self.env.corpus, k), filter)
+
+    def _hinted(self, results: list[SearchResult], filter: dict[str, Any] | None) -> list[SearchResult]:
+        """`results` with the filter's `hint` on each empty one (worked out once, for a filter given)."""
+        empty = [r for r in results if not r.hits]
+        if filter and empty:
+            hint = explain_empty(filter, self.env.corpus, scope=self.pipeline.filter)
+            for r in empty:
+                r.hint = hint
+        return results
 
     def check_filter(self, filter: dict[str, Any] | None) -> None:
         """Raise the `FilterError` of a filter that does not fit this corpus (and-ed with the pipeline's

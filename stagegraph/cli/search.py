@@ -20,7 +20,9 @@ def register(sub) -> None:
     p.add_argument("--reranker", help="model for every cross-encoder stage (HF id or local path; or $STAGEGRAPH_RERANKER)")
     p.add_argument("--top", type=int, default=10, help="results to show (default 10)")
     p.add_argument("--filter", action="append", default=[], metavar="EXPR",
-                   help="metadata filter, repeatable and and-ed: ext=md, year>=2024, 'tags in gpu,cuda', or JSON")
+                   help="metadata filter, repeatable and and-ed: ext=md (or ext==md), ext!=md, year>=2024 (> < <=), "
+                        "'tags in gpu,cuda', 'tags notin a,b', or JSON; a filter that finds nothing says which "
+                        "values exist")
     p.add_argument("--warm", action="store_true", help="run the query once untimed first")
     p.set_defaults(func=handle)
 

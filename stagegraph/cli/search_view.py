@@ -2,7 +2,8 @@
 
 A hit's row shows where every stage put it (`#rank score`), so a reader sees why it is in the pool
 (which retrievers found it) and what the reranker did with it; the header shows each stage's time
-for this query.
+for this query. An empty result of a filtered search prints the result's `hint` (what the filter
+let through); an unfiltered one asks whether the query is all stopwords.
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ def print_search(result: SearchResult, pipeline: Pipeline, console: Console | No
     console.print(f"[bold]{result.query}[/bold]", highlight=False)
     console.print(f"time: {times} · end to end {result.total_ms:.1f} ms", highlight=False)
     if not result.hits:
-        console.print("no results (is the query all stopwords?)")
+        if result.hint:  # a filter was given: say what it let through (stagegraph.corpora.filters.explain_empty)
+            console.print(f"no results: {result.hint}", markup=False, highlight=False, soft_wrap=True)
+        else:
+            console.print("no results (is the query all stopwords?)")
         return
     table = Table(show_lines=False)
     table.add_column("#", justify="right")

@@ -153,13 +153,13 @@ class Stack:
     def search(self, query: str, k: int = 10, filter: dict[str, Any] | None = None) -> SearchResult:
         """The top `k` hits for `query` in the current generation, among the chunks `filter` allows
         (`stagegraph.corpora.filters`; checked against the collection's metadata); an empty
-        collection has no hits."""
+        collection has no hits. A filtered search that finds nothing says why in `hint`."""
         live = self._acquire()
         try:
             if live.runner is None:
                 if not isinstance(query, str) or not query.strip():
                     raise InputError("the query is empty; give a question or keywords")
-                return SearchResult(query=query, hits=[], generation=live.generation.number)
+                return SearchResult(query=query, hits=[], generation=live.generation.number, hint=_empty_hint(filter))
             result = live.runner.search(query, k=k, filter=filter)
             result.generation = live.generation.number
             return result
@@ -171,7 +171,8 @@ class Stack:
         try:
             texts = list(queries)
             if live.runner is None:
-                return [SearchResult(query=q, hits=[], generation=live.generation.number) for q in texts]
+                return [SearchResult(query=q, hits=[], generation=live.generation.number, hint=_empty_hint(filter))
+                        for q in texts]
             results = live.runner.search_batch(texts, k=k, filter=filter)
             for result in results:
                 result.generation = live.generation.number
@@ -247,6 +248,11 @@ class Stack:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _empty_hint(filter: dict[str, Any] | None) -> str | None:
+    """The hint of a filtered search of a collection with no chunks."""
+    return "the collection holds no chunks yet" if filter else None
 
 
 def _not_built_for(collection: Collection | ShardedCollection, stage: str, pipeline: Pipeline) -> str:

@@ -78,6 +78,9 @@ class SearchResponse(BaseModel):
     queue_ms: float = Field(description="time the request waited for a worker")
     partial: list[str] | None = Field(None, description="the shards left out (only with allow_partial, when one could "
                                       "not be reached): these hits come from the other shards")
+    hint: str | None = Field(None, description="only when a filter was given and nothing was found: why, in one line "
+                             "(the values the filter's fields hold, the nearest to the one given; or how many chunks "
+                             "pass the filter)")
 
 
 class SearchBatchResponse(BaseModel):

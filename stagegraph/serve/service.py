@@ -466,7 +466,7 @@ def _partial(allow: bool):
 def _response(result: Any, explain: bool, queue_ms: float, partial: list[str] | None = None) -> SearchResponse:
     hits = [HitOut.of(h, explain=explain) for h in result.hits]
     return SearchResponse(query=result.query, generation=result.generation, hits=hits, timings_ms=result.timings_ms,
-                          total_ms=result.total_ms, queue_ms=queue_ms, partial=partial or None)
+                          total_ms=result.total_ms, queue_ms=queue_ms, partial=partial or None, hint=result.hint)
 
 
 def _document_fields(doc: RerankDocument) -> dict[str, Any]:
