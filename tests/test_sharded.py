@@ -127,10 +127,12 @@ def test_a_sharded_writer_killed_at_random_moments_publishes_each_batch_whole_or
         proc = subprocess.Popen([sys.executable, "-c", CRASHING_WRITER, str(root), str(start)],
                                 stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": ""})
         assert proc.stdout.readline().strip() == "ready"
-        time.sleep(rng.uniform(0.8, 2.5))
+        first = proc.stdout.readline()  # one batch acknowledged (however busy the machine), then a kill at
+        assert first.startswith("ack "), first  # a random moment: between commits or inside one
+        time.sleep(rng.uniform(0.0, 1.5))
         proc.send_signal(signal.SIGKILL)
         out, _ = proc.communicate()
-        acked |= {int(line.split()[1]) for line in out.splitlines() if line.startswith("ack ")}
+        acked |= {int(line.split()[1]) for line in [first, *out.splitlines()] if line.startswith("ack ")}
         with ShardedCollection(root) as store:
             ids = set(store.generation.live_ids())
         batches: dict[int, int] = {}
@@ -140,7 +142,7 @@ def test_a_sharded_writer_killed_at_random_moments_publishes_each_batch_whole_or
         assert set(batches.values()) <= {4}, trial  # never part of a batch
         assert acked <= set(batches), trial  # every acknowledged batch is there
         start = max(batches, default=-1) + 1
-    assert len(acked) >= 4  # kills landed between and inside commits, not only before the first
+    assert len(acked) >= 8  # at least one batch acknowledged per writer
     with sg.open(collection=root) as stack:  # the survivor searches whole
         assert len(stack.search("heat flow", k=20).hits) == min(20, 4 * len(batches))  # the stage keeps 20
 
