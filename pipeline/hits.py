@@ -71,6 +71,23 @@ class SearchResult(BaseModel):
     #: why a filtered search found nothing, in one line (set only then; `stagegraph.corpora.filters.explain_empty`)
     hint: str | None = None
 
+    def per_document(self, n: int = 1, top: int | None = None) -> SearchResult:
+        """A copy keeping at most `n` chunks of each document (the best ones, in rank order) and at most
+        `top` documents; hits keep their original `rank` (so a gap shows where chunks were folded)."""
+        if n < 1:
+            raise ValueError(f"per_document needs n >= 1, got {n}")
+        kept: list[Hit] = []
+        seen: dict[str, int] = {}
+        for hit in self.hits:
+            count = seen.get(hit.doc_id, 0)
+            if count >= n:
+                continue
+            if count == 0 and top is not None and len(seen) >= top:
+                continue
+            seen[hit.doc_id] = count + 1
+            kept.append(hit)
+        return self.model_copy(update={"hits": kept})
+
 
 _HITS = TypeAdapter(list[Hit])
 

@@ -24,12 +24,15 @@ def register(sub) -> None:
                         "'tags in gpu,cuda', 'tags notin a,b', or JSON; a filter that finds nothing says which "
                         "values exist")
     p.add_argument("--warm", action="store_true", help="run the query once untimed first")
+    p.add_argument("--per-doc", type=int, default=1, metavar="N",
+                   help="show at most N chunks of each document (default 1; 0: every chunk)")
+    p.add_argument("--json", action="store_true", help="write the hits as JSON (for programs) instead of a table")
+    p.add_argument("--explain", action="store_true", help="with --json: each hit's rank and score at every stage, "
+                                                           "and the stage timings")
     p.set_defaults(func=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
-    from stagegraph.cli.search_view import print_search
-
     if not args.query.strip():
         raise InputError("the query is empty; give a question or keywords")
     if args.top < 1:
@@ -45,11 +48,32 @@ def handle(args: argparse.Namespace) -> int:
         with Stack(pipeline, open_collection(args.collection)) as stack:
             if args.warm:
                 stack.search(args.query, k=args.top, filter=query_filter)
-            print_search(stack.search(args.query, k=args.top, filter=query_filter), stack.pipeline)
+            show(args, stack.search(args.query, k=wanted(args), filter=query_filter), stack.pipeline)
         return Exit.OK
     dataset = load_dataset(args)
     pipeline.warm_up(environment(args, dataset))
     if args.warm:
         pipeline.search(args.query, k=args.top, filter=query_filter)
-    print_search(pipeline.search(args.query, k=args.top, filter=query_filter), pipeline)
+    show(args, pipeline.search(args.query, k=wanted(args), filter=query_filter), pipeline)
     return Exit.OK
+
+
+#: with --per-doc, hits fetched per document shown (chunks of one document often fill the top ranks)
+FETCH_PER_DOC = 10
+
+
+def wanted(args: argparse.Namespace) -> int:
+    """Hits to ask for: `--top`, or more when documents are folded to `--per-doc` chunks each."""
+    return args.top if args.per_doc == 0 else args.top * FETCH_PER_DOC
+
+
+def show(args: argparse.Namespace, result, pipeline) -> None:
+    from stagegraph.cli.search_view import print_json, print_search
+
+    if args.per_doc < 0:
+        raise InputError(f"--per-doc must be 0 (every chunk) or a positive number, got {args.per_doc}")
+    result = result.per_document(args.per_doc, top=args.top) if args.per_doc else result
+    if args.json:
+        print_json(result, explain=args.explain)
+    else:
+        print_search(result, pipeline)
