@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
-from tqdm.auto import tqdm
+from stagegraph.progress import progress_bar
 
 from stagegraph.atomic import atomic_dir
 from stagegraph.corpora.types import DataError
@@ -105,7 +105,7 @@ def _fetch(url: str, dest: Path, *, timeout: float, opener: Callable, progress: 
     try:
         with opener(url, timeout=timeout) as response, open(dest, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {name}", disable=not progress) as bar:
+            with progress_bar(total=total, unit="B", unit_scale=True, desc=f"downloading {name}", disable=not progress) as bar:
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
                     bar.update(len(chunk))

@@ -18,7 +18,7 @@ import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from stagegraph.progress import progress_bar
 
 from stagegraph.corpora.qrels import check_file, decode_line, read_qrels, resolve_qrels, shown, unreadable
 from stagegraph.corpora.types import Corpus, DataError, Dataset, Qrels, Queries
@@ -46,7 +46,7 @@ def iter_jsonl(path: PathLike, *, progress: bool = False, desc: str | None = Non
     except OSError as err:
         raise unreadable(path, err, what) from None
     show = progress and size >= PROGRESS_MIN_BYTES
-    with handle, tqdm(
+    with handle, progress_bar(
         total=size, unit="B", unit_scale=True, desc=desc or f"reading {path.name}", disable=not show, leave=False
     ) as bar:
         for line_no, raw in enumerate(handle, start=1):

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from tqdm.auto import tqdm
+from stagegraph.progress import progress_bar
 
 from stagegraph.indexes.devices import resolve_device
 from stagegraph.thread_counts import limited
@@ -298,7 +298,7 @@ class Encoder:
         order = sorted(range(n), key=lambda i: -len(texts[i]))  # long first: padding stays small
         out = np.empty((n, self.dim), dtype=np.float32)
         start = time.perf_counter()
-        with limited(threads or self.threads), tqdm(total=n, desc=desc, unit="doc", disable=not show or n <= batch) as bar:
+        with limited(threads or self.threads), progress_bar(total=n, desc=desc, unit="doc", disable=not show or n <= batch) as bar:
             for lo in range(0, n, batch):
                 rows = order[lo : lo + batch]
                 vectors = self._model.encode(

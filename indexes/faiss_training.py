@@ -15,7 +15,7 @@ import warnings
 
 import faiss
 import numpy as np
-from tqdm.auto import tqdm
+from stagegraph.progress import progress_bar
 
 MIN_POINTS_PER_LIST = 39  # FAISS k-means warns below this many training points per centroid
 ADD_CHUNK = 65_536
@@ -87,7 +87,7 @@ def train_and_add(index: faiss.Index, vectors: np.ndarray, built: str, train_sam
         size = min(n, max(1, train_sample))
         sample = vectors if size == n else vectors[np.sort(rng.choice(n, size, replace=False))]
         index.train(sample)
-    with tqdm(total=n, desc=f"Building {built}", unit="vec", disable=not progress or n <= ADD_CHUNK) as bar:
+    with progress_bar(total=n, desc=f"Building {built}", unit="vec", disable=not progress or n <= ADD_CHUNK) as bar:
         for lo in range(0, n, ADD_CHUNK):
             index.add(vectors[lo : lo + ADD_CHUNK])
             bar.update(min(ADD_CHUNK, n - lo))

@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, field_validator
-from tqdm.auto import tqdm
+from stagegraph.progress import progress_bar
 
 #: Lucene's `EnglishAnalyzer.ENGLISH_STOP_WORDS_SET` (also bm25s `STOPWORDS_EN`, Pyserini's default).
 ENGLISH_STOPWORDS: tuple[str, ...] = (
@@ -80,7 +80,7 @@ class TokenizedCorpus:
         vocab: dict[str, int] = {}
         chunks: list[np.ndarray] = []
         lengths: list[int] = []
-        for tokens in tqdm(docs, total=total, disable=not progress, desc="BM25 tokenize", unit="doc"):
+        for tokens in progress_bar(docs, total=total, disable=not progress, desc="BM25 tokenize", unit="doc"):
             ids = [vocab.setdefault(t, len(vocab)) for t in tokens]
             chunks.append(np.array(ids, dtype=np.int32))
             lengths.append(len(ids))

@@ -36,7 +36,7 @@ from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from tqdm.auto import tqdm
+from stagegraph.progress import progress_bar
 
 from stagegraph.corpora.filters import combine
 from stagegraph.corpora.types import Queries
@@ -241,7 +241,7 @@ def step_keys(steps: Sequence[Step], queries: Queries, env: Environment,
 
 def progress_over(items: Any, show: bool, **bar: Any) -> Any:
     """`items` behind a progress bar when `show`, else as they are (no bar object on a search's path)."""
-    return tqdm(items, **bar) if show else items
+    return progress_bar(items, **bar) if show else items
 
 
 def scoped(queries: Queries, filter: dict[str, Any] | None) -> Queries:

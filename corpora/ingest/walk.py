@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
-from tqdm.auto import tqdm
+from stagegraph.progress import Bar, progress_bar
 
 from stagegraph.corpora.ingest.documents import Document, Skipped
 from stagegraph.corpora.ingest.readers import RECORD_READERS, read_file
@@ -78,7 +78,7 @@ def _read_roots(
     roots: list[Path], fields: RecordFields, walker: _Walker, progress: bool, summary: IngestSummary
 ) -> Iterator[Document | Skipped]:
     first_source: dict[str, str] = {}
-    with tqdm(desc="reading files", unit="file", disable=not progress) as bar:
+    with progress_bar(desc="reading files", unit="file", disable=not progress) as bar:
         for root in roots:
             for found in walker.walk(root):
                 for item, source in _items_of(found, fields, summary, bar):
@@ -88,7 +88,7 @@ def _read_roots(
 
 
 def _items_of(
-    found: SourceFile | Skipped, fields: RecordFields, summary: IngestSummary, bar: tqdm
+    found: SourceFile | Skipped, fields: RecordFields, summary: IngestSummary, bar: Bar
 ) -> Iterator[tuple[Document | Skipped, str]]:
     """Each item of one file with the `source` a duplicate of it would be reported under."""
     if isinstance(found, Skipped):

@@ -7,7 +7,9 @@ retrievers' and the pool's. A metric that reads deeper than a stage can return (
 that keeps 10) shows "n/a": truncation is not loss. A cached stage shows "cached" instead of a
 latency: a cache hit is not a latency. With isolated timing a second table gives each stage's
 latency alone. Lines below give the end-to-end latency, warm-up queries, missing queries and what
-each branch added to a pool.
+each branch added to a pool, and the machine's CPU count and load at the start and the end of the
+run. When other work kept the machine busy (`MachineLoad.busy`) one warning line says so, quiet or
+not: those latencies are not comparable with figures measured on a quiet machine.
 """
 
 from __future__ import annotations
@@ -120,8 +122,21 @@ def alone_table(report: Report) -> Table | None:
     return table
 
 
+def busy_warning(report: Report) -> str | None:
+    """One line when the machine was busy with other work during the run (its 1-minute load at the start
+    and the end), else None: the latencies are not comparable with figures measured on a quiet machine."""
+    load = report.machine_load
+    if load is None or not load.busy:
+        return None
+    start, end = (f"{v:.2f}" if v is not None else "?" for v in (load.load_start, load.load_end))
+    # within 100 columns: the line is the report's, like the table above it
+    return f"Warning: busy machine (load {start} -> {end}, {load.cpus} CPUs): latencies not comparable with a quiet machine's."
+
+
 def notes(report: Report) -> list[str]:
     lines = []
+    if report.machine_load is not None:
+        lines.append(f"Machine: {report.machine_load.describe()}.")
     if report.mode == "online":
         lat = report.end_to_end.latency_ms
         lines.append(
@@ -164,19 +179,27 @@ def render_report(report: Report, width: int = WIDTH, color: bool = False) -> st
     for table in [*build_tables(report, width), alone_table(report)]:
         if table is not None:
             console.print(table)
+    _warn(report, console)
     for line in notes(report):
         console.print(line, highlight=False, markup=False)
     return buf.getvalue()
 
 
+def _warn(report: Report, console: Console) -> None:
+    warning = busy_warning(report)
+    if warning is not None:  # one line in a log, however narrow the terminal
+        console.print(warning, highlight=False, markup=False, soft_wrap=True, style="bold yellow")
+
+
 def print_report(report: Report, quiet: bool = False, console: Console | None = None) -> None:
-    """Print the table (and, unless `quiet`, the notes below it) to the terminal."""
+    """Print the table, the busy-machine warning when there is one and, unless `quiet`, the notes below."""
     if console is None:
         probe = Console()
         console = Console(width=min(WIDTH, probe.width) if probe.is_terminal else WIDTH)
     for table in [*build_tables(report, console.width), alone_table(report)]:
         if table is not None:
             console.print(table)
+    _warn(report, console)
     if not quiet:
         for line in notes(report):
             console.print(line, highlight=False, markup=False)

@@ -22,6 +22,7 @@ from stagegraph.errors import InputError
 from stagegraph.pipeline.cache import StageCache
 from stagegraph.pipeline.compose import Pipeline, as_pipeline
 from stagegraph.pipeline.executor import ExecutorConfig, Mode, RunResult, Timing
+from stagegraph.evaluation.conditions import LoadProbe, MachineLoad
 from stagegraph.evaluation.report import (
     BranchContribution,
     EndToEnd,
@@ -77,10 +78,12 @@ def evaluate(
             "Environment(corpus=dataset.corpus, ...) so indexes match the documents scored"
         )
     parsed = _metrics_for(graph, metrics)
+    probe = LoadProbe()
     result = _run(graph, queries, env, mode, cache, warmup, timing, progress, executor)
     if aggregate is None and dataset.corpus.doc_ids is not None:
         aggregate = "maxp"
-    return build_report(graph, dataset, split, queries, qrels, result, parsed, timing=timing, aggregate=aggregate)
+    return build_report(graph, dataset, split, queries, qrels, result, parsed, timing=timing, aggregate=aggregate,
+                        load=probe.finish())
 
 
 def _run(graph: Pipeline, queries: Queries, env: Environment, mode, cache, warmup, timing, progress, executor) -> RunResult:
@@ -128,8 +131,10 @@ def build_report(
     metrics: Sequence[Metric],
     timing: str = "concurrent",
     aggregate: Aggregation | None = None,
+    load: MachineLoad | None = None,
 ) -> Report:
-    """Score every stage of `result` and gather the figures into a `Report`."""
+    """Score every stage of `result` and gather the figures into a `Report` (`load`: how busy the
+    machine was while `result` ran, from a `LoadProbe` started before it)."""
     names = [str(m) for m in metrics]
     stages: dict[str, StageReport] = {}
     per_query = PerQuery(qids=qrels.query_ids, latency_qids=list(queries.ids))
@@ -198,6 +203,7 @@ def build_report(
         stages=stages,
         versions=library_versions(),
         machine=machine_info(),
+        machine_load=load,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         per_query=per_query,
     )

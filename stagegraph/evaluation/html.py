@@ -1,7 +1,8 @@
 """`report.html`: one self-contained page per evaluation (inline CSS and SVG; no script, font or
 image is fetched from anywhere, so it opens offline and can be mailed as one file).
 
-Sections: the summary (dataset, split, mode, queries, warm-up, machine), the per-stage table
+Sections: the summary (dataset, split, mode, queries, warm-up, machine, its CPU count and load at
+the start and end of the run, and a warning when other work kept it busy), the per-stage table
 (metrics next to P50/P95/P99), the recall funnel (recall@k bars per stage), the latency
 distribution of every stage (all queries as dots on a shared log axis, plus a histogram per stage),
 what each branch alone added to a pool, and the pipeline config.
@@ -23,6 +24,7 @@ h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin:28px 0 8px;border-bot
 th:first-child,td:first-child{text-align:left;white-space:nowrap} th{background:#f6f6f6;font-weight:600} td.best{font-weight:700}
 .muted{color:#888} .grid{display:flex;flex-wrap:wrap;gap:12px} .card{border:1px solid #eee;border-radius:6px;padding:6px}
 pre{background:#f6f6f6;padding:10px;border-radius:6px;overflow:auto;font-size:12px} .note{color:#555;font-size:13px}
+.warn{background:#fff4e0;border-left:4px solid #e69500;padding:6px 10px;margin:8px 0}
 """
 
 
@@ -34,7 +36,14 @@ def _label(metric: str) -> str:
 
 
 def _ms(v: float | None) -> str:
-    return "–" if v is None else (f"{v:.3f}" if v < 1 else f"{v:.1f}")
+    return "–" if v is None else (f"{v:.3f}" if v < 1 else f"{v:.1f}" if v < 1000 else f"{v:,.0f}")
+
+
+def _stage_label(name: str, type_name: str) -> str:
+    """The stage's name, and its type beside it only where the two differ (`bm25`, not `bm25 bm25`)."""
+    if type_name == name:
+        return escape(name)
+    return f"{escape(name)} <span class='muted'>{escape(type_name)}</span>"
 
 
 def _summary(r: Report) -> str:
@@ -46,8 +55,20 @@ def _summary(r: Report) -> str:
         f"{r.warmup_queries} warm-up queries left out · {r.cache_hits} stage(s) from cache · "
         f"{r.missing_queries} judged queries missing from the output · {r.corpus_docs:,} documents "
         f"(fingerprint {escape(r.dataset_fingerprint[:12])})<br>{cpu} · {escape(str(m.get('platform', '')))} · "
-        f"{escape(r.created)}</p>"
+        f"{escape(r.created)}{_load(r)}</p>{_busy(r)}"
     )
+
+
+def _load(r: Report) -> str:
+    return "" if r.machine_load is None else f"<br>{escape(r.machine_load.describe())}"
+
+
+def _busy(r: Report) -> str:
+    if r.machine_load is None or not r.machine_load.busy:
+        return ""
+    return (f"<p class='warn'><b>Busy machine</b>: other work kept its load above {r.machine_load.busy_above:g} "
+            f"({escape(r.machine_load.describe())}). These latencies are not comparable with figures measured on a "
+            "quiet machine.</p>")
 
 
 def _table(r: Report) -> str:
@@ -61,7 +82,7 @@ def _table(r: Report) -> str:
             for m in r.metrics}
     rows = []
     for name, s in r.stages.items():
-        cells = [f"<td>{escape(name)} <span class='muted'>{escape(s.type)}</span></td>"]
+        cells = [f"<td>{_stage_label(name, s.type)}</td>"]
         for m in r.metrics:
             v = s.metrics.get(m)
             if m in s.not_applicable:

@@ -4,7 +4,10 @@
 
 * top level: `dataset`, `split`, `mode`, `config` (the pipeline as `Pipeline.to_config()` gives it),
   `output` (the graph's last stage), `metrics` (their names), `dataset_fingerprint`, `queries`,
-  `missing_queries`, `warmup_queries`, `cache_hits`, `end_to_end`, `versions`, `machine`, `created`;
+  `missing_queries`, `warmup_queries`, `cache_hits`, `end_to_end`, `versions`, `machine`, `created`,
+  and `machine_load` (`cpus`, the 1-minute load average `load_start`/`load_end`, this run's own estimated
+  share `own_start`/`own_end`, `busy_above`, `busy`: `stagegraph.evaluation.conditions`; null in
+  reports written before it was recorded);
 * `stages.<name>`: `metrics` (metric string -> mean over the judged queries; `null` for a metric
   listed in `not_applicable`: a stage that returns 10 documents has no recall@100), `latency_ms`
   (`n`, `p50`, `p95`, `p99`, `mean`, `max`; online mode, null on a cache hit), `throughput_qps`,
@@ -38,6 +41,7 @@ from typing import Any
 from pydantic import BaseModel, Field, PrivateAttr, model_validator
 
 from stagegraph.errors import InputError
+from stagegraph.evaluation.conditions import MachineLoad
 from stagegraph.hashing import library_versions as versions
 from stagegraph.pipeline.timing import LatencySummary
 from stagegraph.pipeline.executor import WorkerShare
@@ -127,6 +131,8 @@ class Report(BaseModel):
     stages: dict[str, StageReport]
     versions: dict[str, str] = Field(default_factory=dict)
     machine: dict[str, Any] = Field(default_factory=dict)
+    #: how busy the machine was when the run began and ended; None in older reports
+    machine_load: MachineLoad | None = None
     created: str = ""
     per_query: PerQuery = Field(default_factory=PerQuery)
 

@@ -39,6 +39,34 @@ def _text(x: float, y: float, s: str, anchor: str = "start", extra: str = "") ->
     return f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}" {extra}>{escape(s)}</text>'
 
 
+def human_ms(v: float) -> str:
+    """A latency in milliseconds as people write it: 1,020 ms, 185 ms, 14.5 ms, 2.41 ms, 0.241 ms."""
+    a = abs(v)
+    digits = 0 if a >= 100 else 1 if a >= 10 else 2 if a >= 1 else 3
+    return f"{v:,.{digits}f} ms"
+
+
+def _label_width(s: str, font_px: float = 10) -> float:
+    """A generous estimate of a label's width in pixels (no font metrics at hand: 0.62 em a character)."""
+    return len(s) * font_px * 0.62
+
+
+def spaced_labels(ticks: Sequence[tuple[float, str]], font_px: float = 10, gap: float = 6) -> list[tuple[float, str]]:
+    """Of the (x, label) pairs of centred tick labels, given in order of priority, those that fit without
+    overlapping one kept before them, left to right (a label left out keeps its grid line)."""
+    kept: list[tuple[float, str]] = []
+    for x, label in ticks:
+        half = _label_width(label, font_px) / 2
+        if all(abs(x - kx) >= half + _label_width(k, font_px) / 2 + gap for kx, k in kept):
+            kept.append((x, label))
+    return sorted(kept)
+
+
+def _tick(t: float) -> str:
+    """A linear axis's tick: 2,500 rather than 2500, 0.25 as it is."""
+    return f"{int(t):,}" if float(t).is_integer() and abs(t) < 1e15 else f"{t:g}"
+
+
 def _fmt_ms(v: float) -> str:
     if v >= 1000:
         return f"{v / 1000:g} s"
@@ -122,10 +150,13 @@ def latency_strips(rows: Sequence[str], samples: Sequence[Sequence[float]], titl
 
     body = [_text(8, 18, title, extra='font-weight="600" font-size="14"')]
     axis_y = top + len(rows) * row_h
-    for t in log_ticks(lo, hi):
-        x = x_of(t)
-        body.append(f'<line x1="{x:.1f}" y1="{top - 4}" x2="{x:.1f}" y2="{axis_y}" stroke="#eee"/>')
-        body.append(_text(x, axis_y + 14, _fmt_ms(t), "middle", 'font-size="10" fill="#555"'))
+    ticks = log_ticks(lo, hi)
+    for t in ticks:
+        body.append(f'<line x1="{x_of(t):.1f}" y1="{top - 4}" x2="{x_of(t):.1f}" y2="{axis_y}" stroke="#eee"/>')
+    # powers of ten first, so a crowded axis keeps 1, 10, 100 and drops the 2s and 5s
+    by_priority = sorted(ticks, key=lambda t: not math.log10(t).is_integer())
+    for x, label in spaced_labels([(x_of(t), _fmt_ms(t)) for t in by_priority]):
+        body.append(_text(x, axis_y + 14, label, "middle", 'font-size="10" fill="#555"'))
     body.append(_text(left + plot_w / 2, axis_y + 28, "per-query latency (log scale)", "middle", 'fill="#555"'))
     rng = np.random.default_rng(0)
     for i, (row, values) in enumerate(zip(rows, kept)):
@@ -160,7 +191,7 @@ def histogram(values: Sequence[float], title: str, bins: int = 24, width: int = 
     lo, cap = float(v.min()), float(np.percentile(v, 99))
     hi = cap if cap > lo else lo + 1e-3
     beyond = int(np.count_nonzero(v > hi))
-    label = title + (f"  (+{beyond} above {hi:.3g} ms, max {v.max():.3g})" if beyond else "")
+    label = title + (f"  (+{beyond} above {human_ms(hi)}, max {human_ms(float(v.max()))})" if beyond else "")
     body = [_text(4, 16, label, extra='font-weight="600"')]
     counts, edges = np.histogram(v[v <= hi], bins=bins, range=(lo, hi))
     peak = max(int(counts.max()), 1)
@@ -171,8 +202,10 @@ def histogram(values: Sequence[float], title: str, bins: int = 24, width: int = 
         body.append(f'<rect x="{x:.1f}" y="{top + plot_h - h:.1f}" width="{max(bw - 1, 1):.1f}" height="{h:.1f}" fill="{color}"/>')
     base = top + plot_h
     body.append(f'<line x1="{left}" y1="{base}" x2="{left + plot_w}" y2="{base}" stroke="#999"/>')
-    body.append(_text(left, base + 14, f"{edges[0]:.3g}", "start", 'font-size="10"'))
-    body.append(_text(left + plot_w, base + 14, f"{edges[-1]:.3g} ms", "end", 'font-size="10"'))
+    low, high = human_ms(float(edges[0])), human_ms(float(edges[-1]))
+    if _label_width(low) + _label_width(high) + 6 <= plot_w:
+        body.append(_text(left, base + 14, low, "start", 'font-size="10"'))
+    body.append(_text(left + plot_w, base + 14, high, "end", 'font-size="10"'))
     body.append(_text(left - 4, top + 8, str(peak), "end", 'font-size="10"'))
     body.append(_text(left - 4, base, "0", "end", 'font-size="10"'))
     return _svg(width, height, body, title)
@@ -207,10 +240,11 @@ def xy_plot(
     body = [_text(8, 18, title, extra='font-weight="600" font-size="14"')]
     for t in y_ticks:
         body.append(f'<line x1="{left}" y1="{py(t):.1f}" x2="{left + pw}" y2="{py(t):.1f}" stroke="#eee"/>')
-        body.append(_text(left - 6, py(t) + 4, f"{t:g}", "end", 'font-size="10"'))
+        body.append(_text(left - 6, py(t) + 4, _tick(t), "end", 'font-size="10"'))
     for t in x_ticks:
         body.append(f'<line x1="{px(t):.1f}" y1="{top}" x2="{px(t):.1f}" y2="{top + ph}" stroke="#f3f3f3"/>')
-        body.append(_text(px(t), top + ph + 16, f"{t:g}", "middle", 'font-size="10"'))
+    for x, label in spaced_labels([(px(t), _tick(t)) for t in x_ticks]):
+        body.append(_text(x, top + ph + 16, label, "middle", 'font-size="10"'))
     body.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>')
     body.append(_text(left + pw / 2, height - 10, x_label, "middle"))
     body.append(_text(14, top + ph / 2, y_label, "middle", f'transform="rotate(-90 14 {top + ph / 2:.1f})"'))

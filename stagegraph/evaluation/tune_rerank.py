@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
+from stagegraph.progress import progress_bar
 
 from stagegraph.corpora.types import Dataset, Qrels, Queries
 from stagegraph.errors import InputError
@@ -453,7 +453,7 @@ def tune_rerank(
         for i in range(min(s.warmup, len(queries))):
             if i not in records[x.name]:
                 x.stage.score_rows(queries.texts[i], pools[i].doc_rows)
-    bar = tqdm(total=len(queries), desc="tune-rerank (online)", unit="q", disable=not progress)
+    bar = progress_bar(total=len(queries), desc="tune-rerank (online)", unit="q", disable=not progress)
     for i in range(len(queries)):
         if i and s.time_limit_s is not None and time.perf_counter() - started > s.time_limit_s:
             stopped = True  # checked between queries: the query under way when it passed completes

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
+from stagegraph.progress import progress_bar
 
 from stagegraph.scale.cluster import RayCluster, worker_failure
 
@@ -97,7 +97,7 @@ def ray_encoder(cluster: RayCluster, workers: int | None = None, *, progress: bo
         )
         out = np.empty((n, encoder.dim), dtype=np.float32)
         seen = 0
-        with warnings.catch_warnings(), tqdm(total=n, desc=f"Encoding {n} texts (ray, {actors} workers)", unit="doc",
+        with warnings.catch_warnings(), progress_bar(total=n, desc=f"Encoding {n} texts (ray, {actors} workers)", unit="doc",
                                              disable=not progress) as bar:
             warnings.simplefilter("ignore", DeprecationWarning)  # Ray Data's own, about its own settings
             try:

@@ -31,7 +31,7 @@ import time
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
+from stagegraph.progress import progress_bar
 
 from stagegraph.corpora.types import Queries
 from stagegraph.errors import InputError
@@ -138,7 +138,7 @@ class RayExecutor:
         done: dict[int, tuple[int, dict[str, Any]]] = {}
         pending = list(refs)
         try:
-            with tqdm(total=len(queries), desc=f"Queries (ray, {len(actors)} workers)", unit="query", disable=not show) as bar:
+            with progress_bar(total=len(queries), desc=f"Queries (ray, {len(actors)} workers)", unit="query", disable=not show) as bar:
                 while pending:
                     ready, pending = ray.wait(pending, num_returns=1)
                     for ref in ready:

@@ -42,7 +42,7 @@ from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
-from tqdm.auto import tqdm
+from stagegraph.progress import progress_bar
 
 from stagegraph.corpora.types import Corpus, Qrels, Queries
 from stagegraph.pipeline.ranking import Ranking
@@ -305,7 +305,7 @@ def train_cross_encoder(
     started = time.perf_counter()
     group_size = 1 + cfg.negatives
     model.train()
-    with limited(cfg.threads), tqdm(total=total, desc="fine-tuning", unit="step", disable=not progress) as bar:
+    with limited(cfg.threads), progress_bar(total=total, desc="fine-tuning", unit="step", disable=not progress) as bar:
         for epoch, groups in enumerate(epochs):
             losses = []
             for lo in range(0, len(groups), cfg.batch_groups):

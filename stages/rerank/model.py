@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
+from stagegraph.progress import progress_bar
 
 from stagegraph.errors import StageError
 
@@ -277,7 +277,7 @@ def score_batched(scorer: Any, queries: Sequence[str], docs: Sequence[str], prog
     encoded = tokenize_pairs(tokenizer, queries, docs, scorer.max_length)
     pad_id = tokenizer.pad_token_id or 0
     show = progress and len(queries) >= 256
-    with tqdm(total=len(queries), desc="reranking pairs", unit="pair", disable=not show) as bar:
+    with progress_bar(total=len(queries), desc="reranking pairs", unit="pair", disable=not show) as bar:
         for positions, arrays in pad_batches(encoded, scorer.batch_size, pad_id, tokenizer.padding_side):
             out[positions] = scorer.logits(arrays)
             bar.update(len(positions))
