@@ -75,7 +75,7 @@ def test_search_prints_each_stage(beir_dir, config, tmp_path, capsys):
     assert code == EXIT_OK
     out = capsys.readouterr().out
     assert "question 1" in out and "end to end" in out
-    header = next(line for line in out.splitlines() if "title / text" in line)
+    header = next(line for line in out.splitlines() if "where / snippet" in line)
     assert [cell.strip() for cell in header.split("┃")][-5:-1] == ["a", "b", "pool", "rr"]  # one column per stage
     assert "time: a " in out and " · rr " in out
     assert "found by: a " in out and ", b " in out

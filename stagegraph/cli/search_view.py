@@ -35,7 +35,8 @@ def print_search(result: SearchResult, pipeline: Pipeline, console: Console | No
         return
     table = Table(show_lines=False)
     table.add_column("#", justify="right")
-    table.add_column("doc", overflow="fold")
+    longest = max(len(h.id) for h in result.hits)
+    table.add_column("doc", overflow="fold", min_width=min(longest, 40))  # an id folds past 40 characters, never cut
     table.add_column("where / snippet", ratio=1)
     rerankers = {s.name for s in pipeline.steps if getattr(s.stage, "type_name", "") == "cross_encoder"}
     for name in pipeline.names:
