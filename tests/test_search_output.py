@@ -71,3 +71,27 @@ def test_json_for_programs_and_explain_adds_the_stages(root, capsys):
     explained = json.loads(capsys.readouterr().out)
     assert explained["hits"][0]["stages"]["bm25"]["rank"] == 1 and "bm25" in explained["timings_ms"]
     assert main(["search", "bm25", "quokka", "--collection", str(root), "--per-doc", "-1", "-q"]) == 2
+
+
+def test_http_per_doc_folds_chunks_of_one_document_as_python_does(root):
+    from fastapi.testclient import TestClient
+
+    from stagegraph.serve.app import create_app
+    from stagegraph.serve.service import Service
+    from stagegraph.serve.settings import ServeSettings
+
+    service = Service.open(BM25, root, ServeSettings(), pin_threads=False)
+    try:
+        with TestClient(create_app(service)) as client:
+            every = client.post("/v1/search", json={"query": "quokka GPU memory", "k": 5}).json()["hits"]
+            assert len({h["doc_id"] for h in every}) < len(every)  # chunks of the long document repeat
+            one = client.post("/v1/search", json={"query": "quokka GPU memory", "k": 5, "per_doc": 1}).json()["hits"]
+            expected = service.stack.search("quokka GPU memory", k=50).per_document(1).hits[:5]
+            assert [(h["id"], h["rank"]) for h in one] == [(h.id, h.rank) for h in expected]
+            assert len({h["doc_id"] for h in one}) == len(one) == 2
+            batch = client.post("/v1/search/batch", json={"queries": ["quokka"], "k": 5, "per_doc": 2}).json()
+            ids = [h["doc_id"] for h in batch["results"][0]["hits"]]
+            assert max(ids.count(d) for d in ids) == 2
+            assert client.post("/v1/search", json={"query": "quokka", "per_doc": 0}).status_code == 422
+    finally:
+        service.close()

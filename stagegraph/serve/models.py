@@ -44,6 +44,8 @@ class SearchRequest(BaseModel):
     explain: bool = Field(False, description="add each stage's rank and score to every hit")
     allow_partial: bool = Field(False, description="a sharded collection on Ray: answer from the shards that can be "
                                 "reached when one cannot (listed in `partial`) instead of failing with 503")
+    per_doc: int | None = Field(None, ge=1, description="at most this many chunks of each document among the k hits "
+                                "(default: every chunk; 1: one hit per document, its best chunk)")
 
 
 class SearchBatchRequest(BaseModel):
@@ -54,6 +56,7 @@ class SearchBatchRequest(BaseModel):
     filter: dict[str, Any] | None = None
     explain: bool = False
     allow_partial: bool = False
+    per_doc: int | None = Field(None, ge=1)
 
 
 class HitOut(Hit):

@@ -265,7 +265,8 @@ class Service:
     def search(self, job: Job, body: SearchRequest) -> Done:
         queue_ms = job.queue_s * 1000.0
         with _partial(body.allow_partial) as report:
-            result = self.stack.search(body.query, k=body.k, filter=body.filter)
+            result = self.stack.search(body.query, k=_fetch(body), filter=body.filter)
+        result = _folded(result, body)
         self._observe(result.timings_ms)
         response = _response(result, body.explain, queue_ms, report.missing)
         return Done(response.model_dump_json(exclude_none=True).encode(),
@@ -274,7 +275,7 @@ class Service:
     def search_batch(self, job: Job, body: SearchBatchRequest) -> Done:
         queue_ms = job.queue_s * 1000.0
         with _partial(body.allow_partial) as report:
-            results = self.stack.search_batch(body.queries, k=body.k, filter=body.filter)
+            results = [_folded(r, body) for r in self.stack.search_batch(body.queries, k=_fetch(body), filter=body.filter)]
         n = len(results)
         stage_ms = {name: ms * n for name, ms in (results[0].timings_ms.items() if results else ())}
         response = SearchBatchResponse(
@@ -451,6 +452,22 @@ def _known_id(doc_id: str) -> str:
         return normalize_id(doc_id)
     except DocumentError:
         return doc_id
+
+
+#: with per_doc, hits fetched per hit returned (chunks of one document often fill the top ranks)
+FETCH_PER_DOC = 10
+
+
+def _fetch(body: Any) -> int:
+    return body.k if body.per_doc is None else body.k * FETCH_PER_DOC
+
+
+def _folded(result: Any, body: Any) -> Any:
+    """`per_doc` chunks of each document at most, `k` hits at most (`SearchResult.per_document`)."""
+    if body.per_doc is None:
+        return result
+    folded = result.per_document(body.per_doc)
+    return folded.model_copy(update={"hits": folded.hits[: body.k]})
 
 
 @contextlib.contextmanager
