@@ -295,8 +295,9 @@ def open_stack(config: Any = None, *, collection: str | Path, progress: bool = F
     store = open_collection(collection, progress=progress)
     try:
         pipeline = _pipeline_of(config, store)
-        chosen = with_reranker(pipeline.to_config(), reranker)
-        if chosen != pipeline.to_config():
+        own = pipeline.to_config()
+        chosen = with_reranker(own, reranker)
+        if chosen != own:
             pipeline = Pipeline.from_config(chosen)
         return Stack(pipeline, store, watch=watch)
     except BaseException:

@@ -46,7 +46,8 @@ from typing import Any
 import numpy as np
 
 from stagegraph.collection.generation import read_current
-from stagegraph.collection.sharded import ShardedCollection, ShardedLayout, read_sharded_manifest
+from stagegraph.collection.sharded import ShardedCollection
+from stagegraph.collection.sharded_layout import ShardedLayout, read_sharded_manifest
 from stagegraph.corpora.segmented import merge_top
 from stagegraph.corpora.types import Queries
 from stagegraph.errors import InputError
@@ -461,14 +462,15 @@ class RemoteLeg:
 
     def run(self, queries: Queries, inputs: Sequence[Sequence[Ranking]] = ()) -> list[Ranking]:
         ids, texts = list(queries.ids), list(queries.texts)
-        live = [i for i, t in enumerate(texts) if self._searchable(i, ids[i], t)]
+        terms = [self._analyzer.analyze(t) for t in texts] if self._analyzer is not None else None  # once per query
+        live = [i for i, t in enumerate(texts) if self._searchable(ids[i], t, None if terms is None else terms[i])]
         out = [Ranking.empty() for _ in texts]
         if not live:
             return out
         sub = queries.select(live)
         given = vectors = None
-        if self.kind == "bm25":
-            given = self._given([texts[i] for i in live])
+        if terms is not None:
+            given = self._given([terms[i] for i in live])
         else:
             vectors = [self.encoder.encode_query(texts[i]) for i in live]
         answers = self.search.scatter("search", self.number, self.step.name, list(sub.ids), list(sub.texts),
@@ -480,17 +482,16 @@ class RemoteLeg:
             out[i] = Ranking(*merge_top(found, self.k))
         return out
 
-    def _searchable(self, position: int, qid: str, text: str) -> bool:
-        empty = not (text and text.strip()) or (self._analyzer is not None and not self._analyzer.analyze(text))
+    def _searchable(self, qid: str, text: str, terms: list[str] | None) -> bool:
+        empty = not (text and text.strip()) or (terms is not None and not terms)
         if empty:
             warnings.warn(f"query {qid!r} ({text[:60]!r}) is empty or has only stopwords for stage {self.step.name!r}; "
                           "returning an empty ranking.", EmptyQueryWarning, stacklevel=3)
         return not empty
 
-    def _given(self, texts: list[str]) -> list[tuple[int, int, dict[str, int]]]:
-        """(N, length total, df of its terms) of each query over the whole collection."""
-        assert self._analyzer is not None and self.totals is not None
-        terms = [self._analyzer.analyze(t) for t in texts]
+    def _given(self, terms: list[list[str]]) -> list[tuple[int, int, dict[str, int]]]:
+        """(N, length total, df of its terms) of each query (its analysed `terms`) over the whole collection."""
+        assert self.totals is not None
         with self._df_lock:
             unknown = sorted({t for ts in terms for t in ts if t not in self._df})
         if unknown:
