@@ -6,7 +6,8 @@
 * `layout`     - the directory's files and the records that describe them;
 * `ingest`     - files and folders into a collection (`stagegraph ingest`);
 * `stack`      - `stagegraph.open(CONFIG, collection=DIR)`: a pipeline over a collection;
-* `sharded`    - N shard collections under one manifest, published together (`--shards N`).
+* `sharded`    - N shard collections under one manifest, published together (`--shards N`);
+  `sharded_layout` its directory, routing rule and records.
 """
 
 from stagegraph.collection.collection import Collection, repair

@@ -1,13 +1,6 @@
 """Sharded collections: N shard collections under one manifest, written and published together.
 
-```
-ROOT/
-  sharded.json                ShardedSettings: the shard count, the routing rule, the collection settings
-  CURRENT                     the published sharded generation: one atomic, fsync'ed rename
-  generations/00000007.json   ShardedManifest: which generation of each shard the sharded generation is
-  shards/000/ ...             shard 0, a collection of its own (`stagegraph.collection.layout`)
-  writer.lock                 one writer at a time, taken before any shard's own lock
-```
+The directory, the routing rule and the records: `stagegraph.collection.sharded_layout`.
 
 **Routing.** A document lives in shard `shard_of(id, N)`: the first 8 bytes of the SHA-256 of its
 (NFC) id, big-endian, modulo N. Documents never move between shards; changing N is an offline
@@ -33,7 +26,6 @@ shard is searched by its own actors (`stagegraph.scale.shards`) with the same re
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -43,7 +35,7 @@ from typing import Any
 
 import numpy as np
 from filelock import FileLock, Timeout
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from stagegraph import atomic
 from stagegraph.collection.collection import Collection
@@ -56,9 +48,20 @@ from stagegraph.collection.layout import (
     DocumentEntry,
     GenerationManifest,
     Layout,
-    now,
 )
 from stagegraph.collection.merges import MergePolicy
+from stagegraph.collection.sharded_layout import (
+    KEEP_MANIFESTS,
+    MAX_SHARDS,
+    SHARDED_FILE,
+    ShardedLayout,
+    ShardedManifest,
+    ShardedSettings,
+    is_sharded,
+    read_sharded_manifest,
+    roll_forward,
+    shard_of,
+)
 from stagegraph.collection.sources import UNKNOWN, Source, named_source
 from stagegraph.collection.writer import DEFAULT_LOCK_TIMEOUT_S, Writer, as_document
 from stagegraph.corpora.ingest import Chunk, ChunkerConfig, Document, RecordFields
@@ -66,85 +69,6 @@ from stagegraph.corpora.segmented import SegmentedCorpus
 from stagegraph.corpora.validate import MetadataLimits
 from stagegraph.hashing import hash_strings
 from stagegraph.pipeline.stage import Environment
-
-SHARDED_FILE = "sharded.json"
-ROUTING = "sha256(id)[:8] mod shards"
-MAX_SHARDS = 256
-#: sharded manifests kept besides the current one (a reader needs one only while it opens)
-KEEP_MANIFESTS = 8
-
-
-def shard_of(doc_id: str, shards: int) -> int:
-    """The shard a document id lives in (see the module docstring); ids are NFC already."""
-    digest = hashlib.sha256(doc_id.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") % shards
-
-
-def is_sharded(root: str | Path) -> bool:
-    return (Path(root) / SHARDED_FILE).is_file()
-
-
-class ShardedSettings(BaseModel):
-    """How a sharded collection is laid out; fixed at creation (another shard count is a reshard)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    format_version: int = 1
-    shards: int = Field(ge=1, le=MAX_SHARDS)
-    routing: str = ROUTING
-    collection: CollectionSettings
-
-
-class ShardedManifest(BaseModel):
-    """One sharded generation: the generation of each shard it is made of."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    generation: int
-    created: str = Field(default_factory=now)
-    shards: list[int]
-
-
-class ShardedLayout:
-    """The paths of a sharded collection directory."""
-
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
-
-    @property
-    def settings(self) -> Path:
-        return self.root / SHARDED_FILE
-
-    @property
-    def current(self) -> Path:
-        return self.root / "CURRENT"
-
-    @property
-    def generations(self) -> Path:
-        return self.root / "generations"
-
-    def generation(self, number: int) -> Path:
-        return self.generations / f"{number:08d}.json"
-
-    def shard(self, index: int) -> Path:
-        return self.root / "shards" / f"{index:03d}"
-
-    @property
-    def lock(self) -> Path:
-        return self.root / "writer.lock"
-
-    def exists(self) -> bool:
-        return self.settings.is_file()
-
-
-def read_sharded_manifest(layout: ShardedLayout, number: int) -> ShardedManifest:
-    path = layout.generation(number)
-    try:
-        return ShardedManifest.model_validate_json(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, ValidationError) as exc:
-        raise CollectionDamaged(f"{path} cannot be read ({type(exc).__name__}); run `stagegraph collection repair "
-                                f"{layout.root}`") from None
-
 
 def open_collection(root: str | Path, *, progress: bool = False, merge_policy: MergePolicy | None = None
                     ) -> Collection | ShardedCollection:
@@ -569,15 +493,6 @@ class ShardedWriter:
         shards = [Generation.load(w.layout, n, vector_model=model) if n else Generation.empty(model)
                   for w, n in zip(self.writers, manifest.shards)]
         return ShardedGeneration(manifest, shards, len(self.writers))
-
-
-def roll_forward(layout: ShardedLayout, manifest: ShardedManifest) -> None:
-    """Point each shard's own `CURRENT` at the generation the sharded manifest names (after a crash
-    between the sharded publish and this, they lag). Call with the sharded writer lock held."""
-    for index, number in enumerate(manifest.shards):
-        shard = Layout(layout.shard(index))
-        if number and read_current(shard) != number:
-            publish(shard, number)
 
 
 def repair_sharded(root: str | Path, *, timeout: float = DEFAULT_LOCK_TIMEOUT_S) -> int:
