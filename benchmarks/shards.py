@@ -37,7 +37,7 @@ shard count through `ShardedSearch(replicas=1)` behind a `Stack` bound by `searc
   0.25 s without an answer), latency meanwhile, and seconds until `search.health()` shows every replica live
   again (at most 30 s), with the replica's process id before and after.
 
-Last, the cost model's inputs (README): latency(k machines) ~ coordinator + max over shards of shard
+Last, the cost model's inputs (docs/scaling.md): latency(k machines) ~ coordinator + max over shards of shard
 time(N/k documents) + round trip; throughput ~ min(k * R / shard time, 1 / coordinator time).
 On 2 cores every actor and the coordinator share the same cores: this shows the overhead, not a speed-up.
 """

@@ -1,4 +1,4 @@
-"""What the benchmark scripts share: a result table printed as Markdown, ready for the README."""
+"""What the benchmark scripts share: a result table printed as Markdown, ready for the README or a docs page."""
 
 from __future__ import annotations
 

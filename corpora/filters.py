@@ -24,7 +24,7 @@ goes with the corpus (a new generation has a new index).
 
 No filter gives anything but a mask or a `FilterError` naming the field the caller used (and
 nothing of fields the caller did not name): a filter is first checked against `FilterLimits`
-(nesting depth, number of keys and list elements, length of strings; defaults in the README,
+(nesting depth, number of keys and list elements, length of strings; defaults in docs/collections.md,
 "Filters"), its numbers against the range the index compares exactly (integers within +-(2**53 - 1),
 finite floats). `parse_cli(["ext=md", "year>=2024", "tags in gpu,cuda"])` reads the command line's
 short form (`ext==md` is `ext=md`; any other run of `= < > !` is refused); JSON is accepted there too.

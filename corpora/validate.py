@@ -30,7 +30,7 @@ request is written). The rules, and why:
   - a collection holds at most `max_collection_fields` distinct top-level fields (`FieldBudget`; checked
     by ingest and by the server against the current generation).
 
-`MetadataLimits` holds the limits with their defaults (the table in the README, "Your own documents");
+`MetadataLimits` holds the limits with their defaults (the table in docs/collections.md);
 `MetadataLimits.ceiling()` is the most any may be raised to, which `as_document` applies to a
 `Document` built elsewhere (ingest built it and checked it with its own limits).
 """

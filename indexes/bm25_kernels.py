@@ -14,7 +14,7 @@ non-zero exactly when its document has been touched.
 
 numba is optional: `HAVE_NUMBA` says whether the compiled version is available; without it
 `stagegraph.indexes.bm25_scoring.SparseSearcher` uses an equivalent vectorised numpy path (slower on long
-posting lists: README, "Where the defaults come from"). The plain Python function stays importable so tests can run it uncompiled.
+posting lists: docs/benchmarks.md, "Where the defaults come from"). The plain Python function stays importable so tests can run it uncompiled.
 
 `allowed` (a uint8 array over the documents, empty for no filter) keeps disallowed documents out of
 the heap, so a filter costs nothing extra and the top k is the best k among allowed documents.

@@ -10,7 +10,7 @@
 * Search parameters (`ef_search` for HNSW, `nprobe` for IVF) are per call, handed to FAISS as
   `SearchParameters` objects, never written into the shared index, so concurrent searches with
   different settings cannot see each other's: defaults chosen on real embeddings are efSearch
-  max(256, 2k) (128 lost recall@100 on CACM) and nprobe from `default_nprobe` (README, "Where the
+  max(256, 2k) (128 lost recall@100 on CACM) and nprobe from `default_nprobe` (docs/benchmarks.md, "Where the
   defaults come from"). Thread counts
   are not this module's business: the executor's policy (`stagegraph.pipeline.threads`) sets them;
   `threads=` here is for benchmarks that call the index directly.
@@ -69,7 +69,7 @@ def default_nprobe(nlist: int, ntotal: int = 0, k: int = 100) -> int:
 
     At least 16 lists, an eighth of them, and enough lists to hold `32 * k` vectors on average: on
     MiniLM embeddings of SciFact, CACM and Cranfield this keeps recall@100 near Flat's where an
-    eighth alone did not (README, "Where the defaults come from"; tests/test_dense_retriever.py
+    eighth alone did not (docs/benchmarks.md, "Where the defaults come from"; tests/test_dense_retriever.py
     checks it on SciFact). On a small corpus that means most lists: IVF pays off on large corpora.
     """
     by_k = math.ceil(MIN_SCANNED_PER_K * k * nlist / ntotal) if ntotal else 0

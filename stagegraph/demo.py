@@ -36,7 +36,7 @@ DEMO_CONFIG = CONFIGS_DIR / "hybrid-rerank.yaml"
 #: The demo reranks the pool's top 30 (not 100) so that a second run stays under a minute on 2 cores;
 #: `benchmarks/rerank.py` answers the 100-candidate latency question.
 DEMO_RERANK = {"depth": 30, "k": 10, "max_length": 256}
-#: Fixed, seeded training: 113 steps of 4 groups x 8 pairs (3,616 pairs); its time on one machine is in the README (Two commands).
+#: Fixed, seeded training: 113 steps of 4 groups x 8 pairs (3,616 pairs); its time on one machine is in the README (What the demo shows).
 TRAIN_STEPS = 113
 
 

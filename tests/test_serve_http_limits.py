@@ -11,7 +11,7 @@ that "before the key" is what is checked:
   being read to the end;
 * finding 7: filters nested ~490 deep, bodies that are not UTF-8 and integers the JSON parser
   refuses get documented codes, and a read-only server answers a PUT with broken JSON 403;
-* every code the server's source can send is in the README's table of codes.
+* every code the server's source can send is in docs/serving.md's table of codes.
 """
 
 from __future__ import annotations
@@ -201,7 +201,7 @@ def test_finding4_header_limits_are_serve_flags_with_documented_defaults():
     changed = settings_of(parser.parse_args(["serve", "bm25", "--collection", "c", "--max-header-kb", "8",
                                              "--header-timeout", "2.5", "--max-json-depth", "20"]))
     assert (changed.limits.max_header_bytes, changed.header_timeout_s, changed.limits.max_json_depth) == (8192, 2.5, 20)
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "docs" / "serving.md").read_text()
     for row in ("| `--max-header-kb` | 32 |", "| `--header-timeout` | 10 |", "| `--max-json-depth` | 64 |"):
         assert row in readme
 
@@ -328,11 +328,11 @@ def codes_in_source() -> set[str]:
 
 
 def test_finding7_every_code_the_server_can_send_is_in_the_readmes_table():
-    readme = (REPO / "README.md").read_text()
-    table = readme.split("### Error codes", 1)[1].split("\n### ", 1)[0]
+    readme = (REPO / "docs" / "serving.md").read_text()
+    table = readme.split("## Error codes", 1)[1].split("\n## ", 1)[0]
     rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| ") and "`" in line]
     documented_codes = {code for row in rows for code in re.findall(r"`([a-z_]+)`", row[1])}
     source = codes_in_source()
     assert {"invalid_json", "json_too_deep", "headers_too_large", "header_timeout", "invalid_http", "body_too_large",
             "read_only", "unauthorized", "internal_error"} <= source, "the scan of the source misses codes"
-    assert source - documented_codes == set(), f"codes the server sends that the README does not list: {source - documented_codes}"
+    assert source - documented_codes == set(), f"codes the server sends that docs/serving.md does not list: {source - documented_codes}"

@@ -35,7 +35,7 @@ def register(sub) -> None:
     p.add_argument("--vector-model", help="the model that made those embeddings: the dense stage's model: (it encodes the queries)")
     p.add_argument("--max-file-mb", type=float, default=50.0, help="skip files larger than this (default 50)")
     p.add_argument("--shards", type=int, help="a new collection split into this many shards by document id, searched "
-                   "on Ray by `serve --executor ray` (README, 'Scaling out'); an existing one keeps its own")
+                   "on Ray by `serve --executor ray` (docs/scaling.md); an existing one keeps its own")
     p.add_argument("--lock-timeout", type=float, default=60.0, help="seconds to wait for another writer (default 60)")
     p.add_argument("--absolute-paths", action="store_true", help="metadata.path is the file's absolute path "
                    "(default: relative to the path given, so no client learns the server's folders)")

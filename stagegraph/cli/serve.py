@@ -2,7 +2,7 @@
 
 Loads every index and model, then prints where it listens (127.0.0.1:8000 unless told otherwise);
 SIGTERM or Ctrl-C drains it and closes the collection. The API key comes from $STAGEGRAPH_API_KEY
-(or the variable `--api-key-env` names), never from an argument. See the README, "Serving over HTTP".
+(or the variable `--api-key-env` names), never from an argument. See docs/serving.md.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def register(sub) -> None:
                    help="the environment variable holding the API key (default STAGEGRAPH_API_KEY)")
     p.add_argument("--api-key", help=argparse.SUPPRESS)  # refused with the reason, see handle()
     p.add_argument("--executor", choices=["local", "ray"], default="local",
-                   help="ray: search a sharded collection's shards on Ray actors (README, 'Scaling out'); "
+                   help="ray: search a sharded collection's shards on Ray actors (docs/scaling.md); "
                         "local (default): in this process")
     p.add_argument("--ray-address", help="the Ray cluster (HOST:PORT of its head; default $RAY_ADDRESS, else a local one)")
     p.add_argument("--replicas", type=int, default=1, help="actors per shard with --executor ray (default 1)")

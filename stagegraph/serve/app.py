@@ -109,7 +109,7 @@ def create_app(service: Service, *, api_key: str | None = None) -> FastAPI:
                               max_json_depth=settings.limits.max_json_depth)]
     app = FastAPI(title="stagegraph", version=__version__, lifespan=lifespan, middleware=middleware,
                   docs_url="/docs", redoc_url=None,
-                  description="Retrieval pipeline over a collection: search, rerank, documents. See the README, section Serving over HTTP.")
+                  description="Retrieval pipeline over a collection: search, rerank, documents. See docs/serving.md in the stagegraph repository.")
 
     # -- errors ---------------------------------------------------------------------------------
     @app.exception_handler(RequestValidationError)

@@ -44,7 +44,7 @@ class Batching(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     #: off by default: on this project's 2-core machine it did not beat scoring each request's pairs
-    #: on their own (README "Serving over HTTP", `benchmarks/serve.py`); a machine with more cores or a GPU may differ
+    #: on their own (docs/serving.md, `benchmarks/serve.py`); a machine with more cores or a GPU may differ
     enabled: bool = False
     #: a model call takes pairs until their (estimated) tokens reach this budget
     max_tokens: int = Field(8192, ge=1)

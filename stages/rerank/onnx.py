@@ -124,7 +124,7 @@ def quantize_int8(source: Path, target: Path) -> Path:
 
     Per-channel weight scales matter: one scale per tensor cost the fine-tuned sample reranker a
     visible part of its nDCG@10, per channel kept it, at the same speed; `reduce_range` (the 7-bit
-    option for CPUs without VNNI) was worse still (README, "Reranking": the int8 quality table).
+    option for CPUs without VNNI) was worse still (docs/reranking.md, "Speed": the int8 quality table).
     """
     if target.is_file():
         return target
