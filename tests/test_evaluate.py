@@ -27,7 +27,7 @@ def test_default_metrics_at_every_stage(dataset):
     qrels = dataset.qrels["test"]
     graph = (OracleRetriever("perfect", qrels=qrels) | StubRetriever("random", k=20)) >> CandidatePool("rrf", k=100, name="pool") >> StubRerank("rerank", k=10)
     report = evaluate(graph, dataset, progress=False)
-    assert report.metrics == list(DEFAULT) == ["recall@10", "recall@100", "ndcg@10", "mrr@10", "map"]
+    assert report.metrics == list(DEFAULT) == ["recall@10", "recall@100", "ndcg@10", "mrr@10", "map", "judged@10"]
     assert list(report.stages) == ["perfect", "random", "pool", "rerank"]
     perfect = report.stages["perfect"].metrics
     assert perfect["ndcg@10"] == pytest.approx(1.0) and perfect["recall@10"] == pytest.approx(1.0)

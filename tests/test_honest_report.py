@@ -139,7 +139,7 @@ def test_compare_skips_a_metric_that_does_not_apply_and_says_why(run):
     assert "returns at most 10 documents" in skipped.reason
     inner = compare([a, b], labels=["rrf60", "rrf10"], stage="bm25", permutations=200)
     assert {c.metric for c in inner.metrics} == set(METRICS) and not inner.skipped  # it applies there
-    with pytest.raises(CompareError, match="nothing to compare: recall@100 does not apply"):
+    with pytest.raises(CompareError, match="nothing to compare: R@100 does not apply"):
         compare([a, b], metrics=["recall@100"], permutations=200)
 
 
@@ -155,7 +155,7 @@ def test_compare_cli_prints_the_skip_and_refuses_an_empty_comparison(run, capsys
     _, _, root = run
     assert main(["compare", str(root / "rrf60"), str(root / "rrf10"), "--permutations", "200"]) == 0
     out = capsys.readouterr().out
-    assert "skipped: rrf10 recall@100: recall@100 does not apply" in out and "ndcg@10" in out
+    assert "skipped: rrf10 R@100: R@100 does not apply" in out and "nDCG@10" in out
     assert main(["compare", str(root / "rrf60"), str(root / "rrf10"), "--metrics", "recall@100"]) == 2
     assert "nothing to compare" in capsys.readouterr().err
 

@@ -34,6 +34,17 @@ def corpus_of(n: int) -> Corpus:
         ("mrr@10", Metric("mrr", 10)),
         ("recall(rel=2)@10", Metric("recall", 10, rel=2)),
         ("recall@10(rel=2)", Metric("recall", 10, rel=2)),
+        # ir_measures' names
+        ("R@100", Metric("recall", 100)),
+        ("RR(rel=2)@10", Metric("mrr", 10, rel=2)),
+        ("RR", Metric("mrr")),
+        ("nDCG", Metric("ndcg")),
+        ("AP", Metric("map")),
+        ("Success@10", Metric("hit", 10)),
+        ("Judged@10", Metric("judged", 10)),
+        ("Bpref", Metric("bpref")),
+        ("Bpref(rel=2)", Metric("bpref", rel=2)),
+        ("ERR@20", Metric("err", 20)),
     ],
 )
 def test_parse(text, expected):
@@ -47,13 +58,24 @@ def test_str_is_canonical():
     assert str(Metric.parse("map")) == "map"
 
 
-@pytest.mark.parametrize("bad", ["bleu@10", "recall", "ndcg", "recall@0", "recall@x", "p(rel=0)@10", "ndcg(rel=2)@10"])
+def test_labels_are_ir_measures_names():
+    labels = [m.label for m in parse_metrics("recall@100,ndcg@10,mrr@10,map,hit@5,p(rel=2)@10,judged@10,bpref,err@10,ndcg,mrr")]
+    assert labels == ["R@100", "nDCG@10", "RR@10", "AP", "Success@5", "P(rel=2)@10", "Judged@10", "Bpref", "ERR@10", "nDCG", "RR"]
+    assert all(Metric.parse(label) == m for label, m in zip(labels, parse_metrics(labels)))
+
+
+@pytest.mark.parametrize("bad", ["bleu@10", "recall", "err", "bpref@10", "recall@0", "recall@x", "p(rel=0)@10",
+                                 "ndcg(rel=2)@10", "Judged(rel=2)@10", "ERR(rel=2)@10"])
 def test_parse_errors_name_the_problem(bad):
     with pytest.raises(MetricError) as info:
         Metric.parse(bad)
     message = str(info.value)
     if bad.startswith("bleu") or bad.endswith("@x"):
-        assert "recall@k" in message and "ndcg@k" in message  # lists the valid names
+        assert "R@k" in message and "nDCG@k" in message and "Judged@k" in message  # lists the valid names
+    if "rel=2" in bad:
+        assert "does not take a relevance threshold" in message and "@10" in message.split("Write ")[1]
+    if bad == "bpref@10":
+        assert "takes no cut-off; write Bpref" in message
 
 
 def test_parse_metrics_string_and_dedup():
@@ -81,6 +103,20 @@ def test_hand_computed_values():
     dcg = 2 / np.log2(2) + 1 / np.log2(4)
     idcg = 2 / np.log2(2) + 1 / np.log2(3) + 1 / np.log2(4)
     assert m["ndcg@3"] == pytest.approx(dcg / idcg)
+
+
+def test_hand_computed_judged_bpref_and_err():
+    corpus = corpus_of(10)
+    qrels = Qrels({"q": {"d1": 2, "d3": 1, "d9": 1, "d5": 0, "d6": 0}})
+    # ranked: d5 (judged 0), d1 (2), d2 (unjudged), d6 (judged 0), d3 (1)
+    ranking = Ranking(np.array([5, 1, 2, 6, 3]), np.array([5, 4, 3, 2, 1], dtype=np.float32))
+    s = score_run({"q": ranking}, None, qrels, corpus, ["judged@2", "judged@4", "judged@10", "judged", "bpref", "err@3"])
+    m = {k: float(v[0]) for k, v in s.per_query.items()}
+    assert (m["judged@2"], m["judged@4"], m["judged@10"], m["judged"]) == (1.0, 3 / 4, 4 / 5, 4 / 5)
+    # R = 3 relevant, N = 2 judged non-relevant: d1 has 1 non-relevant above, d3 has 2; d9 not retrieved
+    assert m["bpref"] == pytest.approx(((1 - 1 / 2) + (1 - 2 / 2) + 0) / 3)
+    stop = [0.0, 3 / 16, 0.0]  # grades 0, 2, unjudged
+    assert m["err@3"] == pytest.approx(stop[1] * 1.0 / 2)
 
 
 def test_missing_and_empty_queries_score_zero_and_are_counted():
@@ -166,8 +202,8 @@ def pytrec_run(run: dict[str, Ranking], corpus: Corpus, k: int | None = None) ->
 def expected_values(metric: Metric, corpus, qrels, run) -> dict[str, float]:
     if metric.name == "mrr":
         measure, trec_run = "recip_rank", pytrec_run(run, corpus, metric.k)
-    elif metric.name == "map" and metric.k is None:
-        measure, trec_run = "map", pytrec_run(run, corpus)
+    elif metric.k is None and metric.name in ("map", "ndcg", "bpref"):
+        measure, trec_run = metric.name, pytrec_run(run, corpus)
     else:
         measure, trec_run = PYTREC[metric.name].format(k=metric.k), pytrec_run(run, corpus)
     evaluator = pytrec_eval.RelevanceEvaluator(qrels.judgments, {measure}, relevance_level=metric.rel)
@@ -178,7 +214,7 @@ def expected_values(metric: Metric, corpus, qrels, run) -> dict[str, float]:
 
 ALL = ["recall@1", "recall@10", "recall@100", "ndcg@1", "ndcg@5", "ndcg@10", "ndcg@100", "mrr@1", "mrr@10",
        "map", "map@10", "p@1", "p@10", "p@100", "hit@1", "hit@10", "recall(rel=2)@10", "map(rel=2)",
-       "p(rel=3)@5", "mrr(rel=2)@10", "hit(rel=2)@5"]
+       "p(rel=3)@5", "mrr(rel=2)@10", "hit(rel=2)@5", "ndcg", "mrr", "mrr(rel=2)", "bpref", "bpref(rel=2)"]
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -51,7 +51,7 @@ def test_json_contract(saved, dataset):
     assert data["config"]["pipeline"][-1]["name"] == "rerank"  # the graph's own config
     for name in ("bm25", "dense", "pool", "rerank"):
         stage = data["stages"][name]
-        assert set(stage["metrics"]) == {"recall@10", "recall@100", "ndcg@10", "mrr@10", "map"}
+        assert set(stage["metrics"]) == {"recall@10", "recall@100", "ndcg@10", "mrr@10", "map", "judged@10"}
         assert {"p50", "p95", "p99", "mean", "max"} <= set(stage["latency_ms"])
         assert stage["queries"] == len(dataset.qrels["test"])
         assert 0.0 <= stage["metrics"]["ndcg@10"] <= 1.0
@@ -115,7 +115,7 @@ def test_console_table_fits_100_columns(report):
     assert max(len(line) for line in text.splitlines()) <= 100
     assert "…" not in text
     header = next(line for line in text.splitlines() if "nDCG@10" in line)
-    for column in ("R@100", "MRR@10", "MAP", "P50 ms", "P95 ms", "P99 ms"):
+    for column in ("R@100", "RR@10", "AP", "Judged@10", "P50 ms", "P95 ms", "P99 ms"):  # ir_measures names
         assert column in header
     for name in report.stages:
         assert any(line.strip().startswith(name) for line in text.splitlines())
@@ -129,7 +129,7 @@ def test_console_table_fits_with_many_metrics_and_long_names(dataset):
     assert max(len(line) for line in text.splitlines()) <= 100
     values = [line for line in text.splitlines() if line.strip().startswith("r ")]
     assert "…" not in "".join(values)  # numbers are never cut: the table splits instead
-    for column in ("nDCG@100", "Hit@10", "P95 ms"):
+    for column in ("nDCG@100", "Success@10", "P95 ms"):
         assert column in text
 
 

@@ -1,6 +1,6 @@
 """The console view of a `Report`: one rich table, a row per stage, that fits 100 columns.
 
-Columns: the stage, each metric (short labels: R@100, nDCG@10, MRR@10, MAP) and the latency
+Columns: the stage, each metric (ir_measures names: R@100, nDCG@10, RR@10, AP, Judged@10) and the latency
 percentiles P50/P95/P99 in milliseconds as run (online mode: parallel branches share the cores) or
 the throughput in queries per second (batch mode), so the rerank stage's cost sits right under the
 retrievers' and the pool's. A metric that reads deeper than a stage can return (R@100 of a reranker

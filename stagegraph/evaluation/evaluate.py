@@ -174,7 +174,7 @@ def build_report(
             per_query.latency_ms[step.name] = (np.asarray(stage_run.latencies_ns) / 1e6).tolist()
         runs[step.name] = rankings
     # End to end covers the stages that ran; when every stage came from the cache nothing was timed.
-    e2e = EndToEnd(wall_ms=result.wall_ns / 1e6)
+    e2e = EndToEnd(wall_ms=result.wall_ns / 1e6, includes=[n for n, s in stages.items() if not s.cache_hit])
     ran = not all(s.cache_hit for s in stages.values())
     if result.end_to_end_ns is not None and ran:
         e2e.latency_ms = LatencySummary.from_ns(result.end_to_end_ns)

@@ -1,22 +1,35 @@
-"""Retrieval metrics as values, computed the way trec_eval computes them.
+"""Retrieval metrics as values, computed the way trec_eval (and ir_measures) computes them.
 
-A metric is parsed from a string and printed back the same way:
+A metric is parsed from a string and printed back the same way. Both spellings are accepted
+everywhere a metric is taken, the ir_measures one and stagegraph's older one, and reports print the
+ir_measures names:
 
-    recall@100   ndcg@10   mrr@10   map   map@100   p@10   hit@10   recall(rel=2)@10
+    ir_measures:  R@100  nDCG@10  nDCG  RR@10  RR(rel=2)@10  RR  AP  AP@100  P@10  Success@10
+                  Judged@10  Bpref  ERR@10
+    also read:    recall@100  ndcg@10  mrr@10  map  map@100  p@10  hit@10  recall(rel=2)@10
 
 `(rel=R)` is the binary relevance threshold (a judged grade >= R counts as relevant; default 1).
-nDCG takes no threshold: the gain of a document is its grade (grades <= 0 gain nothing), as in
-trec_eval, whose `ndcg_cut` also ignores `-l`.
+nDCG and ERR take no threshold: they use the grades themselves (grades <= 0 gain nothing), as
+trec_eval's `ndcg_cut` and gdeval do.
 
-Definitions (checked against pytrec_eval in tests/test_metrics.py):
+Definitions (checked against pytrec_eval, ir_measures' judged provider and gdeval in
+tests/test_metrics.py and tests/test_ir_measures.py):
 
-* `recall@k`  relevant documents in the top k / all relevant documents of the query;
-* `p@k`       relevant documents in the top k / k (trec_eval's `P_k`, even when fewer are ranked);
-* `hit@k`     1 when any relevant document is in the top k (trec_eval's `success_k`, a.k.a. hit rate);
-* `mrr@k`     1 / rank of the first relevant document within the top k, else 0;
-* `map`, `map@k` sum of precision at each relevant rank (within k) / all relevant documents;
-* `ndcg@k`    DCG@k / ideal DCG@k with linear gains (the grades) and a log2(rank + 1) discount; the
-  ideal ranking is built from every judged document of the query, retrieved or not.
+* `R@k`       relevant documents in the top k / all relevant documents of the query;
+* `P@k`       relevant documents in the top k / k (trec_eval's `P_k`, even when fewer are ranked);
+* `Success@k` 1 when any relevant document is in the top k (trec_eval's `success_k`, a.k.a. hit rate);
+* `RR`, `RR@k` 1 / rank of the first relevant document (within the top k), else 0;
+* `AP`, `AP@k` sum of precision at each relevant rank (within k) / all relevant documents;
+* `nDCG`, `nDCG@k` DCG / ideal DCG with linear gains (the grades) and a log2(rank + 1) discount;
+  the ideal ranking is built from every judged document of the query, retrieved or not;
+* `Judged@k`  the share of the top min(k, ranked) documents that carry a judgment of any grade
+  (ir_measures' definition; an empty ranking scores 0). A low Judged@k means the other measures
+  count unjudged documents as not relevant: their values are then lower bounds;
+* `Bpref`     trec_eval's bpref: for each judged relevant document retrieved, 1 - (judged
+  non-relevant documents ranked above it, at most R) / min(R, N), summed and divided by R; unjudged
+  documents are ignored (N = judged non-relevant, grades 0 <= g < rel);
+* `ERR@k`     expected reciprocal rank, gdeval's definition: a document of grade g stops the user
+  with probability (2^g - 1) / 2^4 (gdeval's maximum grade, 4).
 
 `stagegraph.evaluation.scoring.score_run` computes them over a whole run.
 """
@@ -34,14 +47,24 @@ from stagegraph.errors import InputError
 #: Metric names and what they mean; `k` says whether the cut-off is required, optional or refused.
 METRICS: dict[str, tuple[str, str]] = {
     "recall": ("required", "relevant retrieved in the top k / all relevant"),
-    "ndcg": ("required", "nDCG with graded gains and log2 discount, cut at k"),
-    "mrr": ("required", "reciprocal rank of the first relevant document within k"),
-    "map": ("optional", "mean average precision (map@k: only ranks <= k count)"),
+    "ndcg": ("optional", "nDCG with graded gains and log2 discount (nDCG@k: cut at k)"),
+    "mrr": ("optional", "reciprocal rank of the first relevant document (RR@k: within k)"),
+    "map": ("optional", "mean average precision (AP@k: only ranks <= k count)"),
     "p": ("required", "precision at k"),
     "hit": ("required", "1 if any relevant document is in the top k"),
+    "judged": ("optional", "share of the top k that is judged (Judged: of the whole ranking)"),
+    "bpref": ("refused", "binary preference over judged documents (trec_eval's bpref)"),
+    "err": ("required", "expected reciprocal rank at k (gdeval's gains)"),
 }
 ALIASES = {"r": "recall", "precision": "p", "success": "hit", "hit_rate": "hit", "rr": "mrr", "ap": "map"}
-DEFAULT_METRICS: tuple[str, ...] = ("recall@10", "recall@100", "ndcg@10", "mrr@10", "map")
+#: ir_measures' name of each metric (what reports print)
+IR_MEASURES_NAMES = {"recall": "R", "ndcg": "nDCG", "mrr": "RR", "map": "AP", "p": "P", "hit": "Success",
+                     "judged": "Judged", "bpref": "Bpref", "err": "ERR"}
+#: metrics whose value does not depend on the grades beyond "judged or not", or on a threshold
+_NO_REL = {"ndcg", "judged", "err"}
+#: gdeval's largest grade: ERR's stopping probability of a grade g is (2^g - 1) / 2^ERR_MAX_GRADE
+ERR_MAX_GRADE = 4
+DEFAULT_METRICS: tuple[str, ...] = ("recall@10", "recall@100", "ndcg@10", "mrr@10", "map", "judged@10")
 
 _PATTERN = re.compile(
     r"^\s*(?P<name>[a-z_]+)\s*(?:\(\s*rel\s*=\s*(?P<rel1>-?\d+)\s*\))?\s*"
@@ -55,7 +78,11 @@ class MetricError(InputError):
 
 
 def _valid_names() -> str:
-    return ", ".join(f"{n}@k" if m[0] == "required" else f"{n}, {n}@k" for n, m in METRICS.items())
+    def one(name: str, need: str) -> str:
+        shown = IR_MEASURES_NAMES[name]
+        return {"required": f"{shown}@k", "optional": f"{shown}, {shown}@k", "refused": shown}[need]
+
+    return ", ".join(one(n, m[0]) for n, m in METRICS.items())
 
 
 @dataclass(frozen=True, order=True)
@@ -72,19 +99,25 @@ class Metric:
         need = METRICS[self.name][0]
         if need == "required" and self.k is None:
             raise MetricError(f"metric {self.name!r} needs a cut-off, e.g. {self.name}@10")
+        if need == "refused" and self.k is not None:
+            raise MetricError(f"metric {IR_MEASURES_NAMES[self.name]!r} takes no cut-off; write {IR_MEASURES_NAMES[self.name]}")
         if self.k is not None and self.k < 1:
             raise MetricError(f"the cut-off of {self.name!r} must be a positive integer, got {self.k}")
         if self.rel < 1:
             raise MetricError(f"the relevance threshold rel must be >= 1, got {self.rel}")
-        if self.name == "ndcg" and self.rel != 1:
+        if self.name in _NO_REL and self.rel != 1:
+            shown = IR_MEASURES_NAMES[self.name]
+            cut = f"@{self.k}" if self.k is not None else ""
             raise MetricError(
-                "ndcg uses the grades themselves as gains, as trec_eval does; a binary threshold "
-                f"(rel={self.rel}) does not apply to it. Write ndcg@{self.k}"
+                f"{shown} does not take a relevance threshold (rel={self.rel}): "
+                + ("it counts judged documents of any grade" if self.name == "judged"
+                   else "it uses the grades themselves as gains, as trec_eval and gdeval do")
+                + f". Write {shown}{cut}"
             )
 
     @classmethod
     def parse(cls, text: str | Metric) -> Metric:
-        """`"ndcg@10"` -> `Metric("ndcg", 10)`; also `"recall(rel=2)@100"`, `"map"`, `"P@10"`."""
+        """`"nDCG@10"` or `"ndcg@10"` -> `Metric("ndcg", 10)`; also `"RR(rel=2)@10"`, `"AP"`, `"Judged@10"`."""
         if isinstance(text, Metric):
             return text
         match = _PATTERN.match(str(text))
@@ -107,22 +140,21 @@ class Metric:
 
     @property
     def label(self) -> str:
-        """A short column header: `R@100`, `nDCG@10`, `MRR@10`, `MAP`, `P@10`, `Hit@10`."""
-        base = {"recall": "R", "ndcg": "nDCG", "mrr": "MRR", "map": "MAP", "p": "P", "hit": "Hit"}[self.name]
+        """The ir_measures name, also the column header: `R@100`, `nDCG@10`, `RR@10`, `AP`, `Judged@10`."""
         rel = f"(rel={self.rel})" if self.rel != 1 else ""
-        return f"{base}{rel}" + (f"@{self.k}" if self.k is not None else "")
+        return f"{IR_MEASURES_NAMES[self.name]}{rel}" + (f"@{self.k}" if self.k is not None else "")
 
     @property
     def depth(self) -> int | None:
         """How many ranks the metric reads (None: the whole ranking)."""
         return self.k
 
-    def compute(self, grades: np.ndarray, judged_grades: np.ndarray) -> np.ndarray:
-        """Per-query values from a queries x ranks matrix of grades (0 = unjudged or padding) and a
-        queries x judged matrix of every judged grade per query (padded with 0)."""
-        g = grades if self.k is None else grades[:, : self.k]
+    def compute(self, run: "GradedRun") -> np.ndarray:
+        """Per-query values of this metric over `run` (one row per judged query)."""
+        g = run.grades if self.k is None else run.grades[:, : self.k]
+        all_grades, valid = run.judged_grades, run.judged_valid
         relevant = g >= self.rel
-        n_rel = (judged_grades >= self.rel).sum(axis=1)
+        n_rel = ((all_grades >= self.rel) & valid).sum(axis=1)
         safe_rel = np.maximum(n_rel, 1)
         if self.name == "recall":
             return np.where(n_rel > 0, relevant.sum(axis=1) / safe_rel, 0.0)
@@ -141,10 +173,45 @@ class Metric:
             gains = np.maximum(g, 0).astype(np.float64)
             discount = 1.0 / np.log2(np.arange(2, g.shape[1] + 2))
             dcg = (gains * discount).sum(axis=1)
-            ideal = -np.sort(-np.maximum(judged_grades, 0), axis=1)[:, : self.k]
+            ideal = -np.sort(-np.maximum(np.where(valid, all_grades, 0), 0), axis=1)[:, : self.k]
             idcg = (ideal * (1.0 / np.log2(np.arange(2, ideal.shape[1] + 2)))).sum(axis=1)
             return np.where(idcg > 0, dcg / np.where(idcg > 0, idcg, 1.0), 0.0)
+        if self.name == "judged":
+            shown = np.minimum(run.lengths, g.shape[1])
+            judged = run.judged[:, : g.shape[1]].sum(axis=1)
+            return np.where(shown > 0, judged / np.maximum(shown, 1), 0.0)
+        if self.name == "bpref":
+            judged = run.judged
+            is_rel = judged & (run.grades >= self.rel)
+            is_nonrel = judged & (run.grades >= 0) & (run.grades < self.rel)
+            n_nonrel = ((all_grades >= 0) & (all_grades < self.rel) & valid).sum(axis=1)
+            above = np.cumsum(is_nonrel, axis=1)  # at a relevant rank this counts only ranks above it
+            bound = np.minimum(n_nonrel, n_rel)[:, None].astype(np.float64)
+            share = np.minimum(above, n_rel[:, None]) / np.where(bound > 0, bound, 1.0)
+            credit = np.where(above > 0, 1.0 - share, 1.0)
+            return np.where(n_rel > 0, (credit * is_rel).sum(axis=1) / safe_rel, 0.0)
+        if self.name == "err":
+            stop = (2.0 ** np.clip(g, 0, None) - 1.0) / 2.0**ERR_MAX_GRADE
+            go_on = np.cumprod(1.0 - stop, axis=1)
+            reached = np.concatenate([np.ones((g.shape[0], 1)), go_on[:, :-1]], axis=1)
+            return (stop * reached / np.arange(1, g.shape[1] + 1)).sum(axis=1)
         raise MetricError(f"no implementation for {self.name!r}")  # pragma: no cover
+
+
+@dataclass
+class GradedRun:
+    """A run matched with its judgments, one row per judged query (what every metric reads).
+
+    grades[q, r]: the grade of the document at rank r + 1 (0 when unjudged or past the ranking);
+    judged[q, r]: whether that document has a judgment (of any grade); lengths[q]: documents ranked;
+    judged_grades[q, j] / judged_valid[q, j]: every judged grade of the query, padded (valid marks
+    the real entries), including documents absent from the corpus, as trec_eval counts them."""
+
+    grades: np.ndarray
+    judged: np.ndarray
+    lengths: np.ndarray
+    judged_grades: np.ndarray
+    judged_valid: np.ndarray
 
 
 def parse_metrics(metrics: Iterable[str | Metric] | str) -> list[Metric]:

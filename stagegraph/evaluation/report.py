@@ -94,6 +94,8 @@ class StageReport(BaseModel):
 
 class EndToEnd(BaseModel):
     latency_ms: LatencySummary | None = None
+    #: the stages whose time `latency_ms` includes (those not read from the cache); None in older reports
+    includes: list[str] | None = None
     throughput_qps: float | None = None
     wall_ms: float = 0.0
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from stagegraph.corpora.types import Corpus, Qrels, Queries
-from stagegraph.evaluation.measures import DEFAULT_METRICS, Metric, parse_metrics
+from stagegraph.evaluation.measures import DEFAULT_METRICS, GradedRun, Metric, parse_metrics
 from stagegraph.pipeline.ranking import Ranking
 
 
@@ -57,7 +57,7 @@ def score_run(
         by_qid = dict(zip(queries.ids, rankings))
     qids = qrels.query_ids
     nq, n_docs = len(qids), max(len(corpus), 1)
-    uncut = any(m.k is None for m in parsed)
+    uncut = any(m.depth is None for m in parsed)
     max_k = max((m.k for m in parsed if m.k is not None), default=0)
 
     ranked = [by_qid.get(q) for q in qids]
@@ -79,9 +79,12 @@ def score_run(
     # Every judged grade, including documents absent from the corpus: as in trec_eval they count
     # as relevant-but-unretrieved in recall's denominator and in the ideal DCG.
     all_grades = [np.fromiter(qrels.for_query(q).values(), dtype=np.int64) for q in qids]
-    judged_matrix = np.zeros((nq, max((len(g) for g in all_grades), default=1) or 1), dtype=np.int64)
+    width = max((len(g) for g in all_grades), default=1) or 1
+    judged_matrix = np.zeros((nq, width), dtype=np.int64)
+    judged_valid = np.zeros((nq, width), dtype=bool)
     for i, g in enumerate(all_grades):
         judged_matrix[i, : len(g)] = g
+        judged_valid[i, : len(g)] = True
 
     # Ranked pairs, looked up among the judged keys in one searchsorted.
     r_q = np.repeat(np.arange(nq, dtype=np.int64), used)
@@ -97,6 +100,9 @@ def score_run(
     found[found] = j_keys[hit_at[found]] == r_keys[found]
     grades = np.zeros((nq, depth), dtype=np.int64)
     grades[r_q[found], r_rank[found]] = j_sorted_grades[hit_at[found]]
+    judged = np.zeros((nq, depth), dtype=bool)
+    judged[r_q[found], r_rank[found]] = True
 
-    per_query = {str(m): m.compute(grades, judged_matrix).astype(np.float64) for m in parsed}
+    run = GradedRun(grades, judged, lengths, judged_matrix, judged_valid)
+    per_query = {str(m): m.compute(run).astype(np.float64) for m in parsed}
     return RunScores(list(qids), per_query, missing)
