@@ -8,6 +8,7 @@ run behind. Scores are written with 9 significant digits, enough to round-trip a
 
 from __future__ import annotations
 
+import math
 import os
 import re
 
@@ -134,6 +135,13 @@ def write_run(
     Each ranking's order is kept (ranks 1..n); `k` keeps only the first k per query. An empty
     ranking writes no line for its query (trec_eval then scores it 0). A query or document id that
     is empty or holds whitespace cannot be a column of the file: `DataError` naming it.
+
+    Scores are written **strictly decreasing in rank order** (`strictly_decreasing`): trec_eval,
+    ir_measures and ranx ignore the rank column and re-sort by score, breaking ties their own way
+    (trec_eval: document id, descending), so a file with tied scores (RRF makes many) would be scored
+    in another order than the ranking's. A tied score is written as the largest float32 below the one
+    above it (trec_eval reads scores as float32), so every tool reads our order and the scores stay
+    what they were to ~7 digits.
     """
     if not run_name or any(ch.isspace() for ch in run_name):
         raise DataError(f"run name {run_name!r} must be non-empty with no whitespace (it is the 6th column).")
@@ -157,12 +165,29 @@ def write_run(
                 "rename it (in the queries and the qrels)."
             )
         rows = np.asarray(ranking.doc_rows)[:k]
-        scores = np.asarray(ranking.scores)[:k]
-        for rank, (row, score) in enumerate(zip(rows.tolist(), scores.tolist()), start=1):
-            lines.append(f"{qid} Q0 {corpus.ids[row]} {rank} {score:.9g} {run_name}\n")
+        scores = strictly_decreasing(np.asarray(ranking.scores)[:k])
+        for rank, (row, score) in enumerate(zip(rows.tolist(), scores), start=1):
+            lines.append(f"{qid} Q0 {corpus.ids[row]} {rank} {score} {run_name}\n")
     with atomic_file(target, durable=True) as handle:
         handle.writelines(lines)
     return target
+
+
+def strictly_decreasing(scores: np.ndarray) -> list[str]:
+    """Each score as text (nine significant digits: a float32 read back exactly), every one read back
+    strictly below the one before it, as trec_eval reads them: as float32 (`float sim`). A score
+    that is not below its predecessor there is written as the float32 just below it (see `write_run`)."""
+    out: list[str] = []
+    previous = np.float32(np.inf)
+    lowest = np.finfo(np.float32).min
+    for value in np.asarray(scores, np.float64).tolist():
+        score = np.float32(value) if math.isfinite(value) else (np.float32(np.finfo(np.float32).max) if value > 0 else lowest)
+        if not score < previous:
+            score = np.nextafter(previous, np.float32(-np.inf), dtype=np.float32)
+        text = f"{float(score):.9g}"
+        out.append(text)
+        previous = np.float32(float(text))
+    return out
 
 
 def read_run(path: PathLike) -> dict[str, dict[str, float]]:

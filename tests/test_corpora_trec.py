@@ -9,7 +9,7 @@ import pytest
 
 import stagegraph.corpora.trec as trec
 from stagegraph.corpora.qrels import read_qrels, read_trec_qrels
-from stagegraph.corpora.trec import read_run, read_topics, write_run
+from stagegraph.corpora.trec import read_run, read_topics, strictly_decreasing, write_run
 from stagegraph.corpora.types import Corpus, DataError
 from stagegraph.pipeline.ranking import Ranking
 
@@ -130,10 +130,42 @@ def test_run_round_trip(tmp_path, corpus):
     assert [line.split()[3] for line in lines[:6]] == ["1", "2", "3", "4", "5", "6"]  # 1-based ranks
     run = read_run(path)
     assert list(run) == ["q1", "q2"]
-    # Tied scores (rows 0 and 2) keep the ranking's order; every float32 score survives exactly.
+    # Tied scores (rows 0 and 2) keep the ranking's order; every other float32 score survives exactly,
+    # the second of the tie is written one float32 step below the first
     assert list(run["q1"]) == [corpus.ids[r] for r in rankings[0].doc_rows]
-    assert np.array_equal(np.array(list(run["q1"].values()), dtype=np.float32), rankings[0].scores)
+    read = np.array(list(run["q1"].values()), dtype=np.float32)
+    tie = 3  # rank 4: the second 0.1
+    assert np.array_equal(np.delete(read, tie), np.delete(rankings[0].scores, tie))
+    assert read[tie] == np.nextafter(np.float32(0.1), np.float32(0))
+    # ... and the file's scores decrease strictly, so a tool that re-sorts by score keeps that order
+    written = list(run["q1"].values())
+    assert all(a > b for a, b in zip(written, written[1:]))
     assert run["q2"] == {"doc2": 2.0, "doc5": 1.0}
+
+
+def test_tied_scores_are_read_in_our_order_by_trec_eval(tmp_path):
+    """Ten documents with one score: trec_eval (pytrec_eval) would order them by id, descending; the
+    file written from a ranking that orders them ascending must be scored in that order."""
+    pytrec_eval = pytest.importorskip("pytrec_eval")
+    ids = [f"d{i}" for i in range(10)]
+    corpus = Corpus(ids, [""] * 10, [""] * 10)
+    ranking = Ranking(np.arange(10), np.full(10, 0.5, np.float32))  # d0 first
+    path = write_run(tmp_path / "tied.trec", "tied", ["q"], [ranking], corpus)
+    qrels = {"q": {"d0": 1}}
+    scored = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(read_run(path))
+    assert scored["q"]["recip_rank"] == 1.0  # d0 is read first
+    tied = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate({"q": {d: 0.5 for d in ids}})
+    assert tied["q"]["recip_rank"] == 0.1  # what the old file (all 0.5) gave: trec_eval put d0 last
+
+
+def test_strictly_decreasing_keeps_nine_digits_where_it_can():
+    assert strictly_decreasing(np.array([3.25, 2.0, 0.125, 1e-7])) == ["3.25", "2", "0.125", "1.00000001e-07"]  # float32, exact
+    nudged = strictly_decreasing(np.array([1.0, 1.0, 1.0, 0.5]))
+    assert nudged[0] == "1" and nudged[3] == "0.5"
+    as_float32 = [np.float32(float(s)) for s in nudged]  # as trec_eval reads them
+    assert 1.0 > as_float32[1] > as_float32[2] > 0.5 and as_float32[2] == np.float32(1.0) - 2 * np.finfo(np.float32).epsneg
+    odd = [np.float32(float(s)) for s in strictly_decreasing(np.array([0.0, -0.0, np.inf, np.nan]))]
+    assert all(np.isfinite(odd)) and all(a > b for a, b in zip(odd, odd[1:]))
 
 
 def test_run_cutoff_and_empty_ranking(tmp_path, corpus):

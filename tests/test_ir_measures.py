@@ -91,3 +91,36 @@ def test_aggregates_equal_ir_measures_on_the_shared_datasets(name):
     for metric, measure in zip(parse_metrics(SHARED_MEASURES), measures):
         assert ours.means[str(metric)] == pytest.approx(theirs[measure], abs=1e-9), (name, metric.label)
         assert metric.label == str(measure)  # reports print the ir_measures name
+
+
+@pytest.mark.parametrize("name", ["scifact", "cranfield", "med", "cacm", "npl"])
+def test_the_run_files_reproduce_the_report_in_trec_eval_and_ir_measures(name, tmp_path):
+    """Every stage's runs/<stage>.trec, scored by pytrec_eval (trec_eval) and ir_measures, gives the
+    report's figures: the RRF pool of two BM25 variants included, whose scores tie often."""
+    import pytrec_eval
+
+    import stagegraph as sg
+    from stagegraph.corpora.trec import read_run
+    from stagegraph.evaluation.writer import save_report
+
+    dataset = sg.load_dataset(shared_dataset(name), progress=False)
+    pipe = ((sg.BM25Retriever(k=100, name="lucene") | sg.BM25Retriever(k=100, k1=1.2, b=0.75, name="classic"))
+            >> sg.CandidatePool("rrf", k=100, name="pool"))
+    measures = ["nDCG@10", "RR@10", "R@100", "AP", "P@10", "Judged@10"]
+    report = sg.evaluate(pipe, dataset, split="test", mode="batch", metrics=measures, progress=False)
+    save_report(report, tmp_path)
+    qrels = dataset.split("test")[1].judgments
+    trec_names = {"nDCG@10": "ndcg_cut_10", "RR@10": None, "R@100": "recall_100", "AP": "map", "P@10": "P_10"}
+    for stage in ("lucene", "classic", "pool"):
+        run = read_run(tmp_path / "runs" / f"{stage}.trec")
+        theirs = ir_measures.calc_aggregate([ir_measures.parse_measure(m) for m in measures], qrels, run)
+        per_query = pytrec_eval.RelevanceEvaluator(qrels, {v for v in trec_names.values() if v}).evaluate(run)
+        for metric in parse_metrics(measures):
+            ours = report.stages[stage].metrics[str(metric)]
+            assert ours == pytest.approx(theirs[ir_measures.parse_measure(metric.label)], abs=1e-9), (name, stage, metric.label)
+            trec = trec_names.get(metric.label)
+            if trec:
+                mean = sum(q[trec] for q in per_query.values()) / len(per_query)
+                assert ours == pytest.approx(mean, abs=1e-9), (name, stage, metric.label)
+    pool = report.runs[1]["pool"]
+    assert sum(len(r.scores) - len(np.unique(r.scores)) for r in pool) > 0  # the pool's ranking does tie
