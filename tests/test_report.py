@@ -167,3 +167,29 @@ def test_isolated_timing_is_reported_beside_the_concurrent_one(dataset):
     plain = evaluate(graph, dataset, progress=False)
     assert all(s.latency_alone_ms is None for s in plain.stages.values())
     assert "includes sharing the cores with its neighbour" in render_report(plain)
+
+
+def test_percentiles_say_how_many_queries_they_rest_on(report, dataset):
+    n = report.timed_queries
+    assert n == len(dataset.qrels["test"]) < 100  # warm-up queries run before and are not among them
+    assert report.thin_percentiles() == (["P95", "P99"] if n < 20 else ["P99"])
+    text = render_report(report)
+    assert "P99 ms†" in text and f"percentiles over {n} queries" in text
+    assert f"† P99 over only {n} queries" in text.replace("\n", " ")
+    assert "P99 ms†" in render_html(report)
+    many = tiny_dataset(n_queries=110)
+    big = evaluate(StubRetriever("r", k=20), many, progress=False, warmup=0)
+    assert big.timed_queries == 110 and big.thin_percentiles() == []
+    assert "†" not in render_report(big)
+
+
+def test_end_to_end_says_which_stages_it_covers_when_some_came_from_the_cache(dataset, tmp_path):
+    from stagegraph.pipeline.cache import StageCache
+
+    cache = StageCache(tmp_path / "cache")
+    evaluate(StubRetriever("r", k=20) >> StubRerank("rr", k=5), dataset, progress=False, cache=cache)
+    again = evaluate(StubRetriever("r", k=20) >> StubRerank("rr", k=5, flip=True), dataset, progress=False, cache=cache)
+    assert again.end_to_end.includes == ["rr"]
+    text = render_report(again).replace("\n", " ")
+    assert "r read from the cache: not timed, so end to end covers rr only" in text
+    assert "End to end covers rr only" in render_html(again)

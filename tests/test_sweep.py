@@ -144,10 +144,16 @@ def test_cli_sweep(tmp_path, capsys):
     )
     argv = ["--quiet", "--work-dir", str(tmp_path / "work"), "sweep", str(config), "--dataset", str(tmp_path / "data"),
             "--stage", "rerank", "--param", "depth", "--values", "5,50", "--out", str(tmp_path / "out")]
+    # the dataset has only a test split: a sweep refuses to tune on it, and names the way to do it anyway
+    assert main(argv) == 2
+    message = capsys.readouterr().err
+    assert "has no dev or train split" in message and "--split test --on-test" in message
+    argv += ["--split", "test", "--on-test"]  # the fix the message names
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "depth" in printed and "path P95" in printed
+    assert "Warning: tuned on the test split" in printed
     assert max(len(line) for line in printed.splitlines()) <= 100
     assert (tmp_path / "out" / "sweep.csv").is_file()
-    assert main(argv[:-6] + ["--param", "nope", "--values", "1"]) == 2
+    assert main(argv[:-9] + ["--param", "nope", "--values", "1", "--split", "test", "--on-test"]) == 2
     assert "no setting 'nope'" in capsys.readouterr().err

@@ -20,7 +20,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from stagegraph.evaluation.report import Report
+from stagegraph.evaluation.report import PERCENTILE_MIN, Report
 from stagegraph.evaluation.measures import Metric
 
 WIDTH = 100
@@ -69,8 +69,10 @@ def build_table(report: Report, metrics: list[str] | None = None, cost: bool = T
     if not cost:
         pass
     elif online:
+        flagged = report.thin_percentiles()
         for p in ("P50", "P95", "P99"):
-            table.add_column(f"{p} ms", justify="right", no_wrap=True)
+            mark = "†" if flagged and p in flagged else ""
+            table.add_column(f"{p} ms{mark}", justify="right", no_wrap=True)
     else:
         table.add_column("q/s", justify="right", no_wrap=True)
     best = {
@@ -139,11 +141,17 @@ def notes(report: Report) -> list[str]:
         lines.append(f"Machine: {report.machine_load.describe()}.")
     if report.mode == "online":
         lat = report.end_to_end.latency_ms
+        n = report.timed_queries
         lines.append(
-            f"Latency: per query as run (parallel branches share the cores), {report.warmup_queries} warm-up "
-            "queries run first and left out"
+            f"Latency: per query as run (parallel branches share the cores), percentiles over {n} queries, "
+            f"{report.warmup_queries} warm-up queries run first and left out"
             + (f"; end to end mean {_ms(lat.mean)} ms, max {_ms(lat.max)} ms." if lat else ".")
         )
+        flagged = report.thin_percentiles()
+        if flagged:
+            lines.append(f"† {' and '.join(flagged)} over only {n} queries: "
+                         + ", ".join(f"{p} needs {PERCENTILE_MIN[p]}" for p in flagged)
+                         + " to be more than the slowest query or two; read it as about the maximum.")
         if report.timing != "isolated" and any(len(s.inputs) > 1 for s in report.stages.values()):
             lines.append("Each branch's time includes sharing the cores with its neighbour; `--timing isolated` "
                          "also times every stage alone.")
@@ -159,7 +167,10 @@ def notes(report: Report) -> list[str]:
         cut = [f"{n} keeps {s.limit}" for n, s in report.stages.items() if s.not_applicable]
         lines.append(f"n/a: the metric reads deeper than the stage returns ({', '.join(cut)}).")
     if report.cache_hits:
-        lines.append(f"{report.cache_hits} stage(s) read from the cache: their latency is not measured.")
+        cached = [n for n, s in report.stages.items() if s.cache_hit]
+        timed = [n for n, s in report.stages.items() if not s.cache_hit]
+        lines.append(f"{', '.join(cached)} read from the cache: not timed, so end to end covers "
+                     f"{', '.join(timed) or 'no stage'} only; `--no-cache` times every stage.")
     if report.missing_queries or any(s.missing for s in report.stages.values()):
         worst = max(s.missing for s in report.stages.values())
         lines.append(f"* up to {worst} judged queries got no result from a stage; they score 0 and are counted.")

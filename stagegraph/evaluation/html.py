@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from html import escape
 
-from stagegraph.evaluation.report import Report
+from stagegraph.evaluation.report import PERCENTILE_MIN, Report
 from stagegraph.evaluation.svg import PALETTE, grouped_bars, histogram, latency_strips
 from stagegraph.evaluation.measures import Metric
 
@@ -74,7 +74,9 @@ def _busy(r: Report) -> str:
 def _table(r: Report) -> str:
     online = r.mode == "online"
     head = "".join(f"<th>{escape(_label(m))}</th>" for m in r.metrics)
-    head += "<th>P50 ms</th><th>P95 ms</th><th>P99 ms</th><th>mean ms</th><th>max ms</th>" if online else ""
+    flagged = r.thin_percentiles() if online else []
+    head += "".join(f"<th>{p} ms{'†' if p in flagged else ''}</th>" for p in ("P50", "P95", "P99")) if online else ""
+    head += "<th>mean ms</th><th>max ms</th>" if online else ""
     alone = online and any(s.latency_alone_ms for s in r.stages.values())
     head += "<th>alone P50</th><th>alone P95</th>" if alone else ""
     head += "<th>q/s</th><th>queries</th><th>missing</th>"
@@ -110,7 +112,19 @@ def _table(r: Report) -> str:
         cells += "<td></td><td></td>" if alone else ""
         qps = f"{e2e.throughput_qps:,.1f}" if e2e.throughput_qps else "–"
         rows.append(f"<tr class='muted'><td>end to end</td>{blanks}{cells}<td>{qps}</td><td></td><td></td></tr>")
-    return f"<h2>Stages</h2><table><thead><tr><th>stage</th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    notes = []
+    if online and r.timed_queries is not None:
+        notes.append(f"Percentiles over {r.timed_queries} queries."
+                     + (f" † {' and '.join(flagged)} rest on fewer queries than they need "
+                        f"({', '.join(f'{p}: {PERCENTILE_MIN[p]}' for p in flagged)}): read them as about the maximum."
+                        if flagged else ""))
+    if r.cache_hits and online:
+        timed = [n for n, s in r.stages.items() if not s.cache_hit]
+        notes.append(f"End to end covers {escape(', '.join(timed) or 'no stage')} only: the other stages came from "
+                     "the cache and were not timed.")
+    note = f"<p class='note'>{' '.join(notes)}</p>" if notes else ""
+    return (f"<h2>Stages</h2><table><thead><tr><th>stage</th>{head}</tr></thead><tbody>{''.join(rows)}</tbody>"
+            f"</table>{note}")
 
 
 def _funnel(r: Report) -> str:

@@ -46,6 +46,8 @@ from stagegraph.hashing import library_versions as versions
 from stagegraph.pipeline.timing import LatencySummary
 from stagegraph.pipeline.executor import WorkerShare
 
+#: below this many timed queries a percentile is flagged: P99 needs 100 for one query beyond it, P95 20
+PERCENTILE_MIN = {"P95": 20, "P99": 100}
 FORMAT_VERSION = 2  # 2: a metric that does not apply is null under `metrics`
 LIBRARIES = (
     "stagegraph", "numpy", "scipy", "pydantic", "torch", "sentence-transformers", "transformers",
@@ -170,6 +172,17 @@ class Report(BaseModel):
                 f"the report has no {metric!r} for stage {stage!r}; stages: {', '.join(self.stages)}; "
                 f"metrics: {', '.join(self.metrics)}"
             ) from None
+
+    @property
+    def timed_queries(self) -> int | None:
+        """How many queries the latency percentiles are over (the fewest of any timed stage), None if none."""
+        counts = [s.latency_ms.n for s in self.stages.values() if s.latency_ms is not None]
+        return min(counts) if counts else None
+
+    def thin_percentiles(self) -> list[str]:
+        """The percentiles that rest on too few queries to mean more than "about the slowest" (`PERCENTILE_MIN`)."""
+        n = self.timed_queries
+        return [] if n is None else [p for p, need in PERCENTILE_MIN.items() if n < need]
 
     # -- files ------------------------------------------------------------------------------------
     def to_json(self) -> str:
