@@ -61,7 +61,7 @@ def is_beir_dir(path: PathLike) -> bool:
 def load_beir(path: PathLike, name: str | None = None, *, progress: bool = True) -> Dataset:
     """Load a BEIR directory; `name` defaults to the directory's name.
 
-    Judgments with grade <= 0 are left out (trec_eval's rule); judgments naming documents absent
+    Judgments with grade <= 0 are kept as judged non-relevant (as trec_eval keeps them); judgments naming documents absent
     from the corpus are kept, counted in each split's `Qrels.missing_docs` and warned about.
     """
     corpus_path, queries_path, split_paths = beir_files(path)

@@ -3,8 +3,9 @@
 Readers return raw `{qid: {docid: grade}}` and check every row: a malformed row, a non-integer
 grade or the same (query, document) pair judged twice raises `DataError` naming the file and line;
 so does a file with no judgment at all, or a first line that is neither BEIR's header nor a row.
-Grades <= 0 are left out, as trec_eval treats them as non-relevant; a query left with no positive
-judgment is therefore not evaluated (the BEIR convention). `resolve_qrels` then checks the judgments
+Grades <= 0 are kept as judged non-relevant, as trec_eval and ir_measures keep them: no measure
+counts them as relevant, but Judged@k and Bpref count them as judged, and a query judged only
+non-relevant is evaluated (and scores 0), as trec_eval evaluates it. `resolve_qrels` then checks the judgments
 against a corpus and queries: judgments naming a document absent from the corpus are *kept* (as
 BEIR and trec_eval keep them, relevant but unretrievable) and counted in `Qrels.missing_docs`, with
 a warning; judgments for a query that is not in the queries file are dropped, with a warning. When
@@ -117,8 +118,7 @@ def _add(raw: RawQrels, lines: dict[tuple[str, str], int], qid: str, docid: str,
             f"{path}:{line_no}: query {qid!r} judges document {docid!r} twice (first on line {lines[key]}); keep one row."
         )
     lines[key] = line_no
-    if grade > 0:
-        raw.setdefault(qid, {})[docid] = grade
+    raw.setdefault(qid, {})[docid] = grade
 
 
 def _no_rows(path: Path, row: str) -> DataError:
@@ -203,7 +203,7 @@ def resolve_qrels(
     `DataError` when no judgment is left to evaluate: none with a grade >= 1, or (given `queries`)
     none of the judged queries in the queries file (`queries_source` names it in the message).
     """
-    if not raw:
+    if not any(g >= 1 for docs in raw.values() for g in docs.values()):
         raise DataError(
             f"{source}: no judgment has a grade of 1 or more (grades <= 0 mean not relevant, as in trec_eval), "
             "so no query can be evaluated; give each judged query at least one relevant document."
@@ -226,9 +226,9 @@ def resolve_qrels(
                 stacklevel=2,
             )
             judgments = {q: d for q, d in raw.items() if q in known}
-    missing = sum(1 for docs in judgments.values() for d in docs if not corpus.has(d))
+    missing = sum(1 for docs in judgments.values() for d, g in docs.items() if g >= 1 and not corpus.has(d))
     if missing:
-        total = sum(len(docs) for docs in judgments.values())
+        total = sum(1 for docs in judgments.values() for g in docs.values() if g >= 1)
         warnings.warn(
             f"{source}: {missing} of {total} relevant judgments name documents missing from the corpus; "
             "they are kept (relevant but unretrievable, as trec_eval counts them) and reported as missing_docs.",

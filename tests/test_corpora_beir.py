@@ -7,6 +7,7 @@ import os
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import stagegraph.corpora.jsonl as jsonl_module
@@ -45,16 +46,29 @@ def test_loads_corpus_queries_and_every_split(tmp_path):
     assert ds.corpus.doc_text(0) == "GGUF files llama.cpp reads GGUF model files."
     assert ds.queries.ids == ["q1", "q2", "q3"]
     assert ds.splits == ["test", "train"]
-    assert ds.qrels["test"].judgments == {"q1": {"d1": 2}, "q2": {"d2": 1}}  # grade 0 left out
+    assert ds.qrels["test"].judgments == {"q1": {"d1": 2}, "q2": {"d2": 1, "d3": 0}}  # grade 0: judged non-relevant
     assert ds.qrels["train"].judgments == {"q1": {"d3": 1}}
     queries, qrels = ds.split("test")
     assert queries.ids == ["q1", "q2"]
     assert qrels.missing_docs == 0
 
 
-def test_query_with_only_zero_grades_is_not_evaluated(tmp_path):
+def test_a_query_judged_only_non_relevant_is_evaluated_as_trec_eval_does(tmp_path):
+    pytrec_eval = pytest.importorskip("pytrec_eval")
+    from stagegraph.evaluation.scoring import score_run
+    from stagegraph.pipeline.ranking import Ranking
+
     ds = load_beir(make_beir(tmp_path / "z", splits={"test": ["q1\td1\t1", "q2\td2\t0", "q3\td1\t-1"]}))
-    assert ds.qrels["test"].query_ids == ["q1"]
+    qrels = ds.qrels["test"]
+    assert qrels.query_ids == ["q1", "q2", "q3"]
+    run = {q: Ranking(np.array([1, 0]), np.array([2.0, 1.0], np.float32)) for q in qrels.query_ids}  # d2, d1
+    ours = score_run(run, None, qrels, ds.corpus, ["ndcg@10", "judged@10", "bpref"])
+    trec = pytrec_eval.RelevanceEvaluator(qrels.judgments, {"ndcg_cut_10", "bpref"}).evaluate(
+        {q: {"d2": 2.0, "d1": 1.0} for q in qrels.query_ids})
+    assert ours.per_query["ndcg@10"].tolist() == pytest.approx([trec[q]["ndcg_cut_10"] for q in qrels.query_ids], abs=1e-12)
+    assert ours.per_query["ndcg@10"].tolist() == pytest.approx([1 / np.log2(3), 0.0, 0.0], abs=1e-12)
+    assert ours.per_query["bpref"].tolist() == [trec[q]["bpref"] for q in qrels.query_ids]
+    assert ours.per_query["judged@10"].tolist() == [0.5, 0.5, 0.5]  # d2 judged 0 for q2, d1 judged -1 for q3
 
 
 def test_name_override(tmp_path):
@@ -104,7 +118,7 @@ def test_qrels_naming_missing_documents_are_counted_and_warned(tmp_path):
     qrels = ds.qrels["test"]
     assert qrels.missing_docs == 2
     # Kept, not silently dropped: they still count as relevant (trec_eval's recall denominator).
-    assert qrels.judgments == {"q1": {"d1": 1, "gone": 2}, "q2": {"lost": 1}}
+    assert qrels.judgments == {"q1": {"d1": 1, "gone": 2}, "q2": {"lost": 1, "nope": 0}}
     assert qrels.as_rows("q1", ds.corpus).doc_rows.tolist() == [0]
 
 

@@ -93,7 +93,7 @@ def test_bad_tab_topics(tmp_path, text, message):
 def test_trec_qrels(tmp_path):
     path = tmp_path / "qrels.txt"
     path.write_text("301 0 FT1 2\n301 0 FT2 0\n302 0 LA9 1\n303   0  X  -1\n")
-    assert read_trec_qrels(path) == {"301": {"FT1": 2}, "302": {"LA9": 1}}
+    assert read_trec_qrels(path) == {"301": {"FT1": 2, "FT2": 0}, "302": {"LA9": 1}, "303": {"X": -1}}  # all judged
     assert read_qrels(path) == read_trec_qrels(path)  # format detected
 
 

@@ -353,7 +353,8 @@ def test_a_one_document_corpus(capsys, tmp_path):
     code, _, err = run_eval(capsys, tmp_path, root)
     assert (code, err) == (0, "")
     assert report(tmp_path)["corpus_docs"] == 1
-    assert metrics(tmp_path) == {"recall@10": 1.0, "recall@100": 1.0, "ndcg@10": 1.0, "mrr@10": 1.0, "map": 1.0}
+    assert metrics(tmp_path) == {"recall@10": 1.0, "recall@100": 1.0, "ndcg@10": 1.0, "mrr@10": 1.0, "map": 1.0,
+                                 "judged@10": 1.0}
 
 
 def test_judgments_of_documents_absent_from_the_corpus_count_as_missing_docs(capsys, tmp_path):

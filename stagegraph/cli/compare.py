@@ -31,7 +31,10 @@ def register(sub) -> None:
         help="compare saved reports: differences with CIs, effect sizes, corrected p-values, latency",
         description=__doc__.splitlines()[0],
     )
-    p.add_argument("reports", nargs="+", help="report.json files (or the directories holding them)")
+    p.add_argument("reports", nargs="+", help="report.json files (or the directories holding them), or TREC run "
+                   "files of any system with --dataset")
+    p.add_argument("--dataset", help="score the TREC run files given against this dataset (as `eval --run` does)")
+    p.add_argument("--split", default="test", help="with --dataset: the qrels split (default test)")
     p.add_argument("--baseline", help="compare each report with this one only (a path or its position, 1-based); "
                    "default: every pair of reports")
     p.add_argument("--stage", help="stage to compare in every report (default: each report's output stage)")
@@ -60,9 +63,28 @@ def _baseline_index(paths: list[str], baseline: str | None) -> tuple[list[str], 
     return [baseline, *paths], 0  # a baseline not listed among the reports is added first
 
 
+def load_report_or_run(path: str, args: argparse.Namespace) -> Report:
+    """A saved report, or a TREC run file scored against `--dataset` (read once for every run file)."""
+    p = Path(path)
+    if p.is_dir() or p.suffix == ".json":
+        return Report.load(p)
+    if not p.is_file():
+        raise CompareError(f"{path}: no report or run file here")
+    if not args.dataset:
+        raise CompareError(f"{path} is not a report.json: to compare a TREC run file, give the dataset it ran on "
+                           f"(--dataset D), e.g. `stagegraph compare {path} OTHER.trec --dataset sample`")
+    from stagegraph.cli.app import load_dataset
+    from stagegraph.evaluation.runfile import report_of_run
+
+    if getattr(args, "_dataset", None) is None:
+        args._dataset = load_dataset(args)
+    metrics = [m.strip() for m in args.metrics.split(",")] if args.metrics else None
+    return report_of_run(p, args._dataset, split=args.split, metrics=metrics)
+
+
 def handle(args: argparse.Namespace) -> int:
     paths, index = _baseline_index(list(args.reports), args.baseline)
-    reports = [Report.load(p) for p in paths]
+    reports = [load_report_or_run(p, args) for p in paths]
     metrics = [m.strip() for m in args.metrics.split(",")] if args.metrics else None
     result = compare(
         reports, labels=[label_for(p) for p in paths], baseline=index, stage=args.stage, metrics=metrics,

@@ -6,6 +6,9 @@ each stage's chunk ranking is scored as a document ranking (`stagegraph.evaluati
 
 `--executor ray --mode batch` shards the queries over a Ray cluster (`stagegraph.scale`): the same
 report and run files, plus the per-worker split; the stage cache is not used there.
+
+Or another system's output: `stagegraph eval --run RUN.trec --dataset D` scores a TREC run file with
+the same measures and report (`stagegraph.evaluation.runfile`; no CONFIG, no latency).
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ from pathlib import Path
 from stagegraph.errors import InputError
 from stagegraph.cli.app import (
     Exit,
-    add_config_arg,
     add_executor_args,
     environment,
     executor_config,
@@ -32,7 +34,9 @@ from stagegraph.evaluation.writer import save_report
 
 def register(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a pipeline on a dataset: quality and latency per stage")
-    add_config_arg(p)
+    p.add_argument("config", nargs="?", help="pipeline YAML: a path, or a bundled config such as hybrid-rerank "
+                   "(none with --run)")
+    p.add_argument("--run", metavar="RUN.trec", help="score this TREC run file of any system instead of running a pipeline")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--dataset", help="a BEIR-layout directory or a registered name such as `sample`")
     where.add_argument("--collection", help="a collection directory (`stagegraph ingest`); give --queries and --qrels")
@@ -62,6 +66,11 @@ def handle(args: argparse.Namespace) -> int:
     from stagegraph.pipeline.cache import StageCache
 
     metrics = parse_metrics(args.metrics) if args.metrics else None  # a bad metric fails before any work
+    if args.run:
+        return score_run_file(args, metrics)
+    if not args.config:
+        raise InputError("give a pipeline to evaluate (e.g. `stagegraph eval hybrid --dataset sample`), or a run file "
+                         "to score (`--run RUN.trec`)")
     pipeline = load_pipeline(args)
     distributed = executor_config(args, pipeline)
     if distributed.distributed and args.mode != "batch":
@@ -86,6 +95,25 @@ def handle(args: argparse.Namespace) -> int:
     finally:
         if close is not None:
             close()
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        save_report(report, out)
+    print_report(report, quiet=args.quiet)
+    if out is not None:
+        say(args, f"Report written to {out}/ (report.json, report.html, per_query.csv, runs/*.trec)")
+    return Exit.OK
+
+
+def score_run_file(args: argparse.Namespace, metrics) -> int:
+    """`eval --run FILE --dataset D`: the run scored as trec_eval reads it, printed and saved like a report."""
+    from stagegraph.evaluation.console import print_report
+    from stagegraph.evaluation.runfile import report_of_run
+
+    if args.config:
+        raise InputError(f"--run scores a run file; a pipeline ({args.config}) has nothing to do with it: drop one")
+    if args.collection:
+        raise InputError("--run is scored against a dataset's qrels: give --dataset D (a BEIR folder or `sample`)")
+    report = report_of_run(args.run, load_dataset(args), split=args.split, metrics=metrics)
     out = Path(args.out) if args.out else None
     if out is not None:
         save_report(report, out)
