@@ -35,6 +35,7 @@ from stagegraph.pipeline.cache import StageCache
 from stagegraph.pipeline.executor import Mode, RunResult, Timing, execute
 from stagegraph.pipeline.graph import Step, levels
 from stagegraph.pipeline.hits import SearchResult, search_results
+from stagegraph.pipeline.loss import LossTrace, trace_loss
 from stagegraph.pipeline.stage import Environment, bind_stage, environment_for, release_stage
 
 __all__ = ["Runner", "as_queries", "build_indexes"]
@@ -175,6 +176,48 @@ class Runner:
         self.check_filter(filter)
         result = self.execute(as_queries(texts).with_filter(filter), mode="batch", progress=False)
         return self._hinted(search_results(result, self.steps, self.env.corpus, k), filter)
+
+    def explain(self, query: str, doc_id: str, k: int = 10, filter: dict[str, Any] | None = None) -> LossTrace:
+        """Why `doc_id` is (or is not) in this query's top `k`: every step's rank of it and the step
+        that lost it (`stagegraph.pipeline.loss.trace_loss`: `never_retrieved`, `filtered`,
+        `cut_by:<step>`, `beyond_depth:<reranker>`, `demoted_by:<step>`, or `in_top_k`).
+
+        `doc_id` is a row's id (a chunk's `doc#n`) or a document's: then each step's rank is that of
+        the document's best chunk in its output."""
+        if not isinstance(query, str) or not query.strip():
+            raise InputError("the query is empty; give a question or keywords")
+        check_query(query)
+        if k < 1:
+            raise InputError(f"k must be a positive number of hits, got {k}")
+        self.check_filter(filter)
+        corpus = self.env.corpus
+        rows = self._rows_of_document(doc_id)
+        result = self.execute(Queries.single(query, filter=filter), mode="online", progress=False)
+        ranks: dict[str, int | None] = {}
+        for step in self.steps:
+            ranking = result.stages[step.name].rankings[0]
+            found = [rank for rank, row in enumerate(ranking.doc_rows.tolist(), start=1) if row in rows]
+            ranks[step.name] = min(found) if found else None
+        index = MetadataIndex.of(corpus)
+        excluded = False
+        for step in self.steps:
+            if step.inputs:
+                continue
+            expression = combine(self.pipeline.filter, step.filter, getattr(step.stage.config, "filter", None), filter)
+            if expression and not index.mask(expression)[sorted(rows)].any():
+                excluded = True
+        return trace_loss(self.steps, ranks, k, self.pipeline.output, excluded)
+
+    def _rows_of_document(self, doc_id: str) -> set[int]:
+        corpus = self.env.corpus
+        if corpus.has(doc_id):
+            return {corpus.row_of(doc_id)}
+        if corpus.doc_ids is not None:
+            rows = {r for r, d in enumerate(corpus.doc_ids) if d == doc_id}
+            if rows:
+                return rows
+        raise InputError(f"no document or chunk {doc_id!r} in the corpus ({len(corpus)} rows); give an id a hit "
+                         "carries (`hit.id` or `hit.doc_id`)")
 
     def _hinted(self, results: list[SearchResult], filter: dict[str, Any] | None) -> list[SearchResult]:
         """`results` with the filter's `hint` on each empty one (worked out once, for a filter given)."""

@@ -593,3 +593,21 @@ def test_micro_batching_in_the_server_scores_what_it_would_alone(service):
             t.join(60)
     assert got == alone
     assert service.reranker().stats.pairs > pairs_before
+
+
+def test_explain_says_where_a_document_was_lost(client, service):
+    """POST /v1/explain: the same trace as the stack's own explain, for a hit and for a document past the top k."""
+    hits = client.post("/v1/search", json={"query": "alpha beta", "k": 20}).json()["hits"]
+    first, later = hits[0]["id"], hits[-1]["id"]
+    answer = client.post("/v1/explain", json={"query": "alpha beta", "doc_id": first, "k": 5})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["lost_at"] == "in_top_k" and body["rank_after"] == 1 and body["generation"] == service.stack.generation
+    assert len(hits) > 1
+    body = client.post("/v1/explain", json={"query": "alpha beta", "doc_id": later, "k": 1}).json()
+    trace = service.stack.explain("alpha beta", later, k=1)
+    assert body["lost_at"] == trace.lost_at != "in_top_k" and body["ranks"] == trace.ranks
+    assert set(body["ranks"]) == {"bm25", "dense", "pool", "rerank"}
+    missing = client.post("/v1/explain", json={"query": "alpha beta", "doc_id": "nope"})
+    assert missing.status_code == 422 and "no document or chunk 'nope'" in missing.json()["error"]["message"]
+    assert client.post("/v1/explain", json={"query": "", "doc_id": first}).json()["error"]["code"] == "empty_query"

@@ -55,6 +55,9 @@ def register(sub) -> None:
                    help="online latencies: as run, branches side by side (default); isolated: also each stage alone")
     p.add_argument("--warmup", type=int, default=3, help="warm-up queries run first and left out of the figures (default 3)")
     p.add_argument("--no-cache", action="store_true", help="run every stage, ignoring cached outputs")
+    p.add_argument("--loss-at", type=int, default=10, metavar="K",
+                   help="attribute every relevant document missing from the output's top K to the step that lost it "
+                        "(loss.tsv; default 10)")
     add_executor_args(p)
     p.set_defaults(func=handle)
 
@@ -90,7 +93,7 @@ def handle(args: argparse.Namespace) -> int:
             report = evaluate(
                 pipeline, dataset, split=args.split if not args.collection else "test", metrics=metrics, mode=args.mode,
                 env=env, cache=cache, warmup=args.warmup, timing=args.timing, progress=progress(args), aggregate=aggregate,
-                executor=executor or "local",
+                executor=executor or "local", loss_at=args.loss_at,
             )
     finally:
         if close is not None:
@@ -100,7 +103,7 @@ def handle(args: argparse.Namespace) -> int:
         save_report(report, out)
     print_report(report, quiet=args.quiet)
     if out is not None:
-        say(args, f"Report written to {out}/ (report.json, report.html, per_query.csv, runs/*.trec)")
+        say(args, f"Report written to {out}/ (report.json, report.html, per_query.csv, loss.tsv, runs/*.trec)")
     return Exit.OK
 
 

@@ -46,6 +46,7 @@ from stagegraph.errors import InputError
 from stagegraph.pipeline.compose import Pipeline
 from stagegraph.pipeline.config import with_reranker
 from stagegraph.pipeline.hits import SearchResult
+from stagegraph.pipeline.loss import LossTrace
 from stagegraph.pipeline.runner import Runner
 from stagegraph.pipeline.stage import ReadOnlyRefusal
 
@@ -163,6 +164,17 @@ class Stack:
             result = live.runner.search(query, k=k, filter=filter)
             result.generation = live.generation.number
             return result
+        finally:
+            self._release(live)
+
+    def explain(self, query: str, doc_id: str, k: int = 10, filter: dict[str, Any] | None = None) -> LossTrace:
+        """Why `doc_id` is not (or is) in `query`'s top `k` in the current generation: every stage's rank
+        of it and the step that lost it (`stagegraph.pipeline.runner.Runner.explain`)."""
+        live = self._acquire()
+        try:
+            if live.runner is None:
+                raise InputError("the collection is empty: nothing to explain; ingest documents first")
+            return live.runner.explain(query, doc_id, k=k, filter=filter)
         finally:
             self._release(live)
 

@@ -183,6 +183,22 @@ def notes(report: Report) -> list[str]:
     return lines
 
 
+def loss_lines(report: Report, width: int = WIDTH) -> list[str]:
+    """One bar per step: the share of the relevant documents missing from the output's top k lost there."""
+    loss = report.loss
+    if loss is None or not loss.missing:
+        return []
+    lines = [f"Misses at R@{loss.at}: {loss.missing} relevant documents are not in {report.output}'s top {loss.at}; "
+             "lost at (loss.tsv lists each):"]
+    label_w = min(28, max(len(name) for name in loss.by))
+    bar_w = max(10, width - label_w - 20)
+    for name, share in loss.shares().items():
+        filled = share * bar_w
+        bar = "█" * int(filled) + ("▌" if filled - int(filled) >= 0.5 else "")
+        lines.append(f"  {name[:label_w]:<{label_w}} {loss.by[name]:>6} {share:>4.0%} {bar}")
+    return lines
+
+
 def render_report(report: Report, width: int = WIDTH, color: bool = False) -> str:
     """The table and notes as text, `width` columns wide at most."""
     buf = io.StringIO()
@@ -191,7 +207,7 @@ def render_report(report: Report, width: int = WIDTH, color: bool = False) -> st
         if table is not None:
             console.print(table)
     _warn(report, console)
-    for line in notes(report):
+    for line in [*loss_lines(report, width), *notes(report)]:
         console.print(line, highlight=False, markup=False)
     return buf.getvalue()
 
@@ -212,5 +228,5 @@ def print_report(report: Report, quiet: bool = False, console: Console | None = 
             console.print(table)
     _warn(report, console)
     if not quiet:
-        for line in notes(report):
+        for line in [*loss_lines(report, console.width), *notes(report)]:
             console.print(line, highlight=False, markup=False)

@@ -35,6 +35,7 @@ from stagegraph.evaluation.report import (
 from stagegraph.pipeline.timing import LatencySummary
 from stagegraph.pipeline.ranking import Ranking
 from stagegraph.pipeline.stage import Environment
+from stagegraph.evaluation.loss import attribute_losses, leg_filters
 from stagegraph.evaluation.measures import DEFAULT_METRICS, Metric, parse_metrics
 from stagegraph.evaluation.aggregate import Aggregation, document_corpus, to_documents
 from stagegraph.evaluation.metrics_stage import MetricsStage
@@ -56,6 +57,7 @@ def evaluate(
     timing: Timing = "concurrent",
     aggregate: Aggregation | None = None,
     executor: object = None,
+    loss_at: int = 10,
 ) -> Report:
     """Run `pipeline` on the judged queries of `split` and report quality and cost per stage.
 
@@ -66,7 +68,10 @@ def evaluate(
 
     On a chunked corpus (a collection) whose qrels name documents, `aggregate` (`maxp`, `firstp`,
     `sum`; `stagegraph.evaluation.aggregate`) turns every stage's chunk ranking into a document
-    ranking before it is scored; a chunked corpus is aggregated by `maxp` unless told otherwise."""
+    ranking before it is scored; a chunked corpus is aggregated by `maxp` unless told otherwise.
+
+    `loss_at`: the k of loss attribution (`stagegraph.evaluation.loss`): every relevant document
+    missing from the output's top k, and the step that lost it (`report.loss`, `loss.tsv`)."""
     graph = as_pipeline(pipeline)
     graph.require_complete()
     queries, qrels = dataset.split(split)
@@ -82,8 +87,10 @@ def evaluate(
     result = _run(graph, queries, env, mode, cache, warmup, timing, progress, executor)
     if aggregate is None and dataset.corpus.doc_ids is not None:
         aggregate = "maxp"
+    if loss_at < 1:
+        raise InputError(f"loss_at must be a positive rank (the k of 'missing from the top k'), got {loss_at}")
     return build_report(graph, dataset, split, queries, qrels, result, parsed, timing=timing, aggregate=aggregate,
-                        load=probe.finish())
+                        load=probe.finish(), loss_at=loss_at)
 
 
 def _run(graph: Pipeline, queries: Queries, env: Environment, mode, cache, warmup, timing, progress, executor) -> RunResult:
@@ -132,6 +139,7 @@ def build_report(
     timing: str = "concurrent",
     aggregate: Aggregation | None = None,
     load: MachineLoad | None = None,
+    loss_at: int = 10,
 ) -> Report:
     """Score every stage of `result` and gather the figures into a `Report` (`load`: how busy the
     machine was while `result` ran, from a `LoadProbe` started before it)."""
@@ -208,6 +216,11 @@ def build_report(
         per_query=per_query,
     )
     report.attach_runs(queries.ids, runs, judged_corpus)
+    reported = _reported_steps(graph)
+    losses, report.loss = attribute_losses(
+        reported, output, runs, queries, qrels, judged_corpus, k=loss_at,
+        filters=leg_filters(reported, graph.filter), chunks=dataset.corpus if documents is not None else None)
+    report.attach_losses(losses)
     return report
 
 

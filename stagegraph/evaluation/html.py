@@ -197,8 +197,25 @@ def _config(r: Report) -> str:
     )
 
 
+def _losses(r: Report) -> str:
+    loss = r.loss
+    if loss is None or not loss.missing:
+        return ""
+    shares = loss.shares()
+    chart = grouped_bars(list(shares), [f"share of misses at R@{loss.at}"], [[v] for v in shares.values()],
+                         f"Where the {loss.missing} relevant documents missing from {r.output}'s top {loss.at} were lost")
+    rows = "".join(f"<tr><td>{escape(name)}</td><td>{n}</td><td>{shares[name]:.0%}</td></tr>" for name, n in loss.by.items())
+    return (
+        f"<h2>Where answers were lost</h2><p class='note'>For each judged query, every relevant document not in "
+        f"{escape(r.output)}'s top {loss.at}, and the step that lost it: never retrieved by any leg, filtered, cut by a "
+        "stage that kept fewer documents than its rank, beyond a reranker's depth, or demoted below the top "
+        f"{loss.at} (loss.tsv lists each).</p>{chart}<table><thead><tr><th>lost at</th><th>documents</th>"
+        f"<th>share</th></tr></thead><tbody>{rows}</tbody></table>"
+    )
+
+
 def render_html(report: Report) -> str:
-    body = "".join([_summary(report), _table(report), _funnel(report), _latency(report), _branches(report), _workers(report), _config(report)])
+    body = "".join([_summary(report), _table(report), _funnel(report), _losses(report), _latency(report), _branches(report), _workers(report), _config(report)])
     title = escape(f"stagegraph · {report.dataset} · {report.split}")
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"

@@ -15,6 +15,10 @@
   `queries` (how many it ranked), `missing`, `cache_hit`, `limit` (the most documents it returns)
   and `not_applicable` (metrics reading deeper than `limit`), and for a fusing stage
   `branches.<branch>` (what that branch alone contributed to the pool);
+* `loss`: `at` (k), `missing` (relevant documents of judged queries missing from the output's top k)
+  and `by` (how many were lost at each step: `never_retrieved`, `filtered`, `cut_by:<stage>`,
+  `demoted_by:<stage>`, `beyond_depth:<reranker>`, `not_in_corpus`; the counts sum to `missing`);
+  `loss.tsv` beside it lists each (`stagegraph.evaluation.loss`);
 * `per_query`: the judged query ids and, per stage, each applicable metric's per-query values (a
   metric that does not apply to a stage has none), plus the per-query latencies (for the paired
   tests of `stagegraph compare` and the HTML plots).
@@ -42,6 +46,7 @@ from pydantic import BaseModel, Field, PrivateAttr, model_validator
 
 from stagegraph.errors import InputError
 from stagegraph.evaluation.conditions import MachineLoad
+from stagegraph.evaluation.loss import LossSummary
 from stagegraph.hashing import library_versions as versions
 from stagegraph.pipeline.timing import LatencySummary
 from stagegraph.pipeline.executor import WorkerShare
@@ -139,11 +144,14 @@ class Report(BaseModel):
     machine_load: MachineLoad | None = None
     created: str = ""
     per_query: PerQuery = Field(default_factory=PerQuery)
+    #: where the relevant documents missing from the output's top k were lost; None in older reports
+    loss: LossSummary | None = None
 
     # Rankings of every stage and the corpus ids, for the TREC run files; not serialised.
     _runs: dict[str, list] = PrivateAttr(default_factory=dict)
     _run_qids: list[str] = PrivateAttr(default_factory=list)
     _corpus: Any = PrivateAttr(default=None)
+    _losses: list = PrivateAttr(default_factory=list)
 
     @model_validator(mode="after")
     def _no_per_query_values_where_it_does_not_apply(self) -> Report:
@@ -156,6 +164,14 @@ class Report(BaseModel):
 
     def attach_runs(self, qids: Sequence[str], runs: dict[str, list], corpus: Any) -> None:
         self._run_qids, self._runs, self._corpus = list(qids), dict(runs), corpus
+
+    def attach_losses(self, losses: list) -> None:
+        self._losses = list(losses)
+
+    @property
+    def losses(self) -> list:
+        """Every `Loss` (query, document, where it was lost) when attached by `evaluate`, else empty."""
+        return self._losses
 
     @property
     def runs(self) -> tuple[list[str], dict[str, list], Any]:

@@ -15,16 +15,19 @@ from typing import Any
 from stagegraph import atomic
 from stagegraph.corpora.trec import write_run
 from stagegraph.evaluation.html import render_html
+from stagegraph.evaluation.loss import loss_tsv
 from stagegraph.evaluation.report import Report
 
 
 def save_report(report: Report, out_dir: str | os.PathLike[str]) -> Path:
-    """Write report.json, per_query.csv, report.html and runs/<stage>.trec under `out_dir`."""
+    """Write report.json, per_query.csv, report.html, loss.tsv and runs/<stage>.trec under `out_dir`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic.write_text(out / "report.json", report.to_json())
     atomic.write_text(out / "per_query.csv", report.per_query_csv())
     atomic.write_text(out / "report.html", render_html(report))
+    if report.losses or report.loss is not None:
+        atomic.write_text(out / "loss.tsv", loss_tsv(report.losses))
     qids, runs, corpus = report.runs
     if runs and corpus is not None:
         for stage, rankings in runs.items():

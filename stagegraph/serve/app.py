@@ -44,6 +44,8 @@ from stagegraph.serve.middleware import BodyLimit, RequestContext, WriteGate
 from stagegraph.serve.models import (
     DocumentOut,
     ErrorBody,
+    ExplainRequest,
+    ExplainResponse,
     Health,
     Info,
     Ready,
@@ -194,6 +196,13 @@ def create_app(service: Service, *, api_key: str | None = None) -> FastAPI:
         """The top k hits for one query (with `explain`, each stage's rank and score)."""
         service.check_search(body)
         return await run(service.search_pool, request, partial(service.search, body=body),
+                         timeout_s(request, settings.deadline_ms))
+
+    @app.post("/v1/explain", response_model=ExplainResponse, responses=ERRORS, tags=["search"])
+    async def explain(body: ExplainRequest, request: Request) -> Response:
+        """Why one document is not (or is) in a query's top k: every stage's rank of it and the step that lost it."""
+        service.check_search(body)
+        return await run(service.search_pool, request, partial(service.explain, body=body),
                          timeout_s(request, settings.deadline_ms))
 
     @app.post("/v1/search/batch", response_model=SearchBatchResponse, responses=ERRORS, tags=["search"])

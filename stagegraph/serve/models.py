@@ -48,6 +48,27 @@ class SearchRequest(BaseModel):
                                 "(default: every chunk; 1: one hit per document, its best chunk)")
 
 
+class ExplainRequest(BaseModel):
+    model_config = STRICT
+
+    query: str = Field(description="the query, as in /v1/search")
+    doc_id: str = Field(description="the document (or chunk, `doc#n`) whose place to explain")
+    k: int = Field(10, description="the top k it is (or is not) in, 1 to --max-k")
+    filter: dict[str, Any] | None = Field(None, description="the query's filter, as in /v1/search")
+
+
+class ExplainResponse(BaseModel):
+    generation: int | None = None
+    query: str
+    doc_id: str
+    k: int
+    lost_at: str = Field(description="in_top_k, or the step that lost it: never_retrieved, filtered, cut_by:<stage>, "
+                         "beyond_depth:<reranker>, demoted_by:<stage>")
+    rank_before: int | None = Field(None, description="its rank on the way into that step")
+    rank_after: int | None = Field(None, description="its rank on the way out (null: dropped)")
+    ranks: dict[str, int | None] = Field(description="every stage's rank of it (null: not in that stage's output)")
+
+
 class SearchBatchRequest(BaseModel):
     model_config = STRICT
 

@@ -50,6 +50,8 @@ from stagegraph.serve.metrics import Metrics
 from stagegraph.serve.models import (
     ChunkOut,
     DocumentOut,
+    ExplainRequest,
+    ExplainResponse,
     HitOut,
     Info,
     Ready,
@@ -271,6 +273,13 @@ class Service:
         response = _response(result, body.explain, queue_ms, report.missing)
         return Done(response.model_dump_json(exclude_none=True).encode(),
                     {"queue": queue_ms, **result.timings_ms, "compute": job.compute_s * 1000.0})
+
+    def explain(self, job: Job, body: ExplainRequest) -> Done:
+        trace = self.stack.explain(body.query, body.doc_id, k=body.k, filter=body.filter)
+        response = ExplainResponse(generation=self.stack.generation, query=body.query, doc_id=body.doc_id, k=body.k,
+                                   lost_at=trace.lost_at, rank_before=trace.rank_before, rank_after=trace.rank_after,
+                                   ranks=trace.ranks)
+        return Done(response.model_dump_json().encode(), {"queue": job.queue_s * 1000.0, "compute": job.compute_s * 1000.0})
 
     def search_batch(self, job: Job, body: SearchBatchRequest) -> Done:
         queue_ms = job.queue_s * 1000.0
