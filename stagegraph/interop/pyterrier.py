@@ -64,8 +64,8 @@ class StagegraphTransformer(pt.Transformer):
         if missing:
             raise InputError(f"a StagegraphTransformer takes a query frame with columns qid and query; missing "
                              f"{', '.join(missing)} (columns: {', '.join(map(str, inp.columns))})")
-        queries = inp[["qid", "query"]].drop_duplicates("qid")
-        qids, texts = [str(q) for q in queries["qid"]], [str(t) for t in queries["query"]]
+        first = dict(zip(map(str, inp["qid"].tolist()), map(str, inp["query"].tolist())))  # a qid once, as pt does
+        qids, texts = list(first), list(first.values())
         results = self.stack.search_batch(texts, k=self.k, filter=self.filter) if texts else []
         columns: dict[str, list[Any]] = {c: [] for c in RESULT_COLUMNS}
         if self.text:
