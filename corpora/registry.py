@@ -2,6 +2,8 @@
 
 Resolution order for `load_dataset(x)`:
 1. `x == "sample"`: the bundled sample (`corpora/sample/`, BEIR layout, shipped in the package);
+   `x` starting `irds:`: that ir_datasets id, through ir_datasets' own registry, download and cache
+   (`stagegraph.corpora.irds`; the id names the split, e.g. `irds:beir/scifact/test`);
 2. `x` is an existing directory: BEIR loader when it has `corpus.jsonl` + `queries.jsonl` +
    `qrels/*.tsv`, else the JSONL loader (`docs.jsonl`/`id` keys, TREC qrels ...);
 3. a name: the folder `<dir>/<x>` in each dataset directory (`$STAGEGRAPH_DATASETS`, a
@@ -79,10 +81,15 @@ def load_dataset(
     download: bool = False,
     cache_dir: PathLike | None = None,
 ) -> Dataset:
-    """A `Dataset` from the bundled sample, a folder, a named local dataset or (opt-in) a BEIR download."""
+    """A `Dataset` from the bundled sample, a folder, a named local dataset, an ir_datasets id
+    (`irds:beir/scifact/test`) or (opt-in) a BEIR download."""
     text = os.fspath(name_or_path)
     if text == SAMPLE_NAME:
         return load_sample(progress=progress)
+    if text.startswith("irds:"):
+        from stagegraph.corpora.irds import load_irds
+
+        return load_irds(text, progress=progress)
     path = Path(text).expanduser()
     if path.is_dir():
         return load_directory(path, progress=progress)

@@ -9,6 +9,7 @@ layer or a lower one. From the ground up:
     pipeline    the engine: stage contract, Pipeline, executor, cache, YAML codec, registry
     stages      retrievers, pool, reranker (built on the engine's contract)
     collection  a user's documents as chunks and indexes, in atomic generations; stagegraph.open
+    interop     adapters to PyTerrier, LangChain, LlamaIndex, Haystack (a stack or pipeline in theirs, theirs as a stage)
     serve       the HTTP API over a collection's stack
     scale       Ray: evaluation sharded by query, encoding by document
     evaluation  measures, scoring, reports, compare, sweep, expectations
@@ -45,6 +46,7 @@ LAYERS = [
     ("pipeline", ["stagegraph.pipeline"]),
     ("stages", ["stagegraph.stages"]),
     ("collection", ["stagegraph.collection"]),
+    ("interop", ["stagegraph.interop"]),
     ("serve", ["stagegraph.serve"]),
     ("scale", ["stagegraph.scale"]),
     ("evaluation", ["stagegraph.evaluation"]),

@@ -82,7 +82,8 @@ def add_config_arg(p: argparse.ArgumentParser, help: str = "pipeline YAML: a pat
 
 
 def add_dataset_args(p: argparse.ArgumentParser, *, reranker: bool = True) -> None:
-    p.add_argument("--dataset", required=True, help="a BEIR-layout directory or a registered name such as `sample`")
+    p.add_argument("--dataset", required=True, help="a BEIR-layout directory, a registered name such as `sample`, or an ir_datasets id such as "
+                   "irds:beir/scifact/test (the id names the split)")
     p.add_argument("--download", action="store_true", help="fetch a public BEIR dataset by name when it is not found locally (needs network)")
     if reranker:
         p.add_argument("--reranker", help="model for every cross-encoder stage (HF id or local path; or $STAGEGRAPH_RERANKER)")

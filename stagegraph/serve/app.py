@@ -219,6 +219,11 @@ def create_app(service: Service, *, api_key: str | None = None) -> FastAPI:
         return await run(service.search_pool, request, partial(service.rerank, body=body, request_id=request_id(request)),
                          timeout_s(request, settings.deadline_ms))
 
+    # -- the rerank shapes other clients send: Cohere v2 (/v2/rerank), TEI (/rerank); see rerank_compat
+    from stagegraph.serve.rerank_compat import add_routes as add_rerank_compat_routes
+
+    add_rerank_compat_routes(app, service, run=run, timeout_s=timeout_s, request_id=request_id, errors=ERRORS)
+
     # -- documents ------------------------------------------------------------------------------
     writes_doc = not settings.read_only
 

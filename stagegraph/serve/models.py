@@ -229,3 +229,62 @@ class Info(BaseModel):
     batching: dict[str, Any]
     limits: dict[str, Any]
     versions: dict[str, str]
+
+
+# -- the rerank shapes other clients send (stagegraph.serve.rerank_compat) ---------------------------
+#: unknown fields are ignored on these two routes (not refused): a newer client adding one keeps working
+COMPAT = ConfigDict(extra="ignore", strict=True)
+
+
+class CohereV2RerankRequest(BaseModel):
+    """Cohere's v2 rerank request, as `cohere.ClientV2.rerank` sends it."""
+
+    model_config = COMPAT
+
+    model: str | None = Field(None, description="required by Cohere, accepted here; the server's own cross-encoder is used and named")
+    query: str
+    documents: list[str] = Field(description="the passages (strings, as Cohere v2 takes them); the same limits as /v1/rerank")
+    top_n: int | None = Field(None, description="return the best top_n (default: all)")
+    max_tokens_per_doc: int | None = Field(None, description="accepted; pairs are truncated to the model's max_length tokens")
+    priority: int | None = Field(None, description="accepted and ignored")
+
+
+class CohereV2RerankResult(BaseModel):
+    index: int = Field(description="position of the document in the request")
+    relevance_score: float = Field(description="in 0-1, as Cohere's: the model's score where its activation is a sigmoid, "
+                                   "else the logistic of its logit (order as /v1/rerank's)")
+
+
+class CohereApiVersion(BaseModel):
+    version: str = "2"
+
+
+class CohereMeta(BaseModel):
+    api_version: CohereApiVersion = Field(default_factory=CohereApiVersion)
+
+
+class CohereV2RerankResponse(BaseModel):
+    id: str = Field(description="the request id")
+    results: list[CohereV2RerankResult]
+    meta: CohereMeta = Field(default_factory=CohereMeta)
+    model: str = Field(description="the cross-encoder that scored the pairs")
+    timings_ms: dict[str, float]
+
+
+class TeiRerankRequest(BaseModel):
+    """text-embeddings-inference's `POST /rerank` request."""
+
+    model_config = COMPAT
+
+    query: str
+    texts: list[str] = Field(description="the passages; the same limits as /v1/rerank's documents")
+    raw_scores: bool = Field(False, description="true: the model's own output (as /v1/rerank); false: in 0-1 (TEI's default)")
+    return_text: bool = False
+    truncate: bool | None = Field(None, description="accepted; pairs are always truncated to the model's max_length tokens")
+    truncation_direction: str | None = Field(None, description="accepted; truncation keeps the start of the passage")
+
+
+class TeiRank(BaseModel):
+    index: int = Field(description="position of the text in the request")
+    score: float
+    text: str | None = Field(None, description="with return_text: the text as sent")

@@ -17,6 +17,7 @@ says in plain words whether the model beats the first stage on the held-out quer
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -242,7 +243,8 @@ def cached_reranker(
     `first_use` replaces the message said before training.
     """
     key = reranker_key(graph, dataset, cfg, split)
-    out = Path(work_dir) / "models" / f"reranker-{dataset.name}-{key[:12]}"
+    folder = re.sub(r"[^A-Za-z0-9._-]+", "-", dataset.name)  # one folder for "irds:beir/scifact" too
+    out = Path(work_dir) / "models" / f"reranker-{folder}-{key[:12]}"
     if (out / METADATA_FILE).is_file():
         say(f"using the cross-encoder fine-tuned earlier on {dataset.name} {split}: {out}")
         return out, None
