@@ -83,7 +83,8 @@ def test_demo_figures_match_their_pins(demo):
     assert checked >= 8
 
 
-def test_with_the_chapters_model_on_disk_the_demo_uses_it_and_says_so(tmp_path, monkeypatch):
+def test_with_the_chapters_model_on_disk_the_demo_uses_it_and_a_second_run_says_it_reused_the_indexes(
+        tmp_path, monkeypatch):
     models = tmp_path / "models"
     make_tiny_cross_encoder(models / DEFAULT_RERANKER, max_length=256)
     monkeypatch.setenv("STAGEGRAPH_MODELS", str(models))
@@ -95,3 +96,36 @@ def test_with_the_chapters_model_on_disk_the_demo_uses_it_and_says_so(tmp_path, 
     assert any(line.startswith(f"Using the chapter's cross-encoder {DEFAULT_RERANKER} (models_dir") for line in said)
     assert not any("fine-tune" in line for line in said)
     assert result.report.stages["rerank"].queries == 116
+    assert sorted(result.built + result.reused) == ["the BM25 index", "the dense index"]  # which: as the suite left it
+    assert ("Built now and cached in" in " ".join(said)) == bool(result.built)
+    # a second run on the same work directory: it says it reused what the first built, claims no
+    # building or training, and its closing time is its own
+    again: list[str] = []
+    second = run_demo(work_dir=work, out=tmp_path / "again", progress=False, say=again.append)
+    assert second.built == [] and second.reused == ["the BM25 index", "the dense index"]
+    assert f"Reused from an earlier run (cached in {work}): the BM25 index and the dense index." in again, again
+    assert not any(word in line.lower() for line in again for word in ("built now", "fine-tun", "training")), again
+    assert second.finished == (f"Demo finished in {second.seconds:.0f} s; nothing was built or trained "
+                               "(the BM25 index and the dense index came from an earlier run).")
+
+
+def test_with_the_demos_model_cached_it_says_it_reuses_it_instead_of_fine_tuning(tmp_path, monkeypatch):
+    """The fine-tune route's first message on a later run: the model of the earlier run, not 'fine-tunes now'."""
+    from stagegraph.demo import demo_reranker, fine_tuned_path, pretrained_reranker
+    from stagegraph.stages.rerank.blend import METADATA_FILE
+
+    monkeypatch.delenv("STAGEGRAPH_MODELS", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    first: list[str] = []
+    assert pretrained_reranker(first.append) is None
+    assert "so the demo fine-tunes a small one instead, now (later runs reuse it)" in first[0]
+    cached = fine_tuned_path(tmp_path)
+    cached.mkdir(parents=True)
+    (cached / METADATA_FILE).write_text("{}")  # what `cached_reranker` looks for: a model fine-tuned earlier
+    said: list[str] = []
+    path, source = demo_reranker(tmp_path, progress=False, say=said.append)
+    assert (Path(path), source) == (cached, "fine-tuned earlier")
+    assert said[0].startswith(f"The chapter's cross-encoder {DEFAULT_RERANKER} is not on this machine and "
+                              "HF_HUB_OFFLINE is set, so the demo uses the small one it fine-tuned on an earlier run")
+    assert said[1] == f"using the cross-encoder fine-tuned earlier on sample train: {cached}"
+    assert not any("fine-tunes" in line or "will be cached" in line for line in said), said

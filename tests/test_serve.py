@@ -11,6 +11,7 @@ import json
 import logging
 import re
 import socket
+import sys
 import threading
 import time
 
@@ -219,6 +220,39 @@ def test_operations_endpoints(client, service):
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/v1/search", "/v1/search/batch", "/v1/rerank", "/v1/documents", "/v1/documents/{doc_id}", "/healthz",
             "/readyz", "/metrics", "/v1/info"} <= set(paths)
+
+
+def _page_urls(page: str) -> list[str]:
+    """Every URL a page loads or links: src= and href= attributes, and the url: of Swagger UI's init."""
+    return re.findall(r'(?:src|href)="([^"]+)"', page) + re.findall(r"url: '([^']+)'", page)
+
+
+def test_docs_is_swagger_ui_from_this_server_not_a_cdn(client):
+    page = client.get("/docs")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "SwaggerUIBundle" in page.text and "cdn" not in page.text.lower()
+    urls = _page_urls(page.text)
+    assert {"/docs/static/swagger-ui-bundle.js", "/docs/static/swagger-ui.css", "/openapi.json"} <= set(urls), urls
+    for url in urls:
+        assert url.startswith("/") and not url.startswith("//"), url  # on this server, never elsewhere
+        got = client.get(url)
+        assert got.status_code == 200 and len(got.content) > 100, url
+    assert client.get("/docs/static/swagger-ui-bundle.js").headers["content-type"].startswith(
+        ("application/javascript", "text/javascript"))
+    assert "/docs/static" not in str(client.get("/openapi.json").json()["paths"])  # the assets are not API routes
+
+
+def test_without_swagger_uis_files_docs_links_the_schema_and_says_what_to_install(service, monkeypatch):
+    monkeypatch.setitem(sys.modules, "fastapi_offline", None)  # `import fastapi_offline` fails: not installed
+    with TestClient(create_app(service)) as c:
+        page = c.get("/docs")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert "SwaggerUIBundle" not in page.text
+        assert "stagegraph[serve]" in page.text and "fastapi-offline" in page.text and "Serving over HTTP" in page.text
+        urls = _page_urls(page.text)
+        assert urls == ["/openapi.json"], urls
+        assert c.get(urls[0]).json()["openapi"].startswith("3.")
+        assert c.get("/docs/static/swagger-ui.css").status_code == 404
 
 
 def test_metrics_count_requests_stages_and_pairs(client, service):

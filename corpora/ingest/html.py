@@ -6,7 +6,8 @@ and repairs broken markup the way browsers do). The text keeps what a reader see
 `<style>`, `<noscript>`, `<template>`, `<svg>`, `<head>`, comments and elements with a `hidden`
 attribute are dropped; runs of whitespace collapse to one space (except inside `<pre>`); block
 elements are separated by a blank line, list items, table rows and `<br>` by a line break, table
-cells by a space. The title is `<title>`, else the first `<h1>`, else the file's stem.
+cells by a space. A heading's permalink mark (`<a class="headerlink">¶</a>`, from Sphinx or
+MkDocs) is not part of its title or text. The title is `<title>`, else the first `<h1>`, else the file's stem.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ PARAGRAPH_BLOCKS = frozenset({
 LINE_BLOCKS = frozenset({"li", "tr", "dt", "dd", "br", "caption", "option"})
 CELLS = frozenset({"td", "th"})
 HEADINGS = frozenset({"h1", "h2", "h3", "h4", "h5", "h6"})
+PERMALINK_CLASS = "headerlink"  # the pilcrow link Sphinx and MkDocs put in each heading
 _SPACES = re.compile(r"\s+")
 
 
@@ -135,11 +137,28 @@ def _break_around(builder: _TextBuilder, tag: str) -> None:
 
 
 def _add_heading(builder: _TextBuilder, headings: list[_Heading], node: Any) -> None:
-    title = _collapse(node.text(deep=True, strip=False))
+    title = _collapse(_heading_text(node))
     start = builder.add(title)
     if start is not None:
         headings.append(_Heading(start, title, int(node.tag[1])))
     builder.request_break(2)
+
+
+def _heading_text(heading: Any) -> str:
+    """A heading's visible text, without a permalink anchor in it (`<a class="headerlink">¶</a>`, as
+    Sphinx and MkDocs write after every heading): that mark is no part of the title."""
+    parts: list[str] = []
+    stack = list(reversed(list(heading.iter(include_text=True))))
+    while stack:
+        node = stack.pop()
+        if node.is_text_node:
+            parts.append(node.text_content or "")
+            continue
+        if (not node.is_element_node or node.tag in INVISIBLE or "hidden" in node.attributes
+                or (node.tag == "a" and PERMALINK_CLASS in (node.attributes.get("class") or "").split())):
+            continue
+        stack.extend(reversed(list(node.iter(include_text=True))))
+    return "".join(parts)
 
 
 def _collapse(text: str) -> str:

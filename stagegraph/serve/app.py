@@ -1,6 +1,7 @@
 """The routes: `create_app(service)` is the FastAPI application of one `Service`.
 
-Versioned under `/v1`, OpenAPI at `/docs` (and `/openapi.json`):
+Versioned under `/v1`, OpenAPI at `/docs` (Swagger UI served from local files, `stagegraph.serve.docs`)
+and `/openapi.json`:
 
 | route | what |
 | --- | --- |
@@ -39,6 +40,7 @@ from starlette.responses import Response
 
 from stagegraph import __version__
 from stagegraph.errors import StagegraphError
+from stagegraph.serve.docs import install_docs
 from stagegraph.serve.errors import ApiError, api_error_response, error_response, from_exception, validation_error
 from stagegraph.serve.middleware import BodyLimit, RequestContext, WriteGate
 from stagegraph.serve.models import (
@@ -110,8 +112,9 @@ def create_app(service: Service, *, api_key: str | None = None) -> FastAPI:
                    Middleware(BodyLimit, max_body_bytes=settings.limits.max_body_bytes,
                               max_json_depth=settings.limits.max_json_depth)]
     app = FastAPI(title="stagegraph", version=__version__, lifespan=lifespan, middleware=middleware,
-                  docs_url="/docs", redoc_url=None,
+                  docs_url=None, redoc_url=None,  # /docs: stagegraph.serve.docs (Swagger UI from local files)
                   description="Retrieval pipeline over a collection: search, rerank, documents. See docs/serving.md in the stagegraph repository.")
+    install_docs(app)
 
     # -- errors ---------------------------------------------------------------------------------
     @app.exception_handler(RequestValidationError)
