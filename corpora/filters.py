@@ -264,31 +264,36 @@ class MetadataIndex:
         return col
 
     # -- compiling ------------------------------------------------------------------------------
-    def mask(self, expression: Mapping[str, Any] | None) -> np.ndarray:
+    def mask(self, expression: Mapping[str, Any] | None, *, part: bool = False) -> np.ndarray:
         """The rows `expression` allows (all rows for None or {}); a `FilterError` for any filter that
-        does not fit (see the module docstring), never another exception."""
+        does not fit (see the module docstring), never another exception.
+
+        `part=True`: these rows are one part (a segment) of a corpus the filter was checked against as
+        a whole, so a field none of *these* rows holds is not an error: its rows lack it, as rows of a
+        whole corpus that lack a field do (`$eq`, `$in`, comparisons and `$exists: true` match none;
+        `$ne`, `$nin` and `$exists: false` match all)."""
         if expression is None or (isinstance(expression, Mapping) and not expression):
             return np.ones(self.n, dtype=bool)
         if not isinstance(expression, Mapping):
             raise FilterError(f"a filter is a mapping such as {{'ext': 'md'}}, not {type(expression).__name__}")
         check_shape(expression, self.limits)
-        return self._mask(expression)
+        return self._mask(expression, part)
 
-    def _mask(self, expression: Mapping[str, Any]) -> np.ndarray:
+    def _mask(self, expression: Mapping[str, Any], part: bool = False) -> np.ndarray:
         out = np.ones(self.n, dtype=bool)
         for name, condition in expression.items():
             if name == "$and":
-                for part in self._parts(name, condition):
-                    out &= self._mask(part)
+                for piece in self._parts(name, condition):
+                    out &= self._mask(piece, part)
             elif name == "$or":
                 any_of = np.zeros(self.n, dtype=bool)
-                for part in self._parts(name, condition):
-                    any_of |= self._mask(part)
+                for piece in self._parts(name, condition):
+                    any_of |= self._mask(piece, part)
                 out &= any_of
             elif name.startswith("$"):
                 raise FilterError(f"unknown operator {name!r} at the top of a filter; use a field name, $and or $or")
             else:
-                out &= self._field(name, condition)
+                out &= self._field(name, condition, part)
         return out
 
     @staticmethod
@@ -297,12 +302,14 @@ class MetadataIndex:
             raise FilterError(f"{name} takes a non-empty list of filters, e.g. {{'{name}': [{{'ext': 'md'}}, {{'year': 2024}}]}}")
         return condition
 
-    def _field(self, name: str, condition: Any) -> np.ndarray:
+    def _field(self, name: str, condition: Any, part: bool = False) -> np.ndarray:
         operators = condition if isinstance(condition, Mapping) and any(str(k).startswith("$") for k in condition) else {"$eq": condition}
         col = self.column(name)
         if col.kind == "absent":
             if set(operators) == {"$exists"}:
                 return self._apply(col, "$exists", operators["$exists"])
+            if part:
+                return self._absent_here(col, operators)
             raise FilterError(f"unknown filter field {name!r}: no document has it; check its spelling "
                               "(a field holds a value in at least one document)")
         out = np.ones(self.n, dtype=bool)
@@ -310,6 +317,18 @@ class MetadataIndex:
             if op not in OPERATORS:
                 raise FilterError(f"unknown operator {op!r} on field {name!r}; use one of {', '.join(OPERATORS)}")
             out &= self._apply(col, op, value)
+        return out
+
+    def _absent_here(self, col: Column, operators: Mapping[str, Any]) -> np.ndarray:
+        """A field none of this part's rows holds: what each operator gives rows that lack it."""
+        out = np.ones(self.n, dtype=bool)
+        for op, value in operators.items():
+            if op not in OPERATORS:
+                raise FilterError(f"unknown operator {op!r} on field {col.name!r}; use one of {', '.join(OPERATORS)}")
+            if op == "$exists":
+                out &= self._apply(col, op, value)
+            elif op not in ("$ne", "$nin"):
+                out &= False
         return out
 
     def _apply(self, col: Column, op: str, value: Any) -> np.ndarray:

@@ -227,3 +227,42 @@ def test_a_plugin_stage_written_for_a_plain_corpus_never_returns_a_deleted_chunk
     runner = as_pipeline(StubRetriever(name="every", k=10)).bind(store)
     assert {corpus.doc_id(int(r)) for r in runner.run(["anything"])[0].doc_rows} == {"d0", "d2", "d3", "d5"}
     store.close()
+
+
+FIELD_FILTERS = [{"tags": "gpu"}, {"tags": {"$in": ["gpu", "cpu"]}}, {"tags": {"$ne": "gpu"}}, {"tags": {"$nin": ["gpu"]}},
+                 {"tags": {"$exists": False}}, {"tags": {"$exists": True}}, {"$or": [{"tags": "cpu"}, {"year": {"$gte": 2025}}]},
+                 {"year": {"$lt": 2025}}]
+
+
+@pytest.mark.parametrize("expression", FIELD_FILTERS)
+def test_a_field_only_older_segments_hold_filters_as_in_one_segment(tmp_path, expression):
+    """A field the newest segment lacks (its documents never had it) filters the whole collection as a
+    single-segment build of the same documents does: its rows lack the field, it is no error."""
+    words = " ".join(QUERIES).split()  # the words rankings() asks for
+    first = [{"id": f"a{i}", "text": " ".join(words[i % 5:(i % 5) + 4 + i % 3]), "metadata": {"tags": ["gpu"] if i % 2 else ["cpu"]}}
+             for i in range(12)]
+    later = [{"id": f"b{i}", "text": " ".join(words[i:i + 5]), "metadata": {"year": 2024 + i % 3}} for i in range(6)]
+    store = Collection.create(tmp_path / "segmented", BM25_ONLY)
+    store.merge_policy = NO_MERGES
+    store.upsert(first)
+    store.upsert(later)  # a second segment whose documents have no `tags` (and the first none has `year`)
+    assert len(store.generation.manifest.segments) == 2
+    store.close()
+    fresh = Collection.create(tmp_path / "fresh", BM25_ONLY)
+    fresh.upsert(first + later)
+    fresh.close()
+    segmented, single = rankings(tmp_path / "segmented", BM25_ONLY, expression), rankings(tmp_path / "fresh", BM25_ONLY, expression)
+    same(segmented, single)
+    assert any(segmented["bm25"].values())  # the filter let something through
+
+
+def test_a_field_no_segment_holds_is_still_an_unknown_field(tmp_path):
+    store = Collection.create(tmp_path / "c", BM25_ONLY)
+    store.merge_policy = NO_MERGES
+    store.upsert([{"id": "a", "text": "alpha", "metadata": {"tags": ["gpu"]}}])
+    store.upsert([{"id": "b", "text": "alpha beta"}])
+    store.close()
+    with sg.open(BM25_ONLY, collection=tmp_path / "c") as stack:
+        assert [h.doc_id for h in stack.search("alpha", filter={"tags": "gpu"}).hits] == ["a"]
+        with pytest.raises(sg.InputError, match="unknown filter field 'tagz'"):
+            stack.search("alpha", filter={"tagz": "gpu"})

@@ -25,21 +25,22 @@ class RowFilter:
 
     def __init__(self, stage_filter: dict[str, Any] | None = None):
         self.stage_filter = stage_filter
-        self._masks: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+        self._masks: OrderedDict[tuple[str, str, bool], np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
 
-    def allowed(self, corpus: Corpus, query_filter: dict[str, Any] | None) -> np.ndarray | None:
-        """A bool per corpus row (None: no filter applies)."""
+    def allowed(self, corpus: Corpus, query_filter: dict[str, Any] | None, *, part: bool = False) -> np.ndarray | None:
+        """A bool per corpus row (None: no filter applies). `part`: `corpus` is one segment of a
+        collection the filter was checked against as a whole (`MetadataIndex.mask(part=True)`)."""
         expression = combine(self.stage_filter, query_filter)
         if expression is None:
             return None
-        key = (corpus.fingerprint, repr(expression))  # cheap; an equal filter written in another order only misses
+        key = (corpus.fingerprint, repr(expression), part)  # cheap; an equal filter written in another order only misses
         with self._lock:
             mask = self._masks.get(key)
             if mask is not None:
                 self._masks.move_to_end(key)
                 return mask
-        mask = MetadataIndex.of(corpus).mask(expression)
+        mask = MetadataIndex.of(corpus).mask(expression, part=part)
         with self._lock:
             self._masks[key] = mask
             while len(self._masks) > _CACHE_SIZE:

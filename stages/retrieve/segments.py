@@ -20,7 +20,9 @@ from stagegraph.stages.retrieve.filtering import RowFilter
 
 def segment_mask(row_filter: RowFilter, part: Any, query_filter: dict[str, Any] | None) -> np.ndarray | None:
     """The rows of one segment (`stagegraph.corpora.segmented.Part`) a query may get: live and allowed."""
-    allowed = row_filter.allowed(part.corpus, query_filter)
+    # the filter was checked against the whole collection (the runner does, before a search): a field
+    # only other segments hold is no error here, this segment's rows just lack it
+    allowed = row_filter.allowed(part.corpus, query_filter, part=True)
     if allowed is None:
         return part.live
     return allowed if part.live is None else allowed & part.live
