@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, ContextManager
 
 from stagegraph.collection.collection import Collection
+from stagegraph.collection.context import ContextResult, GenerationChunks, assembler_for, context_config
 from stagegraph.collection.generation import Generation, read_current
 from stagegraph.collection.sharded import ShardedCollection, open_collection
 from stagegraph.corpora.ingest import Document
@@ -175,6 +176,24 @@ class Stack:
             if live.runner is None:
                 raise InputError("the collection is empty: nothing to explain; ingest documents first")
             return live.runner.explain(query, doc_id, k=k, filter=filter)
+        finally:
+            self._release(live)
+
+    def context(self, query: str, budget_tokens: int, *, filter: dict[str, Any] | None = None,
+                **options: Any) -> ContextResult:
+        """The chunks to put in an LLM prompt for `query`, at most `budget_tokens` tokens in all, each with
+        its source (`stagegraph.collection.context`; `options` are `ContextConfig`'s: tokenizer,
+        mmr_lambda, candidates, dedup_threshold, expand, neighbours, separator, template)."""
+        config = context_config(budget_tokens=budget_tokens, **options)
+        assembler = assembler_for(config.tokenizer)  # the tokenizer loads once per process, not per call
+        live = self._acquire()
+        try:
+            if live.runner is None:
+                result = self.search(query, k=1, filter=filter)  # the empty query's error, or no hits
+                return assembler.assemble(result, config, None)
+            result = live.runner.search(query, k=config.candidates, filter=filter)
+            result.generation = live.generation.number
+            return assembler.assemble(result, config, GenerationChunks(live.runner, live.generation, assembler.encoder))
         finally:
             self._release(live)
 
