@@ -45,6 +45,7 @@ from __future__ import annotations
 import bisect
 import re
 import threading
+import time
 from typing import Any, Literal
 
 import numpy as np
@@ -143,6 +144,7 @@ class ContextResult(BaseModel):
         None, description="mean pairwise cosine of the kept hits' vectors (lower: more diverse); None under two hits")
     dropped: list[Dropped] = Field(default_factory=list)
     generation: int | None = None
+    timings_ms: dict[str, float] = Field(default_factory=dict, description="each search stage, then `context` (assembly)")
 
 
 # -- the parts, each pure -----------------------------------------------------------------------------
@@ -365,8 +367,9 @@ class ContextAssembler:
                 self._encoder = Encoder(DEFAULT_MODEL, progress=False)
             return self._encoder
 
-    def assemble(self, result: Any, config: ContextConfig, source: GenerationChunks) -> ContextResult:
+    def assemble(self, result: Any, config: ContextConfig, source: GenerationChunks | None) -> ContextResult:
         """The context of `result` (a `SearchResult` of the generation `source` reads)."""
+        started = time.perf_counter()
         hits = list(result.hits[: config.candidates])
         dropped: list[Dropped] = []
         vectors = source.vectors([h.id for h in hits]) if hits else np.empty((0, 0), np.float32)
@@ -405,7 +408,8 @@ class ContextAssembler:
         return ContextResult(query=result.query, text=text, passages=passages, tokens=tokens,
                              budget_tokens=config.budget_tokens, tokenizer=config.tokenizer, mmr_lambda=config.mmr_lambda,
                              intra_list_similarity=intra_list_similarity(vectors[kept]) if kept else None,
-                             dropped=sorted(dropped, key=lambda d: d.rank), generation=result.generation)
+                             dropped=sorted(dropped, key=lambda d: d.rank), generation=result.generation,
+                             timings_ms={**result.timings_ms, "context": (time.perf_counter() - started) * 1000.0})
 
     @staticmethod
     def _expanded(hit: Any, index: int, chunks: list[Any], config: ContextConfig) -> _Range:
