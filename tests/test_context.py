@@ -173,6 +173,24 @@ def test_touching_chunks_merge_with_their_overlap_once():
     assert merged_text([chunks[0], chunks[0]]) == chunks[0].text
 
 
+def test_a_hit_bridging_two_passages_merges_them_into_the_first_ones_place(assembler):
+    text = " ".join(f"word{i} protein." for i in range(5))
+    spans, at = [], 0
+    for piece in text.split(" word"):
+        piece = piece if not spans else "word" + piece
+        start = text.index(piece, at)
+        spans.append((start, start + len(piece)))
+        at = start + len(piece)
+    docs = {"d": chunks_of_text("d", text, spans), "e": chunks_of_text("e", "heat flow.", [(0, 10)])}
+    rng = np.random.default_rng(0)
+    vectors = dict(zip(["d#0", "d#1", "d#2", "d#3", "d#4", "e#0"], unit(rng, 6)))
+    config = ContextConfig(budget_tokens=1000, expand="neighbours", dedup_threshold=None)
+    out = assembler.assemble(result_of(["d#0", "e#0", "d#4", "d#2"]), config, Source(docs, vectors))
+    assert [p.chunk_ids for p in out.passages] == [["d#0", "d#1", "d#2", "d#3", "d#4"], ["e#0"]]
+    assert out.passages[0].hits == ["d#0", "d#2", "d#4"] and out.passages[0].text == text
+    assert out.passages[0].rank == 1 and out.passages[0].start == 0 and out.passages[0].end == len(text)
+
+
 # -- a real collection -------------------------------------------------------------------------------
 def section(rng, words=60):
     return "\n\n".join(" ".join(rng.choice(WORDS) for _ in range(words // 3)) + "." for _ in range(3))
