@@ -23,7 +23,7 @@ from stagegraph.serve.app import create_app  # noqa: E402
 from stagegraph.serve.service import Service  # noqa: E402
 from stagegraph.serve.settings import Limits, ServeSettings  # noqa: E402
 
-EXAMPLES = 50  # per route and mode: 6 routes with input x 50 + 4 without x 1, valid; 5 x 50 invalid: ~554 requests
+EXAMPLES = 50  # per route and mode: 7 routes with input x 50 + 4 without x 1, valid; 6 x 50 invalid: ~654 requests
 CHECKS = [sc.not_a_server_error, sc.status_code_conformance, sc.content_type_conformance,
           sc.response_schema_conformance, sc.response_headers_conformance, sc.negative_data_rejection]
 
@@ -49,7 +49,8 @@ def api_schema(fuzz_server):
 
 
 #: every route of the API (the test below fails when the schema has one more or one fewer)
-OPERATIONS = [("POST", "/v1/search"), ("POST", "/v1/explain"), ("POST", "/v1/search/batch"), ("POST", "/v1/rerank"),
+OPERATIONS = [("POST", "/v1/search"), ("POST", "/v1/explain"), ("POST", "/v1/context"), ("POST", "/v1/search/batch"),
+              ("POST", "/v1/rerank"),
               ("POST", "/v2/rerank"), ("POST", "/rerank"), ("PUT", "/v1/documents"),
               ("DELETE", "/v1/documents/{doc_id}"), ("GET", "/v1/documents/{doc_id}"), ("GET", "/healthz"),
               ("GET", "/readyz"), ("GET", "/metrics"), ("GET", "/v1/info")]

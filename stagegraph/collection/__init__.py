@@ -6,6 +6,7 @@
 * `layout`     - the directory's files and the records that describe them;
 * `ingest`     - files and folders into a collection (`stagegraph ingest`);
 * `stack`      - `stagegraph.open(CONFIG, collection=DIR)`: a pipeline over a collection;
+* `context`    - `Stack.context`: the passages for an LLM prompt within a token budget, with their sources;
 * `sharded`    - N shard collections under one manifest, published together (`--shards N`);
   `sharded_layout` its directory, routing rule and records.
 """

@@ -37,7 +37,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, ContextManager
 
+import numpy as np
+
 from stagegraph.collection.collection import Collection
+from stagegraph.collection.context import ContextResult, GenerationChunks, assembler_for, context_config
 from stagegraph.collection.generation import Generation, read_current
 from stagegraph.collection.sharded import ShardedCollection, open_collection
 from stagegraph.corpora.ingest import Document
@@ -178,6 +181,37 @@ class Stack:
         finally:
             self._release(live)
 
+    def context(self, query: str, budget_tokens: int, *, filter: dict[str, Any] | None = None,
+                **options: Any) -> ContextResult:
+        """The chunks to put in an LLM prompt for `query`, at most `budget_tokens` tokens in all, each with
+        its source (`stagegraph.collection.context`; `options` are `ContextConfig`'s: tokenizer,
+        mmr_lambda, candidates, dedup_threshold, expand, neighbours, separator, template)."""
+        options.setdefault("tokenizer", _dense_model(self.pipeline))
+        config = context_config(budget_tokens=budget_tokens, **options)
+        assembler = assembler_for(config.tokenizer)  # the tokenizer loads once per process, not per call
+        live = self._acquire()
+        try:
+            if live.runner is None:
+                result = self.search(query, k=1, filter=filter)  # the empty query's error, or no hits
+                return assembler.assemble(result, config, None)
+            result = live.runner.search(query, k=config.candidates, filter=filter)
+            result.generation = live.generation.number
+            return assembler.assemble(result, config, GenerationChunks(live.runner, live.generation, assembler.encoder))
+        finally:
+            self._release(live)
+
+    def chunk_vectors(self, ids: list[str]) -> np.ndarray:
+        """Unit vectors of the current generation's chunks `ids` (read from the dense stage's index; encoded
+        by the dense model where the pipeline has no dense stage here): what context assembly compares."""
+        live = self._acquire()
+        try:
+            if live.runner is None or not ids:
+                return np.empty((0, 0), dtype=np.float32)
+            encoder = assembler_for(_dense_model(self.pipeline)).encoder
+            return GenerationChunks(live.runner, live.generation, encoder).vectors(list(ids))
+        finally:
+            self._release(live)
+
     def search_batch(self, queries: Iterable[str], k: int = 10, filter: dict[str, Any] | None = None) -> list[SearchResult]:
         live = self._acquire()
         try:
@@ -260,6 +294,16 @@ class Stack:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _dense_model(pipeline: Pipeline) -> str:
+    """The model of the pipeline's first dense stage (the tokenizer a context is measured in by default)."""
+    from stagegraph.indexes.encoder import DEFAULT_MODEL
+
+    for step in pipeline.steps:
+        if getattr(step.stage, "type_name", None) == "dense":
+            return str(getattr(step.stage.config, "model", None) or DEFAULT_MODEL)
+    return DEFAULT_MODEL
 
 
 def _empty_hint(filter: dict[str, Any] | None) -> str | None:

@@ -7,6 +7,7 @@ and `/openapi.json`:
 | --- | --- |
 | `POST /v1/search` | `{query, k, filter?, explain?}` -> hits and per-stage timings |
 | `POST /v1/search/batch` | `{queries, k, filter?, explain?}` -> one result per query |
+| `POST /v1/context` | `{query, budget_tokens, mmr_lambda?, expand?, ...}` -> passages for a prompt, with sources |
 | `POST /v1/rerank` | Cohere/TEI shape, scored by the pipeline's cross-encoder |
 | `PUT /v1/documents` | upsert documents (`?wait=true`: answer once searchable) |
 | `DELETE /v1/documents/{doc_id}` | delete one document (`?wait=true` likewise) |
@@ -44,6 +45,8 @@ from stagegraph.serve.docs import install_docs
 from stagegraph.serve.errors import ApiError, api_error_response, error_response, from_exception, validation_error
 from stagegraph.serve.middleware import BodyLimit, RequestContext, WriteGate
 from stagegraph.serve.models import (
+    ContextRequest,
+    ContextResponse,
     DocumentOut,
     ErrorBody,
     ExplainRequest,
@@ -213,6 +216,13 @@ def create_app(service: Service, *, api_key: str | None = None) -> FastAPI:
         """Many queries in one call, run as one batch (stage times are the batch's)."""
         service.check_batch(body)
         return await run(service.search_pool, request, partial(service.search_batch, body=body),
+                         timeout_s(request, settings.deadline_ms))
+
+    @app.post("/v1/context", response_model=ContextResponse, responses=ERRORS, tags=["search"])
+    async def context(body: ContextRequest, request: Request) -> Response:
+        """The chunks to put in an LLM prompt, packed into a token budget, each with its source (Stack.context)."""
+        service.check_context(body)
+        return await run(service.search_pool, request, partial(service.context, body=body),
                          timeout_s(request, settings.deadline_ms))
 
     @app.post("/v1/rerank", response_model=RerankResponse, responses={**ERRORS, 404: {"model": ErrorBody}}, tags=["rerank"])

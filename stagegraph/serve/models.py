@@ -11,11 +11,12 @@ share: `{query, documents: [str | {text, ...}], top_n?, return_documents?}` ->
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
+from stagegraph.collection.context import ContextResult
 from stagegraph.pipeline.hits import Hit, StageScore
 
 STRICT = ConfigDict(extra="forbid", strict=True)
@@ -113,6 +114,29 @@ class SearchBatchResponse(BaseModel):
     timings_ms: dict[str, float] = Field(description="each stage's time for the whole batch")
     total_ms: float
     queue_ms: float
+
+
+# -- context ----------------------------------------------------------------------------------------
+class ContextRequest(BaseModel):
+    """`Stack.context` over HTTP (`stagegraph.collection.context`); the tokenizer is the served dense model's."""
+
+    model_config = STRICT
+
+    query: str = Field(description="a question or keywords, as in /v1/search")
+    budget_tokens: int = Field(ge=1, le=1_000_000, description="the most tokens the assembled text may count")
+    filter: dict[str, Any] | None = Field(None, description="a metadata filter, as in /v1/search")
+    mmr_lambda: float | None = Field(None, ge=0.0, le=1.0, description="MMR: 1 = rank order, 0 = most diverse; null: off")
+    candidates: int = Field(20, description="the pipeline's top hits considered, 1 to --max-k")
+    dedup_threshold: float | None = Field(0.95, gt=0.0, le=1.0, description="cosine at which a hit is a near-duplicate; null: off")
+    expand: Literal["none", "neighbours", "section"] = Field("none", description="add neighbouring chunks or the whole section")
+    neighbours: int = Field(1, ge=1, le=20, description="with expand=neighbours: chunks on each side")
+    separator: str = Field("\n\n", max_length=100, description="between two passages")
+    template: str = Field("{text}", min_length=1, max_length=1000, description="each passage's form; placeholders "
+                          "{n} {doc_id} {title} {section} {page} {start} {end} {text}")
+
+
+class ContextResponse(ContextResult):
+    queue_ms: float = Field(description="time the request waited for a worker")
 
 
 # -- rerank -----------------------------------------------------------------------------------------

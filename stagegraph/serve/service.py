@@ -49,6 +49,8 @@ from stagegraph.serve.errors import ApiError
 from stagegraph.serve.metrics import Metrics
 from stagegraph.serve.models import (
     ChunkOut,
+    ContextRequest,
+    ContextResponse,
     DocumentOut,
     ExplainRequest,
     ExplainResponse,
@@ -216,6 +218,13 @@ class Service:
             self.check_query(query, f"queries[{i}]")
         self.check_k(body.k)
 
+    def check_context(self, body: ContextRequest) -> None:
+        self.check_query(body.query, "query")
+        limit = self.settings.limits.max_k
+        if not 1 <= body.candidates <= limit:
+            raise ApiError(422, "k_out_of_range", f"candidates must be between 1 and {limit} (--max-k), got "
+                           f"{body.candidates}", "candidates")
+
     def check_rerank(self, body: RerankRequest) -> None:
         limits = self.settings.limits
         self.check_query(body.query, "query")
@@ -294,6 +303,15 @@ class Service:
         )
         return Done(response.model_dump_json(exclude_none=True).encode(),
                     {"queue": queue_ms, **stage_ms, "compute": job.compute_s * 1000.0})
+
+    def context(self, job: Job, body: ContextRequest) -> Done:
+        queue_ms = job.queue_s * 1000.0
+        options = body.model_dump(exclude={"query", "budget_tokens", "filter"})
+        result = self.stack.context(body.query, body.budget_tokens, filter=body.filter, **options)
+        self._observe(result.timings_ms)
+        response = ContextResponse(**dict(result), queue_ms=queue_ms)
+        return Done(response.model_dump_json().encode(),
+                    {"queue": queue_ms, **result.timings_ms, "compute": job.compute_s * 1000.0})
 
     def rerank(self, job: Job, body: RerankRequest, request_id: str) -> Done:
         queue_ms = job.queue_s * 1000.0
