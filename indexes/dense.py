@@ -297,7 +297,9 @@ class DenseIndex:
             with limited(threads):
                 distances, rows = self.index.search(binary_codes(queries), k, params=params)
             scores = (1.0 - 2.0 * distances.astype(np.float32) / self.dim).astype(np.float32)
-            return scores, rows.astype(np.int64, copy=False)
+            rows = rows.astype(np.int64, copy=False)
+            order = np.lexsort((np.where(rows < 0, np.iinfo(np.int64).max, rows), -scores), axis=-1)  # ties: row order
+            return np.take_along_axis(scores, order, axis=1), np.take_along_axis(rows, order, axis=1)
         if filtered and not self._selects():
             return self._exact_over(queries, np.flatnonzero(allowed), k)
         values = self.search_params(ef_search, nprobe, k)
@@ -320,15 +322,24 @@ class DenseIndex:
     def _rescore(self, queries: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The top `k` of each query's `candidates` by exact dot product with the float vectors (only
         the candidates' rows are read from the memory-mapped file); ties by row."""
-        assert self.rescore_vectors is not None
         out_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
         out_rows = np.full((len(queries), k), -1, dtype=np.int64)
         for i, (query, found) in enumerate(zip(queries, candidates)):
             rows = np.unique(found[found >= 0])  # sorted: reads in file order, ties keep row order
-            scores = np.asarray(self.rescore_vectors[rows], dtype=np.float32) @ query
+            scores = self.exact_scores(query, rows)
             top = np.argsort(-scores, kind="stable")[:k]
             out_scores[i, : len(top)], out_rows[i, : len(top)] = scores[top], rows[top]
         return out_scores, out_rows
+
+    def exact_scores(self, query: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Dot products of one query (this index' width, or the model's for a truncated index) with
+        the float vectors of `rows`, read from the rescoring vectors (a quantized index only)."""
+        if self.rescore_vectors is None:
+            raise ValueError("exact_scores needs a quantized index (its float vectors are kept for rescoring)")
+        query = np.asarray(query, dtype=np.float32).reshape(1, -1)
+        if self.truncate_dim is not None and query.shape[1] > self.dim:
+            query = truncate(query, self.dim)
+        return (np.asarray(self.rescore_vectors[np.asarray(rows, dtype=np.int64)], dtype=np.float32) @ query[0]).astype(np.float32)
 
     def faiss_parameters(self, values: dict[str, int], bitmap: np.ndarray | None = None) -> Any:
         """The per-call `faiss.SearchParameters` for `search_params` values and an optional row

@@ -478,13 +478,24 @@ class SegmentedDenseSearch:
             return Ranking.empty()
         if vector is None:
             vector = self.encoder.encode_query(text)
+        # Rescoring: the N x k candidates are chosen over all segments by the codes (score, then tie key),
+        # as one index over the live rows would choose them, and only then re-scored with the float vectors.
+        rescore = cfg.rescore_multiplier if all(ix.rescore_vectors is not None for ix in self.indexes) else None
+        wide = cfg.k * rescore if rescore else cfg.k
         found = []
         for part, index, mask in zip(self.corpus.parts, self.indexes, masks):
             if mask is not None and not mask.any():
                 continue
-            scores, rows = index.search(vector, cfg.k, ef_search=cfg.ef_search, nprobe=cfg.nprobe, allowed=mask,
-                                        rescore_multiplier=cfg.rescore_multiplier)
+            scores, rows = index.search(vector, wide, ef_search=cfg.ef_search, nprobe=cfg.nprobe, allowed=mask)
             keep = rows[0] >= 0
             local = rows[0][keep]
             found.append((local + part.offset, scores[0][keep], part.corpus.keys[local]))
-        return Ranking(*merge_top(found, cfg.k))
+        if not rescore:
+            return Ranking(*merge_top(found, cfg.k))
+        chosen, _ = merge_top(found, wide)
+        rescored = []
+        for part, index in zip(self.corpus.parts, self.indexes):
+            local = chosen[(chosen >= part.offset) & (chosen < part.offset + len(part.corpus))] - part.offset
+            if len(local):
+                rescored.append((local + part.offset, index.exact_scores(vector, local), part.corpus.keys[local]))
+        return Ranking(*merge_top(rescored, cfg.k))
