@@ -24,6 +24,14 @@ Sections (each prints a table):
 5. **End to end** at the first size: encode one query (MiniLM, 1 torch thread) + search top-100,
    Flat and HNSW32: pure dense retrieval latency, which the reranking benchmark compares against.
 
+6. **Quantized dense** (`--quantized`, or only it with `--quantized-only`; docs/quantized-dense.md):
+   on SciFact (--scifact, its test queries, MiniLM embeddings from the stage's embedding cache
+   under --work-dir) nDCG@10, R@100, bytes per vector held in RAM, and single-query search
+   P50/P99 (1 FAISS thread, query vectors encoded beforehand) for float Flat, int8, int8 + rescore
+   x4, binary, binary + rescore x4 and truncated 256/128 dims; then at --quantized-size random
+   unit vectors (default 1M x 384) the same latencies and their speed ratio to Flat in the same run.
+   Rescoring reads the float vectors from the index' memory-mapped `vectors.npy`.
+
 Latency columns are wall clock; `cpu p50` is the thread CPU time of the same calls (single-thread
 calls only), which leaves out time spent waiting for a core on a shared machine. Figures are
 comparable only within one run; ratios compare with the baseline measured in the same run.
@@ -246,6 +254,96 @@ def bench_end_to_end(model: Encoder, built: dict[str, DenseIndex], size: int, n_
     )
 
 
+# ------------------------------------------------------------------ 6: quantized
+
+QUANTIZED = [  # (label, build settings, rescore_multiplier)
+    ("float Flat", {}, None),
+    ("int8 (SQ8)", {"quantize": "int8"}, None),
+    ("int8 + rescore x4", {"quantize": "int8"}, 4),
+    ("binary", {"quantize": "binary"}, None),
+    ("binary + rescore x4", {"quantize": "binary"}, 4),
+    ("truncate 256", {"truncate_dim": 256}, None),
+    ("truncate 128", {"truncate_dim": 128}, None),
+]
+
+
+def _built(data: np.ndarray, settings: dict[str, object], cache: dict[str, DenseIndex], root: Path) -> DenseIndex:
+    """The index for `settings`, saved under `root` and loaded back (rescoring vectors memory-mapped)."""
+    key = repr(sorted(settings.items()))
+    if key not in cache:
+        index = DenseIndex.build(data, "Flat", corpus_fingerprint="bench", progress=False, threads=1, **settings)
+        folder = root / f"i{len(cache)}"
+        index.save(folder)
+        del index
+        cache[key] = DenseIndex.load(folder, verify_checksums=False)
+    return cache[key]
+
+
+def _latency(index: DenseIndex, queries: np.ndarray, n: int, multiplier: int | None) -> tuple[float, float]:
+    with limited(1):
+        wall, _ = time_calls(lambda i: index.search(queries[i % len(queries)][None, :], K, rescore_multiplier=multiplier), n)
+    p50, _, p99 = percentiles(wall)
+    return p50, p99
+
+
+def bench_quantized(model: Encoder | None, scifact: Path, work_dir: Path, size: int, n_queries: int, flat_queries: int) -> None:
+    from stagegraph.corpora.registry import load_dataset
+    from stagegraph.evaluation.scoring import score_run
+    from stagegraph.indexes.embeddings import cached_embeddings
+    from stagegraph.pipeline.ranking import Ranking
+
+    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+        root = Path(tmp)
+        if (scifact / "corpus.jsonl").is_file():
+            model = model or Encoder("sentence-transformers/all-MiniLM-L6-v2", max_seq_length=256, progress=False)
+            dataset = load_dataset(scifact, progress=False)
+            queries, qrels = dataset.split("test")
+            start = time.perf_counter()
+            docs, _, hit = cached_embeddings(model, dataset.corpus, work_dir / "embeddings", progress=False)
+            encode_s = time.perf_counter() - start
+            qvec = np.vstack([model.encode_query(t, threads=1) for t in queries.texts])
+            cache: dict[str, DenseIndex] = {}
+            rows, base = [], None
+            for label, settings, mult in QUANTIZED:
+                index = _built(docs, settings, cache, root)
+                found = [index.search(q[None, :], K, rescore_multiplier=mult) for q in qvec]
+                run = [Ranking.from_scores(r[0][r[0] >= 0], s[0][r[0] >= 0], k=K) for s, r in found]
+                means = score_run(run, queries, qrels, dataset.corpus, ["ndcg@10", "recall@100"]).means
+                base = base or means["ndcg@10"]
+                p50, p99 = _latency(index, qvec, n_queries, mult)
+                ram = index.bytes_per_vector
+                disk = 0 if index.rescore_vectors is None else index.rescore_vectors.shape[1] * 4
+                rows.append([label, index.dim, f"{means['ndcg@10']:.4f}", f"{means['ndcg@10'] / base:.1%}",
+                             f"{means['recall@100']:.4f}", ram, f"1/{docs.shape[1] * 4 / ram:.3g}", disk, p50, p99])
+            table(
+                f"Quantized dense on SciFact ({len(dataset.corpus)} docs, {len(queries)} test queries, MiniLM; "
+                f"embeddings {'from cache' if hit else f'encoded in {encode_s:.0f} s'}), top-{K}, 1 FAISS thread (ms)",
+                ["index", "dim", "nDCG@10", "vs float", "R@100", "RAM B/vec", "vs float", "disk B/vec (rescore)", "p50", "p99"],
+                rows,
+            )
+            cache.clear()
+        else:
+            print(f"\n(no SciFact at {scifact}: the quality table is skipped)")
+        data = random_unit(size, seed=size)
+        qs = random_unit(max(n_queries, flat_queries) + WARMUP, seed=size + 1)
+        cache = {}
+        rows, flat_p50 = [], None
+        for label, settings, mult in QUANTIZED:
+            index = _built(data, settings, cache, root)
+            n = flat_queries if not settings and size > 200_000 else n_queries
+            p50, p99 = _latency(index, qs, n, mult)
+            flat_p50 = flat_p50 or p50
+            rows.append([label, n, index.bytes_per_vector, p50, p99, f"{flat_p50 / p50:.1f}x"])
+            print(f"  {label}: p50 {p50:.2f} ms (load avg {os.getloadavg()[0]:.1f})", flush=True)
+        del data
+        table(
+            f"Quantized dense at {size:,} x {DIM} random unit vectors, top-{K}, one query per call, 1 FAISS thread (ms)",
+            ["index", "n", "RAM B/vec", "p50", "p99", "speed vs Flat (p50)"],
+            rows,
+        )
+        cache.clear()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="100k,1m", help="comma-separated corpus sizes for the FAISS tables")
@@ -258,10 +356,23 @@ def main(argv: list[str] | None = None) -> int:
                         help="FAISS threads while building (1: steady on a shared machine, where idle OpenMP threads spin)")
     parser.add_argument("--torch-threads", type=int, default=1, help="torch threads for the throughput table")
     parser.add_argument("--skip-encode", action="store_true", help="no model: FAISS tables only")
+    parser.add_argument("--quantized", action="store_true", help="also the quantized-dense tables (section 6)")
+    parser.add_argument("--quantized-only", action="store_true", help="only the quantized-dense tables (section 6)")
+    parser.add_argument("--quantized-size", default="1m", help="random vectors for the quantized speed table")
+    parser.add_argument("--scifact", default=str(ROOT.parent / "shared" / "datasets" / "scifact"),
+                        help="BEIR SciFact folder for the quantized quality table")
+    parser.add_argument("--work-dir", default=os.environ.get("STAGEGRAPH_HOME") or str(ROOT / ".stagegraph"),
+                        help="where the embedding cache is (and the temporary indexes go)")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     factories = [f.strip() for f in args.factories.split(";") if f.strip()]
     print(f"# benchmarks/dense.py  (cpus: {os.cpu_count()}, faiss {faiss.__version__}, load avg {os.getloadavg()[0]:.1f})")
+    if args.quantized_only:
+        work = Path(args.work_dir)
+        work.mkdir(parents=True, exist_ok=True)
+        bench_quantized(None, Path(args.scifact), work, parse_size(args.quantized_size), args.queries, args.flat_queries)
+        print(f"\nload average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+        return 0
     model = None
     if not args.skip_encode:
         model = Encoder("sentence-transformers/all-MiniLM-L6-v2", max_seq_length=256, progress=False)
@@ -274,6 +385,10 @@ def main(argv: list[str] | None = None) -> int:
             if model is not None:
                 bench_end_to_end(model, built, size, min(args.queries, 100))
         built.clear()
+    if args.quantized:
+        work = Path(args.work_dir)
+        work.mkdir(parents=True, exist_ok=True)
+        bench_quantized(model, Path(args.scifact), work, parse_size(args.quantized_size), args.queries, args.flat_queries)
     return 0
 
 

@@ -14,6 +14,15 @@
   defaults come from"). Thread counts
   are not this module's business: the executor's policy (`stagegraph.pipeline.threads`) sets them;
   `threads=` here is for benchmarks that call the index directly.
+* Quantized (`quantize`, docs/quantized-dense.md): `int8` is FAISS's scalar quantizer (`SQ8`, one
+  byte a dimension), `binary` FAISS's `IndexBinaryFlat` (Hamming distance) over the sign bits, packed
+  by sentence-transformers' `quantize_embeddings(precision="ubinary")`; both scan every code, so they
+  take `factory="Flat"`. A quantized index keeps the float32 vectors beside it (`vectors.npy`, memory-mapped
+  when loaded): `search(..., rescore_multiplier=N)` takes N x k candidates from the codes (filters
+  included) and re-scores them by the exact dot product, reading only the candidates' rows.
+  Binary scores without rescoring are `1 - 2 * hamming / dim` (the cosine of the sign vectors).
+* `truncate_dim` (Matryoshka): documents and queries are cut to their first `truncate_dim`
+  dimensions and L2-renormalised; queries of the model's full width are truncated by `search`.
 * `save(dir)` / `DenseIndex.load(dir)` keep `index.faiss` with a manifest (corpus fingerprint, model
   name and content identity, dimension, factory strings, checksums); writes are atomic and a stale or
   damaged directory is refused with the rebuild command.
@@ -41,6 +50,8 @@ log = logging.getLogger(__name__)
 KIND = "dense"
 FORMAT_VERSION = 1
 INDEX_FILE = "index.faiss"
+VECTORS_FILE = "vectors.npy"  # a quantized index' float32 vectors, for rescoring
+QUANTIZE = ("none", "int8", "binary")
 REBUILD_HINT = (
     "rebuild it with `stagegraph index CONFIG --dataset DATASET`, or delete the directory and the "
     "dense stage rebuilds it at warm-up"
@@ -76,18 +87,54 @@ def default_nprobe(nlist: int, ntotal: int = 0, k: int = 100) -> int:
     return max(1, min(nlist, max(16, math.ceil(nlist / 8), by_k)))
 
 
+def truncate(vectors: np.ndarray, dim: int | None) -> np.ndarray:
+    """Matryoshka truncation: the first `dim` dimensions of each row, L2-renormalised (None, or a
+    `dim` at least the width: the rows unchanged)."""
+    if dim is None or dim >= vectors.shape[1]:
+        return vectors
+    out = np.ascontiguousarray(vectors[:, :dim], dtype=np.float32)
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    return out / np.where(norms > 0, norms, 1.0).astype(np.float32)
+
+
+def binary_codes(vectors: np.ndarray) -> np.ndarray:
+    """The sign bits of `vectors` packed 8 to a byte (sentence-transformers' `ubinary` precision)."""
+    try:
+        from sentence_transformers.util.quantization import quantize_embeddings
+    except ImportError:  # pragma: no cover - older sentence-transformers
+        from sentence_transformers.quantization import quantize_embeddings
+    return np.ascontiguousarray(quantize_embeddings(np.asarray(vectors, dtype=np.float32), precision="ubinary"))
+
+
 class DenseIndex:
     """A FAISS inner-product index over one corpus' embeddings, plus what it was built from.
 
     `info` holds the manifest parameters: model, model_identity, max_seq_length, dim, factory (built),
-    factory_requested, ntotal, train_sample.
+    factory_requested, ntotal, train_sample; a quantized or truncated index adds quantize and
+    truncate_dim. `rescore_vectors`: a quantized index' float32 vectors (memory-mapped once saved or
+    loaded), None for a float index.
     """
 
-    def __init__(self, index: faiss.Index, info: dict[str, Any], corpus_fingerprint: str):
+    def __init__(self, index: Any, info: dict[str, Any], corpus_fingerprint: str,
+                 rescore_vectors: np.ndarray | None = None):
         self.index = index
         self.info = dict(info)
         self.corpus_fingerprint = corpus_fingerprint
+        self.rescore_vectors = rescore_vectors
         self._storage_view: Any = None
+
+    @property
+    def quantize(self) -> str:
+        return str(self.info.get("quantize", "none"))
+
+    @property
+    def truncate_dim(self) -> int | None:
+        return self.info.get("truncate_dim")
+
+    @property
+    def bytes_per_vector(self) -> int:
+        """Bytes of index memory per vector (the codes FAISS holds; the rescoring vectors stay on disk)."""
+        return int(self.index.code_size)
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -104,15 +151,34 @@ class DenseIndex:
         seed: int = 0,
         threads: int | None = None,
         progress: bool = True,
+        quantize: str = "none",
+        truncate_dim: int | None = None,
     ) -> DenseIndex:
         """Build the index `factory` over `embeddings` (n, dim; rows are the corpus rows).
 
-        `threads` is FAISS's OpenMP thread count while training and adding (`None`: all cores)."""
+        `threads` is FAISS's OpenMP thread count while training and adding (`None`: all cores).
+        `quantize` (`none`, `int8`, `binary`; the last two with factory `Flat`) and `truncate_dim`: see
+        the module docstring."""
         vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
         if vectors.ndim != 2:
             raise ValueError(f"embeddings must be a 2-d (documents, dim) array, got shape {vectors.shape}")
+        problem = quantize_problem(quantize, factory, truncate_dim, vectors.shape[1])
+        if problem:
+            raise ValueError(problem)
+        vectors = truncate(vectors, truncate_dim)
         n, dim = vectors.shape
-        built = adapt_factory(factory, n, dim)
+        extra: dict[str, Any] = {}
+        if quantize != "none" or truncate_dim is not None:
+            extra = {"quantize": quantize, "truncate_dim": truncate_dim}
+        if quantize == "binary":
+            index = faiss.IndexBinaryFlat(dim)
+            with limited(threads):
+                index.add(binary_codes(vectors))
+            info = {"model": model, "model_identity": model_identity, "max_seq_length": max_seq_length,
+                    "dim": int(dim), "factory": "BFlat", "factory_requested": factory, "metric": "hamming",
+                    "ntotal": int(index.ntotal), "train_sample": int(train_sample), "seed": int(seed), **extra}
+            return cls(index, info, corpus_fingerprint, vectors)
+        built = adapt_factory("SQ8" if quantize == "int8" else factory, n, dim)
         try:
             index = faiss.index_factory(dim, built, faiss.METRIC_INNER_PRODUCT)
         except RuntimeError as exc:
@@ -134,8 +200,9 @@ class DenseIndex:
             "ntotal": int(index.ntotal),
             "train_sample": int(train_sample),
             "seed": int(seed),
+            **extra,
         }
-        return cls(index, info, corpus_fingerprint)
+        return cls(index, info, corpus_fingerprint, vectors if quantize != "none" else None)
 
     # ------------------------------------------------------------------ facts
     @property
@@ -156,11 +223,13 @@ class DenseIndex:
         return stable_hash([self.info, self.corpus_fingerprint])
 
     def nlist(self) -> int | None:
+        if self.quantize == "binary":
+            return None
         ivf = _ivf_of(self.index)
         return None if ivf is None else int(ivf.nlist)
 
     def is_hnsw(self) -> bool:
-        return _hnsw_of(self.index) is not None
+        return self.quantize != "binary" and _hnsw_of(self.index) is not None
 
     # ------------------------------------------------------------------ search
     def search_params(self, ef_search: int | None = None, nprobe: int | None = None, k: int = 100) -> dict[str, int]:
@@ -182,8 +251,13 @@ class DenseIndex:
         nprobe: int | None = None,
         threads: int | None = None,
         allowed: np.ndarray | None = None,
+        rescore_multiplier: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-`k` (scores float32, rows int64) per query vector; missing slots hold row -1.
+
+        `rescore_multiplier` N (a quantized index only): the top N x k by the codes, re-scored by the
+        exact dot product with the float32 vectors kept beside the index, the top k of those returned.
+        Queries of the model's full width are truncated to a truncated index' width (`truncate_dim`).
 
         `allowed` (a bool per row) filters before the top k, so the result is the best `k` among
         allowed rows and never a disallowed one. FAISS's `IDSelectorBitmap` goes into the per-call
@@ -201,6 +275,8 @@ class DenseIndex:
         queries = np.ascontiguousarray(vectors, dtype=np.float32)
         if queries.ndim == 1:
             queries = queries[None, :]
+        if self.truncate_dim is not None and queries.shape[1] > self.dim:
+            queries = truncate(queries, self.dim)
         if queries.shape[1] != self.dim:
             raise ValueError(f"query vectors have {queries.shape[1]} dimensions, the index {self.dim}")
         n_allowed = self.ntotal if allowed is None else int(np.count_nonzero(allowed))
@@ -209,6 +285,21 @@ class DenseIndex:
             empty = (len(queries), 0)
             return np.empty(empty, dtype=np.float32), np.empty(empty, dtype=np.int64)
         filtered = allowed is not None and n_allowed < self.ntotal
+        if rescore_multiplier and self.rescore_vectors is not None:
+            wide = min(n_allowed, k * int(rescore_multiplier))
+            _, candidates = self.search(queries, wide, threads=threads, allowed=allowed)
+            return self._rescore(queries, candidates, k)
+        if self.quantize == "binary":
+            params = None
+            if filtered:
+                bitmap = np.packbits(np.asarray(allowed, dtype=bool), bitorder="little")
+                params = self.faiss_parameters({}, bitmap)
+            with limited(threads):
+                distances, rows = self.index.search(binary_codes(queries), k, params=params)
+            scores = (1.0 - 2.0 * distances.astype(np.float32) / self.dim).astype(np.float32)
+            rows = rows.astype(np.int64, copy=False)
+            order = np.lexsort((np.where(rows < 0, np.iinfo(np.int64).max, rows), -scores), axis=-1)  # ties: row order
+            return np.take_along_axis(scores, order, axis=1), np.take_along_axis(rows, order, axis=1)
         if filtered and not self._selects():
             return self._exact_over(queries, np.flatnonzero(allowed), k)
         values = self.search_params(ef_search, nprobe, k)
@@ -227,6 +318,28 @@ class DenseIndex:
         with limited(threads):
             scores, rows = index.search(queries, k, params=params)
         return scores, rows.astype(np.int64, copy=False)
+
+    def _rescore(self, queries: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The top `k` of each query's `candidates` by exact dot product with the float vectors (only
+        the candidates' rows are read from the memory-mapped file); ties by row."""
+        out_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        out_rows = np.full((len(queries), k), -1, dtype=np.int64)
+        for i, (query, found) in enumerate(zip(queries, candidates)):
+            rows = np.unique(found[found >= 0])  # sorted: reads in file order, ties keep row order
+            scores = self.exact_scores(query, rows)
+            top = np.argsort(-scores, kind="stable")[:k]
+            out_scores[i, : len(top)], out_rows[i, : len(top)] = scores[top], rows[top]
+        return out_scores, out_rows
+
+    def exact_scores(self, query: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Dot products of one query (this index' width, or the model's for a truncated index) with
+        the float vectors of `rows`, read from the rescoring vectors (a quantized index only)."""
+        if self.rescore_vectors is None:
+            raise ValueError("exact_scores needs a quantized index (its float vectors are kept for rescoring)")
+        query = np.asarray(query, dtype=np.float32).reshape(1, -1)
+        if self.truncate_dim is not None and query.shape[1] > self.dim:
+            query = truncate(query, self.dim)
+        return (np.asarray(self.rescore_vectors[np.asarray(rows, dtype=np.int64)], dtype=np.float32) @ query[0]).astype(np.float32)
 
     def faiss_parameters(self, values: dict[str, int], bitmap: np.ndarray | None = None) -> Any:
         """The per-call `faiss.SearchParameters` for `search_params` values and an optional row
@@ -255,7 +368,7 @@ class DenseIndex:
         while isinstance(inner, faiss.IndexPreTransform):
             inner = faiss.downcast_index(inner.index)
         inner = faiss.downcast_index(inner)
-        return isinstance(inner, (faiss.IndexFlat, faiss.IndexHNSW, faiss.IndexIVF))
+        return isinstance(inner, (faiss.IndexFlat, faiss.IndexHNSW, faiss.IndexIVF, faiss.IndexScalarQuantizer))
 
     def _exact_over(self, queries: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The top `k` among `rows` by exact inner product with the stored (or decoded) vectors."""
@@ -276,6 +389,8 @@ class DenseIndex:
 
     def _flat_storage(self) -> np.ndarray | None:
         """A zero-copy (ntotal, dim) view of the vectors of a flat or HNSW-flat index, else None."""
+        if self._storage_view is None and self.quantize == "binary":
+            self._storage_view = False
         if self._storage_view is None:
             inner = faiss.downcast_index(self.index)
             storage = faiss.downcast_index(inner.storage) if isinstance(inner, faiss.IndexHNSW) else inner
@@ -289,7 +404,12 @@ class DenseIndex:
     def save(self, directory: str | Path) -> None:
         """Write `index.faiss` and `manifest.json` to `directory`, replacing it atomically."""
         with atomic_dir(directory) as tmp:
-            faiss.write_index(self.index, str(tmp / INDEX_FILE))
+            if self.quantize == "binary":
+                faiss.write_index_binary(self.index, str(tmp / INDEX_FILE))
+            else:
+                faiss.write_index(self.index, str(tmp / INDEX_FILE))
+            if self.rescore_vectors is not None:
+                np.save(tmp / VECTORS_FILE, np.ascontiguousarray(self.rescore_vectors, dtype=np.float32))
             write_manifest(
                 tmp,
                 Manifest(
@@ -301,6 +421,8 @@ class DenseIndex:
                     created_with="stagegraph indexes.dense",
                 ),
             )
+        if self.rescore_vectors is not None:  # from now on read from disk, only the rows rescored
+            self.rescore_vectors = np.load(Path(directory) / VECTORS_FILE, mmap_mode="r")
 
     @classmethod
     def load(
@@ -313,11 +435,13 @@ class DenseIndex:
         factory: str | None = None,
         verify_checksums: bool = True,
         mmap: bool = False,
+        quantize: str | None = None,
+        truncate_dim: int | None | str = "any",
     ) -> DenseIndex:
         """Read an index saved by `save`; refuse it (`IndexLoadError`) when it does not match.
 
         Each given expectation (corpus fingerprint, model identity, max_seq_length, requested
-        factory) is checked against the manifest; a mismatch means the index is stale. `mmap`: map
+        factory, quantize, truncate_dim) is checked against the manifest; a mismatch means the index is stale. `mmap`: map
         the index file read-only (FAISS's `IO_FLAG_MMAP`) instead of reading it into memory.
         """
         directory = Path(directory)
@@ -346,20 +470,53 @@ class DenseIndex:
             raise IndexLoadError(
                 f"{where} is a {info.get('factory_requested')!r} index, not {factory!r}; {REBUILD_HINT}."
             )
+        built = {"quantize": info.get("quantize", "none"), "truncate_dim": info.get("truncate_dim")}
+        for name, asked in (("quantize", quantize), ("truncate_dim", truncate_dim)):
+            if asked not in (None, "any") or (name == "truncate_dim" and asked is None):
+                if built[name] != asked:
+                    raise IndexLoadError(
+                        f"{where} was built with {name} {built[name]!r}, not {asked!r}: the index settings "
+                        f"(quantize, truncate_dim) are part of its identity; {REBUILD_HINT}."
+                    )
+        binary = built["quantize"] == "binary"
         try:
             flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
-            index = faiss.read_index(str(directory / INDEX_FILE), flags)
+            read = faiss.read_index_binary if binary else faiss.read_index
+            index = read(str(directory / INDEX_FILE), flags)
         except RuntimeError as exc:
             raise IndexLoadError(f"{where} cannot be read by FAISS ({_first_line(exc)}); {REBUILD_HINT}.") from None
+        vectors = None
+        if built["quantize"] != "none":
+            try:
+                vectors = np.load(directory / VECTORS_FILE, mmap_mode="r")
+            except (OSError, ValueError) as exc:
+                raise IndexLoadError(f"{where} lacks readable rescoring vectors ({exc}); {REBUILD_HINT}.") from None
         if index.ntotal != info.get("ntotal") or index.d != info.get("dim"):
             raise IndexLoadError(
                 f"{where} holds {index.ntotal} vectors of {index.d} dimensions, its manifest says "
                 f"{info.get('ntotal')} of {info.get('dim')}; {REBUILD_HINT}."
             )
-        return cls(index, info, manifest.corpus_fingerprint)
+        return cls(index, info, manifest.corpus_fingerprint, vectors)
 
     def __repr__(self) -> str:
         return f"DenseIndex({self.factory}, {self.ntotal} x {self.dim}, model={self.info.get('model')!r})"
+
+
+def quantize_problem(quantize: str, factory: str, truncate_dim: int | None, model_dim: int | None) -> str | None:
+    """One line saying why these quantization settings cannot work, with the fix (None: they can).
+    `model_dim`: the width of the model's vectors (None: not known yet)."""
+    if quantize not in QUANTIZE:
+        return f"quantize: {quantize!r} is not one of none, int8, binary"
+    if quantize != "none" and factory != "Flat":
+        return (f"quantize: {quantize} scans compact codes exhaustively and takes index: Flat, not {factory!r}; "
+                "set index: Flat (or quantize: none for a compressed FAISS index such as IVF1024,PQ32)")
+    if truncate_dim is not None and model_dim is not None and truncate_dim > model_dim:
+        return f"truncate_dim: {truncate_dim} is more than the model's {model_dim} dimensions; set truncate_dim <= {model_dim} or leave it out"
+    width = truncate_dim if truncate_dim is not None else model_dim
+    if quantize == "binary" and width is not None and width % 8:
+        return (f"quantize: binary packs 8 dimensions a byte, and {width} is not a multiple of 8; "
+                f"set truncate_dim: {width - width % 8 or 8} (a multiple of 8)")
+    return None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -32,6 +32,13 @@ index="Flat", ef_search=None, nprobe=None, max_seq_length=256, ...)`:
   changed vector builds a new index. Queries are still encoded by `model`, so `bind` refuses a
   `model` that is not the one that made the vectors (same name, or the same model files), and
   vectors whose width is not the model's, each with one line naming both and the fix.
+* Quantized (docs/quantized-dense.md): `quantize: none | int8 | binary` (with `index: Flat`) builds
+  FAISS's SQ8 or binary Hamming index instead of float Flat, keeping the float vectors beside it on
+  disk; `rescore_multiplier: N` takes N x k candidates from the codes and re-scores them with those
+  (memory-mapped) vectors; `truncate_dim: D` cuts documents and queries to D dimensions and
+  renormalises (Matryoshka). `quantize` and `truncate_dim` are part of the index' artefact key (a
+  collection's segments get their own indexes per setting); all three are in the config, so in
+  the stage's fingerprint, and are checked when the stage is composed (one `ConfigError` line).
 YAML: `{type: dense, name: dense, k: 100, model: sentence-transformers/all-MiniLM-L6-v2, index: Flat}`.
 """
 
@@ -42,14 +49,14 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from stagegraph.corpora.segmented import ColumnCorpus, SegmentedCorpus, merge_top
 from stagegraph.corpora.types import Queries
-from stagegraph.indexes.dense import DEFAULT_TRAIN_SAMPLE, FORMAT_VERSION, DenseIndex
+from stagegraph.indexes.dense import DEFAULT_TRAIN_SAMPLE, FORMAT_VERSION, DenseIndex, quantize_problem
 from stagegraph.indexes.embeddings import cached_embeddings, text_embeddings
 from stagegraph.indexes.devices import DeviceError
 from stagegraph.indexes.encoder import (
@@ -96,6 +103,63 @@ class DenseRetrieverConfig(StageConfig):
     device: str = "auto"
     #: metadata filter applied to every query, before the top k (`stagegraph.corpora.filters`)
     filter: dict[str, Any] | None = None  # torch device of the encoder: auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N, mps
+    #: none (float32 Flat), int8 (FAISS SQ8) or binary (FAISS IndexBinaryFlat, Hamming) codes in memory
+    quantize: Literal["none", "int8", "binary"] = "none"
+    #: retrieve N x k by the quantized codes, re-score them with the float vectors on disk (None: no rescoring)
+    rescore_multiplier: int | None = None
+    #: Matryoshka: keep the first D dimensions of documents and queries, renormalised (None: all)
+    truncate_dim: int | None = None
+
+    @field_validator("quantize", mode="before")
+    @classmethod
+    def _none_is_none(cls, value: Any) -> Any:
+        return "none" if value is None else value
+
+    @field_validator("rescore_multiplier")
+    @classmethod
+    def _multiplier(cls, value: int | None) -> int | None:
+        if value is not None and value < 1:
+            raise ValueError(f"must be an integer >= 1 (candidates re-scored = multiplier x k), got {value}; "
+                             "use e.g. rescore_multiplier: 4, or leave it out for no rescoring")
+        return value
+
+    @field_validator("truncate_dim")
+    @classmethod
+    def _truncate(cls, value: int | None) -> int | None:
+        if value is not None and value < 1:
+            raise ValueError(f"must be a positive number of dimensions, got {value}; e.g. truncate_dim: 256, or leave it out")
+        return value
+
+    @model_validator(mode="after")
+    def _check_quantization(self) -> DenseRetrieverConfig:
+        if self.rescore_multiplier is not None and self.quantize == "none":
+            raise ValueError("rescore_multiplier re-scores the candidates of a quantized index; set quantize: int8 "
+                             "or binary, or leave rescore_multiplier out")
+        needs_dim = self.truncate_dim is not None or self.quantize == "binary"
+        problem = quantize_problem(self.quantize, self.index, self.truncate_dim,
+                                   declared_dim(self.model) if needs_dim else None)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+
+def declared_dim(model: str) -> int | None:
+    """The width of `model`'s vectors read from its files (sentence-transformers' pooling config, else the
+    transformer's hidden size) without loading it; None when the model or the files are not found here."""
+    import json
+
+    try:
+        path = locate_model(model).path
+    except ModelNotFoundError:
+        return None
+    for name, key in (("1_Pooling/config.json", "word_embedding_dimension"), ("config.json", "hidden_size")):
+        try:
+            value = json.loads((Path(path) / name).read_text(encoding="utf-8")).get(key)
+        except (OSError, ValueError):
+            continue
+        if isinstance(value, int):
+            return value
+    return None
 
 
 def artefact_key(corpus_fingerprint: str, identity: str, config: DenseRetrieverConfig,
@@ -110,6 +174,8 @@ def artefact_key(corpus_fingerprint: str, identity: str, config: DenseRetrieverC
         "train_sample": config.train_sample,
         "format": FORMAT_VERSION,
     }
+    if config.quantize != "none" or config.truncate_dim is not None:  # only then: float keys stay what they were
+        payload.update(quantize=config.quantize, truncate_dim=config.truncate_dim)
     if vectors is not None:  # only then: the keys of encoded indexes stay what they were
         payload["vectors"] = vectors
     return stable_hash(payload)[:16]
@@ -183,6 +249,8 @@ class DenseRetriever(StageBase):
             "index": index.info.get("factory_requested", index.factory),
             "model": index.info.get("model") or DEFAULT_MODEL,
             "max_seq_length": index.info.get("max_seq_length"),
+            "quantize": index.quantize,
+            "truncate_dim": index.truncate_dim,
         }
         asked = {**settings, **({"index": factory} if factory else {})}
         clash = {name: (asked[name], value) for name, value in built.items() if name in asked and asked[name] != value}
@@ -233,6 +301,9 @@ class DenseRetriever(StageBase):
             self._check_given(self.index, encoder, fingerprint)
             return encoder, self.index, env.corpus
         identity = encoder.identity
+        problem = quantize_problem(cfg.quantize, cfg.index, cfg.truncate_dim, encoder.dim)
+        if problem:
+            raise StageError(f"Stage {self.name!r}: {problem}")
         supplied = env.vectors
         if supplied is not None:
             self._check_supplied(supplied, encoder, env.corpus)
@@ -251,6 +322,8 @@ class DenseRetriever(StageBase):
                 model_identity=identity,
                 max_seq_length=encoder.max_seq_length,
                 factory=cfg.index,
+                quantize=cfg.quantize,
+                truncate_dim=cfg.truncate_dim,
                 # a segment's index: checked when written (its writer), mapped rather than read
                 verify_checksums=not segment,
                 mmap=segment,
@@ -283,6 +356,8 @@ class DenseRetriever(StageBase):
                 max_seq_length=encoder.max_seq_length,
                 train_sample=cfg.train_sample,
                 progress=env.progress,
+                quantize=cfg.quantize,
+                truncate_dim=cfg.truncate_dim,
             )
         except (ValueError, RuntimeError) as exc:  # RuntimeError: FAISS itself refused to train
             first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
@@ -361,7 +436,8 @@ class DenseSearch:
             if allowed is not None and not allowed.any():
                 continue  # nothing is allowed: an empty ranking, not an error
             vector = self.encoder.encode_query(queries.texts[pos])
-            scores, rows = self.index.search(vector, cfg.k, ef_search=cfg.ef_search, nprobe=cfg.nprobe, allowed=allowed)
+            scores, rows = self.index.search(vector, cfg.k, ef_search=cfg.ef_search, nprobe=cfg.nprobe, allowed=allowed,
+                                             rescore_multiplier=cfg.rescore_multiplier)
             found = rows[0] >= 0
             out[pos] = Ranking.from_scores(rows[0][found], scores[0][found], k=cfg.k)
         return out
@@ -402,12 +478,24 @@ class SegmentedDenseSearch:
             return Ranking.empty()
         if vector is None:
             vector = self.encoder.encode_query(text)
+        # Rescoring: the N x k candidates are chosen over all segments by the codes (score, then tie key),
+        # as one index over the live rows would choose them, and only then re-scored with the float vectors.
+        rescore = cfg.rescore_multiplier if all(ix.rescore_vectors is not None for ix in self.indexes) else None
+        wide = cfg.k * rescore if rescore else cfg.k
         found = []
         for part, index, mask in zip(self.corpus.parts, self.indexes, masks):
             if mask is not None and not mask.any():
                 continue
-            scores, rows = index.search(vector, cfg.k, ef_search=cfg.ef_search, nprobe=cfg.nprobe, allowed=mask)
+            scores, rows = index.search(vector, wide, ef_search=cfg.ef_search, nprobe=cfg.nprobe, allowed=mask)
             keep = rows[0] >= 0
             local = rows[0][keep]
             found.append((local + part.offset, scores[0][keep], part.corpus.keys[local]))
-        return Ranking(*merge_top(found, cfg.k))
+        if not rescore:
+            return Ranking(*merge_top(found, cfg.k))
+        chosen, _ = merge_top(found, wide)
+        rescored = []
+        for part, index in zip(self.corpus.parts, self.indexes):
+            local = chosen[(chosen >= part.offset) & (chosen < part.offset + len(part.corpus))] - part.offset
+            if len(local):
+                rescored.append((local + part.offset, index.exact_scores(vector, local), part.corpus.keys[local]))
+        return Ranking(*merge_top(rescored, cfg.k))
