@@ -69,6 +69,44 @@ def pyserini(args: argparse.Namespace) -> None:
     print(f"wrote {work}/pyserini-bm25.run and {work}/pyserini-rm3.run")
 
 
+def lucene_length(length: int) -> int:
+    """A document length as Lucene's BM25 reads it back: `SmallFloat.byte4ToInt(intToByte4(length))`,
+    exact below 24, then 4 significant bits (so 41 is read as 40, 100 as 96)."""
+    free = 24  # 255 - longToInt4(Integer.MAX_VALUE)
+    if length < free:
+        return length
+    value = length - free
+    bits = value.bit_length()
+    if bits < 4:
+        code = value
+    else:
+        shift = bits - 4
+        code = ((value >> shift) & 0x07) | ((shift + 1) << 3)
+    mantissa, shift = code & 0x07, (code >> 3) - 1
+    return free + (mantissa if shift == -1 else (mantissa | 0x08) << shift)
+
+
+def lucene_norms_index(corpus, settings):
+    """Diagnostic: a BM25 index whose document lengths are read as Lucene reads its one-byte norms
+    (avgdl stays exact, as Lucene's is: sumTotalTermFreq / docCount)."""
+    import numpy as np
+
+    from stagegraph.indexes.bm25 import BM25Index
+    from stagegraph.indexes.bm25_scoring import SparseScores, idf, term_frequencies
+
+    tokens = settings.tokenizer.tokenize_corpus((corpus.doc_text(r) for r in range(len(corpus))), progress=False,
+                                                total=len(corpus))
+    tf = term_frequencies(tokens.term_ids, tokens.offsets, len(tokens.vocab))
+    lengths = tokens.doc_lengths.astype(np.int64)
+    read = np.array([lucene_length(int(n)) for n in lengths], dtype=np.float64)
+    norm = (settings.k1 * (1 - settings.b + settings.b * read / lengths.mean())).astype(np.float32)
+    df = np.diff(tf.indptr)
+    values = tf.data.astype(np.float32)
+    values = values / (values + norm[tf.indices]) * np.repeat(idf("lucene", df, len(lengths)).astype(np.float32), df)
+    scores = SparseScores(tf.indptr.astype(np.int64), tf.indices.astype(np.int32), values.astype(np.float32), len(lengths))
+    return BM25Index(settings, tokens.vocab, corpus.fingerprint, scores=scores, doc_lengths=lengths.astype(np.int32))
+
+
 def compare(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(ROOT))
     import warnings
@@ -81,19 +119,26 @@ def compare(args: argparse.Namespace) -> None:
 
     warnings.simplefilter("ignore")
     dataset = load_beir(args.dataset, progress=False)
+    queries, qrels = dataset.split("test")
     metrics = ["ndcg@10", "recall@100"]
     env = Environment(corpus=dataset.corpus, work_dir=Path(args.work) / "stagegraph", progress=False)
     rows = []
     for tag, expansion in (("bm25", None), ("rm3", {"method": "rm3", "fb_docs": args.fb_docs, "fb_terms": args.fb_terms,
                                                     "original_query_weight": args.original_query_weight})):
-        ours = BM25Retriever(k=args.k, expand=expansion).bind(env).run(dataset.queries)
-        mine = score_run(ours, dataset.queries, dataset.qrels, dataset.corpus, metrics).means
+        if args.lucene_norms:
+            from stagegraph.indexes.bm25 import BM25Settings
+
+            index = lucene_norms_index(dataset.corpus, BM25Settings())
+            ours = BM25Retriever(index, k=args.k, expand=expansion).bind(env).run(queries)
+        else:
+            ours = BM25Retriever(k=args.k, expand=expansion).bind(env).run(queries)
+        mine = score_run(ours, queries, qrels, dataset.corpus, metrics).means
         run: dict[str, dict[str, float]] = {}
         for line in open(Path(args.work) / f"pyserini-{tag}.run"):
             qid, _, doc, _, score, _ = line.split()
             run.setdefault(qid, {})[doc] = float(score)
         rankings, scoring = rankings_of_run(run, dataset.corpus)
-        theirs = score_run(rankings, None, dataset.qrels, scoring, metrics).means
+        theirs = score_run(rankings, None, qrels, scoring, metrics).means
         for m in metrics:
             rows.append((tag, m, mine[m], theirs[m]))
     print(f"{'run':5} {'metric':11} {'stagegraph':>10} {'pyserini':>9} {'gap':>8}")
@@ -115,6 +160,9 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--fb-terms", type=int, default=10)
         p.add_argument("--original-query-weight", type=float, default=0.5)
         p.add_argument("--k", type=int, default=100)
+        if name == "compare":
+            p.add_argument("--lucene-norms", action="store_true",
+                           help="diagnostic: score ours with document lengths read as Lucene's one-byte norms")
     args = parser.parse_args(argv)
     {"export": export, "pyserini": pyserini, "compare": compare}[args.command](args)
 
