@@ -235,10 +235,11 @@ class SegmentedBM25Search:
         return expand(terms, rows, scores, source, cfg.expand)
 
     def expanded_query(self, text: str) -> dict[str, float]:
-        """The weighted query the second pass runs for `text` (`{term: weight}`; no filter applied)."""
+        """The weighted query the second pass runs for `text` (`{term: weight}`; the stage's filter applied)."""
         if self.stage.config.expand is None:
             raise StageError(f"stage {self.stage.name!r} has no `expand` setting: it runs queries as they are")
-        return self._expanded(self._tokenizer.analyze(text), self.stats, [None] * len(self.corpus.parts))
+        masks = [segment_mask(self._filter, part, None) for part in self.corpus.parts]
+        return self._expanded(self._tokenizer.analyze(text), self.stats, masks)
 
 
 class BM25Search:
@@ -275,10 +276,10 @@ class BM25Search:
         return expand(terms, first.rows, first.scores, source, cfg.expand)
 
     def expanded_query(self, text: str) -> dict[str, float]:
-        """The weighted query the second pass runs for `text` (`{term: weight}`; no filter applied)."""
+        """The weighted query the second pass runs for `text` (`{term: weight}`; the stage's filter applied)."""
         if self.stage.config.expand is None:
             raise StageError(f"stage {self.stage.name!r} has no `expand` setting: it runs queries as they are")
-        return self._expanded(self.index.tokenizer.analyze(text), None)
+        return self._expanded(self.index.tokenizer.analyze(text), self._filter.allowed(self.corpus, None))
 
 
 class _DocTerms:
