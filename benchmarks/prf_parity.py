@@ -147,7 +147,13 @@ def compare(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="commands and their flags:\n"
+               "  export   --dataset DIR --work DIR\n"
+               "  pyserini --work DIR [--fb-docs 10] [--fb-terms 10] [--original-query-weight 0.5] [--k 100]\n"
+               "  compare  --dataset DIR --work DIR [--fb-docs 10] [--fb-terms 10] [--original-query-weight 0.5]"
+               " [--k 100] [--lucene-norms]")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, helptext in (("export", "write the analysed corpus and queries (project venv)"),
                            ("pyserini", "index and search with Pyserini 0.25 (its own venv)"),
