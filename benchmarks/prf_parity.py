@@ -10,9 +10,9 @@ English stemmer) as space-separated terms. `pyserini` (a separate venv holding p
 Java 17; it imports only `pyserini.pyclass`, so no torch is needed) indexes those with Anserini's
 `IndexCollection -pretokenized -storeDocvectors` (whitespace analysis: Lucene holds exactly our
 terms) and searches them with `SimpleSearcher` (what `LuceneSearcher` wraps): BM25 k1=0.9, b=0.4,
-then with `set_rm3(fb_terms, fb_docs, original_query_weight)`, top 100, writing two TREC run files.
-`compare` runs our BM25 and our BM25 + RM3 with the same settings and prints nDCG@10 and R@100 of
-all four runs over the test qrels. So the comparison is of BM25 + RM3 alone, not of analyzers;
+then with `set_rm3(fb_terms, fb_docs, original_query_weight)`, then with `set_rocchio(fb_terms,
+fb_docs)` (alpha 1, beta 0.75, gamma 0), top 100, writing three TREC run files. `compare` runs ours
+with the same settings and prints nDCG@10 and R@100 of all six runs over the test qrels. So the comparison is of BM25 and the feedback alone, not of analyzers;
 what remains is Lucene's one-byte document-length norms and the order of ties (docs/feedback.md).
 """
 
@@ -59,14 +59,17 @@ def pyserini(args: argparse.Namespace) -> None:
     searcher.set_analyzer(autoclass("org.apache.lucene.analysis.core.WhitespaceAnalyzer")())
     searcher.set_bm25(0.9, 0.4)
     topics = [line.rstrip("\n").split("\t", 1) for line in open(work / "topics.tsv", encoding="utf-8")]
-    for tag in ("bm25", "rm3"):
+    for tag in ("bm25", "rm3", "rocchio"):
         if tag == "rm3":
             searcher.set_rm3(None, args.fb_terms, args.fb_docs, args.original_query_weight, False, True)
+        if tag == "rocchio":  # Pyserini's set_rocchio defaults: alpha 1, beta 0.75, gamma 0
+            searcher.unset_rm3()
+            searcher.set_rocchio(None, args.fb_terms, args.fb_docs, 10, 10, 1.0, 0.75, 0.0, False, False)
         with open(work / f"pyserini-{tag}.run", "w") as out:
             for qid, text in topics:
                 for rank, hit in enumerate(searcher.search(text, args.k) if text.strip() else [], 1):
                     out.write(f"{qid} Q0 {hit.docid} {rank} {hit.score:.6f} pyserini-{tag}\n")
-    print(f"wrote {work}/pyserini-bm25.run and {work}/pyserini-rm3.run")
+    print(f"wrote {work}/pyserini-bm25.run, pyserini-rm3.run and pyserini-rocchio.run")
 
 
 def lucene_length(length: int) -> int:
@@ -123,8 +126,10 @@ def compare(args: argparse.Namespace) -> None:
     metrics = ["ndcg@10", "recall@100"]
     env = Environment(corpus=dataset.corpus, work_dir=Path(args.work) / "stagegraph", progress=False)
     rows = []
-    for tag, expansion in (("bm25", None), ("rm3", {"method": "rm3", "fb_docs": args.fb_docs, "fb_terms": args.fb_terms,
-                                                    "original_query_weight": args.original_query_weight})):
+    feedback = {"fb_docs": args.fb_docs, "fb_terms": args.fb_terms}
+    for tag, expansion in (("bm25", None),
+                           ("rm3", {"method": "rm3", "original_query_weight": args.original_query_weight, **feedback}),
+                           ("rocchio", {"method": "rocchio", "alpha": 1.0, "beta": 0.75, "gamma": 0.0, **feedback})):
         if args.lucene_norms:
             from stagegraph.indexes.bm25 import BM25Settings
 
@@ -141,9 +146,9 @@ def compare(args: argparse.Namespace) -> None:
         theirs = score_run(rankings, None, qrels, scoring, metrics).means
         for m in metrics:
             rows.append((tag, m, mine[m], theirs[m]))
-    print(f"{'run':5} {'metric':11} {'stagegraph':>10} {'pyserini':>9} {'gap':>8}")
+    print(f"{'run':7} {'metric':11} {'stagegraph':>10} {'pyserini':>9} {'gap':>8}")
     for tag, m, a, b in rows:
-        print(f"{tag:5} {m:11} {a:10.4f} {b:9.4f} {a - b:+8.4f}")
+        print(f"{tag:7} {m:11} {a:10.4f} {b:9.4f} {a - b:+8.4f}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -64,19 +64,24 @@ def test_rm3_drops_frequent_terms_and_keeps_anserinis_term_filter(tmp_path):
 
 
 def test_rocchio_weights_equal_a_hand_computation(tmp_path):
-    _, search = bound(tmp_path, method="rocchio", fb_docs=1, fb_terms=10, alpha=1.0, beta=0.75)
-    index = search.index
-    n, avgdl = index.n_docs, index.avgdl
-    weights = {}
-    for term, tf in {"apple": 2, "banana": 1, "cherry": 1}.items():  # d0, 4 terms
-        df = index.doc_freq(term)
-        weights[term] = math.log1p((n - df + 0.5) / (df + 0.5)) * tf / (tf + 0.9 * (1 - 0.4 + 0.4 * 4 / avgdl))
-    length = math.sqrt(sum(w * w for w in weights.values()))
-    want = {t: (t == "apple") * 1.0 + 0.75 * w / length for t, w in weights.items()}
+    _, search = bound(tmp_path, method="rocchio", fb_docs=2, fb_terms=10, alpha=1.0, beta=0.75)
+    # each document's counts over their L2 norm, averaged: d0 = (2, 1, 1) / sqrt(6), d1 = (1, 1) / sqrt(2)
+    r6, r2 = math.sqrt(6), math.sqrt(2)
+    mean = {"apple": (2 / r6 + 1 / r2) / 2, "banana": 1 / r6 / 2, "cherry": 1 / r6 / 2, "date": 1 / r2 / 2}
+    length = math.sqrt(sum(w * w for w in mean.values()))
+    want = {t: (t == "apple") * 1.0 + 0.75 * w / length for t, w in mean.items()}
     got = search.expanded_query("apple")
     assert got.keys() == want.keys()
     for term in want:
-        assert math.isclose(got[term], want[term], rel_tol=1e-6), term
+        assert math.isclose(got[term], want[term], rel_tol=1e-9), term
+
+
+def test_rocchio_subtracts_the_bottom_documents(tmp_path):
+    _, search = bound(tmp_path, method="rocchio", fb_docs=1, fb_terms=10, alpha=1.0, beta=0.0, gamma=1.0,
+                      bottom_fb_docs=1)
+    # the bottom of the first pass is d1 (apple date): apple keeps 1 - 1/sqrt(2), date goes negative and is dropped
+    got = search.expanded_query("apple")
+    assert list(got) == ["apple"] and math.isclose(got["apple"], 1 - 1 / math.sqrt(2), rel_tol=1e-9)
 
 
 def test_the_second_pass_is_a_direct_weighted_bm25_search(tmp_path):

@@ -231,7 +231,7 @@ class SegmentedBM25Search:
         cfg = self.stage.config
         rows, scores = search_segments(stats, terms, cfg.expand.first_pass_depth(cfg.k), variant=cfg.variant,
                                        k1=cfg.k1, b=cfg.b, masks=masks)
-        source = FeedbackSource(stats.n_docs, stats.avgdl, stats.df, self._doc_terms, cfg.variant, cfg.k1, cfg.b)
+        source = FeedbackSource(stats.n_docs, stats.df, self._doc_terms)
         return expand(terms, rows, scores, source, cfg.expand)
 
     def expanded_query(self, text: str) -> dict[str, float]:
@@ -272,7 +272,7 @@ class BM25Search:
     def _expanded(self, terms: list[str], allowed: Any) -> dict[str, float]:
         cfg, index = self.stage.config, self.index
         first = index.search_terms(terms, cfg.expand.first_pass_depth(cfg.k), allowed=allowed)
-        source = FeedbackSource(index.n_docs, index.avgdl, index.doc_freq, self._doc_terms, cfg.variant, cfg.k1, cfg.b)
+        source = FeedbackSource(index.n_docs, index.doc_freq, self._doc_terms)
         return expand(terms, first.rows, first.scores, source, cfg.expand)
 
     def expanded_query(self, text: str) -> dict[str, float]:
