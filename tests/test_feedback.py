@@ -13,7 +13,7 @@ import pytest
 
 import stagegraph as sg
 from stagegraph.corpora.types import Corpus, Queries
-from stagegraph.errors import ConfigError
+from stagegraph.errors import ConfigError, StageError
 from stagegraph.indexes.bm25 import BM25Index, BM25Settings
 from stagegraph.pipeline.compose import Pipeline
 from stagegraph.pipeline.stage import Environment
@@ -188,4 +188,7 @@ def test_a_collection_expands_like_an_index_over_its_live_chunks(tmp_path):
             got = {h.id: h.score for h in stack.search(query, k=20).hits}
             assert got.keys() == want.keys()
             np.testing.assert_allclose([got[i] for i in want], list(want.values()), rtol=1e-6)
+        # a shard of a sharded collection scores with given statistics: expansion refuses, in one line
+        with pytest.raises(StageError, match="cannot search a sharded collection yet"):
+            stack.runner.bound("bm25").run(Queries(["q"], ["alphab"]), given=[(10, 100, {"alphab": 1})])
     store.close()

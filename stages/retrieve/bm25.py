@@ -29,6 +29,7 @@ docs/feedback.md); `bound.expanded_query(text)` shows the query. The index is th
 from __future__ import annotations
 
 import logging
+import threading
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -208,6 +209,10 @@ class SegmentedBM25Search:
         """One ranking per query; with `given`, each query is scored with those (N, length total,
         df of its terms) instead of this binding's own: a shard scoring as its whole collection."""
         cfg = self.stage.config
+        if cfg.expand is not None and given is not None:
+            raise StageError(f"stage {self.stage.name!r}: `expand` (query expansion) cannot search a sharded collection "
+                             "yet (its feedback documents and term statistics would be one shard's); search an "
+                             "unsharded collection, or remove `expand`")
         out: list[Ranking] = []
         for position, (qid, text) in enumerate(queries):
             terms = self._tokenizer.analyze(text)
@@ -288,14 +293,16 @@ class _DocTerms:
     def __init__(self, corpus: Any, tokenizer: Any, size: int = 4096):
         self.corpus, self.tokenizer, self.size = corpus, tokenizer, size
         self._seen: dict[int, list[str]] = {}
+        self._lock = threading.Lock()  # queries of one bound stage may run on several threads
 
     def __call__(self, row: int) -> list[str]:
         terms = self._seen.get(row)
         if terms is None:
             terms = self.tokenizer.analyze(self.corpus.doc_text(row))
-            if len(self._seen) >= self.size:
-                self._seen.pop(next(iter(self._seen)))
-            self._seen[row] = terms
+            with self._lock:
+                if len(self._seen) >= self.size:
+                    self._seen.pop(next(iter(self._seen)))
+                self._seen[row] = terms
         return terms
 
 
