@@ -212,9 +212,9 @@ class BM25Index:
         tid = self.term_of.get(term)
         if tid is None:
             return 0
-        if self._sparse is not None:
-            return int(self._scores.indptr[tid + 1] - self._scores.indptr[tid])
-        return int(self._reference.doc_freq(tid)) if hasattr(self._reference, "doc_freq") else 0
+        if self._sparse is None:
+            raise ValueError("document frequencies need the sparse backend")
+        return int(self._scores.indptr[tid + 1] - self._scores.indptr[tid])
 
     def search_weighted(self, weights: dict[str, float], k: int = 100, allowed: np.ndarray | None = None) -> Hits:
         """Top-`k` for a weighted query, `{term: weight}` (a term's BM25 contribution times its weight,
