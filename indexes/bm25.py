@@ -207,6 +207,30 @@ class BM25Index:
         weights = np.fromiter(ids.values(), dtype=np.float32, count=len(ids))
         return Hits(*self._sparse.top(term_ids, weights, k, allowed))
 
+    def doc_freq(self, term: str) -> int:
+        """How many documents hold `term` (0 for a term not in the vocabulary)."""
+        tid = self.term_of.get(term)
+        if tid is None:
+            return 0
+        if self._sparse is None:
+            raise ValueError("document frequencies need the sparse backend")
+        return int(self._scores.indptr[tid + 1] - self._scores.indptr[tid])
+
+    def search_weighted(self, weights: dict[str, float], k: int = 100, allowed: np.ndarray | None = None) -> Hits:
+        """Top-`k` for a weighted query, `{term: weight}` (a term's BM25 contribution times its weight,
+        Lucene's `BoostQuery`); unknown terms are ignored. `search_terms(terms)` equals this with each
+        term weighted by its count. The sparse backend only (query expansion uses it)."""
+        if self._sparse is None:
+            raise ValueError("weighted queries need the sparse backend")
+        if allowed is not None and not np.any(allowed):
+            return _empty_hits()
+        known = [(self.term_of[t], w) for t, w in weights.items() if t in self.term_of and w != 0]
+        if not known:
+            return _empty_hits()
+        term_ids = np.array([tid for tid, _ in known], dtype=np.int64)
+        values = np.array([w for _, w in known], dtype=np.float32)
+        return Hits(*self._sparse.top(term_ids, values, k, allowed))
+
     def search(self, text: str, k: int = 100) -> Hits:
         """Analyse `text` with the index's tokenizer and return its top-`k` documents."""
         return self.search_terms(self.tokenizer.analyze(text), k)

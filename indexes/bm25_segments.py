@@ -191,13 +191,17 @@ class GivenStats:
 
 
 def search_segments(stats: CorpusStats | GivenStats, terms: list[str], k: int, *, variant: str, k1: float, b: float,
-                    masks: list[np.ndarray | None]) -> tuple[np.ndarray, np.ndarray]:
+                    masks: list[np.ndarray | None], weights: dict[str, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The best `k` live rows for analysed query `terms` (repeats count twice): (global rows int64,
     scores float32), score desc then tie key asc. `masks[i]`: segment i's allowed rows (bool, the
-    deletions already applied; None: every live row)."""
-    counts: dict[str, int] = {}
-    for term in terms:
-        counts[term] = counts.get(term, 0) + 1
+    deletions already applied; None: every live row). `weights` (`{term: weight}`, then `terms` is
+    ignored): a weighted query, each term's contribution times its weight (query expansion)."""
+    counts: dict[str, float] = {}
+    if weights is not None:
+        counts = {t: w for t, w in weights.items() if w != 0}
+    else:
+        for term in terms:
+            counts[term] = counts.get(term, 0) + 1
     frequencies = {t: stats.df(t) for t in counts}
     order = sorted((t for t in counts if frequencies[t] > 0), key=lambda t: (-frequencies[t], t))
     if not order or stats.n_docs == 0 or stats.avgdl <= 0:

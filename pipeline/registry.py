@@ -89,12 +89,23 @@ def _failed(what: str, module: str, exc: Exception) -> StageModuleError:
     )
 
 
+#: names people reach for that are settings of another stage, not stage types: the fix instead of a list
+SETTING_NOT_STAGE = {
+    name: (f"{name!r} is not a stage type: query expansion is a setting of the BM25 stage, which searches "
+           f"twice with its own index; write `- type: bm25` with `expand: {{method: {name}, fb_docs: 10, "
+           f"fb_terms: 10}}` (docs/feedback.md) instead of `bm25 >> {name} >> bm25`")
+    for name in ("rm3", "rocchio")
+}
+
+
 def stage_class(type_name: str) -> type:
     """The class registered as `type_name`; the error lists every registered type."""
     _load_all()
     try:
         return _REGISTRY[type_name]
     except KeyError:
+        if type_name in SETTING_NOT_STAGE:
+            raise UnknownStageType(SETTING_NOT_STAGE[type_name]) from None
         raise UnknownStageType(
             f"unknown stage type {type_name!r}; registered types: {', '.join(available_types())}. "
             f"Plugins add types through the {ENTRY_POINT_GROUP!r} entry-point group."

@@ -142,15 +142,24 @@ def parse_values(text: str) -> list[Any]:
 
 
 def with_setting(graph: Pipeline, stage: str, param: str, value: Any) -> Pipeline:
-    """A copy of `graph` whose stage `stage` is rebuilt with `param = value` (other stages shared)."""
+    """A copy of `graph` whose stage `stage` is rebuilt with `param = value` (other stages shared).
+    A dotted `param` (`expand.fb_docs`) sets one field of a nested setting the config already has."""
     step = graph.step(stage)
     current = step.stage
     fields = type(current.config).model_fields
-    if param not in fields or param == "name":
+    name, _, sub = param.partition(".")
+    if name not in fields or name == "name":
         raise SweepError(
-            f"stage {stage!r} ({current.type_name}) has no setting {param!r}; its settings: "
+            f"stage {stage!r} ({current.type_name}) has no setting {name!r}; its settings: "
             f"{', '.join(f for f in fields if f != 'name')}"
         )
+    if sub:
+        nested = getattr(current.config, name)
+        if not isinstance(nested, BaseModel) or sub not in type(nested).model_fields:
+            have = ", ".join(f"{name}.{f}" for f in type(nested).model_fields) if isinstance(nested, BaseModel) else ""
+            raise SweepError(f"stage {stage!r} has no setting {param!r}; " + (
+                f"its {name!r} settings: {have}" if have else f"set {name!r} in the config first, then sweep its fields"))
+        param, value = name, {**nested.model_dump(), sub: value}
     try:
         config = type(current.config)(**{**dict(current.config), param: value})
     except ValidationError as exc:

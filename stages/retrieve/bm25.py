@@ -19,17 +19,23 @@ identity (corpus + settings); a stage that builds its own index is fully describ
 plus the corpus, which the cache key adds. Queries are analysed with the index's own tokenizer;
 an empty or stopword-only query gives an empty ranking and an `EmptyQueryWarning`, never an error.
 YAML: `{type: bm25, name: bm25, k: 100, k1: 0.9, b: 0.4, tokenizer: {stemmer: english}}`.
+
+`expand: {method: rm3, fb_docs: 10, fb_terms: 10, original_query_weight: 0.5}` (or `method: rocchio`)
+adds pseudo-relevance feedback: the stage searches once, builds a weighted query from its top
+documents and returns the BM25 ranking of that query (`stagegraph.stages.retrieve.feedback`,
+docs/feedback.md); `bound.expanded_query(text)` shows the query. The index is the same.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from stagegraph.corpora.segmented import SegmentedCorpus
 from stagegraph.corpora.types import DataError, Queries
@@ -41,6 +47,7 @@ from stagegraph.hashing import stable_hash
 from stagegraph.pipeline.ranking import Ranking
 from stagegraph.pipeline.stage import Arity, Environment, StageConfig
 from stagegraph.stages.base import EmptyQueryWarning, StageBase
+from stagegraph.stages.retrieve.feedback import Expansion, FeedbackSource, expand
 from stagegraph.stages.retrieve.filtering import RowFilter
 from stagegraph.stages.retrieve.segments import LoadedCache, segment_mask
 from stagegraph.pipeline.registry import register
@@ -58,6 +65,15 @@ class BM25RetrieverConfig(StageConfig, BM25Settings):
     k: int = Field(100, ge=1)
     #: metadata filter applied to every query, before the top k (`stagegraph.corpora.filters`)
     filter: dict[str, Any] | None = None
+    #: pseudo-relevance feedback (RM3 or Rocchio): a second, expanded search (None: one search)
+    expand: Expansion | None = None
+
+    @model_validator(mode="after")
+    def _expand_needs_sparse(self) -> BM25RetrieverConfig:
+        if self.expand is not None and self.backend != "sparse":
+            raise ValueError(f"expand (query expansion) needs backend: sparse, not {self.backend!r}; "
+                             "set backend: sparse or remove expand")
+        return self
 
     def index_settings(self) -> BM25Settings:
         return BM25Settings.model_validate(self.model_dump(include=set(BM25Settings.model_fields)))
@@ -87,6 +103,7 @@ class BM25Retriever(StageBase):
         k: int = 100,
         name: str | None = None,
         filter: dict[str, Any] | None = None,
+        expand: Expansion | dict[str, Any] | None = None,
         **settings: Any,
     ):
         if index is not None:
@@ -97,7 +114,7 @@ class BM25Retriever(StageBase):
                     f"({index.settings.model_dump(mode='json')}); pass no settings with an index, or build a new index."
                 )
             settings = index.settings.model_dump()
-        self.config = self.make_config(name=name, k=k, filter=filter, **settings)
+        self.config = self.make_config(name=name, k=k, filter=filter, expand=expand, **settings)
         #: the index given to the constructor (None: each binding loads or builds its own)
         self.index = index
 
@@ -173,6 +190,7 @@ class SegmentedBM25Search:
         self.corpus = corpus
         self._filter = RowFilter(stage.config.filter)
         self._tokenizer = stage.config.index_settings().tokenizer
+        self._doc_terms = _DocTerms(corpus, self._tokenizer)
 
     # -- a shard of a sharded collection: its statistics out, the collection's in -------------------
     def analyze(self, text: str) -> list[str]:
@@ -191,6 +209,10 @@ class SegmentedBM25Search:
         """One ranking per query; with `given`, each query is scored with those (N, length total,
         df of its terms) instead of this binding's own: a shard scoring as its whole collection."""
         cfg = self.stage.config
+        if cfg.expand is not None and given is not None:
+            raise StageError(f"stage {self.stage.name!r}: `expand` (query expansion) cannot search a sharded collection "
+                             "yet (its feedback documents and term statistics would be one shard's); search an "
+                             "unsharded collection, or remove `expand`")
         out: list[Ranking] = []
         for position, (qid, text) in enumerate(queries):
             terms = self._tokenizer.analyze(text)
@@ -201,9 +223,28 @@ class SegmentedBM25Search:
             query_filter = queries.filter_of(position)
             masks = [segment_mask(self._filter, part, query_filter) for part in self.corpus.parts]
             stats = self.stats if given is None else GivenStats(self.stats.segments, *given[position])
-            rows, scores = search_segments(stats, terms, cfg.k, variant=cfg.variant, k1=cfg.k1, b=cfg.b, masks=masks)
+            if cfg.expand is None:
+                rows, scores = search_segments(stats, terms, cfg.k, variant=cfg.variant, k1=cfg.k1, b=cfg.b, masks=masks)
+            else:
+                weights = self._expanded(terms, stats, masks)
+                rows, scores = search_segments(stats, [], cfg.k, variant=cfg.variant, k1=cfg.k1, b=cfg.b, masks=masks,
+                                               weights=weights)
             out.append(Ranking(rows, scores))
         return out
+
+    def _expanded(self, terms: list[str], stats: Any, masks: list[Any]) -> dict[str, float]:
+        cfg = self.stage.config
+        rows, scores = search_segments(stats, terms, cfg.expand.first_pass_depth(cfg.k), variant=cfg.variant,
+                                       k1=cfg.k1, b=cfg.b, masks=masks)
+        source = FeedbackSource(stats.n_docs, stats.df, self._doc_terms)
+        return expand(terms, rows, scores, source, cfg.expand)
+
+    def expanded_query(self, text: str) -> dict[str, float]:
+        """The weighted query the second pass runs for `text` (`{term: weight}`; the stage's filter applied)."""
+        if self.stage.config.expand is None:
+            raise StageError(f"stage {self.stage.name!r} has no `expand` setting: it runs queries as they are")
+        masks = [segment_mask(self._filter, part, None) for part in self.corpus.parts]
+        return self._expanded(self._tokenizer.analyze(text), self.stats, masks)
 
 
 class BM25Search:
@@ -214,6 +255,7 @@ class BM25Search:
         self.index = index
         self.corpus = corpus
         self._filter = RowFilter(stage.config.filter)
+        self._doc_terms = _DocTerms(corpus, index.tokenizer)
 
     def run(self, queries: Queries, inputs: Sequence[Sequence[Ranking]] = ()) -> list[Ranking]:
         index, k, corpus = self.index, self.stage.config.k, self.corpus
@@ -225,9 +267,43 @@ class BM25Search:
                 _warn_empty(qid, text)
                 out.append(Ranking.empty())
                 continue
-            hits = index.search_terms(terms, k, allowed=allowed)
+            if self.stage.config.expand is None:
+                hits = index.search_terms(terms, k, allowed=allowed)
+            else:
+                hits = index.search_weighted(self._expanded(terms, allowed), k, allowed=allowed)
             out.append(Ranking(hits.rows, hits.scores))
         return out
+
+    def _expanded(self, terms: list[str], allowed: Any) -> dict[str, float]:
+        cfg, index = self.stage.config, self.index
+        first = index.search_terms(terms, cfg.expand.first_pass_depth(cfg.k), allowed=allowed)
+        source = FeedbackSource(index.n_docs, index.doc_freq, self._doc_terms)
+        return expand(terms, first.rows, first.scores, source, cfg.expand)
+
+    def expanded_query(self, text: str) -> dict[str, float]:
+        """The weighted query the second pass runs for `text` (`{term: weight}`; the stage's filter applied)."""
+        if self.stage.config.expand is None:
+            raise StageError(f"stage {self.stage.name!r} has no `expand` setting: it runs queries as they are")
+        return self._expanded(self.index.tokenizer.analyze(text), self._filter.allowed(self.corpus, None))
+
+
+class _DocTerms:
+    """A corpus row's analysed terms (feedback documents), the most recent few thousand remembered."""
+
+    def __init__(self, corpus: Any, tokenizer: Any, size: int = 4096):
+        self.corpus, self.tokenizer, self.size = corpus, tokenizer, size
+        self._seen: dict[int, list[str]] = {}
+        self._lock = threading.Lock()  # queries of one bound stage may run on several threads
+
+    def __call__(self, row: int) -> list[str]:
+        terms = self._seen.get(row)
+        if terms is None:
+            terms = self.tokenizer.analyze(self.corpus.doc_text(row))
+            with self._lock:
+                if len(self._seen) >= self.size:
+                    self._seen.pop(next(iter(self._seen)))
+                self._seen[row] = terms
+        return terms
 
 
 def _analysed(corpus: Any, tokenizer: Any, cache: Any, block: int = 50_000) -> Any:
