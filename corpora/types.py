@@ -64,6 +64,18 @@ class Corpus:
         self._fingerprint: str | None = None
         self._metadata_index = None  # stagegraph.corpora.filters.MetadataIndex, built on first use
 
+    def __getstate__(self) -> dict:
+        """What travels (to a Ray worker, a pickle): the documents, not this process's caches (the
+        metadata index holds a lock; a receiver builds its own on first use)."""
+        names = [n for cls in type(self).__mro__ for n in getattr(cls, "__slots__", ())]
+        state = {name: getattr(self, name) for name in names if hasattr(self, name)}
+        state["_metadata_index"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        for name, value in state.items():
+            setattr(self, name, value)
+
     def __len__(self) -> int:
         return len(self.ids)
 

@@ -104,8 +104,9 @@ def test_ray_evaluation_writes_the_local_run_files_byte_for_byte(sample_runs):
     assert list(ray_files) == ["bm25.trec", "dense.trec", "pool.trec"]
     for name in local_files:
         assert ray_files[name] == local_files[name], f"{name} differs from the local batch run"
-    scores = [line.split()[4] for line in local_files["pool.trec"].decode().splitlines()]
-    ties = sum(a == b for a, b in zip(scores, scores[1:]))
+    # the pool's rankings tie often (the file writes each tie one float32 step down, in the ranking's order),
+    # so the order of tied documents is part of what is compared
+    ties = sum(int((r.scores[1:] == r.scores[:-1]).sum()) for r in local.runs[1]["pool"])
     assert ties > 100, "the pool's run has many exact ties, so their order is part of what is compared"
 
 

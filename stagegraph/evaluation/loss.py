@@ -107,13 +107,12 @@ class _Allowed:
 
     def __init__(self, corpus: Corpus, chunks: Corpus | None):
         self.corpus, self.chunks = corpus, chunks
-        self.index = MetadataIndex.of(chunks if chunks is not None else corpus)
         self.masks: dict[str, np.ndarray] = {}
 
     def of(self, expression: Mapping) -> np.ndarray:
         key = filter_key(expression)
         if key not in self.masks:
-            mask = self.index.mask(expression)
+            mask = MetadataIndex.of(self.chunks if self.chunks is not None else self.corpus).mask(expression)
             if self.chunks is not None:
                 passing = np.zeros(len(self.corpus), dtype=bool)
                 doc_ids = [self.chunks.doc_ids[r] for r in np.flatnonzero(mask).tolist()]
