@@ -158,7 +158,8 @@ def test_a_losing_check_refuses_to_install_and_exits_1(collection, models, monke
     assert not (root / RECORD_FILE).exists() and read_installed(root) is None
     assert not list((root / "rerankers").glob("*"))  # no --out: the losing model is not kept
     result = json.loads(report.read_text())
-    assert result["installed"] is False and result["held_out"]["queries"] >= 2
+    assert result["installed"] is False and result["held_out"]["queries"] >= 4
+    assert set(result["held_out"]["pool_plus_reranker_crossfit"]) == {"ndcg@10", "mrr@10"}
     with sg.open(collection=root, watch=None) as stack:
         assert _model(stack) == ce  # the collection's reranker is unchanged
     kept = root.parent / "kept"
@@ -170,6 +171,7 @@ def test_a_winning_check_installs_and_an_explicit_reranker_still_wins(collection
     root, config = collection
     base, ce = models
     monkeypatch.setattr(DevReport, "blend_beats_first_stage", property(lambda self: True))
+    monkeypatch.setattr(DevReport, "crossfit_beats_first_stage", property(lambda self: True))
     assert _train(root, base) == 0
     assert "installed as the reranker of" in capsys.readouterr().out
     record = read_installed(root)
@@ -225,3 +227,22 @@ def test_bad_input_gives_one_clear_line(tmp_path, models, capsys):
     assert len(err) == 1 and "sharded collection" in err[0]
     assert main(["--quiet", "train-reranker", "--collection", str(tmp_path / "empty.sg"), "--kinds", "titles"]) == 2
     assert "--kinds takes heading, sentence" in capsys.readouterr().err
+
+
+def test_a_gain_only_the_choice_of_blend_made_is_not_a_win():
+    from types import SimpleNamespace
+
+    from stagegraph.stages.rerank.blend import BlendSpec
+    from stagegraph.training.collection import CollectionTraining
+
+    def run(blended, crossfit):
+        dev = DevReport(queries=10, depth=10, first_stage={"ndcg@10": 0.5, "mrr@10": 0.5},
+                        reranked={"ndcg@10": 0.4, "mrr@10": 0.4}, blended={"ndcg@10": blended, "mrr@10": blended},
+                        blend=BlendSpec(alpha=0.3, upstream="rank"),
+                        blended_crossfit=None if crossfit is None else {"ndcg@10": crossfit, "mrr@10": crossfit})
+        return CollectionTraining(SimpleNamespace(dev=dev), None, {}, "pool").beats_pool
+
+    assert run(0.52, 0.51) is True
+    assert run(0.52, 0.49) is False  # beats the pool only with the blend chosen on the same queries
+    assert run(0.50, 0.55) is False  # the blend chosen there does not beat it
+    assert run(0.52, None) is True  # too few held-out queries to cross-fit: the plain check
