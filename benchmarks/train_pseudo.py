@@ -110,7 +110,9 @@ def main() -> int:
           f"{trained['pairs']} pairs, {trained['pairs_per_s']} pairs/s, stopped by the budget: {trained['stopped_early']}")
     if held:
         print(f"held-out check (nDCG@10): pool {held['pool']['ndcg@10']:.4f}, reranker alone {held['reranker']['ndcg@10']:.4f}, "
-              f"pool + reranker {held['pool_plus_reranker']['ndcg@10']:.4f} (blend {held['blend']}) -> "
+              f"pool + reranker {held['pool_plus_reranker']['ndcg@10']:.4f} (blend {held['blend']}"
+              + (f"; cross-fitted {held['pool_plus_reranker_crossfit']['ndcg@10']:.4f}"
+                 if held.get("pool_plus_reranker_crossfit") else "") + ") -> "
               f"{'installed' if trained['installed'] else 'NOT installed'} (train-reranker exit {train_rc})")
     print(f"TEST nDCG@10: pool {pool:.4f}, pool + reranker {rerank:.4f} ({rerank - pool:+.4f}); "
           f"MRR@10 pool {stages['pool']['metrics'].get('mrr@10', float('nan')):.4f}, "
