@@ -108,12 +108,20 @@ def has_type(entry: Any, type_name: str) -> bool:
 RERANKER_ENV = "STAGEGRAPH_RERANKER"
 
 
-def with_reranker(config: Mapping[str, Any], model: str | None = None) -> dict[str, Any]:
-    """`config` with the model of every cross-encoder stage set: to `model` when given, else to
-    `$STAGEGRAPH_RERANKER` when set, else as the config says. The one rule the CLI (`--reranker`),
-    `stagegraph.open(..., reranker=)` and the server share. A `model` given for a config without a
-    cross-encoder is an error; the environment variable is then ignored."""
-    chosen = model or os.environ.get(RERANKER_ENV) or None
+def with_reranker(config: Mapping[str, Any], model: str | None = None, installed: str | None = None) -> dict[str, Any]:
+    """`config` with the model of every cross-encoder stage set. The one rule the CLI (`--reranker`),
+    `stagegraph.open(..., reranker=)` and the server share; first match wins:
+
+    1. `model`: an explicit choice (`--reranker`, `reranker=`);
+    2. `$STAGEGRAPH_RERANKER`, when set;
+    3. `installed`: the reranker a collection was given by `stagegraph train-reranker --collection`
+       (its `reranker.json`, `stagegraph.collection.reranker_record`; None: searching no collection, or
+       one without);
+    4. the config's own `model:`.
+
+    A `model` given for a config without a cross-encoder is an error; the environment variable and
+    `installed` are then ignored (a pool-only config stays pool-only)."""
+    chosen = model or os.environ.get(RERANKER_ENV) or installed or None
     if not chosen:
         return dict(config)
     if not has_type(config, "cross_encoder"):

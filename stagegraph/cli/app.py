@@ -90,12 +90,14 @@ def add_dataset_args(p: argparse.ArgumentParser, *, reranker: bool = True) -> No
 
 
 def load_pipeline(args: argparse.Namespace, config: str | None = None) -> Any:
-    """The pipeline of `args.config`, with `--reranker` (or $STAGEGRAPH_RERANKER) applied."""
+    """The pipeline of `args.config`, with `--reranker` (or $STAGEGRAPH_RERANKER, or the reranker
+    installed in `--collection`'s directory) applied (`stagegraph.pipeline.config.with_reranker`)."""
+    from stagegraph.collection.reranker_record import with_installed
     from stagegraph.pipeline.compose import Pipeline
-    from stagegraph.pipeline.config import load_config, resolve_path, with_reranker
+    from stagegraph.pipeline.config import load_config, resolve_path
 
     path = resolve_path(config or args.config)
-    data = with_reranker(load_config(path), getattr(args, "reranker", None))
+    data = with_installed(load_config(path), getattr(args, "collection", None), getattr(args, "reranker", None))
     return Pipeline.from_config(data, source=str(path))
 
 

@@ -47,7 +47,7 @@ from stagegraph.corpora.ingest import Document
 from stagegraph.collection.layout import CollectionError
 from stagegraph.errors import InputError
 from stagegraph.pipeline.compose import Pipeline
-from stagegraph.pipeline.config import with_reranker
+from stagegraph.collection.reranker_record import with_installed
 from stagegraph.pipeline.hits import SearchResult
 from stagegraph.pipeline.loss import LossTrace
 from stagegraph.pipeline.runner import Runner
@@ -346,13 +346,15 @@ def open_stack(config: Any = None, *, collection: str | Path, progress: bool = F
     """The stack of `config` (a YAML path or bundled name, a dict, a Pipeline; None: the collection's
     own pipeline) over the collection at `collection`; it picks up generations other processes publish
     within `watch` seconds (None: only on `refresh()`). `reranker` (a model id or local path) is the
-    model of every cross-encoder stage; without it `$STAGEGRAPH_RERANKER`, when set, is, as for the
-    command line's `--reranker` (`stagegraph.pipeline.config.with_reranker`)."""
+    model of every cross-encoder stage; without it `$STAGEGRAPH_RERANKER`, when set, is, else the
+    reranker `stagegraph train-reranker --collection` installed in the collection, as for the command
+    line's `--reranker` (`stagegraph.pipeline.config.with_reranker` holds that rule). With no config, an
+    installed reranker is appended to the collection's own pipeline when that has no cross-encoder."""
     store = open_collection(collection, progress=progress)
     try:
         pipeline = _pipeline_of(config, store)
         own = pipeline.to_config()
-        chosen = with_reranker(own, reranker)
+        chosen = with_installed(own, store.layout.root, reranker, append=config is None)
         if chosen != own:
             pipeline = Pipeline.from_config(chosen)
         return Stack(pipeline, store, watch=watch)

@@ -32,6 +32,7 @@ METRICS = ("ndcg@10", "mrr@10")
 ALPHAS = tuple(round(a, 2) for a in np.linspace(0.0, 1.0, 21))
 CALIBRATION_QUERIES = 32  # dev queries in the backend calibration set
 CALIBRATION_DEPTH = 20  # candidates per calibration query
+CROSSFIT_MIN_QUERIES = 4  # fewer dev queries: no cross-fitted figure
 
 
 class DevReport(BaseModel):
@@ -43,6 +44,9 @@ class DevReport(BaseModel):
     reranked: dict[str, float]
     blended: dict[str, float]
     blend: BlendSpec
+    #: the blend judged on queries it was not chosen on (two halves, each with the other's best blend):
+    #: free of the selection gain `blended` carries; None with fewer than CROSSFIT_MIN_QUERIES queries
+    blended_crossfit: dict[str, float] | None = None
     pairs_per_s: float = 0.0
     #: per-query depth calibrated on these queries (None when the depth is too shallow to vary)
     adaptive: AdaptiveCalibration | None = None
@@ -55,6 +59,13 @@ class DevReport(BaseModel):
     @property
     def blend_beats_first_stage(self) -> bool:
         return self.blended["ndcg@10"] > self.first_stage["ndcg@10"]
+
+    @property
+    def crossfit_beats_first_stage(self) -> bool | None:
+        """Whether the blend beats the first stage on queries it was not chosen on (None: too few queries)."""
+        if self.blended_crossfit is None:
+            return None
+        return self.blended_crossfit["ndcg@10"] > self.first_stage["ndcg@10"]
 
 
 def _means(rankings: Sequence[Ranking], queries: Queries, qrels: Qrels, corpus: Corpus) -> dict[str, float]:
@@ -93,20 +104,35 @@ def rerank_dev(
         by_row = dict(zip(ranking.doc_rows.tolist(), ranking.provenance[stage.name].model_score.tolist()))
         ce_in_pool_order.append(np.array([by_row[r] for r in pool.doc_rows.tolist()], dtype=np.float32))
 
-    best: tuple[float, float, BlendSpec] | None = None
-    for upstream in ("rank", "score"):
-        for alpha in ALPHAS:
-            spec = BlendSpec(alpha=alpha, upstream=upstream)
-            blended = [
-                Ranking.from_scores(p.doc_rows, blend_scores(ce, p.scores, spec), k=10)
-                for p, ce in zip(pools, ce_in_pool_order)
-            ]
-            ndcg = score_run(blended, queries, qrels, corpus, ["ndcg@10"]).means["ndcg@10"]
-            key = (round(ndcg, 6), alpha)  # ties go to the larger alpha (more cross-encoder)
-            if best is None or key > best[:2]:
-                best = (key[0], alpha, spec)
-    assert best is not None
-    spec = best[2]
+    def choose(positions: list[int]) -> BlendSpec:
+        """The best blend on the queries at `positions` (ties go to the larger alpha: more cross-encoder)."""
+        sub_queries = queries.select(positions)
+        sub_qrels = Qrels({qid: qrels.for_query(qid) for qid in sub_queries.ids})
+        best: tuple[float, float, BlendSpec] | None = None
+        for upstream in ("rank", "score"):
+            for alpha in ALPHAS:
+                spec = BlendSpec(alpha=alpha, upstream=upstream)
+                blended = [
+                    Ranking.from_scores(pools[i].doc_rows, blend_scores(ce_in_pool_order[i], pools[i].scores, spec), k=10)
+                    for i in positions
+                ]
+                ndcg = score_run(blended, sub_queries, sub_qrels, corpus, ["ndcg@10"]).means["ndcg@10"]
+                key = (round(ndcg, 6), alpha)
+                if best is None or key > best[:2]:
+                    best = (key[0], alpha, spec)
+        assert best is not None
+        return best[2]
+
+    spec = choose(list(range(len(queries))))
+    crossfit = None
+    if len(queries) >= CROSSFIT_MIN_QUERIES:  # each half judged with the blend chosen on the other
+        halves = (list(range(0, len(queries), 2)), list(range(1, len(queries), 2)))
+        out: list[Ranking | None] = [None] * len(queries)
+        for mine, other in ((0, 1), (1, 0)):
+            other_spec = choose(halves[other])
+            for i in halves[mine]:
+                out[i] = Ranking.from_scores(pools[i].doc_rows, blend_scores(ce_in_pool_order[i], pools[i].scores, other_spec), k=10)
+        crossfit = _means(out, queries, qrels, corpus)
     chosen = [
         Ranking.from_scores(p.doc_rows, blend_scores(ce, p.scores, spec), k=10)
         for p, ce in zip(pools, ce_in_pool_order)
@@ -129,6 +155,7 @@ def rerank_dev(
         first_stage=_means(pools, queries, qrels, corpus),
         reranked=_means(reranked, queries, qrels, corpus),
         blended=_means(chosen, queries, qrels, corpus),
+        blended_crossfit=crossfit,
         blend=spec,
         pairs_per_s=round(sum(len(p) for p in pools) / elapsed, 1) if elapsed > 0 else 0.0,
     )
