@@ -1,0 +1,215 @@
+"""The learned-sparse retrieval stage (SPLADE-style): term weights from a masked-language model,
+scored as impacts on the BM25 kernel's postings.
+
+`SparseRetriever(k=100, name=None, model=PATH_OR_ID, query_mode="model", ...)`:
+
+* documents are encoded by sentence-transformers' `SparseEncoder` (`encode_document`: an MLM head
+  with SPLADE pooling, one weight per vocabulary token); the weights are stored term-major, exactly
+  the layout of the BM25 sparse backend (`stagegraph.indexes.bm25_scoring.SparseScores`: column `t`
+  holds the documents with a non-zero weight for token `t`), and a query is answered by the same
+  compiled kernel (`SparseSearcher.top`), a query token's weight times the document's weight summed
+  over the shared tokens: the dot product of the two weight vectors, best `k` first, ties by row.
+* `query_mode: model` encodes the query with the model (`encode_query`); `query_mode:
+  inference_free` does not run a transformer on the query: a model whose query side is the
+  library's `SparseStaticEmbedding` (a `Router` model, such as the opensearch inference-free
+  SPLADE models) gives its own per-token weights through `encode_query`; any other model gets the
+  query's tokenizer ids (no special tokens), each distinct token with weight 1.
+* The document weights are saved under `env.artefact_dir("sparse", key)` (key: corpus fingerprint,
+  model content identity, max_seq_length, format), so a second binding, a sweep or a changed `k`
+  or `query_mode` never re-encodes the corpus.
+* `filter` (metadata, `stagegraph.corpora.filters`) selects rows before the top k, as in BM25.
+* Collections (segmented corpora) are refused at binding with one line: not supported yet.
+* An empty query, or one with no non-zero weight, gives an empty ranking and an `EmptyQueryWarning`.
+YAML: `{type: sparse, name: sparse, k: 100, model: PATH_OR_ID, query_mode: model}`.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from stagegraph.atomic import atomic_dir
+from stagegraph.corpora.segmented import SegmentedCorpus
+from stagegraph.corpora.types import Queries
+from stagegraph.errors import StageError
+from stagegraph.hashing import stable_hash
+from stagegraph.indexes.bm25_scoring import SparseScores, SparseSearcher
+from stagegraph.indexes.devices import DeviceError, resolve_device
+from stagegraph.indexes.encoder import ModelNotFoundError, locate_model, model_identity
+from stagegraph.pipeline.ranking import Ranking
+from stagegraph.pipeline.registry import register
+from stagegraph.pipeline.stage import Arity, Environment, StageConfig
+from stagegraph.stages.base import EmptyQueryWarning, StageBase
+from stagegraph.stages.retrieve.filtering import RowFilter
+
+FORMAT_VERSION = 1
+SPEED_ONLY = {"name", "batch_size", "device"}
+COLLECTION_REFUSAL = ("the sparse stage cannot search a collection (segmented corpus) yet; search a dataset or "
+                      "corpus, or use bm25/dense on the collection")
+
+
+class SparseRetrieverConfig(StageConfig):
+    """`k` documents per query by the dot product of learned sparse (SPLADE) term weights."""
+
+    k: int = Field(100, ge=1)
+    #: a SparseEncoder directory or model id (e.g. naver/splade-cocondenser-ensembledistil)
+    model: str = Field(..., min_length=1)
+    #: model: the query is encoded by the model; inference_free: no transformer on the query
+    query_mode: Literal["model", "inference_free"] = "model"
+    max_seq_length: int | None = Field(256, ge=1)  # document truncation, in tokens
+    batch_size: int = Field(32, ge=1)
+    device: str = "auto"
+    #: metadata filter applied to every query, before the top k (`stagegraph.corpora.filters`)
+    filter: dict[str, Any] | None = None
+
+
+def artefact_key(corpus_fingerprint: str, identity: str, max_seq_length: int | None) -> str:
+    payload = {"corpus": corpus_fingerprint, "model": identity, "max_seq_length": max_seq_length,
+               "format": FORMAT_VERSION}
+    return stable_hash(payload)[:16]
+
+
+@register
+class SparseRetriever(StageBase):
+    """Top-`k` learned-sparse retrieval over the whole corpus; starts a chain (no upstream input)."""
+
+    type_name = "sparse"
+    Config = SparseRetrieverConfig
+    arity = Arity.NONE
+    indexes_corpus = True
+    libraries = ("torch", "sentence-transformers", "transformers")
+    speed_only = frozenset(SPEED_ONLY)
+    intra_op_threads = 1  # a query is encoded alone, with one thread (as the dense stage)
+    config: SparseRetrieverConfig
+
+    def __init__(self, k: int = 100, name: str | None = None, **settings: Any):
+        self.config = self.make_config(name=name, k=k, **settings)
+
+    @classmethod
+    def from_config(cls, config: SparseRetrieverConfig) -> SparseRetriever:
+        return cls._of_config(config)
+
+    def artefact_fingerprint(self) -> str:
+        try:
+            return model_identity(locate_model(self.config.model).path)
+        except ModelNotFoundError:
+            return f"unresolved:{self.config.model}"  # bind raises the full error
+
+    def bind(self, env: Environment) -> SparseSearch:
+        if isinstance(env.corpus, SegmentedCorpus):
+            raise StageError(f"stage {self.name!r}: {COLLECTION_REFUSAL}")
+        cfg = self.config
+        try:
+            resolved = locate_model(cfg.model)
+            device = resolve_device(cfg.device)
+        except (ModelNotFoundError, DeviceError) as exc:
+            raise StageError(f"Stage {self.name!r}: {exc}") from exc
+        from sentence_transformers import SparseEncoder
+
+        model = SparseEncoder(str(resolved.path), device=device)
+        if cfg.max_seq_length is not None:
+            model.max_seq_length = cfg.max_seq_length
+        identity = model_identity(resolved.path)
+        directory = env.artefact_dir("sparse", artefact_key(env.corpus.fingerprint, identity, cfg.max_seq_length))
+        scores = _load(directory, env.corpus.fingerprint)
+        if scores is None:
+            env.refuse_build(self.name, f"sparse document weights at {directory}",
+                             "build them with `stagegraph index CONFIG --dataset D`")
+            scores = document_weights(model, env.corpus.doc_texts(), batch_size=cfg.batch_size, progress=env.progress)
+            _save(directory, scores, env.corpus.fingerprint, identity)
+        return SparseSearch(self, model, scores, env.corpus)
+
+
+def document_weights(model: Any, texts: list[str], *, batch_size: int = 32, progress: bool = False) -> SparseScores:
+    """Every text's `encode_document` weights, term-major (`SparseScores`, zeros dropped)."""
+    import scipy.sparse as sp
+
+    if not texts:
+        raise StageError("cannot build sparse document weights over an empty corpus (0 documents)")
+    encoded = model.encode_document(texts, batch_size=batch_size, convert_to_sparse_tensor=True,
+                                    show_progress_bar=progress).coalesce().cpu()
+    rows, cols = encoded.indices().numpy()
+    values = encoded.values().numpy().astype(np.float32)
+    matrix = sp.csc_matrix((values, (rows, cols)), shape=(len(texts), encoded.shape[1]), dtype=np.float32)
+    matrix.eliminate_zeros()
+    matrix.sort_indices()
+    return SparseScores(matrix.indptr.astype(np.int64), matrix.indices.astype(np.int32),
+                        matrix.data.astype(np.float32), len(texts))
+
+
+def _save(directory: Path, scores: SparseScores, fingerprint: str, identity: str) -> None:
+    with atomic_dir(Path(directory)) as tmp:
+        np.savez(tmp / "weights.npz", indptr=scores.indptr, indices=scores.indices, data=scores.data)
+        (tmp / "info.json").write_text(json.dumps({"format": FORMAT_VERSION, "corpus": fingerprint, "model": identity,
+                                                   "n_docs": scores.n_docs}), encoding="utf-8")
+
+
+def _load(directory: Path, fingerprint: str) -> SparseScores | None:
+    """The saved weights for this corpus, or None (missing, other corpus or damaged: encode again)."""
+    try:
+        info = json.loads((Path(directory) / "info.json").read_text(encoding="utf-8"))
+        if info.get("format") != FORMAT_VERSION or info.get("corpus") != fingerprint:
+            return None
+        with np.load(Path(directory) / "weights.npz", allow_pickle=False) as arrays:
+            scores = SparseScores(arrays["indptr"], arrays["indices"], arrays["data"], int(info["n_docs"]))
+        scores.validate()
+        return scores
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+class SparseSearch:
+    """A `SparseRetriever` bound to one corpus: the model, the document weights and the filter masks."""
+
+    def __init__(self, stage: SparseRetriever, model: Any, scores: SparseScores, corpus: Any):
+        self.stage = stage
+        self.model = model
+        self.scores = scores
+        self.corpus = corpus
+        self._searcher = SparseSearcher(scores)
+        self._searcher.warm_up()
+        self._filter = RowFilter(stage.config.filter)
+        #: whether the model's own query side is the library's inference-free SparseStaticEmbedding
+        self.static_query = _has_static_query(model)
+
+    def query_weights(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """(token ids int64, weights float32) of `text` under the stage's `query_mode`, zeros dropped."""
+        if self.stage.config.query_mode == "inference_free" and not self.static_query:
+            ids = self.model.tokenizer(text, add_special_tokens=False, truncation=True)["input_ids"]
+            unique = np.unique(np.asarray(ids, dtype=np.int64))
+            return unique, np.ones(len(unique), dtype=np.float32)
+        encoded = self.model.encode_query([text], convert_to_sparse_tensor=True).coalesce().cpu()
+        _, ids = encoded.indices().numpy()
+        values = encoded.values().numpy().astype(np.float32)
+        keep = values != 0
+        return ids[keep].astype(np.int64), values[keep]
+
+    def run(self, queries: Queries, inputs: Sequence[Sequence[Ranking]] = ()) -> list[Ranking]:
+        k = self.stage.config.k
+        out: list[Ranking] = []
+        for position, (qid, text) in enumerate(queries):
+            ids, weights = self.query_weights(text) if text and text.strip() else (np.empty(0, np.int64), None)
+            if len(ids) == 0:
+                warnings.warn(f"Sparse query {qid!r} has no weighted token ({text[:60]!r}); returning an empty ranking.",
+                              EmptyQueryWarning, stacklevel=2)
+                out.append(Ranking.empty())
+                continue
+            allowed = self._filter.allowed(self.corpus, queries.filter_of(position))
+            if allowed is not None and not np.any(allowed):
+                out.append(Ranking.empty())
+                continue
+            rows, scores = self._searcher.top(ids, weights, k, allowed)
+            out.append(Ranking(rows, scores))
+        return out
+
+
+def _has_static_query(model: Any) -> bool:
+    from sentence_transformers.sparse_encoder.modules import SparseStaticEmbedding
+
+    return any(isinstance(module, SparseStaticEmbedding) for module in model.modules())
