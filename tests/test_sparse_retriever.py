@@ -182,3 +182,31 @@ def test_fused_beside_bm25_in_an_rrf_pool(splade: str, env: Environment) -> None
                     >> CandidatePool("rrf", k=10, name="pool"))
     result = pipe.execute(QUERIES, env=env, mode="batch")
     assert len(result.stages["sparse"].rankings) == 3 and all(len(r) for r in result.stages["pool"].rankings)
+
+
+def test_yaml_composition_and_sweep_setting(splade: str, tmp_path: Path) -> None:
+    from stagegraph.evaluation.sweep import SweepError, with_setting
+    from stagegraph.pipeline.compose import Pipeline
+
+    path = tmp_path / "p.yaml"
+    path.write_text("pipeline:\n  - parallel:\n      - {type: bm25, name: bm25, k: 100}\n"
+                    f"      - {{type: sparse, name: sparse, k: 100, model: {splade}, query_mode: inference_free}}\n"
+                    "  - {type: pool, name: pool, method: rrf, k: 100}\n")
+    graph = Pipeline.from_yaml(path)
+    assert graph.step("sparse").stage.config.query_mode == "inference_free"
+    assert with_setting(graph, "sparse", "query_mode", "model").step("sparse").stage.config.query_mode == "model"
+    with pytest.raises(SweepError, match="refused"):
+        with_setting(graph, "sparse", "query_mode", "idf")
+    path.write_text(f"pipeline:\n  - {{type: sparse, name: sparse, model: {splade}, query_mode: idf}}\n")
+    with pytest.raises(ConfigError, match=r"pipeline\[0\]\.query_mode: Input should be 'model' or 'inference_free'") as bad:
+        Pipeline.from_yaml(path)
+    assert "\n" not in str(bad.value)
+
+
+def test_collections_are_refused_in_one_line(splade: str, tmp_path: Path) -> None:
+    from stagegraph.corpora.segmented import SegmentedCorpus
+
+    fake = SegmentedCorpus.__new__(SegmentedCorpus)
+    with pytest.raises(StageError, match="^stage 'sparse': the sparse stage cannot search a collection") as refused:
+        SparseRetriever(model=splade).bind(Environment(fake, work_dir=tmp_path, progress=False))
+    assert "\n" not in str(refused.value)
