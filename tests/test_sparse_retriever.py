@@ -142,6 +142,8 @@ def test_weights_are_cached_and_filters_select_before_top_k(splade: str, env: En
     monkeypatch.setattr(module, "document_weights", lambda *a, **kw: pytest.fail("re-encoded a cached corpus"))
     again = SparseRetriever(model=splade, k=40, query_mode="inference_free").bind(env)
     np.testing.assert_array_equal(again.scores.data, first.scores.data)
+    rebound = first.rebind(env)  # another generation or corpus: the model is reused, not loaded again
+    assert rebound.model is first.model and rebound is not first
     full = first.run(QUERIES, [])
     rows = [f"doc{i}" for i in range(0, 40, 2)]
     filtered_corpus = Corpus(corpus.ids, corpus.titles, corpus.texts,
@@ -203,10 +205,51 @@ def test_yaml_composition_and_sweep_setting(splade: str, tmp_path: Path) -> None
     assert "\n" not in str(bad.value)
 
 
-def test_collections_are_refused_in_one_line(splade: str, tmp_path: Path) -> None:
-    from stagegraph.corpora.segmented import SegmentedCorpus
+def test_a_collection_ranks_like_a_fresh_single_segment_build(splade: str, tmp_path: Path) -> None:
+    """Adds, updates and deletes over several commits (many segments, deleted rows in old ones): the
+    sparse stage's rankings, filtered or not, equal those of one segment built from the final documents."""
+    import random
 
-    fake = SegmentedCorpus.__new__(SegmentedCorpus)
-    with pytest.raises(StageError, match="^stage 'sparse': the sparse stage cannot search a collection") as refused:
-        SparseRetriever(model=splade).bind(Environment(fake, work_dir=tmp_path, progress=False))
-    assert "\n" not in str(refused.value)
+    from collection_support import rankings
+
+    from stagegraph.collection import Collection
+    from stagegraph.collection.merges import MergePolicy
+    from stagegraph.collection.sources import PYTHON
+    from stagegraph.corpora.ingest import ChunkerConfig
+
+    config = {"pipeline": [{"type": "sparse", "name": "sparse", "k": 15, "model": splade}]}
+    chunker = ChunkerConfig(kind="none")
+    rng = random.Random(3)
+
+    def doc(i: int) -> dict:
+        return {"id": f"d{i:02d}", "text": " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 20))),
+                "metadata": {"group": "even" if i % 2 == 0 else "odd"}}
+
+    live: dict[str, dict] = {}
+    store = Collection.create(tmp_path / "live", config, chunker=chunker)
+    store.merge_policy = MergePolicy(segments_per_tier=1000, deletes_pct_allowed=100.0)
+    for step in range(3):
+        with store.writer() as w:
+            for i in range(step * 8, step * 8 + 8):
+                live[f"d{i:02d}"] = doc(i)
+                w.upsert([live[f"d{i:02d}"]], source=PYTHON)
+            if step:
+                gone = sorted(live)[step]
+                del live[gone]
+                w.delete([gone])
+            w.commit()
+        store.refresh()
+    assert len(store.generation.manifest.segments) >= 3
+    fresh = Collection.create(tmp_path / "fresh", config, chunker=chunker)
+    fresh.upsert(list(live.values()))
+    for flt in (None, {"group": "even"}):
+        a, b = rankings(tmp_path / "live", config, flt), rankings(tmp_path / "fresh", config, flt)
+        for q in a["sparse"]:
+            assert [i for i, _ in a["sparse"][q]] == [i for i, _ in b["sparse"][q]], (flt, q)
+            np.testing.assert_allclose([s for _, s in a["sparse"][q]], [s for _, s in b["sparse"][q]], rtol=1e-6)
+            found = [i.split("#")[0] for i, _ in a["sparse"][q]]
+            assert found and all(i in live for i in found)  # no deleted document
+            if flt:
+                assert all(int(i[1:]) % 2 == 0 for i in found)
+    store.close()
+    fresh.close()

@@ -18,7 +18,11 @@ scored as impacts on the BM25 kernel's postings.
   model content identity, max_seq_length, format), so a second binding, a sweep or a changed `k`
   or `query_mode` never re-encodes the corpus.
 * `filter` (metadata, `stagegraph.corpora.filters`) selects rows before the top k, as in BM25.
-* Collections (segmented corpora) are refused at binding with one line: not supported yet.
+* Over a segmented corpus (a collection) `bind` returns a `SegmentedSparseSearch`: one weight matrix
+  per segment (saved under the segment's fingerprint, so encoded once when the segment is new, then
+  only loaded), each searched with the segment's live and allowed rows, the lists merged by (score
+  desc, chunk key asc). Impact scores need no corpus statistics, so this equals one matrix over the
+  live chunks. A merged segment is encoded again (the text cache is not used for these weights).
 * An empty query, or one with no non-zero weight, gives an empty ranking and an `EmptyQueryWarning`.
 YAML: `{type: sparse, name: sparse, k: 100, model: PATH_OR_ID, query_mode: model}`.
 """
@@ -35,7 +39,7 @@ import numpy as np
 from pydantic import Field
 
 from stagegraph.atomic import atomic_dir
-from stagegraph.corpora.segmented import SegmentedCorpus
+from stagegraph.corpora.segmented import SegmentedCorpus, merge_top
 from stagegraph.corpora.types import Queries
 from stagegraph.errors import StageError
 from stagegraph.hashing import stable_hash
@@ -47,11 +51,13 @@ from stagegraph.pipeline.registry import register
 from stagegraph.pipeline.stage import Arity, Environment, StageConfig
 from stagegraph.stages.base import EmptyQueryWarning, StageBase
 from stagegraph.stages.retrieve.filtering import RowFilter
+from stagegraph.stages.retrieve.segments import LoadedCache, segment_mask
 
 FORMAT_VERSION = 1
 SPEED_ONLY = {"name", "batch_size", "device"}
-COLLECTION_REFUSAL = ("the sparse stage cannot search a collection (segmented corpus) yet; search a dataset or "
-                      "corpus, or use bm25/dense on the collection")
+READ_ONLY_HINT = "build it with the writer: `stagegraph ingest ... --collection DIR` (or `stagegraph index CONFIG --dataset D`)"
+#: segment weights loaded in this process (a segment never changes): each generation reuses them
+_LOADED: LoadedCache = LoadedCache()
 
 
 class SparseRetrieverConfig(StageConfig):
@@ -85,6 +91,7 @@ class SparseRetriever(StageBase):
     indexes_corpus = True
     libraries = ("torch", "sentence-transformers", "transformers")
     speed_only = frozenset(SPEED_ONLY)
+    searches_segments = True  # over a segmented corpus: weights per segment, live rows only
     intra_op_threads = 1  # a query is encoded alone, with one thread (as the dense stage)
     config: SparseRetrieverConfig
 
@@ -101,9 +108,18 @@ class SparseRetriever(StageBase):
         except ModelNotFoundError:
             return f"unresolved:{self.config.model}"  # bind raises the full error
 
-    def bind(self, env: Environment) -> SparseSearch:
+    def bind(self, env: Environment) -> SparseSearch | SegmentedSparseSearch:
+        return self._bind(env, None)
+
+    def _bind(self, env: Environment, model: Any) -> SparseSearch | SegmentedSparseSearch:
+        model = model if model is not None else self._model()
+        identity = model_identity(locate_model(self.config.model).path)
         if isinstance(env.corpus, SegmentedCorpus):
-            raise StageError(f"stage {self.name!r}: {COLLECTION_REFUSAL}")
+            parts = [self._weights(env, part.corpus, model, identity, segment=True) for part in env.corpus.parts]
+            return SegmentedSparseSearch(self, model, parts, env.corpus)
+        return SparseSearch(self, model, self._weights(env, env.corpus, model, identity), env.corpus)
+
+    def _model(self) -> Any:
         cfg = self.config
         try:
             resolved = locate_model(cfg.model)
@@ -115,15 +131,22 @@ class SparseRetriever(StageBase):
         model = SparseEncoder(str(resolved.path), device=device)
         if cfg.max_seq_length is not None:
             model.max_seq_length = cfg.max_seq_length
-        identity = model_identity(resolved.path)
-        directory = env.artefact_dir("sparse", artefact_key(env.corpus.fingerprint, identity, cfg.max_seq_length))
-        scores = _load(directory, env.corpus.fingerprint)
+        return model
+
+    def _weights(self, env: Environment, corpus: Any, model: Any, identity: str, segment: bool = False) -> SparseScores:
+        """The document weights of `corpus` (a dataset or one segment): loaded, or encoded and saved."""
+        cfg = self.config
+        directory = env.artefact_dir("sparse", artefact_key(corpus.fingerprint, identity, cfg.max_seq_length))
+        scores = _LOADED.get((str(directory), corpus.fingerprint)) if segment else None
         if scores is None:
-            env.refuse_build(self.name, f"sparse document weights at {directory}",
-                             "build them with `stagegraph index CONFIG --dataset D`")
-            scores = document_weights(model, env.corpus.doc_texts(), batch_size=cfg.batch_size, progress=env.progress)
-            _save(directory, scores, env.corpus.fingerprint, identity)
-        return SparseSearch(self, model, scores, env.corpus)
+            scores = _load(directory, corpus.fingerprint)
+        if scores is None:
+            env.refuse_build(self.name, f"sparse document weights at {directory}", READ_ONLY_HINT)
+            scores = document_weights(model, corpus.doc_texts(), batch_size=cfg.batch_size, progress=env.progress)
+            _save(directory, scores, corpus.fingerprint, identity)
+        if segment:  # a segment never changes: the next generations reuse its weights
+            _LOADED.put((str(directory), corpus.fingerprint), scores)
+        return scores
 
 
 def document_weights(model: Any, texts: list[str], *, batch_size: int = 32, progress: bool = False) -> SparseScores:
@@ -178,17 +201,13 @@ class SparseSearch:
         #: whether the model's own query side is the library's inference-free SparseStaticEmbedding
         self.static_query = _has_static_query(model)
 
+    def rebind(self, env: Environment) -> SparseSearch | SegmentedSparseSearch:
+        """The same stage on another corpus or generation, with this binding's model (no model load)."""
+        return self.stage._bind(env, self.model)
+
     def query_weights(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         """(token ids int64, weights float32) of `text` under the stage's `query_mode`, zeros dropped."""
-        if self.stage.config.query_mode == "inference_free" and not self.static_query:
-            ids = self.model.tokenizer(text, add_special_tokens=False, truncation=True)["input_ids"]
-            unique = np.unique(np.asarray(ids, dtype=np.int64))
-            return unique, np.ones(len(unique), dtype=np.float32)
-        encoded = self.model.encode_query([text], convert_to_sparse_tensor=True).coalesce().cpu()
-        _, ids = encoded.indices().numpy()
-        values = encoded.values().numpy().astype(np.float32)
-        keep = values != 0
-        return ids[keep].astype(np.int64), values[keep]
+        return query_weights(self.model, text, self.stage.config.query_mode == "inference_free" and not self.static_query)
 
     def run(self, queries: Queries, inputs: Sequence[Sequence[Ranking]] = ()) -> list[Ranking]:
         k = self.stage.config.k
@@ -213,3 +232,54 @@ def _has_static_query(model: Any) -> bool:
     from sentence_transformers.sparse_encoder.modules import SparseStaticEmbedding
 
     return any(isinstance(module, SparseStaticEmbedding) for module in model.modules())
+
+
+def query_weights(model: Any, text: str, token_ids: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(token ids int64, weights float32) of `text`: the tokenizer's distinct ids with weight 1 when
+    `token_ids`, else the model's `encode_query` weights, zeros dropped."""
+    if token_ids:
+        ids = model.tokenizer(text, add_special_tokens=False, truncation=True)["input_ids"]
+        unique = np.unique(np.asarray(ids, dtype=np.int64))
+        return unique, np.ones(len(unique), dtype=np.float32)
+    encoded = model.encode_query([text], convert_to_sparse_tensor=True).coalesce().cpu()
+    _, ids = encoded.indices().numpy()
+    values = encoded.values().numpy().astype(np.float32)
+    keep = values != 0
+    return ids[keep].astype(np.int64), values[keep]
+
+
+class SegmentedSparseSearch(SparseSearch):
+    """A `SparseRetriever` bound to a segmented corpus: one weight matrix per segment, searched with the
+    segment's live (and allowed) rows, the lists merged by (score desc, chunk key asc). Impact scores
+    need no corpus statistics, so this equals one matrix over the live chunks."""
+
+    def __init__(self, stage: SparseRetriever, model: Any, parts: list[SparseScores], corpus: SegmentedCorpus):
+        self.stage = stage
+        self.model = model
+        self.corpus = corpus
+        self._searchers = [SparseSearcher(scores) for scores in parts]
+        for searcher in self._searchers:
+            searcher.warm_up()
+        self._filter = RowFilter(stage.config.filter)
+        self.static_query = _has_static_query(model)
+
+    def run(self, queries: Queries, inputs: Sequence[Sequence[Ranking]] = ()) -> list[Ranking]:
+        k = self.stage.config.k
+        out: list[Ranking] = []
+        for position, (qid, text) in enumerate(queries):
+            ids, weights = self.query_weights(text) if text and text.strip() else (np.empty(0, np.int64), None)
+            if len(ids) == 0:
+                warnings.warn(f"Sparse query {qid!r} has no weighted token ({text[:60]!r}); returning an empty ranking.",
+                              EmptyQueryWarning, stacklevel=2)
+                out.append(Ranking.empty())
+                continue
+            query_filter = queries.filter_of(position)
+            found = []
+            for part, searcher in zip(self.corpus.parts, self._searchers):
+                mask = segment_mask(self._filter, part, query_filter)
+                if mask is not None and not mask.any():
+                    continue
+                local, scores = searcher.top(ids, weights, k, mask)
+                found.append((local + part.offset, scores, part.corpus.keys[local]))
+            out.append(Ranking(*merge_top(found, k)))
+        return out
