@@ -169,6 +169,8 @@ def test_config_yaml_fingerprint_and_errors(splade: str, env: Environment) -> No
         SparseRetriever(k=5)
     with pytest.raises(StageError, match="device"):
         SparseRetriever(model=splade, device="tpu").bind(env)
+    with pytest.raises(StageError, match="no sparse document weights at .* may not build one"):
+        SparseRetriever(model=splade).bind(Environment(env.corpus, work_dir=env.work_dir / "empty", read_only=True))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         out = SparseRetriever(model=splade).bind(env).run(Queries(["e"], ["  "]), [])

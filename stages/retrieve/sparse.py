@@ -206,7 +206,7 @@ class SparseSearch:
         return self.stage._bind(env, self.model)
 
     def query_weights(self, text: str) -> tuple[np.ndarray, np.ndarray]:
-        """(token ids int64, weights float32) of `text` under the stage's `query_mode`, zeros dropped."""
+        """(token ids int64, weights float32) of `text` under the stage's `query_mode` (`query_weights`)."""
         return query_weights(self.model, text, self.stage.config.query_mode == "inference_free" and not self.static_query)
 
     def run(self, queries: Queries, inputs: Sequence[Sequence[Ranking]] = ()) -> list[Ranking]:
@@ -236,7 +236,8 @@ def _has_static_query(model: Any) -> bool:
 
 def query_weights(model: Any, text: str, token_ids: bool) -> tuple[np.ndarray, np.ndarray]:
     """(token ids int64, weights float32) of `text`: the tokenizer's distinct ids with weight 1 when
-    `token_ids`, else the model's `encode_query` weights, zeros dropped."""
+    `token_ids`, else the model's `encode_query` weights; weights <= 0 are dropped (SPLADE's are never
+    negative; the kernel adds positive impacts only, so a negative one could not be scored exactly)."""
     if token_ids:
         ids = model.tokenizer(text, add_special_tokens=False, truncation=True)["input_ids"]
         unique = np.unique(np.asarray(ids, dtype=np.int64))
@@ -244,7 +245,7 @@ def query_weights(model: Any, text: str, token_ids: bool) -> tuple[np.ndarray, n
     encoded = model.encode_query([text], convert_to_sparse_tensor=True).coalesce().cpu()
     _, ids = encoded.indices().numpy()
     values = encoded.values().numpy().astype(np.float32)
-    keep = values != 0
+    keep = values > 0
     return ids[keep].astype(np.int64), values[keep]
 
 
