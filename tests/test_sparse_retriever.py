@@ -87,7 +87,6 @@ def test_weights_equal_the_library_and_top_k_equals_brute_force(splade: str, env
     stage = SparseRetriever(model=splade, k=7)
     bound = stage.bind(env)
     reference = SparseEncoder(splade, device="cpu")
-    reference.max_seq_length = 256
     expected_docs = reference.encode_document(corpus.doc_texts(), convert_to_sparse_tensor=True).to_dense().numpy()
     np.testing.assert_allclose(dense_matrix(bound), expected_docs, rtol=1e-6, atol=1e-7)
     for text in QUERIES.texts:
@@ -121,7 +120,6 @@ def test_inference_free_router_model_uses_the_library_static_weights(tmp_path: P
     bound = SparseRetriever(model=model, k=5, query_mode="inference_free").bind(env)
     assert bound.static_query
     reference = SparseEncoder(model, device="cpu")
-    reference.max_seq_length = 256
     for text in QUERIES.texts:
         expected = reference.encode_query([text], convert_to_sparse_tensor=True).to_dense().numpy()[0]
         ids, weights = bound.query_weights(text)
@@ -167,6 +165,9 @@ def test_config_yaml_fingerprint_and_errors(splade: str, env: Environment) -> No
     assert "query_mode" in str(bad.value) and "\n" not in str(bad.value)
     with pytest.raises(ConfigError, match="model"):
         SparseRetriever(k=5)
+    with pytest.raises(StageError, match="max_seq_length 4096 is more than model .* takes \\(128 tokens\\)"):
+        SparseRetriever(model=splade, max_seq_length=4096).bind(env)
+    assert SparseRetriever(model=splade, max_seq_length=16).bind(env).model.max_seq_length == 16
     with pytest.raises(StageError, match="device"):
         SparseRetriever(model=splade, device="tpu").bind(env)
     with pytest.raises(StageError, match="no sparse document weights at .* may not build one"):

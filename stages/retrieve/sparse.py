@@ -15,7 +15,7 @@ scored as impacts on the BM25 kernel's postings.
   SPLADE models) gives its own per-token weights through `encode_query`; any other model gets the
   query's tokenizer ids (no special tokens), each distinct token with weight 1.
 * The document weights are saved under `env.artefact_dir("sparse", key)` (key: corpus fingerprint,
-  model content identity, max_seq_length, format), so a second binding, a sweep or a changed `k`
+  model content identity, the effective max_seq_length, format), so a second binding, a sweep or a changed `k`
   or `query_mode` never re-encodes the corpus.
 * `filter` (metadata, `stagegraph.corpora.filters`) selects rows before the top k, as in BM25.
 * Over a segmented corpus (a collection) `bind` returns a `SegmentedSparseSearch`: one weight matrix
@@ -68,7 +68,8 @@ class SparseRetrieverConfig(StageConfig):
     model: str = Field(..., min_length=1)
     #: model: the query is encoded by the model; inference_free: no transformer on the query
     query_mode: Literal["model", "inference_free"] = "model"
-    max_seq_length: int | None = Field(256, ge=1)  # document truncation, in tokens
+    #: document truncation, in tokens (None: the model's own; more than the model's own is refused)
+    max_seq_length: int | None = Field(None, ge=1)
     batch_size: int = Field(32, ge=1)
     device: str = "auto"
     #: metadata filter applied to every query, before the top k (`stagegraph.corpora.filters`)
@@ -129,14 +130,18 @@ class SparseRetriever(StageBase):
         from sentence_transformers import SparseEncoder
 
         model = SparseEncoder(str(resolved.path), device=device)
+        own = model.max_seq_length
         if cfg.max_seq_length is not None:
+            if own is not None and cfg.max_seq_length > own:
+                raise StageError(f"Stage {self.name!r}: max_seq_length {cfg.max_seq_length} is more than model "
+                                 f"{cfg.model!r} takes ({own} tokens); set max_seq_length: {own} or less, or leave it out")
             model.max_seq_length = cfg.max_seq_length
         return model
 
     def _weights(self, env: Environment, corpus: Any, model: Any, identity: str, segment: bool = False) -> SparseScores:
         """The document weights of `corpus` (a dataset or one segment): loaded, or encoded and saved."""
         cfg = self.config
-        directory = env.artefact_dir("sparse", artefact_key(corpus.fingerprint, identity, cfg.max_seq_length))
+        directory = env.artefact_dir("sparse", artefact_key(corpus.fingerprint, identity, model.max_seq_length))
         scores = _LOADED.get((str(directory), corpus.fingerprint)) if segment else None
         if scores is None:
             scores = _load(directory, corpus.fingerprint)
