@@ -256,3 +256,26 @@ def test_a_collection_ranks_like_a_fresh_single_segment_build(splade: str, tmp_p
                 assert all(int(i[1:]) % 2 == 0 for i in found)
     store.close()
     fresh.close()
+
+
+def test_the_text_cache_keeps_weights_per_text(splade: str, tmp_path: Path, corpus: Corpus, monkeypatch) -> None:
+    from sentence_transformers import SparseEncoder
+
+    import stagegraph.stages.retrieve.sparse as module
+    from stagegraph.indexes.text_cache import TextCache
+
+    model = SparseEncoder(splade, device="cpu")
+    cache = TextCache(tmp_path / "texts.sqlite")
+    texts = corpus.doc_texts()
+    first = module.cached_document_weights(model, texts[:25], cache, "id")
+    encoded: list[int] = []
+    real = module.document_weights
+    monkeypatch.setattr(module, "document_weights", lambda m, t, **kw: (encoded.append(len(t)), real(m, t, **kw))[1])
+    both = module.cached_document_weights(model, texts, cache, "id")
+    assert encoded == [15]  # only the texts the cache lacked
+    whole = real(model, texts)
+    assert (both.vocab_size, both.n_docs) == (whole.vocab_size, 40) and first.vocab_size == whole.vocab_size
+    np.testing.assert_array_equal(both.indptr, whole.indptr)
+    np.testing.assert_array_equal(both.indices, whole.indices)
+    np.testing.assert_allclose(both.data, whole.data, rtol=1e-5, atol=1e-6)
+    cache.close()

@@ -22,7 +22,8 @@ scored as impacts on the BM25 kernel's postings.
   per segment (saved under the segment's fingerprint, so encoded once when the segment is new, then
   only loaded), each searched with the segment's live and allowed rows, the lists merged by (score
   desc, chunk key asc). Impact scores need no corpus statistics, so this equals one matrix over the
-  live chunks. A merged segment is encoded again (the text cache is not used for these weights).
+  live chunks. With the environment's text cache (collections set one) each text's weights are kept
+  per text too, so a merged or re-ingested segment encodes only texts it has not seen.
 * An empty query, or one with no non-zero weight, gives an empty ranking and an `EmptyQueryWarning`.
 YAML: `{type: sparse, name: sparse, k: 100, model: PATH_OR_ID, query_mode: model}`.
 """
@@ -147,7 +148,12 @@ class SparseRetriever(StageBase):
             scores = _load(directory, corpus.fingerprint)
         if scores is None:
             env.refuse_build(self.name, f"sparse document weights at {directory}", READ_ONLY_HINT)
-            scores = document_weights(model, corpus.doc_texts(), batch_size=cfg.batch_size, progress=env.progress)
+            texts = corpus.doc_texts()
+            if env.text_cache is not None:  # a collection: encode only the texts the cache lacks
+                scores = cached_document_weights(model, texts, env.text_cache, identity, batch_size=cfg.batch_size,
+                                                 progress=env.progress)
+            else:
+                scores = document_weights(model, texts, batch_size=cfg.batch_size, progress=env.progress)
             _save(directory, scores, corpus.fingerprint, identity)
         if segment:  # a segment never changes: the next generations reuse its weights
             _LOADED.put((str(directory), corpus.fingerprint), scores)
@@ -169,6 +175,64 @@ def document_weights(model: Any, texts: list[str], *, batch_size: int = 32, prog
     matrix.sort_indices()
     return SparseScores(matrix.indptr.astype(np.int64), matrix.indices.astype(np.int32),
                         matrix.data.astype(np.float32), len(texts))
+
+
+def cached_document_weights(model: Any, texts: list[str], cache: Any, identity: str, *, batch_size: int = 32,
+                            progress: bool = False) -> SparseScores:
+    """`document_weights` of `texts` from a per-text cache (`TextCache`), encoding only the texts it
+    lacks (a merged or re-ingested segment re-encodes nothing it has seen). The namespace names the
+    model's content identity and its truncation, so weights are never served for another model."""
+    if not texts:
+        raise StageError("cannot build sparse document weights over an empty corpus (0 documents)")
+    from stagegraph.indexes.text_cache import text_key
+
+    namespace = f"sparse-weights:{identity}:{model.max_seq_length}"
+    keys = [text_key(t) for t in texts]
+    found = cache.get_many(namespace, keys)
+    todo = [i for i, key in enumerate(keys) if key not in found]
+    rows: list[tuple[np.ndarray, np.ndarray]] = [None] * len(texts)  # type: ignore[list-item]
+    for i, key in enumerate(keys):
+        blob = found.get(key)
+        if blob is not None:
+            n = len(blob) // 8  # n int32 ids, then n float32 weights
+            rows[i] = (np.frombuffer(blob[:4 * n], dtype=np.int32), np.frombuffer(blob[4 * n:], dtype=np.float32))
+    if todo:
+        fresh = document_weights(model, [texts[i] for i in todo], batch_size=batch_size, progress=progress)
+        by_row = _rows_of(fresh)
+        for j, i in enumerate(todo):
+            rows[i] = by_row[j]
+        cache.put_many(namespace, ((keys[i], by_row[j][0].tobytes() + by_row[j][1].tobytes()) for j, i in enumerate(todo)))
+    return _from_rows(rows, vocab_size=_vocab_size(model))
+
+
+def _vocab_size(model: Any) -> int:
+    """The width of the model's document weights (its output vocabulary), read off one short encoding."""
+    return int(model.encode_document(["a"], convert_to_sparse_tensor=True).shape[1])
+
+
+def _rows_of(scores: SparseScores) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each document's (token ids int32, weights float32), ids ascending."""
+    import scipy.sparse as sp
+
+    matrix = sp.csc_matrix((scores.data, scores.indices, scores.indptr),
+                           shape=(scores.n_docs, len(scores.indptr) - 1)).tocsr()
+    matrix.sort_indices()
+    return [(matrix.indices[matrix.indptr[r]:matrix.indptr[r + 1]].astype(np.int32),
+             matrix.data[matrix.indptr[r]:matrix.indptr[r + 1]].astype(np.float32)) for r in range(scores.n_docs)]
+
+
+def _from_rows(rows: list[tuple[np.ndarray, np.ndarray]], vocab_size: int) -> SparseScores:
+    import scipy.sparse as sp
+
+    indptr = np.zeros(len(rows) + 1, dtype=np.int64)
+    indptr[1:] = np.cumsum([len(ids) for ids, _ in rows])
+    ids = np.concatenate([r[0] for r in rows]) if rows else np.empty(0, np.int32)
+    values = np.concatenate([r[1] for r in rows]) if rows else np.empty(0, np.float32)
+    matrix = sp.csr_matrix((values, ids, indptr), shape=(len(rows), vocab_size)).tocsc()
+    matrix.eliminate_zeros()
+    matrix.sort_indices()
+    return SparseScores(matrix.indptr.astype(np.int64), matrix.indices.astype(np.int32),
+                        matrix.data.astype(np.float32), len(rows))
 
 
 def _save(directory: Path, scores: SparseScores, fingerprint: str, identity: str) -> None:
@@ -202,6 +266,7 @@ class SparseSearch:
         self.corpus = corpus
         self._searcher = SparseSearcher(scores)
         self._searcher.warm_up()
+        self._width = scores.vocab_size
         self._filter = RowFilter(stage.config.filter)
         #: whether the model's own query side is the library's inference-free SparseStaticEmbedding
         self.static_query = _has_static_query(model)
@@ -212,7 +277,10 @@ class SparseSearch:
 
     def query_weights(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         """(token ids int64, weights float32) of `text` under the stage's `query_mode` (`query_weights`)."""
-        return query_weights(self.model, text, self.stage.config.query_mode == "inference_free" and not self.static_query)
+        ids, weights = query_weights(self.model, text,
+                                     self.stage.config.query_mode == "inference_free" and not self.static_query)
+        inside = ids < self._width  # a token id the document weights have no column for scores nothing
+        return ids[inside], weights[inside]
 
     def run(self, queries: Queries, inputs: Sequence[Sequence[Ranking]] = ()) -> list[Ranking]:
         k = self.stage.config.k
@@ -264,6 +332,7 @@ class SegmentedSparseSearch(SparseSearch):
         self.model = model
         self.corpus = corpus
         self._searchers = [SparseSearcher(scores) for scores in parts]
+        self._width = min((scores.vocab_size for scores in parts), default=0)
         for searcher in self._searchers:
             searcher.warm_up()
         self._filter = RowFilter(stage.config.filter)
