@@ -196,13 +196,14 @@ def cached_document_weights(model: Any, texts: list[str], cache: Any, identity: 
         if blob is not None:
             n = len(blob) // 8  # n int32 ids, then n float32 weights
             rows[i] = (np.frombuffer(blob[:4 * n], dtype=np.int32), np.frombuffer(blob[4 * n:], dtype=np.float32))
+    width = None
     if todo:
         fresh = document_weights(model, [texts[i] for i in todo], batch_size=batch_size, progress=progress)
-        by_row = _rows_of(fresh)
+        by_row, width = _rows_of(fresh), fresh.vocab_size
         for j, i in enumerate(todo):
             rows[i] = by_row[j]
         cache.put_many(namespace, ((keys[i], by_row[j][0].tobytes() + by_row[j][1].tobytes()) for j, i in enumerate(todo)))
-    return _from_rows(rows, vocab_size=_vocab_size(model))
+    return _from_rows(rows, vocab_size=width if width is not None else _vocab_size(model))
 
 
 def _vocab_size(model: Any) -> int:
