@@ -43,6 +43,7 @@ _EXPORTS: dict[str, str] = {
     "StageBase": "stagegraph.stages.base",
     "BM25Retriever": "stagegraph.stages.retrieve.bm25",
     "DenseRetriever": "stagegraph.stages.retrieve.dense",
+    "SparseRetriever": "stagegraph.stages.retrieve.sparse",
     "CandidatePool": "stagegraph.stages.fusion.pool",
     "CrossEncoderReranker": "stagegraph.stages.rerank.cross_encoder",
     "MetricsStage": "stagegraph.evaluation.metrics_stage",
@@ -115,3 +116,4 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from stagegraph.stages.rerank.cross_encoder import CrossEncoderReranker
     from stagegraph.stages.retrieve.bm25 import BM25Retriever
     from stagegraph.stages.retrieve.dense import DenseRetriever
+    from stagegraph.stages.retrieve.sparse import SparseRetriever

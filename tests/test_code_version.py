@@ -151,6 +151,8 @@ COVERS = {
                       "stagegraph.stages.rerank.pair_head", "stagegraph.stages.rerank.blend", "stagegraph.stages.rerank.depth",
                       "stagegraph.indexes.encoder"],
     "metrics": ["stagegraph.evaluation.metrics_stage"],
+    "sparse": ["stagegraph.stages.retrieve.sparse", "stagegraph.indexes.bm25_kernels", "stagegraph.indexes.bm25_scoring",
+               "stagegraph.indexes.encoder", "stagegraph.stages.retrieve.filtering", "stagegraph.corpora.filters"],
 }
 EVERY_STAGE = ["stagegraph.pipeline.ranking", "stagegraph.stages.base"]
 NEVER = ["stagegraph.pipeline.executor", "stagegraph.pipeline.cache", "stagegraph.pipeline.compose",
