@@ -61,6 +61,15 @@ READ_ONLY_HINT = "build it with the writer: `stagegraph ingest ... --collection 
 _LOADED: LoadedCache = LoadedCache()
 
 
+def _terms_or_warn(search, qid: str, text: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """A query's (token ids, weights); none (with a warning) when the text holds no weighted token."""
+    ids, weights = search.query_weights(text) if text and text.strip() else (np.empty(0, np.int64), None)
+    if len(ids) == 0:
+        warnings.warn(f"Sparse query {qid!r} has no weighted token ({text[:60]!r}); returning an empty ranking.",
+                      EmptyQueryWarning, stacklevel=3)
+    return ids, weights
+
+
 class SparseRetrieverConfig(StageConfig):
     """`k` documents per query by the dot product of learned sparse (SPLADE) term weights."""
 
@@ -287,10 +296,8 @@ class SparseSearch:
         k = self.stage.config.k
         out: list[Ranking] = []
         for position, (qid, text) in enumerate(queries):
-            ids, weights = self.query_weights(text) if text and text.strip() else (np.empty(0, np.int64), None)
+            ids, weights = _terms_or_warn(self, qid, text)
             if len(ids) == 0:
-                warnings.warn(f"Sparse query {qid!r} has no weighted token ({text[:60]!r}); returning an empty ranking.",
-                              EmptyQueryWarning, stacklevel=2)
                 out.append(Ranking.empty())
                 continue
             allowed = self._filter.allowed(self.corpus, queries.filter_of(position))
@@ -343,10 +350,8 @@ class SegmentedSparseSearch(SparseSearch):
         k = self.stage.config.k
         out: list[Ranking] = []
         for position, (qid, text) in enumerate(queries):
-            ids, weights = self.query_weights(text) if text and text.strip() else (np.empty(0, np.int64), None)
+            ids, weights = _terms_or_warn(self, qid, text)
             if len(ids) == 0:
-                warnings.warn(f"Sparse query {qid!r} has no weighted token ({text[:60]!r}); returning an empty ranking.",
-                              EmptyQueryWarning, stacklevel=2)
                 out.append(Ranking.empty())
                 continue
             query_filter = queries.filter_of(position)
