@@ -154,3 +154,21 @@ def test_config_errors_are_one_line_with_the_fix(tiny_colbert):
         LateInteractionReranker()
     with pytest.raises(ConfigError, match="allowed fields"):
         Pipeline.from_yaml("name: x\npipeline:\n  - {type: bm25, k: 100}\n  - {type: late_interaction, model: m, max_length: 9}\n")
+
+
+def test_sweep_over_depth_times_the_stage_and_reports_it(tiny_colbert, tmp_path):
+    from stubs import tiny_corpus
+
+    from stagegraph.corpora.types import Dataset, Qrels
+    from stagegraph.evaluation.sweep import sweep
+
+    corpus = tiny_corpus(60)
+    qids = [f"q{i}" for i in range(4)]
+    dataset = Dataset("tiny", corpus, Queries(qids, [f"query {i}" for i in range(4)]),
+                      {"test": Qrels({q: {f"d{r}": 1 for r in range(60) if r % 10 == i} for i, q in enumerate(qids)})})
+    graph = StubRetriever("first", k=40) >> LateInteractionReranker(str(tiny_colbert), depth=10, k=10, name="li")
+    result = sweep(graph, dataset, "li", "depth", "5,40", out=tmp_path, progress=False, warmup=0)
+    assert [p.value for p in result.points] == [5, 40]
+    assert all(p.stage_p95_ms > 0 for p in result.points)
+    report = json.loads((tmp_path / "depth=40" / "report.json").read_text())
+    assert "li" in report["stages"]
