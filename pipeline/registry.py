@@ -24,6 +24,7 @@ BUILTIN_MODULES = (
     "stagegraph.stages.retrieve",
     "stagegraph.stages.fusion.pool",
     "stagegraph.stages.rerank.cross_encoder",
+    "stagegraph.stages.rerank.late_interaction",
     "stagegraph.evaluation.metrics_stage",
 )
 

@@ -46,6 +46,7 @@ _EXPORTS: dict[str, str] = {
     "SparseRetriever": "stagegraph.stages.retrieve.sparse",
     "CandidatePool": "stagegraph.stages.fusion.pool",
     "CrossEncoderReranker": "stagegraph.stages.rerank.cross_encoder",
+    "LateInteractionReranker": "stagegraph.stages.rerank.late_interaction",
     "MetricsStage": "stagegraph.evaluation.metrics_stage",
     # data
     "load_dataset": "stagegraph.corpora.registry",
@@ -114,6 +115,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from stagegraph.stages.base import StageBase
     from stagegraph.stages.fusion.pool import CandidatePool
     from stagegraph.stages.rerank.cross_encoder import CrossEncoderReranker
+    from stagegraph.stages.rerank.late_interaction import LateInteractionReranker
     from stagegraph.stages.retrieve.bm25 import BM25Retriever
     from stagegraph.stages.retrieve.dense import DenseRetriever
     from stagegraph.stages.retrieve.sparse import SparseRetriever

@@ -150,6 +150,8 @@ COVERS = {
     "cross_encoder": ["stagegraph.stages.rerank.model", "stagegraph.stages.rerank.scorers", "stagegraph.stages.rerank.onnx",
                       "stagegraph.stages.rerank.pair_head", "stagegraph.stages.rerank.blend", "stagegraph.stages.rerank.depth",
                       "stagegraph.indexes.encoder"],
+    "late_interaction": ["stagegraph.stages.rerank.late_interaction", "stagegraph.stages.rerank.cross_encoder",
+                         "stagegraph.stages.rerank.blend", "stagegraph.stages.rerank.model"],
     "metrics": ["stagegraph.evaluation.metrics_stage"],
     "sparse": ["stagegraph.stages.retrieve.sparse", "stagegraph.indexes.bm25_kernels", "stagegraph.indexes.bm25_scoring",
                "stagegraph.indexes.encoder", "stagegraph.stages.retrieve.filtering", "stagegraph.corpora.filters"],

@@ -1,0 +1,342 @@
+"""`LateInteractionReranker`: a ColBERT-style rerank stage (MaxSim over token embeddings).
+
+In a graph (YAML `type: late_interaction`) it takes one upstream ranking per query, and scores the top
+`depth` candidates by MaxSim: the query and each passage (title + text) are encoded *separately* into
+one L2-normalised vector per token (a Hugging Face encoder, then the model's linear projection), and a
+passage's score is the sum, over the query's tokens, of the best dot product with any of its tokens.
+It returns the best `k` (ties by chunk key in a collection, else by corpus row), blended with the
+upstream ranking like the cross-encoder (`blend`, `blend_upstream`; pure MaxSim by default), with the
+same provenance (`model_score` per candidate).
+
+Because passages are encoded without the query, their token embeddings are kept: an in-process
+cache keyed by (model, document length, prefix, passage text), shared by every stage and binding of
+the same model in the process (`token_cache: memory`, bounded by `token_cache_size` passages;
+`off` encodes every time). A warm rerank then costs the query's encoding and the MaxSim only. The
+cache is not (yet) stored in a collection's segments: a new process encodes each passage once more.
+
+The model is a directory: a Hugging Face encoder (config, weights, tokenizer) at its root and,
+optionally, the projection as a sentence-transformers `Dense` module in `1_Dense/` (the layout PyLate
+saves). Prefixes come from `config_sentence_transformers.json` (`query_prefix`, `document_prefix`)
+when it has them. Not done (said in docs/late-interaction.md): query expansion with [MASK] tokens,
+the punctuation skip-list of documents.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from stagegraph.corpora.types import Corpus, Queries
+from stagegraph.errors import InputError, StageError
+from stagegraph.pipeline.ranking import Ranking
+from stagegraph.pipeline.registry import register
+from stagegraph.pipeline.stage import Arity, Environment, StageConfig
+from stagegraph.stages.base import StageBase
+from stagegraph.stages.rerank.blend import BlendSpec
+from stagegraph.stages.rerank.cross_encoder import finish
+from stagegraph.stages.rerank.model import locate, model_fingerprint
+
+#: Settings that change speed but never a score: left out of the fingerprint (the cache key).
+PERF_ONLY = {"name", "batch_size", "device", "token_cache", "token_cache_size"}
+
+
+class LateInteractionConfig(StageConfig):
+    #: a local model directory (or a name found in the local Hugging Face cache); required
+    model: str
+    depth: int = Field(100, ge=1)
+    k: int = Field(10, ge=1)
+    #: tokens kept of the query and of each passage (ColBERT's defaults)
+    query_length: int = Field(32, ge=2, le=8192)
+    document_length: int = Field(180, ge=2, le=8192)
+    batch_size: int = Field(32, ge=1)
+    #: auto (a CUDA GPU when torch sees one, else the CPU), cpu, cuda, cuda:N
+    device: str = "auto"
+    #: alpha of the blend with the upstream ranking (1.0: pure MaxSim)
+    blend: float = Field(1.0, ge=0.0, le=1.0)
+    blend_upstream: Literal["score", "rank"] = "rank"
+    #: passages' token embeddings kept in memory, per process, keyed by model and passage text
+    token_cache: Literal["memory", "off"] = "memory"
+    token_cache_size: int = Field(200_000, ge=1)
+
+
+@dataclass
+class LateInteractionStats:
+    """Counts since the stage was bound: candidates scored, passages encoded, passages from the cache."""
+
+    pairs: int = 0
+    encoded: int = 0
+    cached: int = 0
+
+
+class TokenEncoder:
+    """A loaded late-interaction model: encoder + projection, and the passages' token-embedding cache."""
+
+    def __init__(self, path: Path, device: str):
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        self.path = path
+        self.device = _resolve_device(device)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+        self.encoder = AutoModel.from_pretrained(str(path)).to(self.device).eval()
+        self.projection = _load_projection(path, self.device)
+        meta = _read_json(path / "config_sentence_transformers.json")
+        self.query_prefix = str(meta.get("query_prefix") or "")
+        self.document_prefix = str(meta.get("document_prefix") or "")
+        self.lock = threading.Lock()
+        self.cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._torch = torch
+
+    def encode(self, texts: Sequence[str], max_length: int, batch_size: int, prefix: str = "") -> list[np.ndarray]:
+        """One float32 array [tokens, dim] per text: projected, L2-normalised, padding dropped."""
+        torch = self._torch
+        out: list[np.ndarray] = []
+        for lo in range(0, len(texts), batch_size):
+            chunk = [prefix + t for t in texts[lo: lo + batch_size]]
+            enc = self.tokenizer(chunk, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+            enc = {k: v.to(self.device) for k, v in enc.items()}
+            with torch.inference_mode():
+                hidden = self.encoder(**enc).last_hidden_state
+                if self.projection is not None:
+                    hidden = self.projection(hidden)
+                hidden = torch.nn.functional.normalize(hidden, p=2, dim=-1)
+            hidden = hidden.float().cpu().numpy()
+            mask = enc["attention_mask"].cpu().numpy().astype(bool)
+            out.extend(h[m] for h, m in zip(hidden, mask))
+        return out
+
+    def documents(self, texts: Sequence[str], max_length: int, batch_size: int, cache: bool, limit: int,
+                  stats: LateInteractionStats) -> list[np.ndarray]:
+        """Token embeddings of passages, from the cache where it has them."""
+        keys = [(max_length, self.document_prefix, hashlib.blake2b(t.encode("utf-8"), digest_size=16).digest())
+                for t in texts]
+        found: list[np.ndarray | None] = [None] * len(texts)
+        if cache:
+            with self.lock:
+                for i, key in enumerate(keys):
+                    hit = self.cache.get(key)
+                    if hit is not None:
+                        self.cache.move_to_end(key)
+                        found[i] = hit
+        todo = [i for i, f in enumerate(found) if f is None]
+        new = self.encode([texts[i] for i in todo], max_length, batch_size, self.document_prefix)
+        for i, emb in zip(todo, new):
+            found[i] = emb
+        if cache and todo:
+            with self.lock:
+                for i, emb in zip(todo, new):
+                    self.cache[keys[i]] = emb
+                while len(self.cache) > limit:
+                    self.cache.popitem(last=False)
+        stats.encoded += len(todo)
+        stats.cached += len(texts) - len(todo)
+        return found  # type: ignore[return-value]
+
+
+def maxsim(query: np.ndarray, documents: Sequence[np.ndarray]) -> np.ndarray:
+    """ColBERT's score of each passage: sum over query tokens of the best dot product with its tokens."""
+    if not documents:
+        return np.zeros(0, dtype=np.float32)
+    longest = max(len(d) for d in documents)
+    dim = query.shape[1]
+    padded = np.zeros((len(documents), longest, dim), dtype=np.float32)
+    valid = np.zeros((len(documents), longest), dtype=bool)
+    for i, d in enumerate(documents):
+        padded[i, : len(d)] = d
+        valid[i, : len(d)] = True
+    sims = np.einsum("qd,ntd->nqt", query.astype(np.float32), padded)
+    sims = np.where(valid[:, None, :], sims, -np.inf)
+    return sims.max(axis=2).sum(axis=1).astype(np.float32)
+
+
+_MODELS: dict[tuple[str, str], TokenEncoder] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def load_token_encoder(model: str, device: str) -> TokenEncoder:
+    """The model loaded once per process and device (its passage cache shared by every stage using it)."""
+    path = locate(model)
+    if path is None:
+        raise StageError(f"late_interaction model {model!r} is not a local directory nor in the local Hugging Face "
+                         "cache; download it first (or give the directory's path)")
+    key = (model_fingerprint(model), _resolve_device(device))
+    with _MODELS_LOCK:
+        loaded = _MODELS.get(key)
+        if loaded is None:
+            loaded = _MODELS[key] = TokenEncoder(path, device)
+    return loaded
+
+
+@register
+class LateInteractionReranker(StageBase):
+    """The late-interaction rerank stage (a value; `bind(env)` gives the `LateInteractionRerank` that runs)."""
+
+    type_name = "late_interaction"
+    Config = LateInteractionConfig
+    arity = Arity.ONE
+    libraries = ("torch", "transformers")
+    speed_only = frozenset(PERF_ONLY)
+    config: LateInteractionConfig
+
+    def __init__(self, model: str | None = None, *, depth: int = 100, k: int = 10, query_length: int = 32,
+                 document_length: int = 180, batch_size: int = 32, device: str = "auto", blend: float = 1.0,
+                 blend_upstream: Literal["score", "rank"] = "rank", token_cache: Literal["memory", "off"] = "memory",
+                 token_cache_size: int = 200_000, name: str | None = None):
+        fields: dict[str, Any] = dict(
+            name=name, depth=depth, k=k, query_length=query_length, document_length=document_length,
+            batch_size=batch_size, device=device, blend=blend, blend_upstream=blend_upstream,
+            token_cache=token_cache, token_cache_size=token_cache_size)
+        if model is not None:
+            fields["model"] = model
+        self.config = self.make_config(**fields)
+
+    @classmethod
+    def from_config(cls, config: LateInteractionConfig) -> LateInteractionReranker:
+        return cls._of_config(config)
+
+    def check_inputs(self, upstream: Sequence[tuple[str, int | None]]) -> None:
+        """At composition: the depth scored cannot exceed what the upstream step returns."""
+        name, limit = upstream[0]
+        if limit is not None and self.config.depth > limit:
+            raise InputError(
+                f"depth={self.config.depth} candidates are to be reranked but {name!r} returns at most {limit}; "
+                f"set depth <= {limit}, or raise {name}'s k"
+            )
+
+    def artefact_fingerprint(self) -> str:
+        return model_fingerprint(self.config.model)
+
+    def bind(self, env: Environment) -> LateInteractionRerank:
+        return LateInteractionRerank(self, load_token_encoder(self.config.model, self.config.device), env)
+
+    @property
+    def stats(self) -> LateInteractionStats:
+        return self.bound.stats
+
+    def score_rows(self, query: str, rows: Sequence[int]) -> np.ndarray:
+        """`LateInteractionRerank.score_rows` of the stage as `warm_up` bound it."""
+        return self.bound.score_rows(query, rows)
+
+
+class LateInteractionRerank:
+    """A `LateInteractionReranker` bound to one corpus: the loaded model, the passages, the counts."""
+
+    def __init__(self, stage: LateInteractionReranker, model: TokenEncoder, env: Environment):
+        self.stage = stage
+        self.model = model
+        self.corpus: Corpus = env.corpus
+        self.tie_keys = getattr(env.corpus, "tie_keys", None)
+        self.stats = LateInteractionStats()
+
+    @property
+    def name(self) -> str:
+        return self.stage.name
+
+    def rebind(self, env: Environment) -> LateInteractionRerank:
+        """The same stage on another corpus, sharing the loaded model and its passage cache."""
+        return LateInteractionRerank(self.stage, self.model, env)
+
+    def close(self) -> None:
+        pass
+
+    def score_texts(self, query: str, texts: Sequence[str]) -> np.ndarray:
+        """MaxSim scores of passages `texts` for `query` (through the passage cache when it is on)."""
+        config = self.stage.config
+        q = self.model.encode([query], config.query_length, 1, self.model.query_prefix)[0]
+        docs = self.model.documents(list(texts), config.document_length, config.batch_size,
+                                    config.token_cache == "memory", config.token_cache_size, self.stats)
+        self.stats.pairs += len(texts)
+        return maxsim(q, docs)
+
+    def score_rows(self, query: str, rows: Sequence[int]) -> np.ndarray:
+        """MaxSim scores of corpus `rows` (title + text) for one query, no blend."""
+        return self.score_texts(query, [self.corpus.doc_text(int(r)) for r in rows])
+
+    def run(self, queries: Queries, inputs: Sequence[Sequence[Ranking]]) -> list[Ranking]:
+        if len(inputs) != 1:
+            raise StageError(f"stage {self.name!r} reranks one candidate list per query, got {len(inputs)} inputs")
+        config = self.stage.config
+        blend = BlendSpec(alpha=config.blend, upstream=config.blend_upstream)
+        out = []
+        for text, ranking in zip(queries.texts, inputs[0]):
+            pool = ranking.top(config.depth)
+            scores = self.score_rows(text, pool.doc_rows)
+            out.append(finish(pool, scores, blend, config.k, self.name, self.tie_keys))
+        return out
+
+
+def _resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _load_projection(path: Path, device: str) -> Any:
+    """The linear projection saved as a sentence-transformers `Dense` module in `1_Dense/` (None: none)."""
+    import torch
+
+    folder = path / "1_Dense"
+    if not folder.is_dir():
+        return None
+    config = _read_json(folder / "config.json")
+    weights_file = folder / "model.safetensors"
+    if weights_file.is_file():
+        from safetensors.torch import load_file
+
+        state = load_file(str(weights_file))
+    else:
+        state = torch.load(str(folder / "pytorch_model.bin"), map_location="cpu", weights_only=True)
+    weight = state["linear.weight"]
+    bias = bool(config.get("bias", "linear.bias" in state))
+    layer = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias)
+    layer.load_state_dict({k.removeprefix("linear."): v for k, v in state.items() if k.startswith("linear.")})
+    return layer.to(device).eval()
+
+
+def write_random_colbert(path: str | Path, *, layers: int = 2, hidden: int = 32, dim: int = 16, heads: int = 2,
+                         seed: int = 0, max_length: int = 512) -> Path:
+    """Write a ColBERT-shaped model with random weights to `path` (for tests, docs and benchmarks): a
+    BERT encoder with a small WordPiece vocabulary and a `1_Dense` projection to `dim`. Nothing is
+    downloaded; the scores mean nothing, the shapes and costs are real. Returns `path`."""
+    import string
+
+    import torch
+    from safetensors.torch import save_file
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    words = ("the a of and in to is for on with by from that this be are as at or an it was cell protein gene "
+             "cancer patients disease treatment study results risk retrieval search query document index dense "
+             "sparse vector rank score fusion pool model data method system time").split()
+    vocab = dict.fromkeys(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *string.ascii_lowercase, *string.digits,
+                           *string.punctuation, *("##" + c for c in string.ascii_lowercase + string.digits), *words])
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    BertTokenizerFast(vocab=str(path / "vocab.txt"), do_lower_case=True, model_max_length=max_length).save_pretrained(str(path))
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                        intermediate_size=4 * hidden, max_position_embeddings=max_length)
+    BertModel(config).save_pretrained(str(path))
+    dense = path / "1_Dense"
+    dense.mkdir(exist_ok=True)
+    (dense / "config.json").write_text(json.dumps({"in_features": hidden, "out_features": dim, "bias": False}), encoding="utf-8")
+    save_file({"linear.weight": torch.randn(dim, hidden) / hidden ** 0.5}, str(dense / "model.safetensors"))
+    return path
