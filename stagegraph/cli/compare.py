@@ -20,7 +20,7 @@ from rich.table import Table
 
 from stagegraph.cli.app import Exit
 from stagegraph.evaluation.compare import CompareError, Comparison, compare, label_for, to_csv, to_latex, to_markdown
-from stagegraph.evaluation.measures import Metric
+from stagegraph.evaluation.measures import label_of
 from stagegraph.evaluation.report import Report
 
 
@@ -107,13 +107,6 @@ def handle(args: argparse.Namespace) -> int:
     return Exit.OK
 
 
-def _label(metric: str) -> str:
-    try:
-        return Metric.parse(metric).label
-    except ValueError:
-        return metric
-
-
 def _p(p: float) -> str:
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
@@ -173,6 +166,6 @@ def print_comparison(result: Comparison, console: Console | None = None) -> None
         if d.note:
             console.print(f"latency, {d.system} vs {d.baseline}, {d.stage}: {d.note}", markup=False, highlight=False)
     for s in result.skipped:
-        console.print(f"skipped: {s.system} {_label(s.metric)}: {s.reason}", markup=False, highlight=False)
+        console.print(f"skipped: {s.system} {label_of(s.metric)}: {s.reason}", markup=False, highlight=False)
     for w in result.warnings:
         console.print(f"warning: {w}", markup=False, highlight=False)

@@ -44,7 +44,7 @@ from pydantic import BaseModel, Field
 from scipy import stats
 
 from stagegraph.errors import InputError
-from stagegraph.evaluation.measures import Metric
+from stagegraph.evaluation.measures import Metric, label_of
 from stagegraph.evaluation.report import Report
 
 #: the power at which the minimum detectable difference is computed
@@ -83,10 +83,7 @@ class MetricComparison(BaseModel):
     @property
     def measure(self) -> str:
         """The ir_measures name (`nDCG@10`), as reports print it."""
-        try:
-            return Metric.parse(self.metric).label
-        except ValueError:
-            return self.metric
+        return label_of(self.metric)
 
 
 class SkippedMetric(BaseModel):
@@ -292,7 +289,7 @@ def compare(
                 f"{labels[reports.index(first)]} on {first.dataset}/{first.split} ({first.dataset_fingerprint[:12]}); "
                 "compare runs on one dataset split"
             )
-    names = [str(Metric.parse(m)) if _parses(m) else m for m in metrics] if metrics else [
+    names = [_canonical(m) for m in metrics] if metrics else [
         m for m in first.metrics if all(m in r.metrics for r in reports)]
     if not names:
         raise CompareError(f"the reports share no metric; {labels[0]} has {', '.join(reports[0].metrics)}")
@@ -347,12 +344,12 @@ def compare(
     return result
 
 
-def _parses(metric: str) -> bool:
+def _canonical(metric: str) -> str:
+    """The name reports key a metric by (`nDCG@10` -> `ndcg@10`); a string that is no metric, as it is."""
     try:
-        Metric.parse(metric)
+        return str(Metric.parse(metric))
     except ValueError:
-        return False
-    return True
+        return metric
 
 
 def _judged_warnings(reports: Sequence[Report], labels: Sequence[str], compared: dict[int, str]) -> list[str]:
@@ -377,7 +374,7 @@ def _not_applicable(report: Report, stage: str, metric: str, label: str) -> str 
     if metric not in report.stages[stage].not_applicable:
         return None
     limit = report.stages[stage].limit
-    shown = Metric.parse(metric).label if _parses(metric) else metric
+    shown = label_of(metric)
     return f"{shown} does not apply to {label}'s stage {stage!r}, which returns at most {limit} documents"
 
 

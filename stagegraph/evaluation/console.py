@@ -21,16 +21,9 @@ from rich.console import Console
 from rich.table import Table
 
 from stagegraph.evaluation.report import PERCENTILE_MIN, Report
-from stagegraph.evaluation.measures import Metric
+from stagegraph.evaluation.measures import label_of
 
 WIDTH = 100
-
-
-def _label(metric: str) -> str:
-    try:
-        return Metric.parse(metric).label
-    except ValueError:
-        return metric
 
 
 def _ms(value: float | None) -> str:
@@ -65,7 +58,7 @@ def build_table(report: Report, metrics: list[str] | None = None, cost: bool = T
     table.add_column("stage", no_wrap=True, overflow="ellipsis", max_width=24)
     metrics = report.metrics if metrics is None else metrics
     for metric in metrics:
-        table.add_column(_label(metric), justify="right", no_wrap=True)
+        table.add_column(label_of(metric), justify="right", no_wrap=True)
     if not cost:
         pass
     elif online:

@@ -15,7 +15,7 @@ from html import escape
 
 from stagegraph.evaluation.report import PERCENTILE_MIN, Report
 from stagegraph.evaluation.svg import PALETTE, grouped_bars, histogram, latency_strips
-from stagegraph.evaluation.measures import Metric
+from stagegraph.evaluation.measures import label_of
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px auto;max-width:1100px;color:#222;padding:0 16px}
@@ -26,13 +26,6 @@ th:first-child,td:first-child{text-align:left;white-space:nowrap} th{background:
 pre{background:#f6f6f6;padding:10px;border-radius:6px;overflow:auto;font-size:12px} .note{color:#555;font-size:13px}
 .warn{background:#fff4e0;border-left:4px solid #e69500;padding:6px 10px;margin:8px 0}
 """
-
-
-def _label(metric: str) -> str:
-    try:
-        return Metric.parse(metric).label
-    except ValueError:
-        return metric
 
 
 def _ms(v: float | None) -> str:
@@ -73,7 +66,7 @@ def _busy(r: Report) -> str:
 
 def _table(r: Report) -> str:
     online = r.mode == "online"
-    head = "".join(f"<th>{escape(_label(m))}</th>" for m in r.metrics)
+    head = "".join(f"<th>{escape(label_of(m))}</th>" for m in r.metrics)
     flagged = r.thin_percentiles() if online else []
     head += "".join(f"<th>{p} ms{'†' if p in flagged else ''}</th>" for p in ("P50", "P95", "P99")) if online else ""
     head += "<th>mean ms</th><th>max ms</th>" if online else ""
@@ -130,7 +123,7 @@ def _table(r: Report) -> str:
 def _funnel(r: Report) -> str:
     recall = [m for m in r.metrics if m.startswith("recall")] or list(r.metrics)
     values = [[None if m in s.not_applicable else s.metrics.get(m, 0.0) for m in recall] for s in r.stages.values()]
-    chart = grouped_bars(list(r.stages), [_label(m) for m in recall], values, "Recall funnel: what each stage keeps")
+    chart = grouped_bars(list(r.stages), [label_of(m) for m in recall], values, "Recall funnel: what each stage keeps")
     return (
         "<h2>Recall funnel</h2><p class='note'>The pool's recall@100 is the ceiling of any reranker "
         "placed after it; n/a: the stage returns fewer documents than the cut-off (truncation, not loss).</p>"

@@ -214,6 +214,14 @@ class GradedRun:
     judged_valid: np.ndarray
 
 
+def label_of(metric: str | Metric) -> str:
+    """The ir_measures name of `metric` (`"ndcg@10"` -> `nDCG@10`); a string that is no metric, as it is."""
+    try:
+        return Metric.parse(metric).label
+    except ValueError:
+        return str(metric)
+
+
 def parse_metrics(metrics: Iterable[str | Metric] | str) -> list[Metric]:
     """Parse a list (or a comma-separated string) of metrics, keeping order and dropping repeats."""
     if isinstance(metrics, str):
