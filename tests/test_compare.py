@@ -13,9 +13,10 @@ from scipy import stats
 
 from eval_fixtures import OracleRetriever, tiny_dataset
 from stagegraph.cli.app import main
-from stagegraph.evaluation.compare import (
-    CompareError, benjamini_hochberg, bootstrap_ci, cohen_d, compare, detectable_effect, holm,
-    minimum_detectable_difference, paired_t_test, randomisation_test, to_latex, to_markdown,
+from stagegraph.evaluation.compare import CompareError, compare, to_latex, to_markdown
+from stagegraph.evaluation.statistics import (
+    benjamini_hochberg, bootstrap_ci, cohen_d, detectable_effect, holm, minimum_detectable_difference, paired_t_test,
+    randomisation_test,
 )
 from stagegraph.evaluation.evaluate import evaluate
 from stagegraph.evaluation.writer import save_report

@@ -4,7 +4,7 @@ of it, how big it is, and what these queries could have detected.
 Input: saved reports (`report.json`) of several pipelines on the same dataset and split. The pairs
 compared are every pair of reports (in the order given: the earlier one is the pair's reference), or,
 with a `baseline`, each report against the baseline. For each pair and measure the per-query values
-of the compared stage (by default each report's output stage) are paired by query id, and we report:
+of the compared stage (by default each report's output stage) are paired by query id, and we report (the statistics: `stagegraph.evaluation.statistics`):
 
 * the means and the mean difference (system - reference);
 * a paired bootstrap 95% confidence interval of the mean difference (percentile method, `scipy.stats.
@@ -41,14 +41,21 @@ from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel, Field
-from scipy import stats
 
 from stagegraph.errors import InputError
 from stagegraph.evaluation.measures import Metric, label_of
 from stagegraph.evaluation.report import Report
+from stagegraph.evaluation.statistics import (
+    POWER,
+    benjamini_hochberg,
+    bootstrap_ci,
+    cohen_d,
+    holm,
+    minimum_detectable_difference,
+    paired_t_test,
+    randomisation_test,
+)
 
-#: the power at which the minimum detectable difference is computed
-POWER = 0.8
 #: a compared stage below this Judged@10 gets a warning: its measures are lower bounds
 JUDGED_WARNING = 0.9
 
@@ -151,104 +158,6 @@ class Comparison(BaseModel):
     latency: list[LatencyDelta] = Field(default_factory=list)
     skipped: list[SkippedMetric] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)
-
-
-def paired_t_test(system: np.ndarray, baseline: np.ndarray) -> float:
-    d = np.asarray(system, np.float64) - np.asarray(baseline, np.float64)
-    if d.size < 2 or np.ptp(d) <= 1e-12 * max(1.0, float(np.abs(d).max())):
-        # No variance: identical runs (p = 1) or a constant shift (p = 0), where scipy gives NaN.
-        return 1.0 if d.size == 0 or abs(d.mean()) <= 1e-12 else 0.0
-    return float(stats.ttest_rel(system, baseline).pvalue)
-
-
-def randomisation_test(system: np.ndarray, baseline: np.ndarray, permutations: int = 10_000, seed: int = 0) -> float:
-    """Two-sided paired randomisation (sign-flip) test of the mean difference."""
-    d = np.asarray(system, np.float64) - np.asarray(baseline, np.float64)
-    if d.size == 0:
-        return 1.0
-    observed = abs(d.mean())
-    rng = np.random.default_rng(seed)
-    hits, done, chunk = 0, 0, max(1, min(permutations, 4_000_000 // max(d.size, 1)))
-    while done < permutations:
-        m = min(chunk, permutations - done)
-        signs = rng.integers(0, 2, size=(m, d.size), dtype=np.int8) * 2 - 1
-        means = np.abs(signs @ d) / d.size
-        hits += int(np.count_nonzero(means >= observed - 1e-12))
-        done += m
-    return (hits + 1) / (permutations + 1)
-
-
-def holm(pvalues: Sequence[float]) -> np.ndarray:
-    """Holm's step-down adjusted p-values, in the input order."""
-    p = np.asarray(pvalues, np.float64)
-    m = p.size
-    if m == 0:
-        return p
-    order = np.argsort(p, kind="stable")
-    adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
-    out = np.empty(m)
-    out[order] = adjusted
-    return out
-
-
-def benjamini_hochberg(pvalues: Sequence[float]) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p-values (false discovery rate), in the input order."""
-    p = np.asarray(pvalues, np.float64)
-    return p if p.size == 0 else stats.false_discovery_control(p, method="bh")
-
-
-def bootstrap_ci(system: np.ndarray, baseline: np.ndarray, resamples: int = 10_000, seed: int = 0,
-                 level: float = 0.95) -> tuple[float, float] | None:
-    """Paired bootstrap confidence interval of the mean difference (percentile method), seeded."""
-    d = np.asarray(system, np.float64) - np.asarray(baseline, np.float64)
-    if d.size < 2:
-        return None
-    if np.ptp(d) == 0.0:
-        return float(d[0]), float(d[0])  # every resample has the same mean
-    result = stats.bootstrap((d,), np.mean, n_resamples=resamples, confidence_level=level, method="percentile",
-                             vectorized=True, rng=np.random.default_rng(seed))
-    return float(result.confidence_interval.low), float(result.confidence_interval.high)
-
-
-def detectable_effect(n: int, alpha: float = 0.05, power: float = POWER) -> float | None:
-    """The smallest standardised effect d_z a two-sided paired t-test over `n` queries detects with
-    probability `power` at level `alpha` (the same figure as statsmodels' `TTestPower().solve_power`)."""
-    if n < 2:
-        return None
-    from scipy import optimize
-
-    df = n - 1
-    critical = stats.t.ppf(1 - alpha / 2, df)
-
-    def shortfall(effect: float) -> float:
-        shift = effect * np.sqrt(n)
-        upper = float(stats.nct.sf(critical, df, shift))
-        lower = float(stats.nct.cdf(-critical, df, shift))  # the far tail: NaN in scipy when it underflows
-        upper = upper if np.isfinite(upper) else float(shift > critical)
-        return upper + (lower if np.isfinite(lower) else 0.0) - power
-
-    high = 1.0
-    while shortfall(high) < 0:  # bracket the root; power grows with the effect
-        high *= 2
-    return float(optimize.brentq(shortfall, 1e-12, high, xtol=1e-14, rtol=1e-14, maxiter=500))
-
-
-def minimum_detectable_difference(system: np.ndarray, baseline: np.ndarray, alpha: float = 0.05,
-                                  power: float = POWER) -> float | None:
-    """`detectable_effect` in the measure's own units: times the standard deviation of the differences."""
-    d = np.asarray(system, np.float64) - np.asarray(baseline, np.float64)
-    effect = detectable_effect(d.size, alpha, power)
-    return None if effect is None else effect * float(d.std(ddof=1))
-
-
-def cohen_d(system: np.ndarray, baseline: np.ndarray) -> float | None:
-    d = np.asarray(system, np.float64) - np.asarray(baseline, np.float64)
-    if d.size < 2:
-        return None
-    sd = d.std(ddof=1)
-    if sd <= 1e-12 * max(1.0, float(np.abs(d).max())):
-        return 0.0 if abs(d.mean()) <= 1e-12 else None  # a constant non-zero shift has no finite d
-    return float(d.mean() / sd)
 
 
 def label_for(path: str | os.PathLike[str]) -> str:
