@@ -8,7 +8,6 @@ run behind. Scores are written with 9 significant digits, enough to round-trip a
 
 from __future__ import annotations
 
-import math
 import os
 import re
 
@@ -177,17 +176,18 @@ def strictly_decreasing(scores: np.ndarray) -> list[str]:
     """Each score as text (nine significant digits: a float32 read back exactly), every one read back
     strictly below the one before it, as trec_eval reads them: as float32 (`float sim`). A score
     that is not below its predecessor there is written as the float32 just below it (see `write_run`)."""
-    out: list[str] = []
-    previous = np.float32(np.inf)
-    lowest = np.finfo(np.float32).min
-    for value in np.asarray(scores, np.float64).tolist():
-        score = np.float32(value) if math.isfinite(value) else (np.float32(np.finfo(np.float32).max) if value > 0 else lowest)
-        if not score < previous:
-            score = np.nextafter(previous, np.float32(-np.inf), dtype=np.float32)
-        text = f"{float(score):.9g}"
-        out.append(text)
-        previous = np.float32(float(text))
-    return out
+    values = np.asarray(scores, np.float64)
+    top, lowest = np.finfo(np.float32).max, np.finfo(np.float32).min
+    values = np.where(np.isnan(values) | np.isneginf(values), lowest, np.where(np.isposinf(values), top, values))
+    with np.errstate(over="ignore"):
+        s = values.astype(np.float32)  # a finite double beyond float32's range becomes inf, then max below
+    if len(s) and not (np.all(s[1:] < s[:-1]) and s[0] < np.inf):  # a tie (or an inf): fix it in order
+        previous = np.float32(np.inf)
+        for i in range(len(s)):
+            if not s[i] < previous:
+                s[i] = np.nextafter(previous, np.float32(-np.inf), dtype=np.float32)
+            previous = s[i]
+    return [f"{v:.9g}" for v in s.tolist()]  # nine digits: each float32 reads back exactly
 
 
 def read_run(path: PathLike) -> dict[str, dict[str, float]]:
