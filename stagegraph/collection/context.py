@@ -46,6 +46,7 @@ import bisect
 import re
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
@@ -277,17 +278,23 @@ def _tokenizer_path(name: str) -> str:
         return name  # let transformers try (a hub id in its cache); its failure is the one error
 
 
-_COUNTERS: dict[str, TokenCounter] = {}
-_COUNTERS_LOCK = threading.Lock()
+#: what this module loads once per process (tokenizers, assemblers), by (kind, name)
+_LOADED: dict[tuple[str, str], Any] = {}
+_LOADED_LOCK = threading.RLock()  # re-entrant: an assembler loads its tokenizer through _once too
+
+
+def _once(kind: str, name: str, make: Callable[[str], Any]) -> Any:
+    """`make(name)`, made once per process and kept (thread-safe)."""
+    with _LOADED_LOCK:
+        found = _LOADED.get((kind, name))
+        if found is None:
+            found = _LOADED[kind, name] = make(name)
+        return found
 
 
 def token_counter(name: str) -> TokenCounter:
     """The tokenizer `name`, loaded once per process."""
-    with _COUNTERS_LOCK:
-        found = _COUNTERS.get(name)
-        if found is None:
-            found = _COUNTERS[name] = TokenCounter(name)
-        return found
+    return _once("tokenizer", name, TokenCounter)
 
 
 # -- what one generation gives --------------------------------------------------------------------------
@@ -484,14 +491,6 @@ def _chunk_index(hit: Any, chunks: list[Any]) -> int:
     raise InputError(f"chunk {hit.id!r} is not in its document's chunks in this generation")
 
 
-_ASSEMBLERS: dict[str, ContextAssembler] = {}
-_ASSEMBLERS_LOCK = threading.Lock()
-
-
 def assembler_for(tokenizer: str) -> ContextAssembler:
     """The assembler of `tokenizer`, made once per process (its tokenizer and encoder loaded once)."""
-    with _ASSEMBLERS_LOCK:
-        found = _ASSEMBLERS.get(tokenizer)
-        if found is None:
-            found = _ASSEMBLERS[tokenizer] = ContextAssembler(tokenizer)
-        return found
+    return _once("assembler", tokenizer, ContextAssembler)
