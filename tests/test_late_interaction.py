@@ -6,8 +6,9 @@ import json
 import numpy as np
 import pytest
 from stubs import StubRetriever
+from tiny_models import rerank_corpus, rerank_queries
 
-from stagegraph.corpora.types import Corpus, Queries
+from stagegraph.corpora.types import Queries
 from stagegraph.errors import ConfigError, InputError
 from stagegraph.pipeline.compose import Pipeline
 from stagegraph.pipeline.ranking import Ranking
@@ -15,7 +16,6 @@ from stagegraph.pipeline.registry import stage_class
 from stagegraph.pipeline.stage import Environment
 from stagegraph.stages.rerank.late_interaction import LateInteractionReranker, maxsim, write_random_colbert
 
-WORDS = "the cell protein gene cancer retrieval search query document index dense sparse vector rank score".split()
 
 
 @pytest.fixture(scope="module")
@@ -25,14 +25,11 @@ def tiny_colbert(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def corpus():
-    rng = np.random.default_rng(7)
-    n = 40
-    texts = [" ".join(rng.choice(WORDS, size=int(rng.integers(2, 90)))) for _ in range(n)]
-    return Corpus([f"d{i}" for i in range(n)], [f"title {WORDS[i % len(WORDS)]}" for i in range(n)], texts)
+    return rerank_corpus()
 
 
 def _queries():
-    return Queries(["q1", "q2", "q3"], ["dense protein retrieval", "cancer gene", "rank fusion of sparse vectors"])
+    return rerank_queries()
 
 
 def _upstream(n_docs, n_queries, depth=25, seed=3):

@@ -5,9 +5,8 @@ import json
 import numpy as np
 import pytest
 from stubs import StubRetriever
-from tiny_models import make_tiny_cross_encoder, make_tiny_sentence_transformer
+from tiny_models import make_tiny_cross_encoder, make_tiny_sentence_transformer, rerank_corpus, rerank_queries
 
-from stagegraph.corpora.types import Corpus, Queries
 from stagegraph.pipeline.compose import Pipeline
 from stagegraph.errors import StageError
 from stagegraph.pipeline.ranking import Ranking
@@ -17,7 +16,6 @@ from stagegraph.stages.rerank.cross_encoder import CrossEncoderReranker
 from stagegraph.stages.rerank.blend import METADATA_FILE, BlendSpec, blend_scores
 from stagegraph.stages.rerank.model import pad_batches, tokenize_pairs
 
-WORDS = "the cell protein gene cancer retrieval search query document index dense sparse vector rank score".split()
 
 
 def make_spread_cross_encoder(path, std=0.1, seed=0):
@@ -43,14 +41,11 @@ def tiny_ce(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def corpus():
-    rng = np.random.default_rng(7)
-    n = 40
-    texts = [" ".join(rng.choice(WORDS, size=int(rng.integers(2, 90)))) for _ in range(n)]
-    return Corpus([f"d{i}" for i in range(n)], [f"title {WORDS[i % len(WORDS)]}" for i in range(n)], texts)
+    return rerank_corpus()
 
 
 def _queries():
-    return Queries(["q1", "q2", "q3"], ["dense protein retrieval", "cancer gene", "rank fusion of sparse vectors"])
+    return rerank_queries()
 
 
 def _upstream(n_docs, n_queries, depth=25, seed=3):

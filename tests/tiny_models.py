@@ -21,6 +21,28 @@ WORDS = (
 ).split()
 
 
+#: the words of `rerank_corpus`: a few topics, so that rerankers' inputs share terms with the queries
+RERANK_WORDS = "the cell protein gene cancer retrieval search query document index dense sparse vector rank score".split()
+
+
+def rerank_corpus(n: int = 40, seed: int = 7):
+    """A corpus of `n` seeded passages of 2-89 `RERANK_WORDS` (what the rerank stages' tests score)."""
+    import numpy as np
+
+    from stagegraph.corpora.types import Corpus
+
+    rng = np.random.default_rng(seed)
+    texts = [" ".join(rng.choice(RERANK_WORDS, size=int(rng.integers(2, 90)))) for _ in range(n)]
+    return Corpus([f"d{i}" for i in range(n)], [f"title {RERANK_WORDS[i % len(RERANK_WORDS)]}" for i in range(n)], texts)
+
+
+def rerank_queries():
+    """Three queries over `rerank_corpus`'s words."""
+    from stagegraph.corpora.types import Queries
+
+    return Queries(["q1", "q2", "q3"], ["dense protein retrieval", "cancer gene", "rank fusion of sparse vectors"])
+
+
 def _vocab() -> list[str]:
     chars = list(string.ascii_lowercase + string.digits + string.punctuation)
     pieces = ["##" + c for c in string.ascii_lowercase + string.digits]
