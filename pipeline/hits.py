@@ -68,7 +68,7 @@ class SearchResult(BaseModel):
     timing: Literal["per_query", "batch_share"] = "per_query"
     #: the collection generation that was searched (set by a collection's `Stack`; None otherwise)
     generation: int | None = None
-    #: why a filtered search found nothing, in one line (set only then; `stagegraph.corpora.filters.explain_empty`)
+    #: why a filtered search found nothing, in one line (set only then; `stagegraph.corpora.filter_hints.explain_empty`)
     hint: str | None = None
 
     def per_document(self, n: int = 1, top: int | None = None) -> SearchResult:

@@ -26,7 +26,8 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from stagegraph.corpora.filters import MetadataIndex, combine, explain_empty
+from stagegraph.corpora.filter_hints import explain_empty
+from stagegraph.corpora.filters import MetadataIndex, combine
 from stagegraph.corpora.types import Corpus, Queries
 from stagegraph.corpora.validate import check_query
 from stagegraph.errors import InputError
@@ -152,7 +153,7 @@ class Runner:
         `filter` (`stagegraph.corpora.filters`) is checked against the corpus' metadata now (an
         unknown field or an operator that does not fit is an `InputError` naming the fields that
         exist) and applied inside every retriever before its top k. A filtered search that finds
-        nothing says why in `hint` (`stagegraph.corpora.filters.explain_empty`: the values the filter's
+        nothing says why in `hint` (`stagegraph.corpora.filter_hints.explain_empty`: the values the filter's
         fields hold, counted among the chunks the pipeline's own filter allows)."""
         if not isinstance(query, str) or not query.strip():
             raise InputError("the query is empty; give a question or keywords")

@@ -1,4 +1,4 @@
-"""A filtered search that finds nothing says why (`stagegraph.corpora.filters.explain_empty`).
+"""A filtered search that finds nothing says why (`stagegraph.corpora.filter_hints.explain_empty`).
 
 One real collection (BM25, one chunk per document: 6 `md`, 3 `html`, 2 `txt`, years 2019 to 2024)
 is searched in Python (`stagegraph.open`), by the CLI (`stagegraph search`) and over HTTP. Each hint
@@ -171,7 +171,8 @@ def test_http_sends_the_hint_only_when_there_is_one(root):
 
 
 def test_a_field_of_mixed_kinds_and_long_values_give_a_hint_whose_suggestion_matches():
-    from stagegraph.corpora.filters import MetadataIndex, explain_empty
+    from stagegraph.corpora.filter_hints import explain_empty
+    from stagegraph.corpora.filters import MetadataIndex
     from stagegraph.corpora.types import Corpus
 
     metadata = [{"mix": [1, 2]}, {"mix": "Draft"}, {"mix": "Draft"}, {"mix": 5}]

@@ -28,7 +28,7 @@ def print_search(result: SearchResult, pipeline: Pipeline, console: Console | No
     console.print(f"[bold]{result.query}[/bold]", highlight=False)
     console.print(f"time: {times} · end to end {result.total_ms:.1f} ms", highlight=False)
     if not result.hits:
-        if result.hint:  # a filter was given: say what it let through (stagegraph.corpora.filters.explain_empty)
+        if result.hint:  # a filter was given: say what it let through (stagegraph.corpora.filter_hints.explain_empty)
             console.print(f"no results: {result.hint}", markup=False, highlight=False, soft_wrap=True)
         else:
             console.print("no results (is the query all stopwords?)")
