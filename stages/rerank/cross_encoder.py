@@ -109,6 +109,16 @@ class RerankStats:
     cached: int = 0
 
 
+def check_depth(depth: int, upstream: Sequence[tuple[str, int | None]]) -> None:
+    """A rerank stage's composition check: the `depth` it scores cannot exceed what its upstream returns."""
+    name, limit = upstream[0]
+    if limit is not None and depth > limit:
+        raise InputError(
+            f"depth={depth} candidates are to be reranked but {name!r} returns at most {limit}; "
+            f"set depth <= {limit}, or raise {name}'s k"
+        )
+
+
 @register
 class CrossEncoderReranker(StageBase):
     """The cross-encoder rerank stage (a value; `bind(env)` gives the `CrossEncoderRerank` that runs),
@@ -156,12 +166,7 @@ class CrossEncoderReranker(StageBase):
 
     def check_inputs(self, upstream: Sequence[tuple[str, int | None]]) -> None:
         """At composition: the depth scored cannot exceed what the upstream step returns."""
-        name, limit = upstream[0]
-        if limit is not None and self.config.depth > limit:
-            raise InputError(
-                f"depth={self.config.depth} candidates are to be reranked but {name!r} returns at most {limit}; "
-                f"set depth <= {limit}, or raise {name}'s k"
-            )
+        check_depth(self.config.depth, upstream)
 
     # -- identity -------------------------------------------------------------------------------
     def artefact_fingerprint(self) -> str:

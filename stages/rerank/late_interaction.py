@@ -36,13 +36,13 @@ import numpy as np
 from pydantic import Field
 
 from stagegraph.corpora.types import Corpus, Queries
-from stagegraph.errors import InputError, StageError
+from stagegraph.errors import StageError
 from stagegraph.pipeline.ranking import Ranking
 from stagegraph.pipeline.registry import register
 from stagegraph.pipeline.stage import Arity, Environment, StageConfig
 from stagegraph.stages.base import StageBase
 from stagegraph.stages.rerank.blend import BlendSpec
-from stagegraph.stages.rerank.cross_encoder import finish
+from stagegraph.stages.rerank.cross_encoder import check_depth, finish
 from stagegraph.stages.rerank.model import locate, model_fingerprint
 
 #: Settings that change speed but never a score: left out of the fingerprint (the cache key).
@@ -205,12 +205,7 @@ class LateInteractionReranker(StageBase):
 
     def check_inputs(self, upstream: Sequence[tuple[str, int | None]]) -> None:
         """At composition: the depth scored cannot exceed what the upstream step returns."""
-        name, limit = upstream[0]
-        if limit is not None and self.config.depth > limit:
-            raise InputError(
-                f"depth={self.config.depth} candidates are to be reranked but {name!r} returns at most {limit}; "
-                f"set depth <= {limit}, or raise {name}'s k"
-            )
+        check_depth(self.config.depth, upstream)
 
     def artefact_fingerprint(self) -> str:
         return model_fingerprint(self.config.model)
