@@ -116,6 +116,10 @@ class SubprocessServer:
     def stop(self, timeout: float = 30) -> tuple[int, str, str]:
         if self.proc.poll() is None:
             self.proc.terminate()
+        return self.wait(timeout)
+
+    def wait(self, timeout: float = 30) -> tuple[int, str, str]:
+        """Wait for the server to exit by itself (no signal sent): its exit code, stdout and stderr."""
         out, err = self.proc.communicate(timeout=timeout)
         return self.proc.returncode, "".join(self.lines) + out, err
 

@@ -114,6 +114,24 @@ def kill(search: ShardedSearch, shard: int, replica: int) -> int:
     return pid
 
 
+def gone_for_good(search: ShardedSearch, shard: int, replica: int) -> None:
+    """Kill a replica with no restart and wait until Ray says it is dead (`ray.kill` only asks: a call made
+    at once may still reach the actor on a busy machine)."""
+    ray = search.cluster.ray
+    actor = search.groups[shard].actors[replica]
+    ray.kill(actor, no_restart=True)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            ray.get(actor.ping.remote(), timeout=5)
+        except ray.exceptions.RayActorError:
+            return
+        except ray.exceptions.GetTimeoutError:
+            pass
+        assert time.monotonic() < deadline, "the killed replica still answered after 60 s"
+        time.sleep(0.1)
+
+
 def test_a_replica_killed_under_load_loses_no_search_and_comes_back(cluster, bm25_split, caplog):
     pipe = Pipeline.from_config(BM25_ONLY)
     search = ShardedSearch(cluster, bm25_split, pipe, replicas=2)
@@ -172,7 +190,7 @@ def test_with_one_replica_an_unreachable_shard_fails_clearly_unless_partial_resu
         full = hits(stack, QUERIES[0], k=20)
         shard_one = {h for h, _ in full if stack.collection.generation.shards[1].document(h.split("#")[0])}
         assert shard_one and len(shard_one) < len(full)
-        search.cluster.ray.kill(search.groups[1].actors[0], no_restart=True)  # gone for good: shard 1 is unreachable
+        gone_for_good(search, 1, 0)  # shard 1 is unreachable
         with pytest.raises(ShardUnavailable, match=r"^shard 1 of 2 cannot be reached \(.*\); retry in a moment .*"
                                                    r"run more replicas \(--replicas 2\), or ask for partial results"):
             stack.search(QUERIES[0], k=20)
@@ -214,7 +232,7 @@ def test_the_http_server_serves_a_sharded_collection_on_ray(cluster, bm25_split)
             metrics = client.get("/metrics").text
             assert 'stagegraph_shard_duration_seconds_count{shard="0"}' in metrics
             assert 'stagegraph_shard_duration_seconds_count{shard="1"}' in metrics
-            search.cluster.ray.kill(search.groups[1].actors[0], no_restart=True)  # shard 1 gone for good
+            gone_for_good(search, 1, 0)
             refused = client.post("/v1/search", json={"query": QUERIES[2], "k": 10})
             assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
             assert refused.json()["error"]["code"] == "shard_unavailable"

@@ -89,10 +89,12 @@ def run(service: Service, *, api_key: str | None = None, say: Callable[[str], No
             f"{', read-only' if settings.read_only else ''}{', API key required' if api_key else ''})")
         sys.stdout.flush()
         server.run(sockets=[sock])
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    finally:  # the signals stay absorbed until the collection is closed: a second SIGTERM cannot cut the close short
         sock.close()
-        service.close()
+        try:
+            service.close()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     say("stagegraph serve: stopped; collection closed")
     return 0
