@@ -14,7 +14,10 @@ Modes, taking turns query by query in a rotating order (load from other processe
 * `cross_encoder`  - every (query, passage) pair through the cross-encoder;
 * `li-cold`        - late interaction, token cache off: the query and all 100 passages encoded, then MaxSim;
 * `li-warm`        - late interaction with every passage's token embeddings cached: the query's
-                     encoding and the MaxSim only (a pass over all pools fills the cache first).
+                     encoding and the MaxSim only (a pass over all pools fills the cache first);
+* `li-stored`      - late interaction in a collection (the corpus ingested, chunker `none`): each
+                     passage's token embeddings read from its segment's memory-mapped store, which the
+                     writer built at ingest (timed and printed), so the query's encoding and the MaxSim only.
 
 Prints P50/P95 wall ms per query (100 candidates), the load average before and after, the CPU count
 and torch's thread count.
@@ -43,7 +46,7 @@ from stagegraph.pipeline.stage import Environment  # noqa: E402
 WORDS = ("the a of and in to is for on with by from that this be are as at or an it was cell protein gene "
          "cancer patients disease treatment study results risk retrieval search query document index dense "
          "sparse vector rank score fusion pool model data method system time").split()
-MODES = ("cross_encoder", "li-cold", "li-warm")
+MODES = ("cross_encoder", "li-cold", "li-warm", "li-stored")
 
 
 def build_models(folder: Path, layers: int, hidden: int, heads: int) -> tuple[Path, Path]:
@@ -76,6 +79,28 @@ def inputs(n_docs: int, n_queries: int, depth: int, seed: int = 0) -> tuple[Corp
     return corpus, queries, pools
 
 
+def stored_stage(corpus: Corpus, pools: list[Ranking], model: Path, folder: Path, depth: int):
+    """The corpus ingested into a collection whose pipeline has the late-interaction stage (the writer
+    builds the token stores), that stage bound read-only as a reader binds it, and the pools in the
+    collection's rows. Returns (stage, pools, seconds the ingest took)."""
+    from stagegraph.collection import Collection
+    from stagegraph.corpora.ingest import ChunkerConfig
+    from stagegraph.stages.rerank.late_interaction import LateInteractionReranker
+
+    settings = dict(model=str(model), depth=depth, k=10, token_cache="off", device="cpu", name="stored")
+    config = {"pipeline": [{"type": "bm25", "name": "bm25", "k": depth}, {"type": "late_interaction", **settings}]}
+    store = Collection.create(folder / "collection", config, chunker=ChunkerConfig(kind="none"))
+    t0 = time.perf_counter()
+    store.upsert([{"id": i, "text": t} for i, t in zip(corpus.ids, corpus.texts)])
+    build_s = time.perf_counter() - t0
+    env = store.environment()
+    row_of = {chunk.split("#")[0]: row for row, chunk in enumerate(env.corpus.ids)}
+    moved = [Ranking.from_scores(np.array([row_of[corpus.ids[r]] for r in p.doc_rows]), p.scores) for p in pools]
+    stage = LateInteractionReranker(**settings)
+    stage.warm_up(env)
+    return stage, moved, build_s
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--queries", type=int, default=20)
@@ -105,21 +130,27 @@ def main() -> None:
             "li-cold": LateInteractionReranker(str(li_dir), depth=args.depth, k=10, token_cache="off", device="cpu", name="cold"),
             "li-warm": LateInteractionReranker(str(li_dir), depth=args.depth, k=10, device="cpu", name="warm"),
         }
+        pools_of = {m: pools for m in modes}
         for m in modes:
-            stages[m].warm_up(env)
+            if m != "li-stored":
+                stages[m].warm_up(env)
+        if "li-stored" in modes:
+            stages["li-stored"], pools_of["li-stored"], build_s = stored_stage(corpus, pools, li_dir, Path(tmp), args.depth)
+            print(f"li-stored: the writer encoded and stored {len(corpus)} passages' token embeddings in {build_s:.0f} s")
         one = [queries.select([i]) for i in range(len(queries))]
         for m in modes:
             for i in range(min(args.warmup, len(queries))):
-                stages[m].run(one[i], [[pools[i]]])
+                stages[m].run(one[i], [[pools_of[m][i]]])
         if "li-warm" in modes:  # fill the passage cache: the collection would have done this at ingest
             stages["li-warm"].run(queries, [pools])
         wall = {m: [] for m in modes}
         for i in range(len(queries)):
             for m in modes[i % len(modes):] + modes[: i % len(modes)]:
                 t0 = time.perf_counter_ns()
-                stages[m].run(one[i], [[pools[i]]])
+                stages[m].run(one[i], [[pools_of[m][i]]])
                 wall[m].append((time.perf_counter_ns() - t0) / 1e6)
         warm_stats = stages["li-warm"].stats if "li-warm" in modes else None
+        stored_stats = stages["li-stored"].stats if "li-stored" in modes else None
     load_after = os.getloadavg()
     print(f"machine: {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, torch {torch.__version__}")
     print(f"load average before: {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}; "
@@ -132,6 +163,8 @@ def main() -> None:
         print(f"{m:<14} {p50:9.1f} {p95:9.1f} {base / p50:28.1f}")
     if warm_stats is not None:
         print(f"li-warm passages: {warm_stats.encoded} encoded (cache fill), {warm_stats.cached} from the cache")
+    if stored_stats is not None:
+        print(f"li-stored passages: {stored_stats.encoded} encoded, {stored_stats.stored} read from the stores")
 
 
 if __name__ == "__main__":

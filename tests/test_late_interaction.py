@@ -68,7 +68,7 @@ def reference_scores(path, query, texts, query_length=32, document_length=180):
 
 def test_scores_equal_an_independent_maxsim(tiny_colbert, corpus, tmp_path):
     queries, upstream = _queries(), _upstream(len(corpus), 3)
-    stage = LateInteractionReranker(str(tiny_colbert), depth=20, k=20, batch_size=4)
+    stage = LateInteractionReranker(str(tiny_colbert), depth=20, k=20, batch_size=4, token_dtype="float32")
     stage.warm_up(_env(corpus, tmp_path))
     for text, pool, got in zip(queries.texts, upstream, stage.run(queries, [upstream])):
         rows = pool.doc_rows[:20]
@@ -169,3 +169,97 @@ def test_sweep_over_depth_times_the_stage_and_reports_it(tiny_colbert, tmp_path)
     assert all(p.stage_p95_ms > 0 for p in result.points)
     report = json.loads((tmp_path / "depth=40" / "report.json").read_text())
     assert "li" in report["stages"]
+
+
+def test_float16_tokens_stay_within_their_rounding_bound(tiny_colbert, corpus, tmp_path):
+    """float16 passage tokens (the default) move a unit vector by at most 2**-11 of its length, so each
+    query token's best dot product by at most that: a score by at most (query tokens) x 2**-11."""
+    queries, upstream = _queries(), _upstream(len(corpus), 3)
+    scores = {}
+    for dtype in ("float16", "float32"):
+        stage = LateInteractionReranker(str(tiny_colbert), depth=20, k=20, token_dtype=dtype, token_cache="off")
+        stage.warm_up(_env(corpus, tmp_path))
+        scores[dtype] = [stage.score_rows(text, pool.doc_rows[:20]) for text, pool in zip(queries.texts, upstream)]
+    model = stage.bound.model
+    for text, half, full in zip(queries.texts, scores["float16"], scores["float32"]):
+        bound = len(model.encode([text], 32, 1, model.query_prefix)[0]) * 2.0 ** -11
+        assert 0 < np.abs(half - full).max() <= bound
+    assert stage.fingerprint() != LateInteractionReranker(str(tiny_colbert), depth=20, k=20).fingerprint()
+
+
+STORED_CHECK = """
+import json, sys
+import stagegraph as sg
+config, root = json.loads(sys.argv[1]), sys.argv[2]
+queries = sg.Queries(["q1", "q2", "q3"], ["dense protein retrieval", "cancer gene", "rank fusion of sparse vectors"])
+with sg.open(config, collection=root) as stack:
+    run = stack.runner.execute(queries, mode="batch").stages["li"].rankings
+    corpus, stats = stack.collection.corpus, stack.runner.bound("li").stats
+    print(json.dumps({"hits": [[[corpus.ids[int(r)], corpus.doc_text(int(r)), float(s)]
+                                for r, s in zip(rk.doc_rows, rk.provenance["li"].model_score)] for rk in run],
+                      "stats": [stats.pairs, stats.encoded, stats.stored]}))
+"""
+
+
+def test_a_collection_stores_token_embeddings_per_segment_and_a_new_process_encodes_none(tiny_colbert, tmp_path,
+                                                                                          monkeypatch):
+    """The writer builds each segment's token store at commit; a new process (a server restart)
+    reranks from the stores alone, with the scores of an independent MaxSim; a compacted segment's
+    store is built from the collection's text cache, encoding nothing; a damaged store reads as
+    missing and its candidates are encoded instead, with the same scores."""
+    import subprocess
+    import sys
+
+    from stagegraph.collection import Collection
+    from stagegraph.collection.sources import PYTHON
+    from stagegraph.corpora.ingest import ChunkerConfig
+    from stagegraph.stages.rerank import late_interaction
+
+    corpus = rerank_corpus()
+    docs = [{"id": corpus.ids[i], "text": corpus.texts[i]} for i in range(len(corpus))]
+    config = {"pipeline": [{"type": "bm25", "name": "bm25", "k": 20},
+                           {"type": "late_interaction", "name": "li", "model": str(tiny_colbert), "depth": 20,
+                            "k": 10, "token_dtype": "float32"}]}
+    root = tmp_path / "c"
+    store = Collection.create(root, config, chunker=ChunkerConfig(kind="none"))
+    store.upsert(docs[:25])
+    with store.writer() as w:
+        w.upsert(docs[25:], source=PYTHON)
+        w.delete([docs[3]["id"]])
+        w.commit()
+    store.refresh()
+    stores = root / "artefacts" / "late_interaction"
+    assert len(store.generation.manifest.segments) == 2 and len(list(stores.iterdir())) == 2
+
+    def in_a_new_process():
+        done = subprocess.run([sys.executable, "-c", STORED_CHECK, json.dumps(config), str(root)], capture_output=True,
+                              text=True, timeout=300, env={**__import__("os").environ, "TQDM_DISABLE": "1"})
+        assert done.returncode == 0, done.stderr[-2000:]
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    first = in_a_new_process()
+    pairs, encoded, stored = first["stats"]
+    assert pairs == stored > 0 and encoded == 0  # every candidate's tokens read from the stores
+    for text, hits in zip(_queries().texts, first["hits"]):
+        assert hits and docs[3]["id"] not in {h[0] for h in hits}
+        ref = reference_scores(tiny_colbert, text, [h[1] for h in hits])
+        np.testing.assert_allclose([h[2] for h in hits], ref, rtol=1e-4, atol=1e-4)
+
+    texts_encoded: list[int] = []
+    real = late_interaction.TokenEncoder.encode
+    monkeypatch.setattr(late_interaction.TokenEncoder, "encode",
+                        lambda self, texts, *a, **kw: (texts_encoded.append(len(texts)), real(self, texts, *a, **kw))[1])
+    store.compact()
+    assert len(store.generation.manifest.segments) == 1 and texts_encoded == []  # all from the text cache
+    monkeypatch.undo()
+    assert in_a_new_process() == first
+
+    (merged,) = [d for d in stores.iterdir() if (d / "tokens.npy").exists() and
+                 json.loads((d / "info.json").read_text())["rows"] == len(docs) - 1]
+    (merged / "tokens.npy").write_bytes(b"damaged")
+    damaged = in_a_new_process()
+    assert damaged["stats"][0] == pairs and damaged["stats"][1] > 0 and damaged["stats"][2] == 0  # encoded instead
+    for a, b in zip(damaged["hits"], first["hits"]):
+        assert [h[0] for h in a] == [h[0] for h in b]
+        np.testing.assert_allclose([h[2] for h in a], [h[2] for h in b], rtol=1e-5)
+    store.close()

@@ -8,11 +8,17 @@ It returns the best `k` (ties by chunk key in a collection, else by corpus row),
 upstream ranking like the cross-encoder (`blend`, `blend_upstream`; pure MaxSim by default), with the
 same provenance (`model_score` per candidate).
 
-Because passages are encoded without the query, their token embeddings are kept: an in-process
-cache keyed by (model, document length, prefix, passage text), shared by every stage and binding of
-the same model in the process (`token_cache: memory`, bounded by `token_cache_size` passages;
-`off` encodes every time). A warm rerank then costs the query's encoding and the MaxSim only. The
-cache is not (yet) stored in a collection's segments: a new process encodes each passage once more.
+Because passages are encoded without the query, their token embeddings are kept, in `token_dtype`
+(float16 by default: half the bytes, every score within `query tokens x 2**-11` of float32's):
+
+* in a collection, per chunk in the segments (`stagegraph.stages.rerank.token_store`): the stage
+  declares `indexes_corpus`, so the writer encodes each new segment's chunks when it publishes a
+  generation and readers memory-map the stores; reranking a pool then costs only the query's
+  encoding and the MaxSim, in every process, from the first query on. A reader of a collection built
+  without this stage (no store for a segment) encodes that segment's candidates as below.
+* otherwise, in an in-process cache keyed by (model, document length, prefix, dtype, passage text),
+  shared by every stage and binding of the same model in the process (`token_cache: memory`,
+  bounded by `token_cache_size` passages; `off` encodes every time).
 
 The model is a directory: a Hugging Face encoder (config, weights, tokenizer) at its root and,
 optionally, the projection as a sentence-transformers `Dense` module in `1_Dense/` (the layout PyLate
@@ -35,6 +41,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
+from stagegraph.corpora.segmented import SegmentedCorpus
 from stagegraph.corpora.types import Corpus, Queries
 from stagegraph.errors import StageError
 from stagegraph.pipeline.ranking import Ranking
@@ -44,6 +51,8 @@ from stagegraph.stages.base import StageBase
 from stagegraph.stages.rerank.blend import BlendSpec
 from stagegraph.stages.rerank.cross_encoder import check_depth, finish
 from stagegraph.stages.rerank.model import locate, model_fingerprint
+from stagegraph.stages.rerank.token_store import TokenStore, encode_through_cache, load_store, save_store, store_key
+from stagegraph.stages.retrieve.segments import LoadedCache
 
 #: Settings that change speed but never a score: left out of the fingerprint (the cache key).
 PERF_ONLY = {"name", "batch_size", "device", "token_cache", "token_cache_size"}
@@ -66,15 +75,19 @@ class LateInteractionConfig(StageConfig):
     #: passages' token embeddings kept in memory, per process, keyed by model and passage text
     token_cache: Literal["memory", "off"] = "memory"
     token_cache_size: int = Field(200_000, ge=1)
+    #: the passages' token embeddings as kept and stored (float16: half the bytes of float32)
+    token_dtype: Literal["float16", "float32"] = "float16"
 
 
 @dataclass
 class LateInteractionStats:
-    """Counts since the stage was bound: candidates scored, passages encoded, passages from the cache."""
+    """Counts since the stage was bound: candidates scored, passages encoded, passages from the
+    in-process cache, passages read from a collection's token stores."""
 
     pairs: int = 0
     encoded: int = 0
     cached: int = 0
+    stored: int = 0
 
 
 class TokenEncoder:
@@ -96,11 +109,20 @@ class TokenEncoder:
         self.cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._torch = torch
 
-    def encode(self, texts: Sequence[str], max_length: int, batch_size: int, prefix: str = "") -> list[np.ndarray]:
+    @property
+    def dim(self) -> int:
+        """The width of a token embedding (the projection's output, else the encoder's hidden size)."""
+        return int(self.projection.out_features if self.projection is not None else self.encoder.config.hidden_size)
+
+    def encode(self, texts: Sequence[str], max_length: int, batch_size: int, prefix: str = "", *,
+               progress: bool = False, label: str = "") -> list[np.ndarray]:
         """One float32 array [tokens, dim] per text: projected, L2-normalised, padding dropped."""
+        from stagegraph.progress import progress_bar
+
         torch = self._torch
         out: list[np.ndarray] = []
-        for lo in range(0, len(texts), batch_size):
+        batches = range(0, len(texts), batch_size)
+        for lo in progress_bar(batches, desc=label, unit="batch", disable=not progress or len(batches) < 2):
             chunk = [prefix + t for t in texts[lo: lo + batch_size]]
             enc = self.tokenizer(chunk, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
             enc = {k: v.to(self.device) for k, v in enc.items()}
@@ -115,9 +137,9 @@ class TokenEncoder:
         return out
 
     def documents(self, texts: Sequence[str], max_length: int, batch_size: int, cache: bool, limit: int,
-                  stats: LateInteractionStats) -> list[np.ndarray]:
-        """Token embeddings of passages, from the cache where it has them."""
-        keys = [(max_length, self.document_prefix, hashlib.blake2b(t.encode("utf-8"), digest_size=16).digest())
+                  stats: LateInteractionStats, dtype: str = "float32") -> list[np.ndarray]:
+        """Token embeddings of passages (`dtype`), from the in-process cache where it has them."""
+        keys = [(max_length, self.document_prefix, dtype, hashlib.blake2b(t.encode("utf-8"), digest_size=16).digest())
                 for t in texts]
         found: list[np.ndarray | None] = [None] * len(texts)
         if cache:
@@ -128,7 +150,7 @@ class TokenEncoder:
                         self.cache.move_to_end(key)
                         found[i] = hit
         todo = [i for i, f in enumerate(found) if f is None]
-        new = self.encode([texts[i] for i in todo], max_length, batch_size, self.document_prefix)
+        new = [e.astype(dtype) for e in self.encode([texts[i] for i in todo], max_length, batch_size, self.document_prefix)]
         for i, emb in zip(todo, new):
             found[i] = emb
         if cache and todo:
@@ -158,6 +180,8 @@ def maxsim(query: np.ndarray, documents: Sequence[np.ndarray]) -> np.ndarray:
     return sims.max(axis=2).sum(axis=1).astype(np.float32)
 
 
+#: segments' token stores opened in this process (a segment never changes): each generation reuses them
+_STORES: LoadedCache = LoadedCache()
 _MODELS: dict[tuple[str, str], TokenEncoder] = {}
 _MODELS_LOCK = threading.Lock()
 
@@ -183,6 +207,7 @@ class LateInteractionReranker(StageBase):
     type_name = "late_interaction"
     Config = LateInteractionConfig
     arity = Arity.ONE
+    indexes_corpus = True  # in a collection: each segment's token store, built by the writer
     libraries = ("torch", "transformers")
     speed_only = frozenset(PERF_ONLY)
     config: LateInteractionConfig
@@ -190,11 +215,12 @@ class LateInteractionReranker(StageBase):
     def __init__(self, model: str | None = None, *, depth: int = 100, k: int = 10, query_length: int = 32,
                  document_length: int = 180, batch_size: int = 32, device: str = "auto", blend: float = 1.0,
                  blend_upstream: Literal["score", "rank"] = "rank", token_cache: Literal["memory", "off"] = "memory",
-                 token_cache_size: int = 200_000, name: str | None = None):
+                 token_cache_size: int = 200_000, token_dtype: Literal["float16", "float32"] = "float16",
+                 name: str | None = None):
         fields: dict[str, Any] = dict(
             name=name, depth=depth, k=k, query_length=query_length, document_length=document_length,
             batch_size=batch_size, device=device, blend=blend, blend_upstream=blend_upstream,
-            token_cache=token_cache, token_cache_size=token_cache_size)
+            token_cache=token_cache, token_cache_size=token_cache_size, token_dtype=token_dtype)
         if model is not None:
             fields["model"] = model
         self.config = self.make_config(**fields)
@@ -211,7 +237,43 @@ class LateInteractionReranker(StageBase):
         return model_fingerprint(self.config.model)
 
     def bind(self, env: Environment) -> LateInteractionRerank:
-        return LateInteractionRerank(self, load_token_encoder(self.config.model, self.config.device), env)
+        model = load_token_encoder(self.config.model, self.config.device)
+        return LateInteractionRerank(self, model, env, self._stores(env, model))
+
+    def _stores(self, env: Environment, model: TokenEncoder) -> list[TokenStore | None] | None:
+        """Over a collection's segments: each segment's token store, opened, or built and saved where the
+        environment may write (the writer at commit); None for a segment a reader finds without one."""
+        if not isinstance(env.corpus, SegmentedCorpus):
+            return None
+        cfg = self.config
+        identity = model_fingerprint(cfg.model)
+        namespace = f"late-interaction:{identity}:{cfg.document_length}:{model.document_prefix}:{cfg.token_dtype}"
+        stores: list[TokenStore | None] = []
+        for part in env.corpus.parts:
+            fingerprint = part.corpus.fingerprint
+            directory = env.artefact_dir("late_interaction", store_key(fingerprint, identity, cfg.document_length,
+                                                                       model.document_prefix, cfg.token_dtype))
+            store = _STORES.get((str(directory), fingerprint))
+            if store is None:
+                store = load_store(directory, fingerprint)
+            if store is None and not env.read_only:
+                texts = part.corpus.doc_texts()
+
+                def encode(batch: list[str]) -> list[np.ndarray]:
+                    return model.encode(batch, cfg.document_length, cfg.batch_size, model.document_prefix,
+                                        progress=env.progress, label=f"{self.name}: token embeddings")
+
+                if env.text_cache is not None:  # encode only the texts the collection has not seen
+                    embeddings, _ = encode_through_cache(encode, texts, env.text_cache, namespace,
+                                                         dim=model.dim, dtype=cfg.token_dtype)
+                else:
+                    embeddings = [e.astype(cfg.token_dtype) for e in encode(texts)]
+                save_store(directory, embeddings, fingerprint=fingerprint, dim=model.dim, dtype=cfg.token_dtype)
+                store = load_store(directory, fingerprint)
+            if store is not None:
+                _STORES.put((str(directory), fingerprint), store)
+            stores.append(store)
+        return stores
 
     @property
     def stats(self) -> LateInteractionStats:
@@ -225,36 +287,64 @@ class LateInteractionReranker(StageBase):
 class LateInteractionRerank:
     """A `LateInteractionReranker` bound to one corpus: the loaded model, the passages, the counts."""
 
-    def __init__(self, stage: LateInteractionReranker, model: TokenEncoder, env: Environment):
+    def __init__(self, stage: LateInteractionReranker, model: TokenEncoder, env: Environment,
+                 stores: list[TokenStore | None] | None = None):
         self.stage = stage
         self.model = model
         self.corpus: Corpus = env.corpus
         self.tie_keys = getattr(env.corpus, "tie_keys", None)
         self.stats = LateInteractionStats()
+        self.stores = stores
+        if stores is not None:
+            self._starts = np.array([part.offset for part in env.corpus.parts], dtype=np.int64)
 
     @property
     def name(self) -> str:
         return self.stage.name
 
     def rebind(self, env: Environment) -> LateInteractionRerank:
-        """The same stage on another corpus, sharing the loaded model and its passage cache."""
-        return LateInteractionRerank(self.stage, self.model, env)
+        """The same stage on another corpus or generation, sharing the loaded model, its passage cache
+        and the token stores of the segments it kept."""
+        return LateInteractionRerank(self.stage, self.model, env, self.stage._stores(env, self.model))
 
     def close(self) -> None:
         pass
 
+    def _encoded(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """Passages' token embeddings, encoded (or from the in-process cache when it is on)."""
+        config = self.stage.config
+        return self.model.documents(list(texts), config.document_length, config.batch_size,
+                                    config.token_cache == "memory", config.token_cache_size, self.stats,
+                                    config.token_dtype)
+
+    def _query(self, query: str) -> np.ndarray:
+        config = self.stage.config
+        return self.model.encode([query], config.query_length, 1, self.model.query_prefix)[0]
+
     def score_texts(self, query: str, texts: Sequence[str]) -> np.ndarray:
         """MaxSim scores of passages `texts` for `query` (through the passage cache when it is on)."""
-        config = self.stage.config
-        q = self.model.encode([query], config.query_length, 1, self.model.query_prefix)[0]
-        docs = self.model.documents(list(texts), config.document_length, config.batch_size,
-                                    config.token_cache == "memory", config.token_cache_size, self.stats)
         self.stats.pairs += len(texts)
-        return maxsim(q, docs)
+        return maxsim(self._query(query), self._encoded(texts))
 
     def score_rows(self, query: str, rows: Sequence[int]) -> np.ndarray:
-        """MaxSim scores of corpus `rows` (title + text) for one query, no blend."""
-        return self.score_texts(query, [self.corpus.doc_text(int(r)) for r in rows])
+        """MaxSim scores of corpus `rows` (title + text) for one query, no blend: token embeddings from
+        the segments' stores where the collection has them, encoded otherwise."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if self.stores is None:
+            return self.score_texts(query, [self.corpus.doc_text(int(r)) for r in rows])
+        docs: list[np.ndarray | None] = [None] * len(rows)
+        parts = np.searchsorted(self._starts, rows, side="right") - 1
+        for i, (row, part) in enumerate(zip(rows.tolist(), parts.tolist())):
+            store = self.stores[part]
+            if store is not None:
+                docs[i] = store[row - int(self._starts[part])]
+        missing = [i for i, d in enumerate(docs) if d is None]
+        if missing:
+            for i, emb in zip(missing, self._encoded([self.corpus.doc_text(int(rows[i])) for i in missing])):
+                docs[i] = emb
+        self.stats.stored += len(rows) - len(missing)
+        self.stats.pairs += len(rows)
+        return maxsim(self._query(query), docs)  # type: ignore[arg-type]
 
     def run(self, queries: Queries, inputs: Sequence[Sequence[Ranking]]) -> list[Ranking]:
         if len(inputs) != 1:
