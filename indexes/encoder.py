@@ -23,7 +23,6 @@ import hashlib
 import importlib.util
 import logging
 import os
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from stagegraph.loaded_once import LoadedOnce
 from stagegraph.progress import progress_bar
 
 from stagegraph.indexes.devices import resolve_device
@@ -322,8 +322,7 @@ class Encoder:
         return l2_normalise(vector)
 
 
-_MODELS: dict[tuple[str, str, int | None], object] = {}
-_MODELS_LOCK = threading.Lock()
+_MODELS = LoadedOnce()
 
 
 def shared_model(
@@ -335,15 +334,13 @@ def shared_model(
     pipeline rebuilt for a new collection generation, or a second stage of the same model, does not
     load the weights again.
     """
-    key = (identity, device, None if max_seq_length is None else int(max_seq_length))
-    with _MODELS_LOCK:
-        model = _MODELS.get(key)
-        if model is None:
-            model = _load_sentence_transformer(resolved, device, progress)
-            if max_seq_length is not None:
-                model.max_seq_length = int(max_seq_length)
-            _MODELS[key] = model
+    def load() -> object:
+        model = _load_sentence_transformer(resolved, device, progress)
+        if max_seq_length is not None:
+            model.max_seq_length = int(max_seq_length)
         return model
+
+    return _MODELS.get((identity, device, None if max_seq_length is None else int(max_seq_length)), load)
 
 
 def _load_sentence_transformer(resolved: ResolvedModel, device: str, progress: bool) -> object:

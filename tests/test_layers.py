@@ -3,7 +3,7 @@
 Every module of the package (lazy imports inside functions included) may import only from its own
 layer or a lower one. From the ground up:
 
-    ground      stagegraph.errors, .hashing, .atomic, .sqlite_store, .thread_counts, .progress, .configs
+    ground      stagegraph.errors, .hashing, .atomic, .sqlite_store, .thread_counts, .progress, .loaded_once, .configs
     corpora     datasets and their types
     indexes     BM25 and FAISS indexes
     pipeline    the engine: stage contract, Pipeline, executor, cache, YAML codec, registry
@@ -40,7 +40,7 @@ ROOTS = {  # repository folder -> the package it is installed as
 }
 LAYERS = [
     ("ground", ["stagegraph.errors", "stagegraph.hashing", "stagegraph.atomic", "stagegraph.sqlite_store", "stagegraph.thread_counts",
-                "stagegraph.progress", "stagegraph.configs"]),
+                "stagegraph.progress", "stagegraph.loaded_once", "stagegraph.configs"]),
     ("corpora", ["stagegraph.corpora"]),
     ("indexes", ["stagegraph.indexes"]),
     ("pipeline", ["stagegraph.pipeline"]),

@@ -53,6 +53,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from stagegraph.errors import InputError
+from stagegraph.loaded_once import LoadedOnce
 from stagegraph.indexes.encoder import DEFAULT_MODEL
 
 #: the placeholders a template may use
@@ -279,17 +280,12 @@ def _tokenizer_path(name: str) -> str:
 
 
 #: what this module loads once per process (tokenizers, assemblers), by (kind, name)
-_LOADED: dict[tuple[str, str], Any] = {}
-_LOADED_LOCK = threading.RLock()  # re-entrant: an assembler loads its tokenizer through _once too
+_LOADED = LoadedOnce()
 
 
 def _once(kind: str, name: str, make: Callable[[str], Any]) -> Any:
-    """`make(name)`, made once per process and kept (thread-safe)."""
-    with _LOADED_LOCK:
-        found = _LOADED.get((kind, name))
-        if found is None:
-            found = _LOADED[kind, name] = make(name)
-        return found
+    """`make(name)`, made once per process and kept (an assembler loads its tokenizer through it too)."""
+    return _LOADED.get((kind, name), lambda: make(name))
 
 
 def token_counter(name: str) -> TokenCounter:

@@ -44,6 +44,7 @@ from pydantic import Field
 from stagegraph.corpora.segmented import SegmentedCorpus
 from stagegraph.corpora.types import Corpus, Queries
 from stagegraph.errors import StageError
+from stagegraph.loaded_once import LoadedOnce
 from stagegraph.pipeline.ranking import Ranking
 from stagegraph.pipeline.registry import register
 from stagegraph.pipeline.stage import Arity, Environment, StageConfig
@@ -182,8 +183,7 @@ def maxsim(query: np.ndarray, documents: Sequence[np.ndarray]) -> np.ndarray:
 
 #: segments' token stores opened in this process (a segment never changes): each generation reuses them
 _STORES: LoadedCache = LoadedCache()
-_MODELS: dict[tuple[str, str], TokenEncoder] = {}
-_MODELS_LOCK = threading.Lock()
+_MODELS = LoadedOnce()
 
 
 def load_token_encoder(model: str, device: str) -> TokenEncoder:
@@ -192,12 +192,7 @@ def load_token_encoder(model: str, device: str) -> TokenEncoder:
     if path is None:
         raise StageError(f"late_interaction model {model!r} is not a local directory nor in the local Hugging Face "
                          "cache; download it first (or give the directory's path)")
-    key = (model_fingerprint(model), _resolve_device(device))
-    with _MODELS_LOCK:
-        loaded = _MODELS.get(key)
-        if loaded is None:
-            loaded = _MODELS[key] = TokenEncoder(path, device)
-    return loaded
+    return _MODELS.get((model_fingerprint(model), _resolve_device(device)), lambda: TokenEncoder(path, device))
 
 
 @register
