@@ -28,7 +28,7 @@ Sections (each prints a table):
    on SciFact (--scifact, its test queries, MiniLM embeddings from the stage's embedding cache
    under --work-dir) nDCG@10, R@100, bytes per vector held in RAM, and single-query search
    P50/P99 (1 FAISS thread, query vectors encoded beforehand) for float Flat, int8, int8 + rescore
-   x4, binary, binary + rescore x4 and truncated 256/128 dims; then at --quantized-size random
+   x4, binary, binary + rescore x4 (float32 and int8 rescoring vectors) and truncated 256/128 dims; then at --quantized-size random
    unit vectors (default 1M x 384) the same latencies and their speed ratio to Flat in the same run.
    Rescoring reads the float vectors from the index' memory-mapped `vectors.npy`.
 
@@ -262,6 +262,7 @@ QUANTIZED = [  # (label, build settings, rescore_multiplier)
     ("int8 + rescore x4", {"quantize": "int8"}, 4),
     ("binary", {"quantize": "binary"}, None),
     ("binary + rescore x4", {"quantize": "binary"}, 4),
+    ("binary + int8 rescore x4", {"quantize": "binary", "rescore_dtype": "int8"}, 4),
     ("truncate 256", {"truncate_dim": 256}, None),
     ("truncate 128", {"truncate_dim": 128}, None),
 ]
@@ -312,7 +313,7 @@ def bench_quantized(model: Encoder | None, scifact: Path, work_dir: Path, size: 
                 base = base or means["ndcg@10"]
                 p50, p99 = _latency(index, qvec, n_queries, mult)
                 ram = index.bytes_per_vector
-                disk = 0 if index.rescore_vectors is None else index.rescore_vectors.shape[1] * 4
+                disk = 0 if index.rescore_vectors is None else index.rescore_vectors.shape[1] * index.rescore_vectors.itemsize
                 rows.append([label, index.dim, f"{means['ndcg@10']:.4f}", f"{means['ndcg@10'] / base:.1%}",
                              f"{means['recall@100']:.4f}", ram, f"1/{docs.shape[1] * 4 / ram:.3g}", disk, p50, p99])
             table(

@@ -17,9 +17,13 @@
 * Quantized (`quantize`, docs/quantized-dense.md): `int8` is FAISS's scalar quantizer (`SQ8`, one
   byte a dimension), `binary` FAISS's `IndexBinaryFlat` (Hamming distance) over the sign bits, packed
   by sentence-transformers' `quantize_embeddings(precision="ubinary")`; both scan every code, so they
-  take `factory="Flat"`. A quantized index keeps the float32 vectors beside it (`vectors.npy`, memory-mapped
-  when loaded): `search(..., rescore_multiplier=N)` takes N x k candidates from the codes (filters
-  included) and re-scores them by the exact dot product, reading only the candidates' rows.
+  take `factory="Flat"`. A quantized index keeps rescoring vectors beside it (`vectors.npy`, memory-mapped
+  when loaded): float32 (`rescore_dtype="float32"`, the default) or one byte a dimension
+  (`rescore_dtype="int8"`: FAISS's `ScalarQuantizer` QT_8bit, per-dimension min-max ranges trained on
+  all the vectors and saved beside them, `rescore_quantizer.npy`; a quarter of the bytes on disk).
+  `search(..., rescore_multiplier=N)` takes N x k candidates from the codes (filters included) and
+  re-scores them by the dot product with their rescoring vectors (int8 ones decoded by FAISS's own
+  `decode`), reading only the candidates' rows.
   Binary scores without rescoring are `1 - 2 * hamming / dim` (the cosine of the sign vectors).
 * `truncate_dim` (Matryoshka): documents and queries are cut to their first `truncate_dim`
   dimensions and L2-renormalised; queries of the model's full width are truncated by `search`.
@@ -49,8 +53,10 @@ log = logging.getLogger(__name__)
 KIND = "dense"
 FORMAT_VERSION = 1
 INDEX_FILE = "index.faiss"
-VECTORS_FILE = "vectors.npy"  # a quantized index' float32 vectors, for rescoring
+VECTORS_FILE = "vectors.npy"  # a quantized index' rescoring vectors (float32, or int8 codes)
+RESCORE_QUANTIZER_FILE = "rescore_quantizer.npy"  # int8 rescoring: the scalar quantizer's trained ranges
 QUANTIZE = ("none", "int8", "binary")
+RESCORE_DTYPES = ("float32", "int8")
 REBUILD_HINT = (
     "rebuild it with `stagegraph index CONFIG --dataset DATASET`, or delete the directory and the "
     "dense stage rebuilds it at warm-up"
@@ -110,16 +116,18 @@ class DenseIndex:
 
     `info` holds the manifest parameters: model, model_identity, max_seq_length, dim, factory (built),
     factory_requested, ntotal, train_sample; a quantized or truncated index adds quantize and
-    truncate_dim. `rescore_vectors`: a quantized index' float32 vectors (memory-mapped once saved or
-    loaded), None for a float index.
+    truncate_dim (and rescore_dtype when int8). `rescore_vectors`: a quantized index' rescoring
+    vectors (memory-mapped once saved or loaded): float32, or the uint8 codes of `rescore_quantizer`
+    (a FAISS `ScalarQuantizer`); None for a float index.
     """
 
     def __init__(self, index: Any, info: dict[str, Any], corpus_fingerprint: str,
-                 rescore_vectors: np.ndarray | None = None):
+                 rescore_vectors: np.ndarray | None = None, rescore_quantizer: Any = None):
         self.index = index
         self.info = dict(info)
         self.corpus_fingerprint = corpus_fingerprint
         self.rescore_vectors = rescore_vectors
+        self.rescore_quantizer = rescore_quantizer
         self._storage_view: Any = None
 
     @property
@@ -129,6 +137,10 @@ class DenseIndex:
     @property
     def truncate_dim(self) -> int | None:
         return self.info.get("truncate_dim")
+
+    @property
+    def rescore_dtype(self) -> str:
+        return str(self.info.get("rescore_dtype", "float32"))
 
     @property
     def bytes_per_vector(self) -> int:
@@ -152,16 +164,17 @@ class DenseIndex:
         progress: bool = True,
         quantize: str = "none",
         truncate_dim: int | None = None,
+        rescore_dtype: str = "float32",
     ) -> DenseIndex:
         """Build the index `factory` over `embeddings` (n, dim; rows are the corpus rows).
 
         `threads` is FAISS's OpenMP thread count while training and adding (`None`: all cores).
-        `quantize` (`none`, `int8`, `binary`; the last two with factory `Flat`) and `truncate_dim`: see
-        the module docstring."""
+        `quantize` (`none`, `int8`, `binary`; the last two with factory `Flat`), `truncate_dim` and
+        `rescore_dtype` (a quantized index' rescoring vectors, `float32` or `int8`): see the module docstring."""
         vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
         if vectors.ndim != 2:
             raise ValueError(f"embeddings must be a 2-d (documents, dim) array, got shape {vectors.shape}")
-        problem = quantize_problem(quantize, factory, truncate_dim, vectors.shape[1])
+        problem = quantize_problem(quantize, factory, truncate_dim, vectors.shape[1], rescore_dtype)
         if problem:
             raise ValueError(problem)
         vectors = truncate(vectors, truncate_dim)
@@ -169,6 +182,13 @@ class DenseIndex:
         extra: dict[str, Any] = {}
         if quantize != "none" or truncate_dim is not None:
             extra = {"quantize": quantize, "truncate_dim": truncate_dim}
+        rescore, quantizer = vectors, None
+        if rescore_dtype == "int8":  # only with quantize (quantize_problem): recorded only then, float keys unchanged
+            extra["rescore_dtype"] = "int8"
+            quantizer = faiss.ScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit)
+            with limited(threads):
+                quantizer.train(vectors)
+                rescore = quantizer.compute_codes(vectors)
         if quantize == "binary":
             index = faiss.IndexBinaryFlat(dim)
             with limited(threads):
@@ -176,7 +196,7 @@ class DenseIndex:
             info = {"model": model, "model_identity": model_identity, "max_seq_length": max_seq_length,
                     "dim": int(dim), "factory": "BFlat", "factory_requested": factory, "metric": "hamming",
                     "ntotal": int(index.ntotal), "train_sample": int(train_sample), "seed": int(seed), **extra}
-            return cls(index, info, corpus_fingerprint, vectors)
+            return cls(index, info, corpus_fingerprint, rescore, quantizer)
         built = adapt_factory("SQ8" if quantize == "int8" else factory, n, dim)
         try:
             index = faiss.index_factory(dim, built, faiss.METRIC_INNER_PRODUCT)
@@ -201,7 +221,7 @@ class DenseIndex:
             "seed": int(seed),
             **extra,
         }
-        return cls(index, info, corpus_fingerprint, vectors if quantize != "none" else None)
+        return cls(index, info, corpus_fingerprint, rescore if quantize != "none" else None, quantizer)
 
     # ------------------------------------------------------------------ facts
     @property
@@ -332,13 +352,16 @@ class DenseIndex:
 
     def exact_scores(self, query: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Dot products of one query (this index' width, or the model's for a truncated index) with
-        the float vectors of `rows`, read from the rescoring vectors (a quantized index only)."""
+        the rescoring vectors of `rows` (a quantized index only): the float32 vectors, or the int8
+        codes decoded by the index' scalar quantizer. Only those rows are read from disk."""
         if self.rescore_vectors is None:
             raise ValueError("exact_scores needs a quantized index (its float vectors are kept for rescoring)")
         query = np.asarray(query, dtype=np.float32).reshape(1, -1)
         if self.truncate_dim is not None and query.shape[1] > self.dim:
             query = truncate(query, self.dim)
-        return (np.asarray(self.rescore_vectors[np.asarray(rows, dtype=np.int64)], dtype=np.float32) @ query[0]).astype(np.float32)
+        held = self.rescore_vectors[np.asarray(rows, dtype=np.int64)]
+        vectors = self.rescore_quantizer.decode(np.ascontiguousarray(held)) if self.rescore_quantizer is not None else held
+        return (np.asarray(vectors, dtype=np.float32) @ query[0]).astype(np.float32)
 
     def faiss_parameters(self, values: dict[str, int], bitmap: np.ndarray | None = None) -> Any:
         """The per-call `faiss.SearchParameters` for `search_params` values and an optional row
@@ -407,7 +430,10 @@ class DenseIndex:
                 faiss.write_index_binary(self.index, str(tmp / INDEX_FILE))
             else:
                 faiss.write_index(self.index, str(tmp / INDEX_FILE))
-            if self.rescore_vectors is not None:
+            if self.rescore_quantizer is not None:
+                np.save(tmp / VECTORS_FILE, np.ascontiguousarray(self.rescore_vectors, dtype=np.uint8))
+                np.save(tmp / RESCORE_QUANTIZER_FILE, faiss.vector_to_array(self.rescore_quantizer.trained))
+            elif self.rescore_vectors is not None:
                 np.save(tmp / VECTORS_FILE, np.ascontiguousarray(self.rescore_vectors, dtype=np.float32))
             write_manifest(
                 tmp,
@@ -436,11 +462,12 @@ class DenseIndex:
         mmap: bool = False,
         quantize: str | None = None,
         truncate_dim: int | None | str = "any",
+        rescore_dtype: str | None = None,
     ) -> DenseIndex:
         """Read an index saved by `save`; refuse it (`IndexLoadError`) when it does not match.
 
         Each given expectation (corpus fingerprint, model identity, max_seq_length, requested
-        factory, quantize, truncate_dim) is checked against the manifest; a mismatch means the index is stale. `mmap`: map
+        factory, quantize, truncate_dim, rescore_dtype) is checked against the manifest; a mismatch means the index is stale. `mmap`: map
         the index file read-only (FAISS's `IO_FLAG_MMAP`) instead of reading it into memory.
         """
         directory = Path(directory)
@@ -469,13 +496,14 @@ class DenseIndex:
             raise IndexLoadError(
                 f"{where} is a {info.get('factory_requested')!r} index, not {factory!r}; {REBUILD_HINT}."
             )
-        built = {"quantize": info.get("quantize", "none"), "truncate_dim": info.get("truncate_dim")}
-        for name, asked in (("quantize", quantize), ("truncate_dim", truncate_dim)):
+        built = {"quantize": info.get("quantize", "none"), "truncate_dim": info.get("truncate_dim"),
+                 "rescore_dtype": info.get("rescore_dtype", "float32")}
+        for name, asked in (("quantize", quantize), ("truncate_dim", truncate_dim), ("rescore_dtype", rescore_dtype)):
             if asked not in (None, "any") or (name == "truncate_dim" and asked is None):
                 if built[name] != asked:
                     raise IndexLoadError(
                         f"{where} was built with {name} {built[name]!r}, not {asked!r}: the index settings "
-                        f"(quantize, truncate_dim) are part of its identity; {REBUILD_HINT}."
+                        f"(quantize, truncate_dim, rescore_dtype) are part of its identity; {REBUILD_HINT}."
                     )
         binary = built["quantize"] == "binary"
         try:
@@ -484,10 +512,14 @@ class DenseIndex:
             index = read(str(directory / INDEX_FILE), flags)
         except RuntimeError as exc:
             raise IndexLoadError(f"{where} cannot be read by FAISS ({_first_line(exc)}); {REBUILD_HINT}.") from None
-        vectors = None
+        vectors, quantizer = None, None
         if built["quantize"] != "none":
             try:
                 vectors = np.load(directory / VECTORS_FILE, mmap_mode="r")
+                if built["rescore_dtype"] == "int8":
+                    quantizer = faiss.ScalarQuantizer(int(info["dim"]), faiss.ScalarQuantizer.QT_8bit)
+                    faiss.copy_array_to_vector(np.load(directory / RESCORE_QUANTIZER_FILE).astype(np.float32),
+                                               quantizer.trained)
             except (OSError, ValueError) as exc:
                 raise IndexLoadError(f"{where} lacks readable rescoring vectors ({exc}); {REBUILD_HINT}.") from None
         if index.ntotal != info.get("ntotal") or index.d != info.get("dim"):
@@ -495,17 +527,24 @@ class DenseIndex:
                 f"{where} holds {index.ntotal} vectors of {index.d} dimensions, its manifest says "
                 f"{info.get('ntotal')} of {info.get('dim')}; {REBUILD_HINT}."
             )
-        return cls(index, info, manifest.corpus_fingerprint, vectors)
+        return cls(index, info, manifest.corpus_fingerprint, vectors, quantizer)
 
     def __repr__(self) -> str:
         return f"DenseIndex({self.factory}, {self.ntotal} x {self.dim}, model={self.info.get('model')!r})"
 
 
-def quantize_problem(quantize: str, factory: str, truncate_dim: int | None, model_dim: int | None) -> str | None:
+def quantize_problem(quantize: str, factory: str, truncate_dim: int | None, model_dim: int | None,
+                     rescore_dtype: str = "float32") -> str | None:
     """One line saying why these quantization settings cannot work, with the fix (None: they can).
     `model_dim`: the width of the model's vectors (None: not known yet)."""
     if quantize not in QUANTIZE:
         return f"quantize: {quantize!r} is not one of none, int8, binary"
+    if rescore_dtype not in RESCORE_DTYPES:
+        return f"rescore_dtype: {rescore_dtype!r} is not one of float32, int8"
+    if rescore_dtype == "int8" and quantize != "binary":
+        return ("rescore_dtype: int8 keeps one-byte rescoring vectors for a binary index; "
+                + ("an int8 index would rescore with its own codes: set rescore_dtype: float32"
+                   if quantize == "int8" else "set quantize: binary, or leave rescore_dtype out"))
     if quantize != "none" and factory != "Flat":
         return (f"quantize: {quantize} scans compact codes exhaustively and takes index: Flat, not {factory!r}; "
                 "set index: Flat (or quantize: none for a compressed FAISS index such as IVF1024,PQ32)")

@@ -79,6 +79,30 @@ def test_rescored_top_k_is_exact_float_search_restricted_to_the_quantized_candid
             np.testing.assert_allclose(scores[q], exact[order], rtol=0, atol=1e-5)
 
 
+def test_int8_rescoring_vectors_are_min_max_bytes_decoded_as_written(vectors, queries, tmp_path):
+    """`rescore_dtype="int8"`: a byte a dimension on disk (FAISS's QT_8bit scalar quantizer over the
+    per-dimension min and max), and the rescored scores are the dot products with the decoded vectors,
+    decoded here independently: vmin + (code + 0.5) / 255 * (vmax - vmin)."""
+    index = build(vectors, quantize="binary", rescore_dtype="int8")
+    index.save(tmp_path / "i")
+    loaded = DenseIndex.load(tmp_path / "i", quantize="binary", rescore_dtype="int8")
+    assert isinstance(loaded.rescore_vectors, np.memmap) and loaded.rescore_vectors.dtype == np.uint8
+    assert loaded.rescore_vectors.shape == (2000, 64)  # 64 bytes a vector on disk, float32's 256
+    vmin, vmax = vectors.min(axis=0), vectors.max(axis=0)
+    decoded = vmin + (np.asarray(loaded.rescore_vectors, dtype=np.float64) + 0.5) / 255 * (vmax - vmin)
+    assert np.abs(decoded - vectors).max() <= (vmax - vmin).max() / 510 + 1e-6  # half a step at most
+    for idx in (index, loaded):
+        _, candidates = idx.search(queries, 40)
+        scores, rows = idx.search(queries, 10, rescore_multiplier=4)
+        for q in range(len(queries)):
+            exact = decoded[candidates[q]] @ queries[q]
+            order = np.lexsort((candidates[q], -exact))[:10]
+            np.testing.assert_array_equal(rows[q], candidates[q][order])
+            np.testing.assert_allclose(scores[q], exact[order], rtol=0, atol=1e-5)
+    with pytest.raises(IndexLoadError, match="built with rescore_dtype 'int8', not 'float32'"):
+        DenseIndex.load(tmp_path / "i", rescore_dtype="float32")
+
+
 def test_truncation_keeps_the_first_dimensions_and_renormalises(vectors, queries):
     cut = truncate(vectors, 16)
     assert cut.shape == (2000, 16)
@@ -121,6 +145,8 @@ def test_index_settings_are_part_of_its_identity(vectors, tmp_path):
     ({"truncate_dim": 1000}, "is more than the model's 384 dimensions; set truncate_dim <= 384"),
     ({"quantize": "binary", "truncate_dim": 100}, "not a multiple of 8; set truncate_dim: 96"),
     ({"quantize": "float16"}, "quantize"),
+    ({"quantize": "int8", "rescore_dtype": "int8"}, "rescore with its own codes: set rescore_dtype: float32"),
+    ({"rescore_dtype": "int8"}, "set quantize: binary, or leave rescore_dtype out"),
 ])
 def test_bad_settings_give_one_config_error_line_with_the_fix(settings, fragment):
     with pytest.raises(ConfigError) as err:
@@ -137,6 +163,9 @@ def test_the_settings_are_in_the_config_and_the_fingerprint():
     assert plain.fingerprint() != quantized.fingerprint()
     other = sg.DenseRetriever(k=10, name="dense", quantize="binary", rescore_multiplier=2, truncate_dim=128)
     assert other.fingerprint() != quantized.fingerprint()
+    small = sg.DenseRetriever(k=10, name="dense", quantize="binary", rescore_multiplier=4, truncate_dim=128,
+                              rescore_dtype="int8")
+    assert small.to_config()["rescore_dtype"] == "int8" and small.fingerprint() != quantized.fingerprint()
 
 
 @pytest.fixture(scope="module")
@@ -175,3 +204,44 @@ def test_a_binary_collection_survives_updates_and_ranks_like_a_fresh_build(tmp_p
             assert all(int(cid.split("#")[0][3:]) % 2 == 0 for q in got["dense"].values() for cid, _ in q)
     fresh.close()
     store.close()
+
+
+def test_int8_rescoring_in_a_collection_scores_within_half_a_step_of_float(tmp_path, tiny_model):
+    """Every segment keeps its own one-byte rescoring vectors (ranges trained on that segment): each
+    chunk's score is within half a quantization step per dimension of float rescoring's, and not equal."""
+    import json
+
+    from stagegraph.indexes.encoder import Encoder
+
+    dense = {"type": "dense", "name": "dense", "k": 15, "model": tiny_model, "index": "Flat", "quantize": "binary",
+             "rescore_multiplier": 4}
+    rng = random.Random(5)
+    docs = [doc(i, rng) for i in range(12)]
+    runs = {}
+    for dtype in ("float32", "int8"):
+        config = {"pipeline": [{**dense, "rescore_dtype": dtype}]}
+        store = Collection.create(tmp_path / dtype, config, chunker=SMALL_CHUNKS)
+        store.upsert(docs[:6])
+        store.upsert(docs[6:])
+        assert len(store.generation.manifest.segments) == 2
+        store.close()
+        runs[dtype] = rankings(tmp_path / dtype, config)["dense"]
+    steps = []
+    for manifest in (tmp_path / "int8" / "artefacts" / "dense").glob("*/manifest.json"):
+        assert json.loads(manifest.read_text())["params"]["rescore_dtype"] == "int8"
+        assert np.load(manifest.parent / "vectors.npy", mmap_mode="r").dtype == np.uint8
+        trained = np.load(manifest.parent / "rescore_quantizer.npy")
+        steps.append(trained[len(trained) // 2:] / 255)  # vdiff / 255 per dimension
+    assert len(steps) == 2
+    step = np.max(steps, axis=0)
+    encoder = Encoder(tiny_model, max_seq_length=256, progress=False)
+    moved = []
+    for query, hits in runs["int8"].items():
+        floats = dict(runs["float32"][query])
+        qvec = encoder.encode_query(query)[0]
+        bound = 0.5 * float(np.abs(qvec) @ step) + 1e-6
+        for chunk, score in hits:
+            if chunk in floats:
+                moved.append(abs(score - floats[chunk]))
+                assert moved[-1] <= bound, (query, chunk)
+    assert moved and max(moved) > 0

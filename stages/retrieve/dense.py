@@ -35,10 +35,11 @@ index="Flat", ef_search=None, nprobe=None, max_seq_length=256, ...)`:
 * Quantized (docs/quantized-dense.md): `quantize: none | int8 | binary` (with `index: Flat`) builds
   FAISS's SQ8 or binary Hamming index instead of float Flat, keeping the float vectors beside it on
   disk; `rescore_multiplier: N` takes N x k candidates from the codes and re-scores them with those
-  (memory-mapped) vectors; `truncate_dim: D` cuts documents and queries to D dimensions and
-  renormalises (Matryoshka). `quantize` and `truncate_dim` are part of the index' artefact key (a
-  collection's segments get their own indexes per setting); all three are in the config, so in
-  the stage's fingerprint, and are checked when the stage is composed (one `ConfigError` line).
+  (memory-mapped) vectors, float32 or (`rescore_dtype: int8`, binary only) FAISS scalar-quantized
+  bytes, a quarter of the disk; `truncate_dim: D` cuts documents and queries to D dimensions and
+  renormalises (Matryoshka). `quantize`, `truncate_dim` and `rescore_dtype` are part of the index'
+  artefact key (a collection's segments get their own indexes per setting); all are in the config,
+  so in the stage's fingerprint, and are checked when the stage is composed (one `ConfigError` line).
 YAML: `{type: dense, name: dense, k: 100, model: sentence-transformers/all-MiniLM-L6-v2, index: Flat}`.
 """
 
@@ -107,6 +108,8 @@ class DenseRetrieverConfig(StageConfig):
     quantize: Literal["none", "int8", "binary"] = "none"
     #: retrieve N x k by the quantized codes, re-score them with the float vectors on disk (None: no rescoring)
     rescore_multiplier: int | None = None
+    #: the rescoring vectors kept on disk: float32, or int8 (one byte a dimension; with quantize: binary)
+    rescore_dtype: Literal["float32", "int8"] = "float32"
     #: Matryoshka: keep the first D dimensions of documents and queries, renormalised (None: all)
     truncate_dim: int | None = None
 
@@ -137,7 +140,7 @@ class DenseRetrieverConfig(StageConfig):
                              "or binary, or leave rescore_multiplier out")
         needs_dim = self.truncate_dim is not None or self.quantize == "binary"
         problem = quantize_problem(self.quantize, self.index, self.truncate_dim,
-                                   declared_dim(self.model) if needs_dim else None)
+                                   declared_dim(self.model) if needs_dim else None, self.rescore_dtype)
         if problem:
             raise ValueError(problem)
         return self
@@ -176,6 +179,8 @@ def artefact_key(corpus_fingerprint: str, identity: str, config: DenseRetrieverC
     }
     if config.quantize != "none" or config.truncate_dim is not None:  # only then: float keys stay what they were
         payload.update(quantize=config.quantize, truncate_dim=config.truncate_dim)
+    if config.rescore_dtype != "float32":  # likewise
+        payload["rescore_dtype"] = config.rescore_dtype
     if vectors is not None:  # only then: the keys of encoded indexes stay what they were
         payload["vectors"] = vectors
     return stable_hash(payload)[:16]
@@ -251,6 +256,7 @@ class DenseRetriever(StageBase):
             "max_seq_length": index.info.get("max_seq_length"),
             "quantize": index.quantize,
             "truncate_dim": index.truncate_dim,
+            "rescore_dtype": index.rescore_dtype,
         }
         asked = {**settings, **({"index": factory} if factory else {})}
         clash = {name: (asked[name], value) for name, value in built.items() if name in asked and asked[name] != value}
@@ -301,7 +307,7 @@ class DenseRetriever(StageBase):
             self._check_given(self.index, encoder, fingerprint)
             return encoder, self.index, env.corpus
         identity = encoder.identity
-        problem = quantize_problem(cfg.quantize, cfg.index, cfg.truncate_dim, encoder.dim)
+        problem = quantize_problem(cfg.quantize, cfg.index, cfg.truncate_dim, encoder.dim, cfg.rescore_dtype)
         if problem:
             raise StageError(f"Stage {self.name!r}: {problem}")
         supplied = env.vectors
@@ -324,6 +330,7 @@ class DenseRetriever(StageBase):
                 factory=cfg.index,
                 quantize=cfg.quantize,
                 truncate_dim=cfg.truncate_dim,
+                rescore_dtype=cfg.rescore_dtype,
                 # a segment's index: checked when written (its writer), mapped rather than read
                 verify_checksums=not segment,
                 mmap=segment,
@@ -358,6 +365,7 @@ class DenseRetriever(StageBase):
                 progress=env.progress,
                 quantize=cfg.quantize,
                 truncate_dim=cfg.truncate_dim,
+                rescore_dtype=cfg.rescore_dtype,
             )
         except (ValueError, RuntimeError) as exc:  # RuntimeError: FAISS itself refused to train
             first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
