@@ -63,6 +63,18 @@ def test_int8_search_equals_exact_search_over_faiss_reconstructed_vectors(vector
         np.testing.assert_allclose(scores[q], np.sort(reference[q])[::-1][:20], rtol=0, atol=1e-4)
 
 
+def assert_rescored_from(index: DenseIndex, queries: np.ndarray, held: np.ndarray) -> None:
+    """Rescoring x4 returns the top 10 of the 40 code-search candidates by dot product with `held`
+    (the vectors rescoring should use), ties by row, with those dot products as scores."""
+    _, candidates = index.search(queries, 40)
+    scores, rows = index.search(queries, 10, rescore_multiplier=4)
+    for q in range(len(queries)):
+        exact = held[candidates[q]] @ queries[q]
+        order = np.lexsort((candidates[q], -exact))[:10]
+        np.testing.assert_array_equal(rows[q], candidates[q][order])
+        np.testing.assert_allclose(scores[q], exact[order], rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("quantize", ["binary", "int8"])
 def test_rescored_top_k_is_exact_float_search_restricted_to_the_quantized_candidates(vectors, queries, quantize, tmp_path):
     index = build(vectors, quantize=quantize)
@@ -70,13 +82,7 @@ def test_rescored_top_k_is_exact_float_search_restricted_to_the_quantized_candid
     loaded = DenseIndex.load(tmp_path / "i", quantize=quantize)
     assert isinstance(loaded.rescore_vectors, np.memmap)  # read from disk, only the candidates' rows
     for idx in (index, loaded):
-        _, candidates = idx.search(queries, 40)
-        scores, rows = idx.search(queries, 10, rescore_multiplier=4)
-        for q in range(len(queries)):
-            exact = vectors[candidates[q]] @ queries[q]
-            order = np.lexsort((candidates[q], -exact))[:10]
-            np.testing.assert_array_equal(rows[q], candidates[q][order])
-            np.testing.assert_allclose(scores[q], exact[order], rtol=0, atol=1e-5)
+        assert_rescored_from(idx, queries, vectors)
 
 
 def test_int8_rescoring_vectors_are_min_max_bytes_decoded_as_written(vectors, queries, tmp_path):
@@ -92,13 +98,7 @@ def test_int8_rescoring_vectors_are_min_max_bytes_decoded_as_written(vectors, qu
     decoded = vmin + (np.asarray(loaded.rescore_vectors, dtype=np.float64) + 0.5) / 255 * (vmax - vmin)
     assert np.abs(decoded - vectors).max() <= (vmax - vmin).max() / 510 + 1e-6  # half a step at most
     for idx in (index, loaded):
-        _, candidates = idx.search(queries, 40)
-        scores, rows = idx.search(queries, 10, rescore_multiplier=4)
-        for q in range(len(queries)):
-            exact = decoded[candidates[q]] @ queries[q]
-            order = np.lexsort((candidates[q], -exact))[:10]
-            np.testing.assert_array_equal(rows[q], candidates[q][order])
-            np.testing.assert_allclose(scores[q], exact[order], rtol=0, atol=1e-5)
+        assert_rescored_from(idx, queries, decoded)
     with pytest.raises(IndexLoadError, match="built with rescore_dtype 'int8', not 'float32'"):
         DenseIndex.load(tmp_path / "i", rescore_dtype="float32")
 
