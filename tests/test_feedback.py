@@ -192,3 +192,35 @@ def test_a_collection_expands_like_an_index_over_its_live_chunks(tmp_path):
         with pytest.raises(StageError, match="cannot search a sharded collection yet"):
             stack.runner.bound("bm25").run(Queries(["q"], ["alphab"]), given=[(10, 100, {"alphab": 1})])
     store.close()
+
+
+def test_serving_expansion_sharded_on_ray_is_refused_at_startup_and_both_fixes_work(tmp_path):
+    """`serve --executor ray` checks the pipeline before any actor starts: RM3 over shards would expand
+    from one shard's feedback, so it is refused in one line naming the fixes. Without `expand` it passes;
+    the shards read as one collection in this process expand exactly as one unsharded collection."""
+    from stagegraph.collection import Collection
+    from stagegraph.collection.sharded import ShardedCollection
+    from stagegraph.corpora.ingest import ChunkerConfig
+    from stagegraph.errors import InputError
+    from stagegraph.scale.shards import ShardedSearch
+
+    config = {"pipeline": [{"type": "bm25", "name": "bm25", "k": 20, "expand": {"fb_docs": 3, "fb_terms": 5}}]}
+    with pytest.raises(InputError) as refused:
+        ShardedSearch._check(Pipeline.from_config(config))
+    message = str(refused.value)
+    assert "\n" not in message and "serve without --executor ray" in message and "remove `expand`" in message
+    ShardedSearch._check(Pipeline.from_config({"pipeline": [{"type": "bm25", "name": "bm25", "k": 20}]}))
+    ShardedSearch._check(Pipeline.from_config({"pipeline": [{"type": "sparse", "name": "sparse", "model": "m"}]}))
+    rng = random.Random(9)
+    words = [f"{a}{b}" for a in ("alpha", "beta", "gamma") for b in "bcdfg"]
+    docs = [{"id": f"d{i:02d}", "text": " ".join(rng.choice(words) for _ in range(rng.randint(3, 10)))} for i in range(24)]
+    with Collection.create(tmp_path / "one", config, chunker=ChunkerConfig(kind="none")) as one, \
+            ShardedCollection.create(tmp_path / "split", config, shards=2, chunker=ChunkerConfig(kind="none")) as split:
+        one.upsert(docs)
+        split.upsert(docs)
+    with sg.open(config, collection=tmp_path / "one") as a, sg.open(config, collection=tmp_path / "split") as b:
+        for query in ("alphab betac", "gammad", "alphag gammab betaf"):
+            want = [(h.id, h.score) for h in a.search(query, k=10).hits]
+            got = [(h.id, h.score) for h in b.search(query, k=10).hits]
+            assert want and [i for i, _ in got] == [i for i, _ in want]
+            np.testing.assert_allclose([s for _, s in got], [s for _, s in want], rtol=1e-6)

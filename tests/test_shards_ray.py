@@ -302,3 +302,35 @@ def test_a_replica_that_stops_answering_is_hedged_around_within_a_fraction_of_a_
         os.kill(pid, signal.SIGCONT)
         stack.close()
         search.close()
+
+
+def test_a_learned_sparse_leg_on_ray_equals_one_collection(cluster, tmp_path):
+    """The sparse leg's query weights are computed once by the coordinator and sent; each shard's top k
+    by impact merges into exactly one collection's ranking, filtered or not, after new writes too."""
+    from test_sparse_retriever import make_tiny_splade
+
+    model = make_tiny_splade(tmp_path / "splade")
+    config = {"pipeline": [{"type": "sparse", "name": "sparse", "k": 15, "model": model}]}
+    rng = random.Random(7)
+    one = Collection.create(tmp_path / "one", config, chunker=SMALL_CHUNKS)
+    split = ShardedCollection.create(tmp_path / "split", config, shards=2, chunker=SMALL_CHUNKS)
+    live: dict[str, dict] = {}
+    write_everywhere([one, split], rng, live, 0)
+    pipe = Pipeline.from_config(config)
+    search = ShardedSearch(cluster, tmp_path / "split", pipe, replicas=1)
+    stack = Stack(pipe, ShardedCollection(tmp_path / "split"), bind=search.bind, watch=None)
+    try:
+        for step in range(2):
+            with sg.open(config, collection=tmp_path / "one", watch=None) as local:
+                for query in QUERIES:
+                    for flt in (None, {"group": "even"}):
+                        expected = hits(local, query, flt)
+                        assert expected or flt, (query, flt)
+                        assert_same(expected, hits(stack, query, flt), (step, query, flt))
+            write_everywhere([one, split], rng, live, 100 * (step + 1))
+            assert stack.refresh()
+    finally:
+        stack.close()
+        search.close()
+        one.close()
+        split.close()

@@ -6,7 +6,7 @@
         stack.search("query")                                                       # = one collection's result
 
 **Where each part runs.** Every shard has `replicas` actors (`ShardWorker`), each holding that
-shard's retrieval stages (BM25, dense) bound to the shard's generation, read from the shared
+shard's retrieval stages (BM25, dense, learned sparse) bound to the shard's generation, read from the shared
 storage the collection lives on. The coordinator (the process that serves) binds the pipeline to
 the sharded generation read as one corpus (`ShardedCollection.environment`, memory-mapped, never
 copied), with its retrievers replaced by `RemoteLeg`s: a query's retriever step scatters to one
@@ -20,6 +20,8 @@ N and the length total are gathered from every shard when a generation is bound;
 frequencies of a query's terms are gathered per query, as Elasticsearch's `dfs_query_then_fetch`
 does, and cached per generation, so a term costs that extra round trip once. The dense leg's query
 vector is encoded once, here, and sent; exact (Flat) indexes then give every shard's true top k.
+The learned-sparse leg's query weights are likewise computed once, here, and sent; impact scores
+need no collection statistics, so every shard's top k by them merges into the collection's.
 
 **Faults.** Actors are restarted by Ray when they die (`max_restarts=-1`) and bind the current
 generation as they start, so a restarted replica is ready when its first call arrives. A call that
@@ -64,7 +66,7 @@ DEFAULT_DEADLINE_S = 10.0
 RETRY_DOWN_AFTER_S = 1.0
 #: seconds a shard may stay silent before a second replica is asked too (first answer wins)
 HEDGE_AFTER_S = 0.25
-LEG_TYPES = ("bm25", "dense")
+LEG_TYPES = ("bm25", "dense", "sparse")
 
 
 class ShardUnavailable(PartUnavailable):
@@ -226,8 +228,12 @@ class ShardedSearch:
             kind = getattr(step.stage, "type_name", type(step.stage).__name__)
             if not step.inputs and kind not in LEG_TYPES:
                 raise InputError(f"stage {step.name!r} ({kind}) cannot search a sharded collection on Ray (only "
-                                 f"{' and '.join(LEG_TYPES)} retrievers can); serve without --executor ray to read the "
+                                 f"{', '.join(LEG_TYPES)} retrievers can); serve without --executor ray to read the "
                                  "shards as one collection in this process")
+            if kind == "bm25" and getattr(step.stage.config, "expand", None) is not None:
+                raise InputError(f"stage {step.name!r} (bm25 with expand) cannot search a sharded collection on Ray "
+                                 "(its feedback needs the whole collection's first pass); serve without --executor "
+                                 "ray to read the shards as one collection in this process, or remove `expand`")
 
     @staticmethod
     def _ray_errors(ray: Any) -> tuple[type[BaseException], ...]:
@@ -458,19 +464,36 @@ class RemoteLeg:
         self._analyzer = step.stage.config.index_settings().tokenizer if self.kind == "bm25" else None
 
     def load_encoder(self) -> Any:
-        return self.stage._encoder(False) if self.kind == "dense" else None
+        """The query side's model, loaded here once: dense's encoder, sparse's SparseEncoder (BM25: none)."""
+        if self.kind == "dense":
+            return self.stage._encoder(False)
+        return self.stage._model() if self.kind == "sparse" else None
+
+    def _prepare(self, text: str) -> Any:
+        """What the coordinator computes once per query and sends: BM25's analysed terms, sparse's
+        (token ids, weights); None for dense (its vector is encoded for live queries only)."""
+        if self.kind == "bm25":
+            return self._analyzer.analyze(text)
+        if self.kind == "sparse":
+            from stagegraph.stages.retrieve.sparse import stage_query_weights
+
+            empty = (np.empty(0, np.int64), np.empty(0, np.float32))
+            return stage_query_weights(self.stage, self.encoder, text) if text and text.strip() else empty
+        return None
 
     def run(self, queries: Queries, inputs: Sequence[Sequence[Ranking]] = ()) -> list[Ranking]:
         ids, texts = list(queries.ids), list(queries.texts)
-        terms = [self._analyzer.analyze(t) for t in texts] if self._analyzer is not None else None  # once per query
-        live = [i for i, t in enumerate(texts) if self._searchable(ids[i], t, None if terms is None else terms[i])]
+        prepared = [self._prepare(t) for t in texts]
+        live = [i for i, t in enumerate(texts) if self._searchable(ids[i], t, prepared[i])]
         out = [Ranking.empty() for _ in texts]
         if not live:
             return out
         sub = queries.select(live)
         given = vectors = None
-        if terms is not None:
-            given = self._given([terms[i] for i in live])
+        if self.kind == "bm25":
+            given = self._given([prepared[i] for i in live])
+        elif self.kind == "sparse":
+            given = [prepared[i] for i in live]
         else:
             vectors = [self.encoder.encode_query(texts[i]) for i in live]
         answers = self.search.scatter("search", self.number, self.step.name, list(sub.ids), list(sub.texts),
@@ -482,11 +505,12 @@ class RemoteLeg:
             out[i] = Ranking(*merge_top(found, self.k))
         return out
 
-    def _searchable(self, qid: str, text: str, terms: list[str] | None) -> bool:
-        empty = not (text and text.strip()) or (terms is not None and not terms)
+    def _searchable(self, qid: str, text: str, prepared: Any) -> bool:
+        terms = prepared[0] if self.kind == "sparse" else prepared  # BM25's terms, sparse's token ids
+        empty = not (text and text.strip()) or (terms is not None and not len(terms))
         if empty:
-            warnings.warn(f"query {qid!r} ({text[:60]!r}) is empty or has only stopwords for stage {self.step.name!r}; "
-                          "returning an empty ranking.", EmptyQueryWarning, stacklevel=3)
+            warnings.warn(f"query {qid!r} ({text[:60]!r}) is empty or has only stopwords for stage {self.step.name!r} "
+                          "(no term, or no weighted token); returning an empty ranking.", EmptyQueryWarning, stacklevel=3)
         return not empty
 
     def _given(self, terms: list[list[str]]) -> list[tuple[int, int, dict[str, int]]]:

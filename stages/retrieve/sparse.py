@@ -61,9 +61,14 @@ READ_ONLY_HINT = "build it with the writer: `stagegraph ingest ... --collection 
 _LOADED: LoadedCache = LoadedCache()
 
 
-def _terms_or_warn(search, qid: str, text: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """A query's (token ids, weights); none (with a warning) when the text holds no weighted token."""
-    ids, weights = search.query_weights(text) if text and text.strip() else (np.empty(0, np.int64), None)
+def _terms_or_warn(search, qid: str, text: str, given: tuple[np.ndarray, np.ndarray] | None = None
+                   ) -> tuple[np.ndarray, np.ndarray | None]:
+    """A query's (token ids, weights): `given` (weights the caller computed, e.g. a sharded search's
+    coordinator), else the model's; none (with a warning) when the text holds no weighted token."""
+    if given is not None:
+        ids, weights = search.within(*given)
+    else:
+        ids, weights = search.query_weights(text) if text and text.strip() else (np.empty(0, np.int64), None)
     if len(ids) == 0:
         warnings.warn(f"Sparse query {qid!r} has no weighted token ({text[:60]!r}); returning an empty ranking.",
                       EmptyQueryWarning, stacklevel=3)
@@ -287,16 +292,20 @@ class SparseSearch:
 
     def query_weights(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         """(token ids int64, weights float32) of `text` under the stage's `query_mode` (`query_weights`)."""
-        ids, weights = query_weights(self.model, text,
-                                     self.stage.config.query_mode == "inference_free" and not self.static_query)
-        inside = ids < self._width  # a token id the document weights have no column for scores nothing
-        return ids[inside], weights[inside]
+        return self.within(*stage_query_weights(self.stage, self.model, text, self.static_query))
 
-    def run(self, queries: Queries, inputs: Sequence[Sequence[Ranking]] = ()) -> list[Ranking]:
+    def within(self, ids: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The query tokens the document weights have a column for (any other scores nothing)."""
+        inside = np.asarray(ids) < self._width
+        return np.asarray(ids)[inside], np.asarray(weights)[inside]
+
+    def run(self, queries: Queries, inputs: Sequence[Sequence[Ranking]] = (),
+            given: Sequence[tuple[np.ndarray, np.ndarray]] | None = None) -> list[Ranking]:
+        """Each query's top k; `given`: each query's (token ids, weights) computed by the caller."""
         k = self.stage.config.k
         out: list[Ranking] = []
         for position, (qid, text) in enumerate(queries):
-            ids, weights = _terms_or_warn(self, qid, text)
+            ids, weights = _terms_or_warn(self, qid, text, None if given is None else given[position])
             if len(ids) == 0:
                 out.append(Ranking.empty())
                 continue
@@ -313,6 +322,14 @@ def _has_static_query(model: Any) -> bool:
     from sentence_transformers.sparse_encoder.modules import SparseStaticEmbedding
 
     return any(isinstance(module, SparseStaticEmbedding) for module in model.modules())
+
+
+def stage_query_weights(stage: SparseRetriever, model: Any, text: str, static_query: bool | None = None
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """(token ids int64, weights float32) of `text` as `stage` weighs a query with `model` (its
+    `query_mode`; `static_query`: whether the model's query side is inference-free, found when None)."""
+    static = _has_static_query(model) if static_query is None else static_query
+    return query_weights(model, text, stage.config.query_mode == "inference_free" and not static)
 
 
 def query_weights(model: Any, text: str, token_ids: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -346,11 +363,12 @@ class SegmentedSparseSearch(SparseSearch):
         self._filter = RowFilter(stage.config.filter)
         self.static_query = _has_static_query(model)
 
-    def run(self, queries: Queries, inputs: Sequence[Sequence[Ranking]] = ()) -> list[Ranking]:
+    def run(self, queries: Queries, inputs: Sequence[Sequence[Ranking]] = (),
+            given: Sequence[tuple[np.ndarray, np.ndarray]] | None = None) -> list[Ranking]:
         k = self.stage.config.k
         out: list[Ranking] = []
         for position, (qid, text) in enumerate(queries):
-            ids, weights = _terms_or_warn(self, qid, text)
+            ids, weights = _terms_or_warn(self, qid, text, None if given is None else given[position])
             if len(ids) == 0:
                 out.append(Ranking.empty())
                 continue
