@@ -189,28 +189,20 @@ def test_a_collection_expands_like_an_index_over_its_live_chunks(tmp_path):
             assert got.keys() == want.keys()
             np.testing.assert_allclose([got[i] for i in want], list(want.values()), rtol=1e-6)
         # a shard of a sharded collection scores with given statistics: expansion refuses, in one line
-        with pytest.raises(StageError, match="cannot search a sharded collection yet"):
+        with pytest.raises(StageError, match="over one shard would expand from that shard's feedback documents"):
             stack.runner.bound("bm25").run(Queries(["q"], ["alphab"]), given=[(10, 100, {"alphab": 1})])
     store.close()
 
 
-def test_serving_expansion_sharded_on_ray_is_refused_at_startup_and_both_fixes_work(tmp_path):
-    """`serve --executor ray` checks the pipeline before any actor starts: RM3 over shards would expand
-    from one shard's feedback, so it is refused in one line naming the fixes. Without `expand` it passes;
-    the shards read as one collection in this process expand exactly as one unsharded collection."""
+def test_a_sharded_collection_read_in_one_process_expands_as_one_collection(tmp_path):
+    """Two shards read as one collection (what `serve` does without `--executor ray`): the feedback
+    documents and statistics are the whole collection's, so every hit and score equals an unsharded
+    collection's (on Ray: tests/test_shards_ray.py)."""
     from stagegraph.collection import Collection
     from stagegraph.collection.sharded import ShardedCollection
     from stagegraph.corpora.ingest import ChunkerConfig
-    from stagegraph.errors import InputError
-    from stagegraph.scale.shards import ShardedSearch
 
     config = {"pipeline": [{"type": "bm25", "name": "bm25", "k": 20, "expand": {"fb_docs": 3, "fb_terms": 5}}]}
-    with pytest.raises(InputError) as refused:
-        ShardedSearch._check(Pipeline.from_config(config))
-    message = str(refused.value)
-    assert "\n" not in message and "serve without --executor ray" in message and "remove `expand`" in message
-    ShardedSearch._check(Pipeline.from_config({"pipeline": [{"type": "bm25", "name": "bm25", "k": 20}]}))
-    ShardedSearch._check(Pipeline.from_config({"pipeline": [{"type": "sparse", "name": "sparse", "model": "m"}]}))
     rng = random.Random(9)
     words = [f"{a}{b}" for a in ("alpha", "beta", "gamma") for b in "bcdfg"]
     docs = [{"id": f"d{i:02d}", "text": " ".join(rng.choice(words) for _ in range(rng.randint(3, 10)))} for i in range(24)]

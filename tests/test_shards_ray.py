@@ -1,9 +1,10 @@
 """Sharded search on Ray (`stagegraph.scale.shards`), on a local cluster (loopback, 2 CPUs):
 
 * equality: for random documents and write sequences over 1-4 shards, every query's hits (ids in
-  order, scores to 1e-5, filtered or not) equal those of one unsharded collection, for BM25 alone
-  and for BM25 | dense -> RRF pool -> cross-encoder (so per-shard IDF, a shard-local top k or a
-  tie broken by row would all show), and after the collection moves to a new generation;
+  order, scores to 1e-5, filtered or not) equal those of one unsharded collection, for BM25 alone,
+  for BM25 | dense -> RRF pool -> cross-encoder, for learned sparse and for BM25 with RM3 and
+  Rocchio (so per-shard IDF or feedback, a shard-local top k or a tie broken by row would all
+  show), and after the collection moves to a new generation;
 * faults: with 2 replicas, a replica SIGKILLed while searches run loses no search (each is retried
   on the other replica), the log says it died and came back, and `health()` shows it back; with 1
   replica a shard that cannot be reached fails the search with one line naming the fixes, and
@@ -304,13 +305,22 @@ def test_a_replica_that_stops_answering_is_hedged_around_within_a_fraction_of_a_
         search.close()
 
 
-def test_a_learned_sparse_leg_on_ray_equals_one_collection(cluster, tmp_path):
-    """The sparse leg's query weights are computed once by the coordinator and sent; each shard's top k
-    by impact merges into exactly one collection's ranking, filtered or not, after new writes too."""
-    from test_sparse_retriever import make_tiny_splade
+@pytest.mark.parametrize("leg", ["sparse", "bm25 + rm3", "bm25 + rocchio"])
+def test_sparse_and_expanding_legs_on_ray_equal_one_collection(cluster, tmp_path, leg):
+    """A learned-sparse leg (its query weights computed once by the coordinator and sent; each shard's
+    top k by impact) and BM25 with RM3 or Rocchio (first pass gathered from every shard, feedback terms
+    and their collection-wide frequencies read by the coordinator, weighted second pass scattered):
+    every hit and score equals one collection's, filtered or not, after new writes too."""
+    if leg == "sparse":
+        from test_sparse_retriever import make_tiny_splade
 
-    model = make_tiny_splade(tmp_path / "splade")
-    config = {"pipeline": [{"type": "sparse", "name": "sparse", "k": 15, "model": model}]}
+        stage = {"type": "sparse", "name": leg, "k": 15, "model": make_tiny_splade(tmp_path / "splade")}
+    else:
+        method = leg.split()[-1]
+        stage = {"type": "bm25", "name": leg, "k": 15,
+                 "expand": {"method": method, "fb_docs": 4, "fb_terms": 6, "max_df": 0.5,
+                            **({"gamma": 0.2, "bottom_fb_docs": 3} if method == "rocchio" else {})}}
+    config = {"pipeline": [stage]}
     rng = random.Random(7)
     one = Collection.create(tmp_path / "one", config, chunker=SMALL_CHUNKS)
     split = ShardedCollection.create(tmp_path / "split", config, shards=2, chunker=SMALL_CHUNKS)
@@ -319,16 +329,21 @@ def test_a_learned_sparse_leg_on_ray_equals_one_collection(cluster, tmp_path):
     pipe = Pipeline.from_config(config)
     search = ShardedSearch(cluster, tmp_path / "split", pipe, replicas=1)
     stack = Stack(pipe, ShardedCollection(tmp_path / "split"), bind=search.bind, watch=None)
+    plain = {"pipeline": [{k: v for k, v in stage.items() if k != "expand"}]}
+    expanded: list[bool] = []
     try:
         for step in range(2):
-            with sg.open(config, collection=tmp_path / "one", watch=None) as local:
+            with sg.open(config, collection=tmp_path / "one", watch=None) as local, \
+                    sg.open(plain, collection=tmp_path / "one", watch=None) as unexpanded:
                 for query in QUERIES:
                     for flt in (None, {"group": "even"}):
                         expected = hits(local, query, flt)
                         assert expected or flt, (query, flt)
                         assert_same(expected, hits(stack, query, flt), (step, query, flt))
+                        expanded.append(expected != hits(unexpanded, query, flt))
             write_everywhere([one, split], rng, live, 100 * (step + 1))
             assert stack.refresh()
+        assert leg == "sparse" or any(expanded)  # the feedback changed rankings: both passes ran
     finally:
         stack.close()
         search.close()

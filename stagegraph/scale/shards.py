@@ -21,7 +21,10 @@ frequencies of a query's terms are gathered per query, as Elasticsearch's `dfs_q
 does, and cached per generation, so a term costs that extra round trip once. The dense leg's query
 vector is encoded once, here, and sent; exact (Flat) indexes then give every shard's true top k.
 The learned-sparse leg's query weights are likewise computed once, here, and sent; impact scores
-need no collection statistics, so every shard's top k by them merges into the collection's.
+need no collection statistics, so every shard's top k by them merges into the collection's. A BM25
+leg with RM3/Rocchio (`expand`) takes two round trips: the first pass, merged here, gives the
+feedback documents, whose terms are read here (the coordinator holds the whole corpus) with their
+collection-wide document frequencies; the weighted second pass is then scattered like any query.
 
 **Faults.** Actors are restarted by Ray when they die (`max_restarts=-1`) and bind the current
 generation as they start, so a restarted replica is ready when its first call arrives. A call that
@@ -136,8 +139,10 @@ class ShardWorker:
         return self.bound[leg].frequencies(terms)
 
     def search(self, number: int, leg: str, ids: list[str], texts: list[str], filters: list | None,
-               given: list | None, vectors: list | None) -> tuple[list[tuple[np.ndarray, np.ndarray, np.ndarray]], int]:
-        """This shard's top k of each query (rows of the shard, scores, tie keys), and the time it took."""
+               given: list | None, vectors: list | None, depth: int | None = None, weights: list | None = None
+               ) -> tuple[list[tuple[np.ndarray, np.ndarray, np.ndarray]], int]:
+        """This shard's top k of each query (rows of the shard, scores, tie keys), and the time it took.
+        An expanding BM25 leg runs one pass a call: the first (`depth`), then the weighted (`weights`)."""
         started = time.perf_counter_ns()
         self._move(number)
         bound = self.bound[leg]
@@ -147,7 +152,8 @@ class ShardWorker:
         else:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", EmptyQueryWarning)  # the coordinator warns, once
-                rankings = bound.run(Queries(ids, texts, filters), given=given)
+                passes = {"depth": depth} if depth is not None else {"weights": weights} if weights is not None else {}
+                rankings = bound.run(Queries(ids, texts, filters), given=given, **passes)
         corpus = self.collection.corpus
         out = [(r.doc_rows, r.scores, corpus.tie_keys(r.doc_rows)) for r in rankings]
         return out, time.perf_counter_ns() - started
@@ -230,10 +236,6 @@ class ShardedSearch:
                 raise InputError(f"stage {step.name!r} ({kind}) cannot search a sharded collection on Ray (only "
                                  f"{', '.join(LEG_TYPES)} retrievers can); serve without --executor ray to read the "
                                  "shards as one collection in this process")
-            if kind == "bm25" and getattr(step.stage.config, "expand", None) is not None:
-                raise InputError(f"stage {step.name!r} (bm25 with expand) cannot search a sharded collection on Ray "
-                                 "(its feedback needs the whole collection's first pass); serve without --executor "
-                                 "ray to read the shards as one collection in this process, or remove `expand`")
 
     @staticmethod
     def _ray_errors(ray: Any) -> tuple[type[BaseException], ...]:
@@ -256,12 +258,12 @@ class ShardedSearch:
             for leg, (n, length) in answer.items():
                 have = totals.get(leg, (0, 0))
                 totals[leg] = (have[0] + n, have[1] + length)
-        legs = {step.name: RemoteLeg(self, step, number, offsets, totals.get(step.name))
+        env = collection.environment()
+        legs = {step.name: RemoteLeg(self, step, number, offsets, totals.get(step.name), env.corpus)
                 for step in pipeline.steps if not step.inputs}
         for name, leg in legs.items():
             donor = previous.bound(name) if previous is not None else None
             leg.encoder = donor.encoder if isinstance(donor, RemoteLeg) and donor.encoder is not None else leg.load_encoder()
-        env = collection.environment()
         if previous is not None:
             return previous.rebind(env, bind_step=lambda step, _env: legs.get(step.name))
         return Runner(pipeline, env, bind_step=lambda step, _env: legs.get(step.name))
@@ -449,8 +451,10 @@ class ShardedSearch:
 class RemoteLeg:
     """A retriever step of the coordinator's pipeline: every shard's top k, merged (module docstring)."""
 
-    def __init__(self, search: ShardedSearch, step: Any, number: int, offsets: list[int], totals: tuple[int, int] | None):
+    def __init__(self, search: ShardedSearch, step: Any, number: int, offsets: list[int], totals: tuple[int, int] | None,
+                 corpus: Any = None):
         self.search = search
+        self.corpus = corpus  # the whole collection's (memory-mapped): feedback documents are read from it
         self.step = step
         self.stage = step.stage
         self.kind = getattr(step.stage, "type_name", "")
@@ -489,6 +493,11 @@ class RemoteLeg:
         if not live:
             return out
         sub = queries.select(live)
+        if self.kind == "bm25" and self.stage.config.expand is not None:
+            merged = self._expanded(sub, [prepared[i] for i in live])
+            for position, i in enumerate(live):
+                out[i] = Ranking(*merged[position])
+            return out
         given = vectors = None
         if self.kind == "bm25":
             given = self._given([prepared[i] for i in live])
@@ -499,11 +508,39 @@ class RemoteLeg:
         answers = self.search.scatter("search", self.number, self.step.name, list(sub.ids), list(sub.texts),
                                       sub.filters, given, vectors)
         for position, i in enumerate(live):
-            found = [(rows + self.offsets[shard], scores, keys)
-                     for shard, answer in enumerate(answers) if answer is not None
-                     for rows, scores, keys in [answer[0][position]] if len(rows)]
-            out[i] = Ranking(*merge_top(found, self.k))
+            out[i] = Ranking(*self._merged(answers, position, self.k))
         return out
+
+    def _merged(self, answers: list[Any], position: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Query `position`'s best `k` over every shard that answered (rows of the whole collection)."""
+        found = [(rows + self.offsets[shard], scores, keys)
+                 for shard, answer in enumerate(answers) if answer is not None
+                 for rows, scores, keys in [answer[0][position]] if len(rows)]
+        return merge_top(found, k)
+
+    def _expanded(self, sub: Queries, terms: list[list[str]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """BM25 with RM3/Rocchio over the shards, as one collection expands: the first pass (the
+        collection's statistics) gathered from every shard and merged; the feedback documents' terms
+        read here (the coordinator holds the whole corpus) with their collection-wide document
+        frequencies; then the weighted second pass, scattered with its terms' statistics."""
+        from stagegraph.stages.retrieve.feedback import FeedbackSource, expand
+
+        settings = self.stage.config.expand
+        depth = settings.first_pass_depth(self.k)
+        first = self.search.scatter("search", self.number, self.step.name, list(sub.ids), list(sub.texts),
+                                    sub.filters, self._given(terms), None, depth, None)
+        pools = [self._merged(first, position, depth) for position in range(len(terms))]
+        corpus, analyzer = self.corpus, self._analyzer
+
+        def terms_of(row: int) -> list[str]:
+            return analyzer.analyze(corpus.doc_text(int(row)))
+
+        dfs = self._dfs({t for rows, _ in pools for row in rows for t in terms_of(row)})
+        source = FeedbackSource(self.totals[0], lambda term: dfs.get(term, 0), terms_of)
+        weights = [expand(ts, rows, scores, source, settings) for ts, (rows, scores) in zip(terms, pools)]
+        second = self.search.scatter("search", self.number, self.step.name, list(sub.ids), list(sub.texts),
+                                     sub.filters, self._given([sorted(w) for w in weights]), None, None, weights)
+        return [self._merged(second, position, self.k) for position in range(len(terms))]
 
     def _searchable(self, qid: str, text: str, prepared: Any) -> bool:
         terms = prepared[0] if self.kind == "sparse" else prepared  # BM25's terms, sparse's token ids
@@ -516,8 +553,15 @@ class RemoteLeg:
     def _given(self, terms: list[list[str]]) -> list[tuple[int, int, dict[str, int]]]:
         """(N, length total, df of its terms) of each query (its analysed `terms`) over the whole collection."""
         assert self.totals is not None
+        dfs = self._dfs({t for ts in terms for t in ts})
+        return [(self.totals[0], self.totals[1], {t: dfs[t] for t in ts}) for ts in terms]
+
+    def _dfs(self, terms: set[str]) -> dict[str, int]:
+        """The document frequency of each of `terms` over the whole collection: gathered from every shard
+        for the terms not yet known (one round trip), kept for this generation."""
         with self._df_lock:
-            unknown = sorted({t for ts in terms for t in ts if t not in self._df})
+            unknown = sorted(t for t in terms if t not in self._df)
+        summed: dict[str, int] = {}
         if unknown:
             answers = self.search.scatter("frequencies", self.number, self.step.name, unknown)
             reached = [a for a in answers if a is not None]
@@ -525,7 +569,5 @@ class RemoteLeg:
             if len(reached) == len(answers):  # a partial answer's statistics are not the collection's: not kept
                 with self._df_lock:
                     self._df.update(summed)
-        else:
-            summed = {}
         with self._df_lock:
-            return [(self.totals[0], self.totals[1], {t: self._df.get(t, summed.get(t, 0)) for t in ts}) for ts in terms]
+            return {t: self._df.get(t, summed.get(t, 0)) for t in terms}

@@ -205,30 +205,39 @@ class SegmentedBM25Search:
         return [self.stats.df(t) for t in terms]
 
     def run(self, queries: Queries, inputs: Sequence[Sequence[Ranking]] = (), *,
-            given: Sequence[tuple[int, int, dict[str, int]]] | None = None) -> list[Ranking]:
+            given: Sequence[tuple[int, int, dict[str, int]]] | None = None, depth: int | None = None,
+            weights: Sequence[dict[str, float]] | None = None) -> list[Ranking]:
         """One ranking per query; with `given`, each query is scored with those (N, length total,
-        df of its terms) instead of this binding's own: a shard scoring as its whole collection."""
+        df of its terms) instead of this binding's own: a shard scoring as its whole collection. A
+        shard of an expanding stage runs one pass per call for its coordinator, which expands in
+        between (`stagegraph.scale.shards`): `depth` (the query as it is, top `depth`) or `weights`
+        (each query's weighted query, top k)."""
         cfg = self.stage.config
-        if cfg.expand is not None and given is not None:
-            raise StageError(f"stage {self.stage.name!r}: `expand` (query expansion) cannot search a sharded collection "
-                             "yet (its feedback documents and term statistics would be one shard's); search an "
-                             "unsharded collection, or remove `expand`")
+        if cfg.expand is not None and given is not None and depth is None and weights is None:
+            raise StageError(f"stage {self.stage.name!r}: `expand` (query expansion) over one shard would expand from "
+                             "that shard's feedback documents and statistics; the coordinator runs its two passes "
+                             "(`depth`, then `weights`)")
         out: list[Ranking] = []
         for position, (qid, text) in enumerate(queries):
-            terms = self._tokenizer.analyze(text)
+            terms = self._tokenizer.analyze(text) if weights is None else sorted(weights[position])
             if not terms:
-                _warn_empty(qid, text)
+                if weights is None:
+                    _warn_empty(qid, text)
                 out.append(Ranking.empty())
                 continue
             query_filter = queries.filter_of(position)
             masks = [segment_mask(self._filter, part, query_filter) for part in self.corpus.parts]
             stats = self.stats if given is None else GivenStats(self.stats.segments, *given[position])
-            if cfg.expand is None:
-                rows, scores = search_segments(stats, terms, cfg.k, variant=cfg.variant, k1=cfg.k1, b=cfg.b, masks=masks)
-            else:
-                weights = self._expanded(terms, stats, masks)
+            if weights is not None:
                 rows, scores = search_segments(stats, [], cfg.k, variant=cfg.variant, k1=cfg.k1, b=cfg.b, masks=masks,
-                                               weights=weights)
+                                               weights=weights[position])
+            elif cfg.expand is None or depth is not None:
+                rows, scores = search_segments(stats, terms, depth or cfg.k, variant=cfg.variant, k1=cfg.k1, b=cfg.b,
+                                               masks=masks)
+            else:
+                expanded = self._expanded(terms, stats, masks)
+                rows, scores = search_segments(stats, [], cfg.k, variant=cfg.variant, k1=cfg.k1, b=cfg.b, masks=masks,
+                                               weights=expanded)
             out.append(Ranking(rows, scores))
         return out
 
