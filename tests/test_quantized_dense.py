@@ -156,6 +156,14 @@ def test_bad_settings_give_one_config_error_line_with_the_fix(settings, fragment
         sg.Pipeline.from_config({"pipeline": [{"type": "dense", "name": "dense", **settings}]})
 
 
+def test_the_rescore_dtype_fixes_named_are_accepted():
+    """The fixes the two rescore_dtype refusals name: float32 rescoring for an int8 index, binary codes
+    for int8 rescoring, or no rescore_dtype at all."""
+    assert sg.DenseRetriever(k=10, quantize="int8", rescore_multiplier=4, rescore_dtype="float32").config.rescore_dtype == "float32"
+    assert sg.DenseRetriever(k=10, quantize="binary", rescore_multiplier=4, rescore_dtype="int8").config.quantize == "binary"
+    assert sg.DenseRetriever(k=10).config.rescore_dtype == "float32"
+
+
 def test_the_settings_are_in_the_config_and_the_fingerprint():
     plain = sg.DenseRetriever(k=10, name="dense")
     quantized = sg.DenseRetriever(k=10, name="dense", quantize="binary", rescore_multiplier=4, truncate_dim=128)

@@ -463,6 +463,7 @@ class RemoteLeg:
         self.totals = totals
         self.k = int(step.stage.config.k)
         self.encoder: Any = None
+        self._static_query: bool | None = None
         self._df: dict[str, int] = {}  # this generation's document frequencies, gathered once per term
         self._df_lock = threading.Lock()
         self._analyzer = step.stage.config.index_settings().tokenizer if self.kind == "bm25" else None
@@ -479,10 +480,13 @@ class RemoteLeg:
         if self.kind == "bm25":
             return self._analyzer.analyze(text)
         if self.kind == "sparse":
-            from stagegraph.stages.retrieve.sparse import stage_query_weights
+            from stagegraph.stages.retrieve.sparse import has_static_query, stage_query_weights
 
-            empty = (np.empty(0, np.int64), np.empty(0, np.float32))
-            return stage_query_weights(self.stage, self.encoder, text) if text and text.strip() else empty
+            if self._static_query is None:  # whether the model's query side is inference-free: found once
+                self._static_query = has_static_query(self.encoder)
+            if not (text and text.strip()):
+                return np.empty(0, np.int64), np.empty(0, np.float32)
+            return stage_query_weights(self.stage, self.encoder, text, self._static_query)
         return None
 
     def run(self, queries: Queries, inputs: Sequence[Sequence[Ranking]] = ()) -> list[Ranking]:

@@ -284,7 +284,7 @@ class SparseSearch:
         self._width = scores.vocab_size
         self._filter = RowFilter(stage.config.filter)
         #: whether the model's own query side is the library's inference-free SparseStaticEmbedding
-        self.static_query = _has_static_query(model)
+        self.static_query = has_static_query(model)
 
     def rebind(self, env: Environment) -> SparseSearch | SegmentedSparseSearch:
         """The same stage on another corpus or generation, with this binding's model (no model load)."""
@@ -318,7 +318,8 @@ class SparseSearch:
         return out
 
 
-def _has_static_query(model: Any) -> bool:
+def has_static_query(model: Any) -> bool:
+    """Whether `model`'s query side is the library's inference-free `SparseStaticEmbedding`."""
     from sentence_transformers.sparse_encoder.modules import SparseStaticEmbedding
 
     return any(isinstance(module, SparseStaticEmbedding) for module in model.modules())
@@ -328,7 +329,7 @@ def stage_query_weights(stage: SparseRetriever, model: Any, text: str, static_qu
                         ) -> tuple[np.ndarray, np.ndarray]:
     """(token ids int64, weights float32) of `text` as `stage` weighs a query with `model` (its
     `query_mode`; `static_query`: whether the model's query side is inference-free, found when None)."""
-    static = _has_static_query(model) if static_query is None else static_query
+    static = has_static_query(model) if static_query is None else static_query
     return query_weights(model, text, stage.config.query_mode == "inference_free" and not static)
 
 
@@ -361,7 +362,7 @@ class SegmentedSparseSearch(SparseSearch):
         for searcher in self._searchers:
             searcher.warm_up()
         self._filter = RowFilter(stage.config.filter)
-        self.static_query = _has_static_query(model)
+        self.static_query = has_static_query(model)
 
     def run(self, queries: Queries, inputs: Sequence[Sequence[Ranking]] = (),
             given: Sequence[tuple[np.ndarray, np.ndarray]] | None = None) -> list[Ranking]:
