@@ -346,7 +346,7 @@ def shared_model(
 def _load_sentence_transformer(resolved: ResolvedModel, device: str, progress: bool) -> object:
     from sentence_transformers import SentenceTransformer
 
-    quiet = contextlib.nullcontext() if progress else _quiet_transformers()
+    quiet = contextlib.nullcontext() if progress else quiet_transformers()
     try:
         with quiet:
             return SentenceTransformer(str(resolved.path), device=device, local_files_only=True)
@@ -358,8 +358,8 @@ def _load_sentence_transformer(resolved: ResolvedModel, device: str, progress: b
 
 
 @contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """Hide transformers' weight-loading progress bars while loading."""
+def quiet_transformers() -> Iterator[None]:
+    """Hide transformers' weight-loading progress bars while loading (every model loader uses it)."""
     try:
         from transformers.utils import logging as hf_logging
     except ImportError:  # pragma: no cover

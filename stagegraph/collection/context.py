@@ -243,9 +243,9 @@ class TokenCounter:
         try:
             from transformers import AutoTokenizer
 
-            from stagegraph.indexes.encoder import _quiet_transformers
+            from stagegraph.indexes.encoder import quiet_transformers
 
-            with _quiet_transformers():
+            with quiet_transformers():
                 tokenizer = AutoTokenizer.from_pretrained(path)
         except Exception as exc:  # noqa: BLE001 - any failure to load is the caller's name
             raise InputError(f"unknown tokenizer {name!r}: it could not be loaded ({type(exc).__name__}); give a "

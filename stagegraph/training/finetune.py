@@ -186,9 +186,9 @@ def load_base(cfg: TrainConfig) -> tuple[Any, Any]:
         path = str(resolve_model_path(cfg.base))
     except ModelNotFoundError as exc:
         raise RerankerLoadError(f"cannot load the base model for fine-tuning: {exc}") from exc
-    from stagegraph.stages.rerank.model import _quiet
+    from stagegraph.stages.rerank.model import quiet_loading
 
-    with _quiet(False), _silence_load_report():
+    with quiet_loading(False), _silence_load_report():
         tokenizer = AutoTokenizer.from_pretrained(path)
         if cfg.head == "cosine":
             from stagegraph.stages.rerank.pair_head import MODEL_TYPE, from_bert

@@ -51,7 +51,7 @@ from stagegraph.pipeline.stage import Arity, Environment, StageConfig
 from stagegraph.stages.base import StageBase
 from stagegraph.stages.rerank.blend import BlendSpec
 from stagegraph.stages.rerank.cross_encoder import check_depth, finish
-from stagegraph.stages.rerank.model import locate, model_fingerprint
+from stagegraph.stages.rerank.model import locate, model_fingerprint, quiet_loading
 from stagegraph.stages.rerank.token_store import TokenStore, encode_through_cache, load_store, save_store, store_key
 from stagegraph.stages.retrieve.segments import LoadedCache
 
@@ -100,8 +100,9 @@ class TokenEncoder:
 
         self.path = path
         self.device = _resolve_device(device)
-        self.tokenizer = AutoTokenizer.from_pretrained(str(path))
-        self.encoder = AutoModel.from_pretrained(str(path)).to(self.device).eval()
+        with quiet_loading(False):
+            self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+            self.encoder = AutoModel.from_pretrained(str(path)).to(self.device).eval()
         self.projection = _load_projection(path, self.device)
         meta = _read_json(path / "config_sentence_transformers.json")
         self.query_prefix = str(meta.get("query_prefix") or "")

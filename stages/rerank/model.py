@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from stagegraph.progress import progress_bar
 
 from stagegraph.errors import StageError
+from stagegraph.indexes.encoder import quiet_transformers
+from stagegraph.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ def load_cross_encoder(name: str, max_length: int, *, device: str | None = "cpu"
 
     import stagegraph.stages.rerank.pair_head  # noqa: F401 - registers the cosine pair head with transformers
 
-    with _quiet(progress):
+    with quiet_loading(progress):
         try:
             model = CrossEncoder(str(path), max_length=max_length, device=device, local_files_only=True)
         except Exception as exc:  # noqa: BLE001 - any failure here means "this directory is unusable"
@@ -157,22 +158,16 @@ def token_positions(config: Any) -> int | None:
 
 
 @contextlib.contextmanager
-def _quiet(progress: bool) -> Iterator[None]:
+def quiet_loading(progress: bool) -> Iterator[None]:
     """Load without sentence-transformers' INFO chatter (and without weight-loading bars unless `progress`)."""
-    from transformers.utils import logging as hf_logging
-
     st_log = logging.getLogger("sentence_transformers")
     level = st_log.level
     st_log.setLevel(logging.WARNING)
-    enabled = hf_logging.is_progress_bar_enabled()
-    if not progress:
-        hf_logging.disable_progress_bar()
     try:
-        yield
+        with contextlib.nullcontext() if progress else quiet_transformers():
+            yield
     finally:
         st_log.setLevel(level)
-        if enabled and not progress:
-            hf_logging.enable_progress_bar()
 
 
 # --------------------------------------------------------------------------- tokenising and batching

@@ -46,7 +46,7 @@ from stagegraph.errors import StageError
 from stagegraph.hashing import stable_hash
 from stagegraph.indexes.bm25_scoring import SparseScores, SparseSearcher
 from stagegraph.indexes.devices import DeviceError, resolve_device
-from stagegraph.indexes.encoder import ModelNotFoundError, locate_model, model_identity
+from stagegraph.indexes.encoder import ModelNotFoundError, locate_model, model_identity, quiet_transformers
 from stagegraph.pipeline.ranking import Ranking
 from stagegraph.pipeline.registry import register
 from stagegraph.pipeline.stage import Arity, Environment, StageConfig
@@ -144,7 +144,8 @@ class SparseRetriever(StageBase):
             raise StageError(f"Stage {self.name!r}: {exc}") from exc
         from sentence_transformers import SparseEncoder
 
-        model = SparseEncoder(str(resolved.path), device=device)
+        with quiet_transformers():  # no weight-loading bars
+            model = SparseEncoder(str(resolved.path), device=device)
         own = model.max_seq_length
         if cfg.max_seq_length is not None:
             if own is not None and cfg.max_seq_length > own:
