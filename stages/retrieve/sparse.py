@@ -303,20 +303,19 @@ class SparseSearch:
     def run(self, queries: Queries, inputs: Sequence[Sequence[Ranking]] = (),
             given: Sequence[tuple[np.ndarray, np.ndarray]] | None = None) -> list[Ranking]:
         """Each query's top k; `given`: each query's (token ids, weights) computed by the caller."""
-        k = self.stage.config.k
         out: list[Ranking] = []
         for position, (qid, text) in enumerate(queries):
             ids, weights = _terms_or_warn(self, qid, text, None if given is None else given[position])
-            if len(ids) == 0:
-                out.append(Ranking.empty())
-                continue
-            allowed = self._filter.allowed(self.corpus, queries.filter_of(position))
-            if allowed is not None and not np.any(allowed):
-                out.append(Ranking.empty())
-                continue
-            rows, scores = self._searcher.top(ids, weights, k, allowed)
-            out.append(Ranking(rows, scores))
+            empty = len(ids) == 0
+            out.append(Ranking.empty() if empty else self._top(ids, weights, queries.filter_of(position)))
         return out
+
+    def _top(self, ids: np.ndarray, weights: np.ndarray, query_filter: Any) -> Ranking:
+        """The top k of one weighted query among the rows the filters allow."""
+        allowed = self._filter.allowed(self.corpus, query_filter)
+        if allowed is not None and not np.any(allowed):
+            return Ranking.empty()
+        return Ranking(*self._searcher.top(ids, weights, self.stage.config.k, allowed))
 
 
 def has_static_query(model: Any) -> bool:
@@ -365,22 +364,14 @@ class SegmentedSparseSearch(SparseSearch):
         self._filter = RowFilter(stage.config.filter)
         self.static_query = has_static_query(model)
 
-    def run(self, queries: Queries, inputs: Sequence[Sequence[Ranking]] = (),
-            given: Sequence[tuple[np.ndarray, np.ndarray]] | None = None) -> list[Ranking]:
+    def _top(self, ids: np.ndarray, weights: np.ndarray, query_filter: Any) -> Ranking:
+        """Every segment's top k among its live, allowed rows, merged by (score desc, chunk key asc)."""
         k = self.stage.config.k
-        out: list[Ranking] = []
-        for position, (qid, text) in enumerate(queries):
-            ids, weights = _terms_or_warn(self, qid, text, None if given is None else given[position])
-            if len(ids) == 0:
-                out.append(Ranking.empty())
+        found = []
+        for part, searcher in zip(self.corpus.parts, self._searchers):
+            mask = segment_mask(self._filter, part, query_filter)
+            if mask is not None and not mask.any():
                 continue
-            query_filter = queries.filter_of(position)
-            found = []
-            for part, searcher in zip(self.corpus.parts, self._searchers):
-                mask = segment_mask(self._filter, part, query_filter)
-                if mask is not None and not mask.any():
-                    continue
-                local, scores = searcher.top(ids, weights, k, mask)
-                found.append((local + part.offset, scores, part.corpus.keys[local]))
-            out.append(Ranking(*merge_top(found, k)))
-        return out
+            local, scores = searcher.top(ids, weights, k, mask)
+            found.append((local + part.offset, scores, part.corpus.keys[local]))
+        return Ranking(*merge_top(found, k))
