@@ -534,13 +534,10 @@ class RemoteLeg:
         first = self.search.scatter("search", self.number, self.step.name, list(sub.ids), list(sub.texts),
                                     sub.filters, self._given(terms), None, depth, None)
         pools = [self._merged(first, position, depth) for position in range(len(terms))]
-        corpus, analyzer = self.corpus, self._analyzer
-
-        def terms_of(row: int) -> list[str]:
-            return analyzer.analyze(corpus.doc_text(int(row)))
-
-        dfs = self._dfs({t for rows, _ in pools for row in rows for t in terms_of(row)})
-        source = FeedbackSource(self.totals[0], lambda term: dfs.get(term, 0), terms_of)
+        analysed = {row: self._analyzer.analyze(self.corpus.doc_text(row))  # each feedback document once
+                    for rows, _ in pools for row in rows.tolist()}
+        dfs = self._dfs({t for terms_of_row in analysed.values() for t in terms_of_row})
+        source = FeedbackSource(self.totals[0], lambda term: dfs.get(term, 0), lambda row: analysed[int(row)])
         weights = [expand(ts, rows, scores, source, settings) for ts, (rows, scores) in zip(terms, pools)]
         second = self.search.scatter("search", self.number, self.step.name, list(sub.ids), list(sub.texts),
                                      sub.filters, self._given([sorted(w) for w in weights]), None, None, weights)
