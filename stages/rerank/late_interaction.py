@@ -44,7 +44,9 @@ from pydantic import Field
 from stagegraph.corpora.segmented import SegmentedCorpus
 from stagegraph.corpora.types import Corpus, Queries
 from stagegraph.errors import StageError
+from stagegraph.indexes.devices import DeviceError, resolve_device
 from stagegraph.loaded_once import LoadedOnce
+from stagegraph.progress import progress_bar
 from stagegraph.pipeline.ranking import Ranking
 from stagegraph.pipeline.registry import register
 from stagegraph.pipeline.stage import Arity, Environment, StageConfig
@@ -99,7 +101,7 @@ class TokenEncoder:
         from transformers import AutoModel, AutoTokenizer
 
         self.path = path
-        self.device = _resolve_device(device)
+        self.device = device  # resolved (`indexes.devices.resolve_device`)
         with quiet_loading(False):
             self.tokenizer = AutoTokenizer.from_pretrained(str(path))
             self.encoder = AutoModel.from_pretrained(str(path)).to(self.device).eval()
@@ -119,8 +121,6 @@ class TokenEncoder:
     def encode(self, texts: Sequence[str], max_length: int, batch_size: int, prefix: str = "", *,
                progress: bool = False, label: str = "") -> list[np.ndarray]:
         """One float32 array [tokens, dim] per text: projected, L2-normalised, padding dropped."""
-        from stagegraph.progress import progress_bar
-
         torch = self._torch
         out: list[np.ndarray] = []
         batches = range(0, len(texts), batch_size)
@@ -193,7 +193,11 @@ def load_token_encoder(model: str, device: str) -> TokenEncoder:
     if path is None:
         raise StageError(f"late_interaction model {model!r} is not a local directory nor in the local Hugging Face "
                          "cache; download it first (or give the directory's path)")
-    return _MODELS.get((model_fingerprint(model), _resolve_device(device)), lambda: TokenEncoder(path, device))
+    try:
+        resolved = resolve_device(device)
+    except DeviceError as exc:
+        raise StageError(f"late_interaction: {exc}") from None
+    return _MODELS.get((model_fingerprint(model), resolved), lambda: TokenEncoder(path, resolved))
 
 
 @register
@@ -353,14 +357,6 @@ class LateInteractionRerank:
             scores = self.score_rows(text, pool.doc_rows)
             out.append(finish(pool, scores, blend, config.k, self.name, self.tie_keys))
         return out
-
-
-def _resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _read_json(path: Path) -> dict[str, Any]:
