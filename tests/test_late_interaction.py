@@ -6,12 +6,11 @@ import json
 import numpy as np
 import pytest
 from stubs import StubRetriever
-from tiny_models import rerank_corpus, rerank_queries
+from tiny_models import rerank_corpus, rerank_pools, rerank_queries
 
 from stagegraph.corpora.types import Queries
 from stagegraph.errors import ConfigError, InputError
 from stagegraph.pipeline.compose import Pipeline
-from stagegraph.pipeline.ranking import Ranking
 from stagegraph.pipeline.registry import stage_class
 from stagegraph.pipeline.stage import Environment
 from stagegraph.stages.rerank.late_interaction import LateInteractionReranker, maxsim, write_random_colbert
@@ -30,11 +29,6 @@ def corpus():
 
 def _queries():
     return rerank_queries()
-
-
-def _upstream(n_docs, n_queries, depth=25, seed=3):
-    rng = np.random.default_rng(seed)
-    return [Ranking.from_scores(rng.choice(n_docs, size=depth, replace=False), rng.random(depth)) for _ in range(n_queries)]
 
 
 def _env(corpus, tmp_path):
@@ -67,7 +61,7 @@ def reference_scores(path, query, texts, query_length=32, document_length=180):
 
 
 def test_scores_equal_an_independent_maxsim(tiny_colbert, corpus, tmp_path):
-    queries, upstream = _queries(), _upstream(len(corpus), 3)
+    queries, upstream = _queries(), rerank_pools(len(corpus), 3)
     stage = LateInteractionReranker(str(tiny_colbert), depth=20, k=20, batch_size=4, token_dtype="float32")
     stage.warm_up(_env(corpus, tmp_path))
     for text, pool, got in zip(queries.texts, upstream, stage.run(queries, [upstream])):
@@ -87,7 +81,7 @@ def test_maxsim_of_hand_made_vectors():
 
 
 def test_provenance_blend_and_k(tiny_colbert, corpus, tmp_path):
-    queries, upstream = _queries(), _upstream(len(corpus), 3)
+    queries, upstream = _queries(), rerank_pools(len(corpus), 3)
     stage = LateInteractionReranker(str(tiny_colbert), depth=10, k=4, name="li")
     stage.warm_up(_env(corpus, tmp_path))
     for pool, ranking in zip(upstream, stage.run(queries, [upstream])):
@@ -103,7 +97,7 @@ def test_provenance_blend_and_k(tiny_colbert, corpus, tmp_path):
 
 
 def test_token_cache_encodes_each_passage_once(tiny_colbert, corpus, tmp_path):
-    queries, upstream = _queries(), _upstream(len(corpus), 3)
+    queries, upstream = _queries(), rerank_pools(len(corpus), 3)
     cold = LateInteractionReranker(str(tiny_colbert), depth=20, k=5, token_cache="off")
     cold.warm_up(_env(corpus, tmp_path))
     expected = cold.run(queries, [upstream])
@@ -174,7 +168,7 @@ def test_sweep_over_depth_times_the_stage_and_reports_it(tiny_colbert, tmp_path)
 def test_float16_tokens_stay_within_their_rounding_bound(tiny_colbert, corpus, tmp_path):
     """float16 passage tokens (the default) move a unit vector by at most 2**-11 of its length, so each
     query token's best dot product by at most that: a score by at most (query tokens) x 2**-11."""
-    queries, upstream = _queries(), _upstream(len(corpus), 3)
+    queries, upstream = _queries(), rerank_pools(len(corpus), 3)
     scores = {}
     for dtype in ("float16", "float32"):
         stage = LateInteractionReranker(str(tiny_colbert), depth=20, k=20, token_dtype=dtype, token_cache="off")

@@ -5,11 +5,10 @@ import json
 import numpy as np
 import pytest
 from stubs import StubRetriever
-from tiny_models import make_tiny_cross_encoder, make_tiny_sentence_transformer, rerank_corpus, rerank_queries
+from tiny_models import make_tiny_cross_encoder, make_tiny_sentence_transformer, rerank_corpus, rerank_pools, rerank_queries
 
 from stagegraph.pipeline.compose import Pipeline
 from stagegraph.errors import StageError
-from stagegraph.pipeline.ranking import Ranking
 from stagegraph.pipeline.stage import Environment
 from stagegraph.pipeline.registry import stage_class
 from stagegraph.stages.rerank.cross_encoder import CrossEncoderReranker
@@ -48,15 +47,6 @@ def _queries():
     return rerank_queries()
 
 
-def _upstream(n_docs, n_queries, depth=25, seed=3):
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n_queries):
-        rows = rng.choice(n_docs, size=depth, replace=False)
-        out.append(Ranking.from_scores(rows, rng.random(depth)))
-    return out
-
-
 def _env(corpus, tmp_path):
     return Environment(corpus, work_dir=tmp_path, progress=False)
 
@@ -64,7 +54,7 @@ def _env(corpus, tmp_path):
 def test_order_equals_the_naive_predict_loop(tiny_ce, corpus, tmp_path):
     from sentence_transformers import CrossEncoder
 
-    queries, upstream = _queries(), _upstream(len(corpus), 3)
+    queries, upstream = _queries(), rerank_pools(len(corpus), 3)
     stage = CrossEncoderReranker(str(tiny_ce), max_length=64, depth=20, k=20, score_cache="off", batch_size=4)
     stage.warm_up(_env(corpus, tmp_path))
     ours = stage.run(queries, [upstream])
@@ -82,7 +72,7 @@ def test_order_equals_the_naive_predict_loop(tiny_ce, corpus, tmp_path):
 def test_k_and_depth_cut_and_its_own_trace(tiny_ce, corpus, tmp_path):
     stage = CrossEncoderReranker(str(tiny_ce), max_length=64, depth=10, k=4, score_cache="off", blend=0.5)
     stage.warm_up(_env(corpus, tmp_path))
-    upstream = _upstream(len(corpus), 3)
+    upstream = rerank_pools(len(corpus), 3)
     out = stage.run(_queries(), [upstream])
     for text, pool, ranking in zip(_queries().texts, upstream, out):
         assert len(ranking) == 4
@@ -111,7 +101,7 @@ def test_batch_and_online_give_identical_rankings(tiny_ce, corpus, tmp_path):
 
 
 def test_score_cache_serves_repeats_in_memory_and_on_disk(tiny_ce, corpus, tmp_path):
-    queries, upstream = _queries(), _upstream(len(corpus), 3)
+    queries, upstream = _queries(), rerank_pools(len(corpus), 3)
     env = _env(corpus, tmp_path)
     stage = CrossEncoderReranker(str(tiny_ce), max_length=64, depth=20, k=5, score_cache="disk")
     stage.warm_up(env)
@@ -132,7 +122,7 @@ def test_score_cache_serves_repeats_in_memory_and_on_disk(tiny_ce, corpus, tmp_p
 
 
 def test_cached_scores_equal_fresh_scores(tiny_ce, corpus, tmp_path):
-    queries, upstream = _queries(), _upstream(len(corpus), 3)
+    queries, upstream = _queries(), rerank_pools(len(corpus), 3)
     env = _env(corpus, tmp_path)
     warm = CrossEncoderReranker(str(tiny_ce), max_length=64, depth=15, k=15, score_cache="disk")
     warm.warm_up(env)
@@ -195,7 +185,7 @@ def test_registered_for_yaml_with_a_model_field(tiny_ce):
 
 
 def test_blend_zero_keeps_the_upstream_order_and_metadata_sets_alpha(tiny_ce, corpus, tmp_path):
-    queries, upstream = _queries(), _upstream(len(corpus), 3)
+    queries, upstream = _queries(), rerank_pools(len(corpus), 3)
     stage = CrossEncoderReranker(str(tiny_ce), max_length=64, depth=10, k=10, blend=0.0, score_cache="off")
     stage.warm_up(_env(corpus, tmp_path))
     for pool, ranking in zip(upstream, stage.run(queries, [upstream])):
@@ -224,7 +214,7 @@ def test_blend_scores_mixes_normalised_signals():
 def test_onnx_fp32_order_equals_torch_and_int8_runs(tiny_ce, corpus, tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    queries, upstream = _queries(), _upstream(len(corpus), 3)
+    queries, upstream = _queries(), rerank_pools(len(corpus), 3)
     env = _env(corpus, tmp_path)
     runs = {}
     for backend in ("torch", "onnx", "onnx-int8"):
@@ -248,7 +238,7 @@ def test_onnx_fp32_order_equals_torch_and_int8_runs(tiny_ce, corpus, tmp_path):
 
 
 def test_score_cache_is_off_by_default_so_online_latency_measures_the_model(tiny_ce, corpus, tmp_path):
-    queries, upstream = _queries(), _upstream(len(corpus), 3)
+    queries, upstream = _queries(), rerank_pools(len(corpus), 3)
     stage = CrossEncoderReranker(str(tiny_ce), max_length=64, depth=10, k=5)
     stage.warm_up(_env(corpus, tmp_path))
     stage.run(queries, [upstream])

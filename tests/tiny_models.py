@@ -43,6 +43,16 @@ def rerank_queries():
     return Queries(["q1", "q2", "q3"], ["dense protein retrieval", "cancer gene", "rank fusion of sparse vectors"])
 
 
+def rerank_pools(n_docs: int, n_queries: int, depth: int = 25, seed: int = 3):
+    """One seeded random upstream ranking of `depth` distinct rows per query (what the rerank stages rerank)."""
+    import numpy as np
+
+    from stagegraph.pipeline.ranking import Ranking
+
+    rng = np.random.default_rng(seed)
+    return [Ranking.from_scores(rng.choice(n_docs, size=depth, replace=False), rng.random(depth)) for _ in range(n_queries)]
+
+
 def _vocab() -> list[str]:
     chars = list(string.ascii_lowercase + string.digits + string.punctuation)
     pieces = ["##" + c for c in string.ascii_lowercase + string.digits]
