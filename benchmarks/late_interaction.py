@@ -55,7 +55,7 @@ def build_models(folder: Path, layers: int, hidden: int, heads: int) -> tuple[Pa
     import torch
     from transformers import BertConfig, BertForSequenceClassification
 
-    from stagegraph.stages.rerank.late_interaction import write_random_colbert
+    from stagegraph.stages.rerank.token_encoder import write_random_colbert
 
     colbert = write_random_colbert(folder / "colbert", layers=layers, hidden=hidden, heads=heads, dim=128)
     ce = folder / "cross-encoder"

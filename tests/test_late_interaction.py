@@ -13,7 +13,8 @@ from stagegraph.errors import ConfigError, InputError
 from stagegraph.pipeline.compose import Pipeline
 from stagegraph.pipeline.registry import stage_class
 from stagegraph.pipeline.stage import Environment
-from stagegraph.stages.rerank.late_interaction import LateInteractionReranker, maxsim, write_random_colbert
+from stagegraph.stages.rerank.late_interaction import LateInteractionReranker
+from stagegraph.stages.rerank.token_encoder import maxsim, write_random_colbert
 
 
 
@@ -207,7 +208,7 @@ def test_a_collection_stores_token_embeddings_per_segment_and_a_new_process_enco
     from stagegraph.collection import Collection
     from stagegraph.collection.sources import PYTHON
     from stagegraph.corpora.ingest import ChunkerConfig
-    from stagegraph.stages.rerank import late_interaction
+    from stagegraph.stages.rerank import token_encoder
 
     corpus = rerank_corpus()
     docs = [{"id": corpus.ids[i], "text": corpus.texts[i]} for i in range(len(corpus))]
@@ -240,8 +241,8 @@ def test_a_collection_stores_token_embeddings_per_segment_and_a_new_process_enco
         np.testing.assert_allclose([h[2] for h in hits], ref, rtol=1e-4, atol=1e-4)
 
     texts_encoded: list[int] = []
-    real = late_interaction.TokenEncoder.encode
-    monkeypatch.setattr(late_interaction.TokenEncoder, "encode",
+    real = token_encoder.TokenEncoder.encode
+    monkeypatch.setattr(token_encoder.TokenEncoder, "encode",
                         lambda self, texts, *a, **kw: (texts_encoded.append(len(texts)), real(self, texts, *a, **kw))[1])
     store.compact()
     assert len(store.generation.manifest.segments) == 1 and texts_encoded == []  # all from the text cache
