@@ -14,7 +14,8 @@
   defaults come from"). Thread counts
   are not this module's business: the executor's policy (`stagegraph.pipeline.threads`) sets them;
   `threads=` here is for benchmarks that call the index directly.
-* Quantized (`quantize`, docs/quantized-dense.md): `int8` is FAISS's scalar quantizer (`SQ8`, one
+* Quantized (`quantize`, docs/quantized-dense.md; which settings combine, truncation and the sign
+  bits: `stagegraph.indexes.quantization`): `int8` is FAISS's scalar quantizer (`SQ8`, one
   byte a dimension), `binary` FAISS's `IndexBinaryFlat` (Hamming distance) over the sign bits, packed
   by sentence-transformers' `quantize_embeddings(precision="ubinary")`; both scan every code, so they
   take `factory="Flat"`. A quantized index keeps rescoring vectors beside it (`vectors.npy`, memory-mapped
@@ -47,6 +48,7 @@ from stagegraph.hashing import library_versions, stable_hash
 from stagegraph.thread_counts import limited
 from stagegraph.indexes.faiss_training import adapt_factory, skip_polysemous_training, train_and_add
 from stagegraph.indexes.manifest import IndexLoadError, Manifest, read_manifest, write_manifest
+from stagegraph.indexes.quantization import binary_codes, quantize_problem, truncate
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +57,6 @@ FORMAT_VERSION = 1
 INDEX_FILE = "index.faiss"
 VECTORS_FILE = "vectors.npy"  # a quantized index' rescoring vectors (float32, or int8 codes)
 RESCORE_QUANTIZER_FILE = "rescore_quantizer.npy"  # int8 rescoring: the scalar quantizer's trained ranges
-QUANTIZE = ("none", "int8", "binary")
-RESCORE_DTYPES = ("float32", "int8")
 REBUILD_HINT = (
     "rebuild it with `stagegraph index CONFIG --dataset DATASET`, or delete the directory and the "
     "dense stage rebuilds it at warm-up"
@@ -90,25 +90,6 @@ def default_nprobe(nlist: int, ntotal: int = 0, k: int = 100) -> int:
     """
     by_k = math.ceil(MIN_SCANNED_PER_K * k * nlist / ntotal) if ntotal else 0
     return max(1, min(nlist, max(16, math.ceil(nlist / 8), by_k)))
-
-
-def truncate(vectors: np.ndarray, dim: int | None) -> np.ndarray:
-    """Matryoshka truncation: the first `dim` dimensions of each row, L2-renormalised (None, or a
-    `dim` at least the width: the rows unchanged)."""
-    if dim is None or dim >= vectors.shape[1]:
-        return vectors
-    out = np.ascontiguousarray(vectors[:, :dim], dtype=np.float32)
-    norms = np.linalg.norm(out, axis=1, keepdims=True)
-    return out / np.where(norms > 0, norms, 1.0).astype(np.float32)
-
-
-def binary_codes(vectors: np.ndarray) -> np.ndarray:
-    """The sign bits of `vectors` packed 8 to a byte (sentence-transformers' `ubinary` precision)."""
-    try:
-        from sentence_transformers.util.quantization import quantize_embeddings
-    except ImportError:  # pragma: no cover - older sentence-transformers
-        from sentence_transformers.quantization import quantize_embeddings
-    return np.ascontiguousarray(quantize_embeddings(np.asarray(vectors, dtype=np.float32), precision="ubinary"))
 
 
 class DenseIndex:
@@ -531,30 +512,6 @@ class DenseIndex:
 
     def __repr__(self) -> str:
         return f"DenseIndex({self.factory}, {self.ntotal} x {self.dim}, model={self.info.get('model')!r})"
-
-
-def quantize_problem(quantize: str, factory: str, truncate_dim: int | None, model_dim: int | None,
-                     rescore_dtype: str = "float32") -> str | None:
-    """One line saying why these quantization settings cannot work, with the fix (None: they can).
-    `model_dim`: the width of the model's vectors (None: not known yet)."""
-    if quantize not in QUANTIZE:
-        return f"quantize: {quantize!r} is not one of none, int8, binary"
-    if rescore_dtype not in RESCORE_DTYPES:
-        return f"rescore_dtype: {rescore_dtype!r} is not one of float32, int8"
-    if rescore_dtype == "int8" and quantize != "binary":
-        return ("rescore_dtype: int8 keeps one-byte rescoring vectors for a binary index; "
-                + ("an int8 index would rescore with its own codes: set rescore_dtype: float32"
-                   if quantize == "int8" else "set quantize: binary, or leave rescore_dtype out"))
-    if quantize != "none" and factory != "Flat":
-        return (f"quantize: {quantize} scans compact codes exhaustively and takes index: Flat, not {factory!r}; "
-                "set index: Flat (or quantize: none for a compressed FAISS index such as IVF1024,PQ32)")
-    if truncate_dim is not None and model_dim is not None and truncate_dim > model_dim:
-        return f"truncate_dim: {truncate_dim} is more than the model's {model_dim} dimensions; set truncate_dim <= {model_dim} or leave it out"
-    width = truncate_dim if truncate_dim is not None else model_dim
-    if quantize == "binary" and width is not None and width % 8:
-        return (f"quantize: binary packs 8 dimensions a byte, and {width} is not a multiple of 8; "
-                f"set truncate_dim: {width - width % 8 or 8} (a multiple of 8)")
-    return None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -15,7 +15,8 @@ import stagegraph as sg
 from stagegraph.collection import Collection
 from stagegraph.collection.sources import PYTHON
 from stagegraph.errors import ConfigError
-from stagegraph.indexes.dense import DenseIndex, truncate
+from stagegraph.indexes.dense import DenseIndex
+from stagegraph.indexes.quantization import truncate
 from stagegraph.indexes.encoder import l2_normalise
 from stagegraph.indexes.manifest import IndexLoadError
 

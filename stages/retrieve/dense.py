@@ -57,7 +57,8 @@ from pydantic import Field, field_validator, model_validator
 
 from stagegraph.corpora.segmented import ColumnCorpus, SegmentedCorpus, merge_top
 from stagegraph.corpora.types import Queries
-from stagegraph.indexes.dense import DEFAULT_TRAIN_SAMPLE, FORMAT_VERSION, DenseIndex, quantize_problem
+from stagegraph.indexes.dense import DEFAULT_TRAIN_SAMPLE, FORMAT_VERSION, DenseIndex
+from stagegraph.indexes.quantization import quantize_problem
 from stagegraph.indexes.embeddings import cached_embeddings, text_embeddings
 from stagegraph.indexes.devices import DeviceError
 from stagegraph.indexes.encoder import (
